@@ -1,0 +1,1 @@
+"""Raw-image baselines (they see pixels: center side only, never the server)."""

@@ -1,0 +1,164 @@
+"""One typed configuration object for every run, saved beside its results.
+
+Every command builds an :class:`ExperimentConfig` from defaults, an optional JSON/YAML file and
+``--set section.key=value`` overrides, then writes it into the run folder, so a result can always be
+traced back to exactly what produced it. Unknown keys are errors rather than silently ignored, because
+a typo in a privacy or size setting would otherwise produce a run that looks valid but is not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from privacysf.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which data to load and how to turn it into 2-D training slices."""
+
+    dataset: str = "phantom"
+    """A built-in dataset name (``privacysf data list``) or a folder in MSD/nnU-Net or plain layout."""
+    layout: str = "auto"
+    """Folder layout: ``auto``, ``msd`` (imagesTr/labelsTr/dataset.json) or ``plain`` (images/masks)."""
+    axis: int = 2
+    """Array axis along which 3-D volumes are sliced (arrays are in x, y, z order)."""
+    size: int = 128
+    """Working size: every slice is resized to ``size``×``size`` (masks by nearest neighbour)."""
+    normalization: str = "auto"
+    """``auto`` (from the dataset's modality), ``mr`` (percentile clip + z-score), ``ct`` (HU window)
+    or ``minmax``."""
+    ct_window: tuple[float, float] = (-160.0, 240.0)
+    num_classes: int | None = None
+    """Number of classes including background; read from dataset.json or the registry when unset."""
+    drop_empty: bool = True
+    """Drop slices whose mask has no foreground (they still count for nothing in a 2-D Dice)."""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.2
+    seed: int = 0
+    """Seed of the case split; the split is a function of (case ids, fractions, seed) only."""
+    phantom_cases: int = 60
+    """Number of cases the synthetic ``phantom`` dataset generates."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every trained network of a run."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    lr: float = 1e-3
+    patience: int = 10
+    """Early stopping: epochs without a better validation score before stopping."""
+    augment: bool = True
+    """Random flips and intensity jitter of raw images (only ever on the center / raw baseline)."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``."""
+    seed: int = 0
+    threads: int | None = None
+    """CPU threads for torch; ``None`` keeps torch's default."""
+    progress: bool = True
+
+
+@dataclass
+class UNetConfig:
+    """The raw-image MONAI U-Net, the privacy-agnostic upper bound."""
+
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run needs; written to ``config.json`` in its run folder."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from privacysf.runs import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
+        return _build(cls, values, "config")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing JSON or YAML file")
+        try:
+            text = path.read_text()
+            values = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"config file {path} is not valid JSON/YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        return cls.from_dict(values)
+
+    def override(self, assignments: list[str]) -> ExperimentConfig:
+        """Apply ``section.key=value`` strings (values parsed as YAML scalars/lists)."""
+        values = self.to_dict()
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+            target = values
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(target.get(part), dict):
+                    raise ConfigError(f"--set {assignment!r}: no config section {part!r}")
+                target = target[part]
+            if parts[-1] not in target:
+                raise ConfigError(f"--set {assignment!r}: unknown key {key!r}")
+            target[parts[-1]] = yaml.safe_load(raw)
+        return ExperimentConfig.from_dict(values)
+
+
+def _build(kind: Any, value: Any, where: str) -> Any:
+    """Recursively turn plain JSON values into the annotated dataclass/tuple types, checking keys."""
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in dataclasses.fields(kind)}
+        unknown = set(value) - names
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid keys are {sorted(names)}")
+        return kind(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        return _build(next(o for o in options if o is not type(None)), value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(kind)
+        item = args[0]
+        return tuple(_build(item, v, where) for v in value)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, str, bool) and not isinstance(value, kind):
+        raise ConfigError(f"{where} must be of type {kind.__name__}, got {value!r}")
+    if kind is int and isinstance(value, bool):
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    return value

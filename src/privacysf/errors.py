@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Anything a user can cause (a wrong path, a file that does not match its mask, a code of the wrong
+shape) raises :class:`PrivacySFError` with a message naming the culprit and the fix. The CLI prints
+the message and exits non-zero without a traceback; programming errors still raise normally.
+"""
+
+
+class PrivacySFError(Exception):
+    """An error caused by input the user can fix; its message says what was wrong and what to do."""
+
+
+class DataError(PrivacySFError):
+    """A dataset, file or mask that cannot be used as given."""
+
+
+class ConfigError(PrivacySFError):
+    """A configuration value or checkpoint that does not fit the run."""
+
+
+class WireFormatError(PrivacySFError):
+    """A code payload that does not follow the exchange format (shape, dtype or version)."""

@@ -1,0 +1,98 @@
+"""Pictures people would rather look at than numbers: overlays, montages and training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from privacysf.runs import atomic_write  # noqa: E402
+
+CLASS_COLOURS = ["#00000000", "#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500"]
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
+    plt.close(fig)
+
+
+def overlay_grid(
+    path: Path,
+    images: np.ndarray,
+    columns: dict[str, np.ndarray | None],
+    num_classes: int,
+    rotations: int = 0,
+    row_titles: list[str] | None = None,
+) -> None:
+    """One row per slice: the image, then the image overlaid with each label map of ``columns``.
+
+    ``images`` is (N, H, W); each column is (N, H, W) labels (``None`` shows the bare image).
+    """
+    cmap = ListedColormap(CLASS_COLOURS[: max(num_classes, 2)])
+    n = len(images)
+    fig, axes = plt.subplots(n, len(columns) + 1, figsize=(2.2 * (len(columns) + 1), 2.2 * n), squeeze=False)
+    for i in range(n):
+        picture = np.rot90(images[i], rotations)
+        axes[i, 0].imshow(picture, cmap="gray")
+        axes[i, 0].set_ylabel(row_titles[i] if row_titles else "", fontsize=7)
+        for j, (title, labels) in enumerate(columns.items(), start=1):
+            axes[i, j].imshow(picture, cmap="gray")
+            if labels is not None:
+                axes[i, j].imshow(
+                    np.rot90(labels[i], rotations),
+                    cmap=cmap,
+                    vmin=0,
+                    vmax=len(cmap.colors) - 1,
+                    alpha=0.45,
+                    interpolation="nearest",
+                )
+            if i == 0:
+                axes[i, j].set_title(title, fontsize=9)
+        if i == 0:
+            axes[i, 0].set_title("image", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)
+
+
+def pick_rows(masks: np.ndarray, count: int) -> np.ndarray:
+    """Evenly spaced slice indices, favouring slices with structures, for a readable montage."""
+    labelled = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
+    pool = labelled if len(labelled) >= count else np.arange(len(masks))
+    return pool[np.linspace(0, len(pool) - 1, min(count, len(pool))).round().astype(int)]
+
+
+def curves(path: Path, histories: dict[str, list[dict[str, float]]]) -> None:
+    """Training loss and validation score per epoch, one line per trained network."""
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        loss_ax.plot(epochs, [h["train_loss"] for h in history], label=name)
+        val_ax.plot(epochs, [h["val_score"] for h in history], label=name)
+    loss_ax.set(title="training loss", xlabel="epoch", yscale="log")
+    val_ax.set(title="validation score (higher is better)", xlabel="epoch")
+    loss_ax.legend(fontsize=8)
+    val_ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def image_grid(path: Path, panels: dict[str, np.ndarray], rotations: int = 0, cmap: str = "gray") -> None:
+    """A row of pictures per entry of ``panels`` (each (N, H, W)), titled by its key."""
+    rows = len(panels)
+    n = max(len(v) for v in panels.values())
+    fig, axes = plt.subplots(rows, n, figsize=(1.8 * n, 1.9 * rows), squeeze=False)
+    for r, (title, stack) in enumerate(panels.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(stack):
+                ax.imshow(np.rot90(stack[c], rotations), cmap=cmap)
+        axes[r, 0].set_ylabel(title, fontsize=8)
+    _save(fig, path)

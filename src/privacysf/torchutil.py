@@ -1,0 +1,58 @@
+"""Device selection, seeding and checkpoint I/O shared by every trained network (torch only)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from privacysf.errors import ConfigError
+from privacysf.runs import atomic_write
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda was requested but no CUDA device is available; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """Load a checkpoint and refuse it when it was made for another configuration.
+
+    ``expected`` holds the settings that shape the network (sizes, classes, mode); a checkpoint that
+    disagrees would load into the wrong architecture or silently mean something else.
+    """
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; train first or pass the right run folder")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ConfigError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}); is it complete?"
+        ) from None
+    saved = state.get("signature", {})
+    differences = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+    if differences:
+        detail = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in differences.items())
+        raise ConfigError(f"checkpoint {path} was made for another configuration ({detail})")
+    return state

@@ -1,0 +1,90 @@
+"""The one training loop: epochs, progress bar, validation, early stopping and checkpoints.
+
+Every network of the project (raw U-Net, mask codec, image encoder, server mapper) trains through
+:func:`fit`, so early stopping, checkpointing and progress reporting behave the same everywhere. The
+loop only sees callables, which keeps it free of any data handling: the server uses it on codes, the
+center on images.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from privacysf.config import TrainConfig
+from privacysf.torchutil import save_checkpoint
+
+
+@dataclass
+class FitResult:
+    best_score: float
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def fit(
+    model: torch.nn.Module,
+    batches: Callable[[int], Iterable[Any]],
+    step: Callable[[Any], torch.Tensor],
+    validate: Callable[[], float],
+    cfg: TrainConfig,
+    desc: str,
+    checkpoint: Path | None = None,
+    signature: dict[str, Any] | None = None,
+    modules: dict[str, torch.nn.Module] | None = None,
+) -> FitResult:
+    """Train ``model`` and leave it holding the weights of its best validation epoch.
+
+    ``batches(epoch)`` yields training batches, ``step(batch)`` returns the loss to minimise,
+    ``validate()`` returns a score where higher is better. ``modules`` are extra trained parts (an
+    auxiliary decoder or head) saved and restored with the model.
+    """
+    parts = {"model": model, **(modules or {})}
+    params = [p for m in parts.values() for p in m.parameters()]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    best_score, best_epoch, best_state = -math.inf, -1, None
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(range(cfg.epochs), desc=desc, disable=not cfg.progress, leave=False, unit="epoch")
+    for epoch in bar:
+        for m in parts.values():
+            m.train()
+        losses = []
+        for batch in batches(epoch):
+            optimizer.zero_grad(set_to_none=True)
+            loss = step(batch)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        scheduler.step()
+        for m in parts.values():
+            m.eval()
+        with torch.no_grad():
+            score = float(validate())
+        train_loss = sum(losses) / max(len(losses), 1)
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_score": score})
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = {k: copy.deepcopy(m.state_dict()) for k, m in parts.items()}
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, {"signature": signature or {}, "epoch": epoch, **best_state})
+        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", best=f"{best_score:.4f}")
+        if epoch - best_epoch >= cfg.patience:
+            break
+    bar.close()
+    if best_state is not None:
+        for k, m in parts.items():
+            m.load_state_dict(best_state[k])
+    for m in parts.values():
+        m.eval()
+    return FitResult(best_score, best_epoch, history, time.perf_counter() - start)

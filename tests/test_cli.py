@@ -1,0 +1,73 @@
+"""The command line: user errors give one clear line and exit 2, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from conftest import ball_volume, write_nifti
+
+from privacysf.cli import main
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "privacysf.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_data_list_names_every_builtin(capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in [
+        "icbm152-tissue",
+        "colin27-brain",
+        "itk-t1-brain",
+        "dsb-nuclei",
+        "cells3d-nuclei",
+        "phantom",
+    ]:
+        assert name in out
+
+
+def test_data_show_writes_summary_and_montage(tmp_path, capsys):
+    assert main(["data", "show", "dsb-nuclei", "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "data-dsb-nuclei" / "summary.json").read_text())
+    assert summary["train"]["shape"] == [1, 128, 128] and summary["classes"] == [
+        "background",
+        "nucleus",
+    ]
+    assert (tmp_path / "data-dsb-nuclei" / "montage.png").stat().st_size > 1000
+
+
+def test_wrong_path_is_a_clear_error(tmp_path):
+    result = run_cli("baseline", "train", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert "privacysf: error: unknown dataset" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_mismatched_mask_is_a_clear_error_and_keeps_existing_runs(tmp_path):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    image, labels = ball_volume()
+    write_nifti(root / "images" / "p1.nii.gz", image)
+    write_nifti(root / "masks" / "p1.nii.gz", labels[:, :5].astype(np.uint8))
+    existing = tmp_path / "runs" / "old-run"
+    existing.mkdir(parents=True)
+    (existing / "metrics.json").write_text('{"kept": true}')
+    result = run_cli("baseline", "train", "--dataset", str(root), "--out", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "p1.nii.gz" in result.stderr and "same voxel grid" in result.stderr
+    assert json.loads((existing / "metrics.json").read_text()) == {"kept": True}
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["old-run"]
+
+
+def test_bad_config_values(tmp_path):
+    result = run_cli("baseline", "train", "--set", "train.nonsense=1", "--out", str(tmp_path))
+    assert result.returncode == 2 and "unknown key" in result.stderr
+    result = run_cli("baseline", "train", "--set", "train.epochs=many", "--out", str(tmp_path))
+    assert result.returncode == 2 and "train.epochs must be of type int" in result.stderr
+    result = run_cli("baseline", "eval", str(tmp_path))
+    assert result.returncode == 2 and "not a baseline run folder" in result.stderr
