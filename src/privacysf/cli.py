@@ -96,6 +96,62 @@ def cmd_baseline_eval(args: argparse.Namespace) -> None:
     print(f"results: {out_dir}")
 
 
+def _print_fit(run_dir: Path, metrics: dict) -> None:
+    from privacysf.evaluation import headline
+
+    p = metrics["privacysf"]
+    print(f"Privacy-SF ({p['mode']}) on {metrics['dataset']}: {headline(p['test'])}")
+    if "raw_unet" in metrics:
+        print(f"raw U-Net on the same split: {headline(metrics['raw_unet']['test'])}")
+        print(f"Dice ratio Privacy-SF / raw U-Net: {metrics['dice_ratio_vs_unet']:.3f}")
+    print(f"mask-codec ceiling Dice: {p['mask_codec_ceiling_dice']:.3f}")
+    pay = p["payload_bytes_per_query"]
+    print(f"payload per query: {pay['total']} B (raw image {p['raw_image_bytes']} B)")
+    print(f"report: {run_dir / 'report.md'}")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from privacysf.experiment import run_fit
+
+    cfg = build_config(args)
+    if args.mode:
+        cfg = cfg.override([f"codec.image_mode={args.mode}"])
+    _print_fit(*run_fit(cfg))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from privacysf.experiment import run_fit
+
+    _print_fit(*run_fit(build_config(args)))
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from privacysf.segment import segment_file
+
+    out = segment_file(Path(args.run), Path(args.image), Path(args.output), args.device)
+    print(f"mask written to {out}")
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    from privacysf.ablation import run_ablation
+
+    run_dir, _ = run_ablation(build_config(args))
+    print(f"ablation table: {run_dir / 'ablation.md'}")
+
+
+def cmd_payload(args: argparse.Namespace) -> None:
+    from privacysf.center.pipeline import query_payload
+
+    cfg = build_config(args)
+    for size in args.sizes:
+        p = query_payload(cfg, args.classes, size)
+        raw = {dtype: size * size * n for dtype, n in (("uint8", 1), ("int16", 2), ("float32", 4))}
+        print(
+            f"{size}²: {p['up']} B up + {p['down']} B down = {p['total']} B per query "
+            f"(raw image: {raw['uint8']} B uint8, {raw['int16']} B int16, {raw['float32']} B float32)"
+        )
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privacysf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +174,34 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run", help="run folder written by baseline train")
     evaluate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     evaluate.set_defaults(func=cmd_baseline_eval)
+
+    fit = commands.add_parser("fit", help="train center codecs + server mapper, evaluate, write a report")
+    _add_config_options(fit)
+    fit.add_argument("--mode", choices=["autoencoder", "task"], help="image-encoder training mode")
+    fit.set_defaults(func=cmd_fit)
+
+    demo = commands.add_parser(
+        "demo", help="Privacy-SF vs raw U-Net on icbm152-tissue (about 5 min on 2 cores)"
+    )
+    _add_config_options(demo, default_dataset="icbm152-tissue")
+    demo.set_defaults(func=cmd_demo)
+
+    ablate = commands.add_parser("ablate", help="Dice with each server-side code augmentation on/off")
+    _add_config_options(ablate)
+    ablate.set_defaults(func=cmd_ablate)
+
+    payload = commands.add_parser("payload", help="bytes per query (image code up + mask code down)")
+    _add_config_options(payload)
+    payload.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    payload.add_argument("--classes", type=int, default=3, help="mask classes incl. background")
+    payload.set_defaults(func=cmd_payload)
+
+    segment = commands.add_parser("segment", help="segment an image file through a trained run")
+    segment.add_argument("run", help="run folder written by privacysf fit")
+    segment.add_argument("image", help="image file or DICOM folder")
+    segment.add_argument("output", help="mask file to write (.nii.gz, .nrrd, .mha, .png or .tif)")
+    segment.add_argument("--device", help="auto, cpu or cuda")
+    segment.set_defaults(func=cmd_segment)
     return parser
 
 

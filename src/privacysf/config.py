@@ -78,14 +78,77 @@ class UNetConfig:
 
 
 @dataclass
+class CodecConfig:
+    """Center-side networks: the mask codec and the image encoder (both stay in the hospital)."""
+
+    downsample: int = 8
+    """Image side / token-grid side: 128² images give a 16×16 grid of 256 tokens."""
+    image_channels: int = 8
+    """Values per image-code token."""
+    mask_channels: int = 8
+    """Values per mask-code token."""
+    width: int = 32
+    """Feature width of the first encoder stage (doubles at each downsampling)."""
+    code_noise: float = 0.1
+    """Gaussian noise on mask codes while the codec trains, so its decoder tolerates mapping errors."""
+    image_mode: str = "task"
+    """How the image encoder is trained: ``autoencoder`` (image decoder) or ``task`` (mask-code head)."""
+    wire_dtype: str = "float16"
+    """dtype of codes on the wire: ``float32``, ``float16`` or ``int8`` (codes are bounded in [-1, 1])."""
+
+
+@dataclass
+class MapperConfig:
+    """The server's mapping network, a residual dilated 1-D CNN over the token sequence."""
+
+    width: int = 128
+    cycles: int = 2
+    """Repeats of the dilation cycle 1, 2, 4, …, grid width (the last reaches the token one row up)."""
+    kernel: int = 3
+    use_position: bool = True
+    """Append each token's (row, column) on the grid, so the mapper knows where a token sits."""
+
+
+@dataclass
+class AugmentConfig:
+    """Server-side augmentation of code pairs; each value is the probability per batch (0 = off).
+
+    Image and mask codes are always transformed together, except the input-only ``token_dropout``
+    and ``noise``. The defaults are the ones the ablation found helpful (docs/results.md).
+    """
+
+    reverse: float = 0.0
+    """Reverse the token order of both codes (a 180° turn of the token grid)."""
+    flip: float = 0.0
+    """Flip the token grid of both codes left-right or up-down."""
+    shift: float = 0.0
+    """Cyclic shift of both token grids by up to ``max_shift`` whole tokens per axis."""
+    max_shift: int = 2
+    splice: float = 0.0
+    """Cut a contiguous token segment from another pair and splice it into both codes."""
+    mixup: float = 0.0
+    """Convex mix of two pairs, both codes with the same weight ~ Beta(alpha, alpha)."""
+    mixup_alpha: float = 0.4
+    token_dropout: float = 0.0
+    """Zero 10% of the input tokens (image code only)."""
+    noise: float = 0.0
+    """Gaussian noise (std 0.05) on the input code only."""
+
+
+@dataclass
 class ExperimentConfig:
     """Everything a run needs; written to ``config.json`` in its run folder."""
 
     name: str = "run"
     output_dir: str = "runs"
+    compare_unet: bool = True
+    """``privacysf fit`` also trains the raw U-Net on the same split and budget, for the report."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    mapper: MapperConfig = field(default_factory=MapperConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,8 +218,13 @@ def _build(kind: Any, value: Any, where: str) -> Any:
         args = typing.get_args(kind)
         item = args[0]
         return tuple(_build(item, v, where) for v in value)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if kind is float:
+        try:  # YAML reads "1e-3" (no dot) as a string
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} must be a number, got {value!r}") from None
     if kind in (int, str, bool) and not isinstance(value, kind):
         raise ConfigError(f"{where} must be of type {kind.__name__}, got {value!r}")
     if kind is int and isinstance(value, bool):

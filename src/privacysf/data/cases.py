@@ -25,6 +25,7 @@ class Case:
     spacing_known: bool = True
     display_rotations: int = 0
     sources: dict[str, str] = field(default_factory=dict)
+    stored_dtype: str = "float32"
 
 
 def as_label_map(volume: Volume, num_classes: int | None) -> np.ndarray:
@@ -84,4 +85,5 @@ def case_from_volumes(case_id: str, image: Volume, mask: Volume, num_classes: in
         spacing_known=image.spacing_known,
         display_rotations=image.display_rotations,
         sources={"image": str(image.path), "mask": str(mask.path)},
+        stored_dtype=image.stored_dtype,
     )

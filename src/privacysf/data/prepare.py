@@ -28,6 +28,8 @@ class DatasetInfo:
     source: str = ""
     licence: str = ""
     note: str = ""
+    stored_dtype: str = "float32"
+    """dtype of the raw images as stored: what sending the image itself would cost per pixel."""
 
     @property
     def num_classes(self) -> int:
@@ -41,6 +43,11 @@ class PreparedData:
     val: SliceSet
     test: SliceSet
     split: dict = field(default_factory=dict)
+
+    @property
+    def raw_image_bytes(self) -> int:
+        """Bytes of one raw working-size slice in its stored dtype (the payload to beat)."""
+        return int(np.prod(self.train.images.shape[2:])) * np.dtype(self.info.stored_dtype).itemsize
 
     def splits(self) -> dict[str, SliceSet]:
         return {"train": self.train, "val": self.val, "test": self.test}
@@ -60,6 +67,7 @@ def load_cases(cfg: DataConfig) -> tuple[list[Case], DatasetInfo]:
             source=spec.source,
             licence=spec.licence,
             note=spec.split_note,
+            stored_dtype=cases[0].stored_dtype,
         )
         return cases, info
     root = Path(cfg.dataset).expanduser()
@@ -80,6 +88,7 @@ def load_cases(cfg: DataConfig) -> tuple[list[Case], DatasetInfo]:
         display_rotations=cases[0].display_rotations,
         source=str(root),
         note=f"{meta['layout']} layout",
+        stored_dtype=cases[0].stored_dtype,
     )
     return cases, info
 
@@ -145,6 +154,7 @@ def describe(data: PreparedData) -> dict:
         "source": data.info.source,
         "licence": data.info.licence,
         "note": data.info.note,
+        "stored_dtype": data.info.stored_dtype,
         "split": data.split,
     }
     for name, part in data.splits().items():

@@ -77,6 +77,14 @@ def normalize(image: np.ndarray, method: str, ct_window: tuple[float, float]) ->
     return (clipped - clipped.mean()) / max(float(clipped.std()), 1e-6)
 
 
+def restore_slices(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Undo :func:`slice_case`'s pad-and-resize for (S, size, size) label maps -> (S, *shape)."""
+    side = max(shape)
+    resized = Resize((side, side), mode="nearest")(torch.from_numpy(labels).float())
+    top, left = (side - shape[0]) // 2, (side - shape[1]) // 2  # SpatialPad pads symmetrically
+    return np.asarray(resized)[:, top : top + shape[0], left : left + shape[1]].astype(np.int64)
+
+
 def slice_case(case: Case, axis: int, size: int, method: str, ct_window, drop_empty: bool) -> SliceSet:
     """Slice one case along ``axis``, pad each slice to a square (keeping aspect) and resize to ``size``."""
     if axis not in (0, 1, 2):

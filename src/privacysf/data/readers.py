@@ -33,6 +33,10 @@ class Volume:
     spacing_known: bool = True
     display_rotations: int = 0
     """Quarter turns that show a slice the way radiologists expect (scans: 1; pictures: 0)."""
+    stored_dtype: str = "float32"
+    """dtype of the values as stored in the file: the size a raw image would have on the wire."""
+    affine: np.ndarray | None = None
+    """Voxel-to-world matrix of the (RAS-reoriented) array, where the format has one (NIfTI)."""
 
 
 def file_stem(path: Path) -> str:
@@ -93,7 +97,15 @@ def _read_nifti(path: Path) -> Volume:
     if array.ndim == 4:  # multi-channel (e.g. MSD multi-sequence): use the first channel
         array = array[..., 0]
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return Volume(_as_3d(array, path), _pad_spacing(zooms), path, display_rotations=1)
+    stored = str(image.get_data_dtype())
+    return Volume(
+        _as_3d(array, path),
+        _pad_spacing(zooms),
+        path,
+        display_rotations=1,
+        stored_dtype=stored,
+        affine=image.affine,
+    )
 
 
 def _read_itk(path: Path) -> Volume:
@@ -105,7 +117,9 @@ def _read_itk(path: Path) -> Volume:
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
     array = np.transpose(array, tuple(reversed(range(array.ndim))))  # -> (x, y, z)
     spacing = tuple(float(s) for s in image.GetSpacing())
-    return Volume(_as_3d(array, path), _pad_spacing(spacing), path, display_rotations=1)
+    return Volume(
+        _as_3d(array, path), _pad_spacing(spacing), path, display_rotations=1, stored_dtype=str(array.dtype)
+    )
 
 
 def _read_tiff(path: Path) -> Volume:
@@ -114,11 +128,12 @@ def _read_tiff(path: Path) -> Volume:
     with tifffile.TiffFile(str(path)) as tif:
         array = tif.asarray()
         rgb = tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+    stored = str(array.dtype)
     if rgb:
         array = array[..., :3].mean(axis=-1)
     if array.ndim == 3:  # a stack (z, y, x) -> (y, x, z): slices stay pictures along axis 2
         array = np.moveaxis(array, 0, -1)
-    return Volume(_as_3d(array, path), (1.0, 1.0, 1.0), path, spacing_known=False)
+    return Volume(_as_3d(array, path), (1.0, 1.0, 1.0), path, spacing_known=False, stored_dtype=stored)
 
 
 def _read_picture(path: Path) -> Volume:
@@ -128,7 +143,9 @@ def _read_picture(path: Path) -> Volume:
         if picture.mode in {"RGB", "RGBA"}:
             picture = picture.convert("L")
         array = np.asarray(picture)
-    return Volume(_as_3d(array, path), (1.0, 1.0, 1.0), path, spacing_known=False)
+    return Volume(
+        _as_3d(array, path), (1.0, 1.0, 1.0), path, spacing_known=False, stored_dtype=str(array.dtype)
+    )
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -159,6 +176,7 @@ def _read_dicom_series(folder: Path) -> Volume:
             else int(getattr(s, "InstanceNumber", 0))
         )
     )
+    stored = str(slices[0].pixel_array.dtype)
     planes = []
     for s in slices:
         plane = s.pixel_array.astype(np.float32)
@@ -175,7 +193,9 @@ def _read_dicom_series(folder: Path) -> Volume:
         z_spacing = float(np.median(np.diff(positions))) or 1.0
     else:
         z_spacing = float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
-    return Volume(array, (col_spacing, row_spacing, abs(z_spacing)), folder, display_rotations=1)
+    return Volume(
+        array, (col_spacing, row_spacing, abs(z_spacing)), folder, display_rotations=1, stored_dtype=stored
+    )
 
 
 def _slice_normal(dataset) -> np.ndarray:

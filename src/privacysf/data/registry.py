@@ -59,7 +59,13 @@ def _from_nibabel(image, name: str) -> Volume:
 
     canonical = nib.as_closest_canonical(image)
     spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
-    return Volume(np.asarray(canonical.dataobj, np.float32), spacing, Path(name), display_rotations=1)
+    return Volume(
+        np.asarray(canonical.dataobj, np.float32),
+        spacing,
+        Path(name),
+        display_rotations=1,
+        stored_dtype=str(image.get_data_dtype()),
+    )
 
 
 def _brain_case(case_id: str, image: Volume, mask: np.ndarray, sources: dict[str, str]) -> Case:
@@ -72,6 +78,7 @@ def _brain_case(case_id: str, image: Volume, mask: np.ndarray, sources: dict[str
         spacing=image.spacing,
         display_rotations=image.display_rotations,
         sources=sources,
+        stored_dtype=image.stored_dtype,
     )
 
 
@@ -127,6 +134,7 @@ def _dsb_nuclei(cfg: DataConfig) -> list[Case]:
                     spacing=(1.0, 1.0, 1.0),
                     spacing_known=False,
                     sources={"vendored": "stardist 0.9.2 img2d.tif / mask2d.tif (DSB 2018)"},
+                    stored_dtype="uint16",
                 )
             )
     return cases

@@ -1,0 +1,233 @@
+"""The center's networks: a mask codec (encoder + decoder) and an image encoder.
+
+All of them stay in the hospital. The mask codec's round-trip Dice on ground-truth masks is the
+ceiling of the whole pipeline: the server can at best return the code of the true mask. The image
+encoder is trained in one of the modes of :data:`IMAGE_MODES`; a mode is an objective object, so a
+new one (the adversarial ``private`` mode) is one more entry, not a new branch through the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.utils import one_hot
+from torch import nn
+
+from privacysf.config import CodecConfig, ExperimentConfig
+from privacysf.data.loader import batched, slice_batches
+from privacysf.data.preprocess import SliceSet
+from privacysf.errors import ConfigError, DataError
+from privacysf.exchange import grid_to_tokens, tokens_to_grid
+from privacysf.metrics import mean_dice
+from privacysf.nets.conv import ConvDecoder, ConvEncoder
+from privacysf.nets.sequence import SequenceMapper
+from privacysf.training import FitResult, fit
+
+
+def token_grid(size: int, cfg: CodecConfig) -> tuple[int, int]:
+    if size % cfg.downsample:
+        raise ConfigError(f"image size {size} is not a multiple of codec.downsample {cfg.downsample}")
+    return size // cfg.downsample, size // cfg.downsample
+
+
+class MaskCodec(nn.Module):
+    """One-hot masks (K classes) <-> mask codes (C_m × h × w, bounded in [-1, 1])."""
+
+    def __init__(self, num_classes: int, cfg: CodecConfig) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.encoder = ConvEncoder(num_classes, cfg.mask_channels, cfg.width, cfg.downsample)
+        self.decoder = ConvDecoder(cfg.mask_channels, num_classes, cfg.width, cfg.downsample)
+
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        if int(labels.max()) >= self.num_classes or int(labels.min()) < 0:
+            raise DataError(
+                f"mask holds label {int(labels.max())} but this mask codec was trained for "
+                f"{self.num_classes} classes (0..{self.num_classes - 1}); retrain the codec for these classes"
+            )
+        return self.encoder(one_hot(labels[:, None], self.num_classes).float())
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        return self.decoder(code)
+
+
+def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
+    """What a center checkpoint must agree on with the run that loads it."""
+    c = cfg.codec
+    return {
+        "kind": part,
+        "num_classes": num_classes,
+        "size": cfg.data.size,
+        "downsample": c.downsample,
+        "image_channels": c.image_channels,
+        "mask_channels": c.mask_channels,
+        "width": c.width,
+        "image_mode": c.image_mode if part == "image-encoder" else None,
+    }
+
+
+@torch.no_grad()
+def encode_images(encoder: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
+    """(N, 1, H, W) images -> (N, L, C) image-code tokens."""
+    encoder.eval()
+    parts = [grid_to_tokens(encoder(torch.from_numpy(b).to(device))).cpu() for b in batched(images, 32)]
+    return torch.cat(parts).numpy()
+
+
+@torch.no_grad()
+def encode_masks(codec: MaskCodec, masks: np.ndarray, device: torch.device) -> np.ndarray:
+    """(N, H, W) label maps -> (N, L, C_m) mask-code tokens."""
+    codec.eval()
+    parts = [grid_to_tokens(codec.encode(torch.from_numpy(b).to(device))).cpu() for b in batched(masks, 32)]
+    return torch.cat(parts).numpy()
+
+
+@torch.no_grad()
+def decode_masks(
+    codec: MaskCodec, tokens: np.ndarray, grid: tuple[int, int], device: torch.device
+) -> np.ndarray:
+    """(N, L, C_m) mask-code tokens -> (N, H, W) label maps."""
+    codec.eval()
+    parts = [
+        codec.decode(tokens_to_grid(torch.from_numpy(np.ascontiguousarray(b)).to(device), grid))
+        .argmax(1)
+        .cpu()
+        for b in batched(tokens, 32)
+    ]
+    return torch.cat(parts).numpy()
+
+
+def train_mask_codec(
+    cfg: ExperimentConfig,
+    train: SliceSet,
+    val: SliceSet,
+    num_classes: int,
+    device: torch.device,
+    checkpoint: Path | None,
+) -> tuple[MaskCodec, FitResult]:
+    """Train on ground-truth masks; noise on the code teaches the decoder to absorb mapping errors."""
+    codec = MaskCodec(num_classes, cfg.codec).to(device)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    grid = token_grid(cfg.data.size, cfg.codec)
+
+    def step(batch):
+        _, y = batch
+        code = codec.encode(y)
+        noisy = code + cfg.codec.code_noise * torch.randn_like(code)
+        return loss_fn(codec.decode(noisy), y[:, None])
+
+    def validate() -> float:
+        tokens = encode_masks(codec, val.masks, device)
+        return mean_dice(decode_masks(codec, tokens, grid, device), val.masks, num_classes)
+
+    batches = slice_batches(train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed, device)
+    result = fit(
+        codec,
+        batches,
+        step,
+        validate,
+        cfg.train,
+        "center mask codec",
+        checkpoint,
+        codec_signature(cfg, num_classes, "mask-codec"),
+    )
+    return codec, result
+
+
+class AutoencoderObjective:
+    """``autoencoder`` mode: the code must let a (center-kept) image decoder rebuild the image."""
+
+    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
+        c = cfg.codec
+        self.encoder = encoder
+        self.decoder = ConvDecoder(c.image_channels, 1, c.width, c.downsample).to(device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"image_decoder": self.decoder}
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
+
+    def score(self, val: SliceSet, device) -> float:
+        errors = [
+            torch.nn.functional.mse_loss(self.decoder(self.encoder(xb)), xb).item()
+            for xb in (torch.from_numpy(b).to(device) for b in batched(val.images, 32))
+        ]
+        return -float(np.mean(errors))
+
+
+class TaskObjective:
+    """``task`` mode: a center-side head must predict the mask code from the image code.
+
+    The code keeps what segmentation needs and is free to drop the rest. The head is trained on the
+    code MSE (what the server will optimise) plus the Dice-CE of the decoded mask through the frozen
+    mask decoder, so the code is shaped by segmentation quality, not only by code distance.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
+        c, m = cfg.codec, cfg.mapper
+        self.encoder, self.codec, self.device = encoder, codec, device
+        self.grid = token_grid(cfg.data.size, c)
+        self.head = SequenceMapper(
+            c.image_channels, c.mask_channels, self.grid, m.width, m.cycles, m.kernel, m.use_position
+        ).to(device)
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        for p in codec.parameters():
+            p.requires_grad_(False)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"task_head": self.head}
+
+    def _predict_code(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(grid_to_tokens(self.encoder(x)))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = grid_to_tokens(self.codec.encode(y))
+        predicted = self._predict_code(x)
+        logits = self.codec.decode(tokens_to_grid(predicted, self.grid))
+        return torch.nn.functional.mse_loss(predicted, target) + self.seg_loss(logits, y[:, None])
+
+    def score(self, val: SliceSet, device) -> float:
+        codes = [self._predict_code(torch.from_numpy(b).to(device)).cpu() for b in batched(val.images, 32)]
+        labels = decode_masks(self.codec, torch.cat(codes).numpy(), self.grid, device)
+        return mean_dice(labels, val.masks, self.codec.num_classes)
+
+
+IMAGE_MODES: dict[str, Callable[..., AutoencoderObjective | TaskObjective]] = {
+    "autoencoder": AutoencoderObjective,
+    "task": TaskObjective,
+}
+
+
+def train_image_encoder(
+    cfg: ExperimentConfig,
+    train: SliceSet,
+    val: SliceSet,
+    codec: MaskCodec,
+    device: torch.device,
+    checkpoint: Path | None,
+) -> tuple[ConvEncoder, FitResult]:
+    mode = cfg.codec.image_mode
+    if mode not in IMAGE_MODES:
+        raise ConfigError(f"codec.image_mode {mode!r} is not one of {sorted(IMAGE_MODES)}")
+    c = cfg.codec
+    encoder = ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device)
+    objective = IMAGE_MODES[mode](cfg, encoder, codec, device)
+    batches = slice_batches(train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed + 1, device)
+    result = fit(
+        encoder,
+        batches,
+        lambda batch: objective.loss(*batch),
+        lambda: objective.score(val, device),
+        cfg.train,
+        f"center image encoder ({mode})",
+        checkpoint,
+        codec_signature(cfg, codec.num_classes, "image-encoder"),
+        modules=objective.modules(),
+    )
+    return encoder, result

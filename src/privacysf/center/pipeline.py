@@ -1,0 +1,152 @@
+"""The Privacy-SF workflow as a center runs it, with the server reached through wire messages.
+
+``fit``: train the center's mask codec and image encoder on its own data, encode, send code pairs to
+the server, let the server train its mapper. ``segment``: encode a new image, send the code, decode the
+returned mask code. The server object here is in-process, but it is handed nothing but ``bytes`` in
+the exchange format, exactly what would cross the network.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from privacysf.center.codecs import (
+    MaskCodec,
+    codec_signature,
+    decode_masks,
+    encode_images,
+    encode_masks,
+    token_grid,
+    train_image_encoder,
+    train_mask_codec,
+)
+from privacysf.config import ExperimentConfig
+from privacysf.data.preprocess import SliceSet
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes
+from privacysf.metrics import mean_dice
+from privacysf.nets.conv import ConvEncoder
+from privacysf.server import MappingServer
+from privacysf.torchutil import load_checkpoint
+
+MASK_CODEC = Path("center") / "mask_codec.pt"
+IMAGE_ENCODER = Path("center") / "image_encoder.pt"
+MAPPER = Path("server") / "mapper.pt"
+
+
+@dataclass
+class Center:
+    """A hospital's private models: they never leave the center."""
+
+    cfg: ExperimentConfig
+    mask_codec: MaskCodec
+    image_encoder: ConvEncoder
+    grid: tuple[int, int]
+    device: torch.device
+
+    def image_message(self, images: np.ndarray) -> bytes:
+        tokens = encode_images(self.image_encoder, images, self.device)
+        return encode_codes(CodeBatch(tokens, self.grid, "image"), self.cfg.codec.wire_dtype)
+
+    def mask_message(self, masks: np.ndarray) -> bytes:
+        tokens = encode_masks(self.mask_codec, masks, self.device)
+        return encode_codes(CodeBatch(tokens, self.grid, "mask"), self.cfg.codec.wire_dtype)
+
+    def decode_message(self, message: bytes) -> np.ndarray:
+        batch = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens)
+        return decode_masks(self.mask_codec, batch.tokens, self.grid, self.device)
+
+    @property
+    def mask_tokens(self) -> tuple[int, int]:
+        return self.grid[0] * self.grid[1], self.cfg.codec.mask_channels
+
+    def segment(self, server: MappingServer, images: np.ndarray) -> np.ndarray:
+        """encode -> server maps -> decode, for (N, 1, H, W) preprocessed images."""
+        return self.decode_message(server.map(self.image_message(images)))
+
+
+def train_center(
+    cfg: ExperimentConfig, train: SliceSet, val: SliceSet, num_classes: int, device, run_dir: Path
+) -> tuple[Center, dict]:
+    """Mask codec first (its codes are the image encoder's targets in task mode), then the encoder."""
+    codec, codec_fit = train_mask_codec(cfg, train, val, num_classes, device, run_dir / MASK_CODEC)
+    encoder, encoder_fit = train_image_encoder(cfg, train, val, codec, device, run_dir / IMAGE_ENCODER)
+    center = Center(cfg, codec, encoder, token_grid(cfg.data.size, cfg.codec), device)
+    return center, {"mask_codec": codec_fit, "image_encoder": encoder_fit}
+
+
+def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int) -> float:
+    """Round-trip Dice of ground-truth masks through the codec and the wire: the pipeline's ceiling."""
+    return mean_dice(center.decode_message(center.mask_message(masks)), masks, num_classes)
+
+
+def payload_bytes(center: Center, server: MappingServer, image: np.ndarray) -> dict[str, int]:
+    """Bytes of one single-image query: image code up, mask code down, headers included."""
+    up = center.image_message(image[None])
+    down = server.map(up)
+    return {"up": len(up), "down": len(down), "total": len(up) + len(down)}
+
+
+def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> dict[str, int]:
+    """Bytes of one query at ``size``² with the config's codec: real messages from real networks.
+
+    Message sizes depend on the grid, values per token and wire dtype, not on training, so fresh
+    networks give the exact figure for any image size without training at that size.
+    """
+    sized = cfg.override([f"data.size={size}", "train.device=cpu"])
+    c = sized.codec
+    center = Center(
+        sized,
+        MaskCodec(num_classes, c).eval(),
+        ConvEncoder(1, c.image_channels, c.width, c.downsample).eval(),
+        token_grid(size, c),
+        torch.device("cpu"),
+    )
+    server = MappingServer(sized.mapper, sized.augment, sized.train)
+    server.initialise(center.grid, c.image_channels, c.mask_channels)
+    return payload_bytes(center, server, np.zeros((1, size, size), np.float32))
+
+
+def fit_server(cfg: ExperimentConfig, center: Center, train: SliceSet, val: SliceSet, run_dir: Path):
+    """What the center uploads and what the server does with it (server side sees bytes only)."""
+    started = time.perf_counter()
+    messages = (
+        center.image_message(train.images),
+        center.mask_message(train.masks),
+        center.image_message(val.images),
+        center.mask_message(val.masks),
+    )
+    encode_seconds = time.perf_counter() - started
+    server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
+    result = server.fit(*messages, checkpoint=run_dir / MAPPER)
+    upload = {
+        "train_bytes": len(messages[0]) + len(messages[1]),
+        "val_bytes": len(messages[2]) + len(messages[3]),
+    }
+    return server, result, {"encode_seconds": round(encode_seconds, 2), **upload}
+
+
+def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) -> Center:
+    codec = MaskCodec(num_classes, cfg.codec)
+    codec.load_state_dict(
+        load_checkpoint(run_dir / MASK_CODEC, codec_signature(cfg, num_classes, "mask-codec"))["model"]
+    )
+    c = cfg.codec
+    encoder = ConvEncoder(1, c.image_channels, c.width, c.downsample)
+    encoder.load_state_dict(
+        load_checkpoint(run_dir / IMAGE_ENCODER, codec_signature(cfg, num_classes, "image-encoder"))["model"]
+    )
+    return Center(
+        cfg, codec.to(device).eval(), encoder.to(device).eval(), token_grid(cfg.data.size, c), device
+    )
+
+
+def load_server(cfg: ExperimentConfig, run_dir: Path) -> MappingServer:
+    grid = token_grid(cfg.data.size, cfg.codec)
+    server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
+    server.load(run_dir / MAPPER, grid, cfg.codec.image_channels, cfg.codec.mask_channels)
+    return server

@@ -1,0 +1,140 @@
+"""The wire format of codes: the only payload a center sends to or receives from the server.
+
+Layout of one message (all little-endian)::
+
+    b"PSFC" | uint16 format version | uint32 header length | header (UTF-8 JSON) | values
+
+The header states everything needed to read the values back without guessing: ``kind`` (image or
+mask code), ``dtype``, ``shape`` (N, L, C) = (codes, tokens, values per token), ``grid`` (h, w) with
+L = h·w, and ``scan`` (the order in which grid cells became tokens). ``int8`` codes store round(127·v)
+of codes bounded in [-1, 1]. Anything that does not match (magic, version, sizes, dtype, NaN or
+infinite values) is refused with a :class:`WireFormatError` before it reaches a network.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from privacysf.errors import WireFormatError
+
+MAGIC = b"PSFC"
+FORMAT_VERSION = 1
+SCAN_ORDER = "row-major"
+WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
+INT8_SCALE = 127.0
+KINDS = ("image", "mask")
+_PREFIX = struct.Struct("<4sHI")
+MAX_HEADER_BYTES = 64 * 1024
+
+
+@dataclass
+class CodeBatch:
+    """Codes as token sequences: ``tokens`` is float32 (N, L, C) over an h×w ``grid``."""
+
+    tokens: np.ndarray
+    grid: tuple[int, int]
+    kind: str
+    wire_dtype: str | None = None
+    """The dtype the codes travelled in (set by :func:`decode_codes`)."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.tokens.shape)  # type: ignore[return-value]
+
+
+def grid_to_tokens(code: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) feature maps -> (N, h·w, C) tokens in row-major scan order."""
+    return code.flatten(2).transpose(1, 2)
+
+
+def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(N, h·w, C) tokens -> (N, C, h, w) feature maps (inverse of :func:`grid_to_tokens`)."""
+    n, length, channels = tokens.shape
+    return tokens.transpose(1, 2).reshape(n, channels, *grid)
+
+
+def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
+    if dtype not in WIRE_DTYPES:
+        raise WireFormatError(f"wire dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+    tokens = np.asarray(batch.tokens, dtype=np.float32)
+    if tokens.ndim != 3 or tokens.shape[1] != batch.grid[0] * batch.grid[1]:
+        raise WireFormatError(f"codes of shape {tokens.shape} do not fill a {batch.grid} token grid")
+    if dtype == "int8":
+        values = np.clip(np.rint(tokens * INT8_SCALE), -127, 127).astype(WIRE_DTYPES[dtype])
+    else:
+        values = tokens.astype(WIRE_DTYPES[dtype])
+    header = json.dumps(
+        {
+            "version": FORMAT_VERSION,
+            "kind": batch.kind,
+            "dtype": dtype,
+            "shape": list(tokens.shape),
+            "grid": list(batch.grid),
+            "scan": SCAN_ORDER,
+        }
+    ).encode()
+    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + values.tobytes()
+
+
+def decode_codes(
+    payload: bytes,
+    expect_kind: str | None = None,
+    expect_tokens: tuple[int, int] | None = None,
+) -> CodeBatch:
+    """Read a message, checking it against what the receiver expects: kind and (L, C) per code."""
+    if len(payload) < _PREFIX.size:
+        raise WireFormatError(f"payload of {len(payload)} bytes is too short to hold a code header")
+    magic, version, header_len = _PREFIX.unpack_from(payload)
+    if magic != MAGIC:
+        raise WireFormatError("payload is not a Privacy-SF code message (bad magic bytes)")
+    if version != FORMAT_VERSION:
+        raise WireFormatError(
+            f"code format version {version} is not supported (this build reads version "
+            f"{FORMAT_VERSION}); encode with a matching privacysf release"
+        )
+    if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
+        raise WireFormatError("code header length is inconsistent with the payload size")
+    try:
+        header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
+        dtype, shape, grid, kind = header["dtype"], header["shape"], header["grid"], header["kind"]
+        scan = header["scan"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WireFormatError(f"code header is malformed: {exc}") from None
+    if header.get("version") != version:
+        raise WireFormatError("code header and prefix disagree on the format version")
+    if dtype not in WIRE_DTYPES:
+        raise WireFormatError(f"code dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+    if kind not in KINDS or (expect_kind is not None and kind != expect_kind):
+        raise WireFormatError(f"expected {expect_kind or 'image/mask'} codes, got kind {kind!r}")
+    if scan != SCAN_ORDER:
+        raise WireFormatError(f"scan order {scan!r} is not supported (expected {SCAN_ORDER!r})")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or not all(isinstance(v, int) and v > 0 for v in shape)
+        or not isinstance(grid, list)
+        or len(grid) != 2
+        or not all(isinstance(v, int) and v > 0 for v in grid)
+        or shape[1] != grid[0] * grid[1]
+    ):
+        raise WireFormatError(f"code shape {shape} does not match token grid {grid}")
+    if expect_tokens is not None and tuple(shape[1:]) != tuple(expect_tokens):
+        raise WireFormatError(
+            f"codes have {shape[1]} tokens of {shape[2]} values, but this model takes "
+            f"{expect_tokens[0]} tokens of {expect_tokens[1]} values; encode with the matching codec"
+        )
+    body = payload[_PREFIX.size + header_len :]
+    expected = int(np.prod(shape)) * WIRE_DTYPES[dtype].itemsize
+    if len(body) != expected:
+        raise WireFormatError(f"code body has {len(body)} bytes, its header announces {expected}")
+    values = np.frombuffer(body, dtype=WIRE_DTYPES[dtype]).reshape(shape).astype(np.float32)
+    if dtype == "int8":
+        values /= INT8_SCALE
+    if not np.isfinite(values).all():
+        raise WireFormatError("codes contain NaN or infinite values")
+    return CodeBatch(values, (grid[0], grid[1]), kind, dtype)

@@ -1,0 +1,107 @@
+"""``privacysf fit`` / ``demo``: the whole Privacy-SF experiment on one dataset, with its report.
+
+Trains the center's codecs, lets the server learn the mapping from codes, scores the test split
+through encode -> map -> decode, trains the raw U-Net on the same split and budget for comparison,
+and writes a run folder with config, metrics, figures and a Markdown report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from privacysf.baseline.unet import predict_labels, train_unet
+from privacysf.center.pipeline import (
+    fit_server,
+    load_center,
+    load_server,
+    mask_ceiling,
+    payload_bytes,
+    train_center,
+)
+from privacysf.config import ExperimentConfig
+from privacysf.data.prepare import describe, prepare
+from privacysf.errors import ConfigError
+from privacysf.evaluation import save_test_overlays, score_test
+from privacysf.figures import curves
+from privacysf.report import save_code_pictures, write_report
+from privacysf.runs import new_run_dir, write_json
+from privacysf.torchutil import resolve_device, seed_everything
+
+
+def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
+    seed_everything(cfg.train.seed, cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    data = prepare(cfg.data)
+    k = data.info.num_classes
+    run_dir = new_run_dir(cfg.output_dir, f"privacysf-{Path(cfg.data.dataset).name}-{cfg.codec.image_mode}")
+    cfg.save(run_dir / "config.json")
+    write_json(run_dir / "data.json", describe(data))
+
+    started = time.perf_counter()
+    center, center_fits = train_center(cfg, data.train, data.val, k, device, run_dir)
+    center_seconds = time.perf_counter() - started
+    server, server_fit, upload = fit_server(cfg, center, data.train, data.val, run_dir)
+    pred = center.segment(server, data.test.images)
+    payload = payload_bytes(center, server, data.test.images[0])
+    metrics: dict = {
+        "dataset": data.info.name,
+        "split": data.split,
+        "privacysf": {
+            "mode": cfg.codec.image_mode,
+            "test": score_test(pred, data),
+            "mask_codec_ceiling_dice": mask_ceiling(center, data.test.masks, k),
+            "payload_bytes_per_query": payload,
+            "raw_image_bytes": data.raw_image_bytes,
+            "raw_image_dtype": data.info.stored_dtype,
+            "wire_dtype": cfg.codec.wire_dtype,
+            "upload": upload,
+            "training_seconds": {
+                "mask_codec": round(center_fits["mask_codec"].seconds, 2),
+                "image_encoder": round(center_fits["image_encoder"].seconds, 2),
+                "center_total": round(center_seconds, 2),
+                "server_mapper": round(server_fit.seconds, 2),
+            },
+        },
+    }
+    histories = {
+        "mask codec": center_fits["mask_codec"].history,
+        f"image encoder ({cfg.codec.image_mode})": center_fits["image_encoder"].history,
+        "server mapper (-MSE)": server_fit.history,
+    }
+    predictions = {"Privacy-SF": pred}
+    if cfg.compare_unet:
+        unet, unet_fit = train_unet(cfg, data, device, run_dir / "baseline" / "unet.pt")
+        unet_pred = predict_labels(unet, data.test.images, device)
+        metrics["raw_unet"] = {
+            "test": score_test(unet_pred, data),
+            "training_seconds": round(unet_fit.seconds, 2),
+        }
+        metrics["dice_ratio_vs_unet"] = metrics["privacysf"]["test"]["mean"]["dice"]["mean"] / max(
+            metrics["raw_unet"]["test"]["mean"]["dice"]["mean"], 1e-9
+        )
+        histories["raw U-Net"] = unet_fit.history
+        predictions["raw U-Net"] = unet_pred
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "history.json", histories)
+    figures = run_dir / "figures"
+    save_test_overlays(figures / "overlays.png", data, predictions)
+    curves(figures / "curves.png", histories)
+    save_code_pictures(figures / "codes.png", center, data)
+    write_report(run_dir, cfg, metrics)
+    return run_dir, metrics
+
+
+def reload(run_dir: Path, device_name: str | None = None):
+    """The center and server of a finished run, with its config (for ``privacysf segment``)."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} is not a Privacy-SF run folder (no config.json)")
+    cfg = ExperimentConfig.load(config_path)
+    if device_name:
+        cfg = cfg.override([f"train.device={device_name}"])
+    import json
+
+    num_classes = len(json.loads((run_dir / "data.json").read_text())["classes"])
+    device = resolve_device(cfg.train.device)
+    return cfg, load_center(cfg, num_classes, run_dir, device), load_server(cfg, run_dir)

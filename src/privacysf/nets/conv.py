@@ -1,0 +1,63 @@
+"""Convolutional encoders and decoders for the center's codecs, from MONAI blocks.
+
+An encoder halves the resolution ``log2(downsample)`` times with residual units and ends in a 1×1
+convolution and tanh, so codes are bounded in [-1, 1]: bounded codes quantise to int8 cleanly and give
+the server's MSE a fixed scale. A decoder mirrors it with transposed convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+
+NORM = "instance"
+
+
+def _stages(downsample: int) -> int:
+    stages = int(math.log2(downsample))
+    if 2**stages != downsample or stages < 1:
+        raise ValueError(f"downsample must be a power of two >= 2, got {downsample}")
+    return stages
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, in_channels: int, code_channels: int, width: int, downsample: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for i in range(_stages(downsample)):
+            out = width * 2**i
+            layers.append(ResidualUnit(2, channels, out, strides=2, subunits=2, norm=NORM))
+            channels = out
+        layers.append(ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=NORM))
+        layers.append(nn.Conv2d(channels, code_channels, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(x))
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, code_channels: int, out_channels: int, width: int, downsample: int) -> None:
+        super().__init__()
+        stages = _stages(downsample)
+        channels = width * 2 ** (stages - 1)
+        layers: list[nn.Module] = [
+            nn.Conv2d(code_channels, channels, 1),
+            ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=NORM),
+        ]
+        for i in reversed(range(stages)):
+            out = width * 2 ** max(i - 1, 0)
+            layers.append(
+                Convolution(2, channels, out, strides=2, is_transposed=True, norm=NORM, kernel_size=3)
+            )
+            layers.append(ResidualUnit(2, out, out, strides=1, subunits=1, norm=NORM))
+            channels = out
+        layers.append(nn.Conv2d(channels, out_channels, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.net(code)

@@ -1,0 +1,69 @@
+"""``privacysf segment``: one image file in, one mask file out, through a trained run.
+
+The center preprocesses and encodes the image, the server maps the code, the center decodes the
+returned mask code and undoes the resizing, so the mask lands on the input's own voxel grid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from privacysf.data.cases import Case
+from privacysf.data.preprocess import restore_slices, slice_case
+from privacysf.data.readers import NIFTI_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, Volume, read_volume
+from privacysf.errors import DataError
+from privacysf.experiment import reload
+from privacysf.runs import atomic_write
+
+
+def segment_volume(run_dir: Path, volume: Volume, device: str | None = None) -> np.ndarray:
+    cfg, center, server = reload(run_dir, device)
+    normalization = json.loads((run_dir / "data.json").read_text())["normalization"]
+    case = Case(
+        "input", volume.array.astype(np.float32), np.zeros(volume.array.shape, np.int64), volume.spacing
+    )
+    axis = cfg.data.axis
+    slices = slice_case(case, axis, cfg.data.size, normalization, cfg.data.ct_window, drop_empty=False)
+    labels = center.segment(server, slices.images)
+    plane = tuple(s for i, s in enumerate(volume.array.shape) if i != axis)
+    return np.moveaxis(restore_slices(labels, plane), 0, axis)
+
+
+def segment_file(run_dir: Path, image: Path, output: Path, device: str | None = None) -> Path:
+    name = output.name.lower()
+    if not name.endswith(NIFTI_SUFFIXES + (".nrrd", ".mha") + PICTURE_SUFFIXES + TIFF_SUFFIXES):
+        raise DataError(f"cannot write a mask to {output}: use .nii.gz, .nrrd, .mha, .png or .tif")
+    volume = read_volume(image)
+    labels = segment_volume(run_dir, volume, device).astype(np.uint8)
+    atomic_write(output, lambda tmp: _write_mask(tmp, name, labels, volume))
+    return output
+
+
+def _write_mask(tmp: Path, name: str, labels: np.ndarray, volume: Volume) -> None:
+    if name.endswith(NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        affine = volume.affine if volume.affine is not None else np.diag([*volume.spacing, 1.0])
+        image = nib.Nifti1Image(labels, affine)
+        image.set_data_dtype(np.uint8)
+        nib.save(image, str(tmp.with_name(tmp.name + (".nii.gz" if name.endswith(".gz") else ".nii"))))
+        tmp.with_name(tmp.name + (".nii.gz" if name.endswith(".gz") else ".nii")).replace(tmp)
+    elif name.endswith((".nrrd", ".mha")):
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(np.transpose(labels, (2, 1, 0)))
+        image.SetSpacing(volume.spacing)
+        sitk.WriteImage(image, str(tmp), imageIO="NrrdImageIO" if name.endswith(".nrrd") else "MetaImageIO")
+    elif name.endswith(TIFF_SUFFIXES):
+        import tifffile
+
+        tifffile.imwrite(tmp, np.moveaxis(labels, -1, 0) if labels.shape[-1] > 1 else labels[..., 0])
+    else:
+        from PIL import Image
+
+        if labels.shape[-1] != 1:
+            raise DataError("a PNG can hold one slice only; write a 3-D mask as .nii.gz")
+        Image.fromarray(labels[..., 0]).save(tmp, format="PNG")

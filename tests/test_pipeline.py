@@ -1,0 +1,106 @@
+"""Privacy-SF end to end on an easy task: center codecs, server mapper on codes only, decode."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC, load_center
+from privacysf.config import ExperimentConfig
+from privacysf.data.phantom import phantom_case
+from privacysf.errors import ConfigError, DataError, WireFormatError
+from privacysf.exchange import CodeBatch, encode_codes
+from privacysf.experiment import reload, run_fit
+from privacysf.segment import segment_file
+
+SETTINGS = [
+    "data.dataset=phantom",
+    "data.size=64",
+    "data.phantom_cases=48",
+    "train.epochs=25",
+    "train.progress=false",
+    "train.threads=2",
+    "codec.width=16",
+    "mapper.width=64",
+]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    cfg = ExperimentConfig().override([*SETTINGS, f"output_dir={out}"])
+    return run_fit(cfg)
+
+
+def test_reaches_dice_and_writes_a_complete_run(fitted):
+    run_dir, metrics = fitted
+    p = metrics["privacysf"]
+    assert p["mask_codec_ceiling_dice"] > 0.9
+    assert p["test"]["mean"]["dice"]["mean"] > 0.8
+    assert metrics["dice_ratio_vs_unet"] > 0.85
+    # payload: float16 image code (8 x 8 grid x 8 values) up, mask code down, each with its header
+    assert p["payload_bytes_per_query"]["up"] == p["payload_bytes_per_query"]["down"]
+    assert 2 * 8 * 8 * 8 * 2 < p["payload_bytes_per_query"]["total"] < p["raw_image_bytes"]
+    for name in [
+        "config.json",
+        "metrics.json",
+        "history.json",
+        "report.md",
+        "figures/overlays.png",
+        "figures/codes.png",
+        "figures/curves.png",
+        "server/mapper.pt",
+        str(MASK_CODEC),
+        str(IMAGE_ENCODER),
+    ]:
+        assert (run_dir / name).is_file(), name
+    assert "Privacy-SF" in (run_dir / "report.md").read_text()
+
+
+def test_server_files_hold_no_center_weights(fitted):
+    run_dir, _ = fitted
+    state = torch.load(run_dir / "server" / "mapper.pt", weights_only=True)
+    assert set(state) == {"signature", "model"}
+    assert all(not k.startswith(("encoder", "decoder")) for k in state["model"])
+
+
+def test_segment_a_nifti_file_onto_its_own_grid(fitted, tmp_path):
+    run_dir, _ = fitted
+    case = phantom_case(np.random.default_rng(99), 80, "new")
+    image = nib.Nifti1Image(case.image[:, :, :1].repeat(2, axis=2), np.diag([0.5, 0.5, 2.0, 1.0]))
+    nib.save(image, str(tmp_path / "new.nii.gz"))
+    out = segment_file(run_dir, tmp_path / "new.nii.gz", tmp_path / "new_mask.nii.gz", "cpu")
+    mask = nib.load(str(out))
+    assert mask.shape == (80, 80, 2)
+    np.testing.assert_allclose(mask.header.get_zooms(), (0.5, 0.5, 2.0))
+    labels = np.asarray(mask.dataobj)
+    truth = case.mask[..., 0]
+    dice = 2 * ((labels[..., 0] > 0) & (truth > 0)).sum() / ((labels[..., 0] > 0).sum() + (truth > 0).sum())
+    assert dice > 0.85
+
+
+def test_server_refuses_codes_of_the_wrong_shape(fitted):
+    run_dir, _ = fitted
+    _, center, server = reload(run_dir, "cpu")
+    wrong = encode_codes(CodeBatch(np.zeros((1, 16, 8), np.float32), (4, 4), "image"))
+    with pytest.raises(WireFormatError, match="this model takes 64 tokens of 8 values"):
+        server.map(wrong)
+    mask_code = center.mask_message(np.zeros((1, 64, 64), np.int64))
+    with pytest.raises(WireFormatError, match="expected image codes"):
+        server.map(mask_code)
+
+
+def test_codec_refuses_unknown_classes_and_foreign_checkpoints(fitted):
+    run_dir, _ = fitted
+    _, center, _ = reload(run_dir, "cpu")
+    masks = np.zeros((1, 64, 64), np.int64)
+    masks[0, 10:20, 10:20] = 5
+    with pytest.raises(DataError, match="trained for 3 classes"):
+        center.mask_message(masks)
+    cfg = ExperimentConfig.load(run_dir / "config.json").override(["codec.mask_channels=4"])
+    with pytest.raises(ConfigError, match="another configuration.*mask_channels"):
+        load_center(cfg, 3, run_dir, torch.device("cpu"))
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["codec"]["mask_channels"] == 8

@@ -1,0 +1,74 @@
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from privacysf.errors import WireFormatError
+from privacysf.exchange import FORMAT_VERSION, CodeBatch, decode_codes, encode_codes
+
+
+def batch(n=3, grid=(4, 5), channels=6, seed=0):
+    tokens = np.random.default_rng(seed).uniform(-1, 1, (n, grid[0] * grid[1], channels)).astype(np.float32)
+    return CodeBatch(tokens, grid, "image")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "tolerance", "itemsize"), [("float32", 0, 4), ("float16", 1e-3, 2), ("int8", 0.5 / 127, 1)]
+)
+def test_round_trip_and_size(dtype, tolerance, itemsize):
+    original = batch()
+    message = encode_codes(original, dtype)
+    back = decode_codes(message, expect_kind="image", expect_tokens=(20, 6))
+    assert back.grid == (4, 5) and back.kind == "image" and back.wire_dtype == dtype
+    np.testing.assert_allclose(back.tokens, original.tokens, atol=tolerance + 1e-7)
+    header_len = struct.unpack_from("<I", message, 6)[0]
+    assert len(message) == 10 + header_len + 3 * 20 * 6 * itemsize
+    header = json.loads(message[10 : 10 + header_len])
+    assert header == {
+        "version": FORMAT_VERSION,
+        "kind": "image",
+        "dtype": dtype,
+        "shape": [3, 20, 6],
+        "grid": [4, 5],
+        "scan": "row-major",
+    }
+
+
+def _with_header(message: bytes, **changes) -> bytes:
+    header_len = struct.unpack_from("<I", message, 6)[0]
+    header = json.loads(message[10 : 10 + header_len])
+    header.update(changes)
+    raw = json.dumps(header).encode()
+    return message[:6] + struct.pack("<I", len(raw)) + raw + message[10 + header_len :]
+
+
+def test_refuses_other_versions_and_garbage():
+    message = encode_codes(batch(), "float16")
+    newer = struct.pack("<4sH", b"PSFC", FORMAT_VERSION + 1) + message[6:]
+    with pytest.raises(WireFormatError, match="version 2 is not supported"):
+        decode_codes(newer)
+    with pytest.raises(WireFormatError, match="magic"):
+        decode_codes(b"GIF8" + message[4:])
+    with pytest.raises(WireFormatError, match="too short"):
+        decode_codes(message[:5])
+    with pytest.raises(WireFormatError, match="body has"):
+        decode_codes(message[:-7])
+
+
+def test_refuses_wrong_shape_dtype_kind_and_values():
+    message = encode_codes(batch(), "float32")
+    with pytest.raises(WireFormatError, match="this model takes 16 tokens of 6 values"):
+        decode_codes(message, expect_tokens=(16, 6))
+    with pytest.raises(WireFormatError, match="dtype 'float64'"):
+        decode_codes(_with_header(message, dtype="float64"))
+    with pytest.raises(WireFormatError, match="expected mask codes"):
+        decode_codes(message, expect_kind="mask")
+    with pytest.raises(WireFormatError, match="does not match token grid"):
+        decode_codes(_with_header(message, grid=[5, 5]))
+    with pytest.raises(WireFormatError, match="scan order"):
+        decode_codes(_with_header(message, scan="column-major"))
+    bad = batch()
+    bad.tokens[0, 0, 0] = np.nan
+    with pytest.raises(WireFormatError, match="NaN"):
+        decode_codes(encode_codes(bad, "float32"))
