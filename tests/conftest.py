@@ -73,6 +73,17 @@ def write_png(path: Path, array2d: np.ndarray) -> Path:
     return path
 
 
+def write_plain_pair(
+    root: Path, name: str, image: np.ndarray, labels: np.ndarray, mask_spacing=(1.0, 1.5, 2.0)
+):
+    """A plain-layout folder (images/, masks/) holding one NIfTI pair."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(exist_ok=True)
+    write_nifti(root / "images" / f"{name}.nii.gz", image)
+    write_nifti(root / "masks" / f"{name}.nii.gz", labels, mask_spacing)
+    return root
+
+
 @pytest.fixture
 def volume_pair():
     return ball_volume()

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import ball_volume, write_nifti
+from conftest import ball_volume, write_plain_pair
 
 from privacysf.cli import main
 
@@ -48,12 +48,8 @@ def test_wrong_path_is_a_clear_error(tmp_path):
 
 
 def test_mismatched_mask_is_a_clear_error_and_keeps_existing_runs(tmp_path):
-    root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
     image, labels = ball_volume()
-    write_nifti(root / "images" / "p1.nii.gz", image)
-    write_nifti(root / "masks" / "p1.nii.gz", labels[:, :5].astype(np.uint8))
+    root = write_plain_pair(tmp_path / "data", "p1", image, labels[:, :5].astype(np.uint8))
     existing = tmp_path / "runs" / "old-run"
     existing.mkdir(parents=True)
     (existing / "metrics.json").write_text('{"kept": true}')

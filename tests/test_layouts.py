@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import ball_volume, write_itk, write_nifti, write_png
+from conftest import ball_volume, write_itk, write_nifti, write_plain_pair, write_png
 
 from privacysf.config import DataConfig
 from privacysf.data.layouts import read_folder
@@ -80,11 +80,7 @@ def test_prepare_folder_splits_by_case(tmp_path):
 
 
 def _plain(root, image, labels, mask_spacing=(1.0, 1.5, 2.0)):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    write_nifti(root / "images" / "x.nii.gz", image)
-    write_nifti(root / "masks" / "x.nii.gz", labels, mask_spacing)
-    return root
+    return write_plain_pair(root, "x", image, labels, mask_spacing)
 
 
 def test_shape_mismatch_names_both_files(tmp_path):

@@ -24,7 +24,12 @@ SETTINGS = [
     "train.threads=2",
     "codec.width=16",
     "mapper.width=64",
+    "codec.downsample=4",
+    "codec.image_channels=4",
+    "codec.mask_channels=4",
+    "codec.wire_dtype=int8",
 ]
+TOKENS = (64 // 4) ** 2
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +45,12 @@ def test_reaches_dice_and_writes_a_complete_run(fitted):
     assert p["mask_codec_ceiling_dice"] > 0.9
     assert p["test"]["mean"]["dice"]["mean"] > 0.8
     assert metrics["dice_ratio_vs_unet"] > 0.85
-    # payload: float16 image code (8 x 8 grid x 8 values) up, mask code down, each with its header
-    assert p["payload_bytes_per_query"]["up"] == p["payload_bytes_per_query"]["down"]
-    assert 2 * 8 * 8 * 8 * 2 < p["payload_bytes_per_query"]["total"] < p["raw_image_bytes"]
+    # payload: int8 image code (16 x 16 tokens x 4 values) up, mask code down, each with its header
+    payload = p["payload_bytes_per_query"]
+    assert TOKENS * 4 < payload["up"] < TOKENS * 4 + 200
+    assert TOKENS * 4 < payload["down"] < TOKENS * 4 + 200
+    assert payload["total"] < p["raw_image_bytes"]
+    assert set(p["mask_codec_ceiling_by_wire_dtype"]) == {"float32", "float16", "int8"}
     for name in [
         "config.json",
         "metrics.json",
@@ -62,8 +70,9 @@ def test_reaches_dice_and_writes_a_complete_run(fitted):
 def test_server_files_hold_no_center_weights(fitted):
     run_dir, _ = fitted
     state = torch.load(run_dir / "server" / "mapper.pt", weights_only=True)
-    assert set(state) == {"signature", "model"}
-    assert all(not k.startswith(("encoder", "decoder")) for k in state["model"])
+    assert set(state) == {"signature", "epoch", "model"}
+    assert state["signature"]["kind"] == "sequence-mapper"
+    assert {k.split(".")[0] for k in state["model"]} == {"stem", "blocks", "head"}  # the mapper only
 
 
 def test_segment_a_nifti_file_onto_its_own_grid(fitted, tmp_path):
@@ -85,7 +94,7 @@ def test_server_refuses_codes_of_the_wrong_shape(fitted):
     run_dir, _ = fitted
     _, center, server = reload(run_dir, "cpu")
     wrong = encode_codes(CodeBatch(np.zeros((1, 16, 8), np.float32), (4, 4), "image"))
-    with pytest.raises(WireFormatError, match="this model takes 64 tokens of 8 values"):
+    with pytest.raises(WireFormatError, match=f"this model takes {TOKENS} tokens of 4 values"):
         server.map(wrong)
     mask_code = center.mask_message(np.zeros((1, 64, 64), np.int64))
     with pytest.raises(WireFormatError, match="expected image codes"):
@@ -99,8 +108,8 @@ def test_codec_refuses_unknown_classes_and_foreign_checkpoints(fitted):
     masks[0, 10:20, 10:20] = 5
     with pytest.raises(DataError, match="trained for 3 classes"):
         center.mask_message(masks)
-    cfg = ExperimentConfig.load(run_dir / "config.json").override(["codec.mask_channels=4"])
+    cfg = ExperimentConfig.load(run_dir / "config.json").override(["codec.mask_channels=8"])
     with pytest.raises(ConfigError, match="another configuration.*mask_channels"):
         load_center(cfg, 3, run_dir, torch.device("cpu"))
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["codec"]["mask_channels"] == 8
+    assert saved["codec"]["mask_channels"] == 4

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from privacysf.center.pipeline import fit_server, train_center
 from privacysf.config import AugmentConfig, ExperimentConfig
-from privacysf.data.prepare import prepare
 from privacysf.evaluation import score_test
-from privacysf.runs import atomic_write, new_run_dir, write_json
-from privacysf.torchutil import resolve_device, seed_everything
+from privacysf.runs import atomic_write, write_json
+from privacysf.session import open_run
+from privacysf.torchutil import seed_everything
 
 SWITCHES = ("reverse", "flip", "shift", "splice", "mixup", "token_dropout", "noise")
 PROBABILITY = 0.5
@@ -33,11 +33,8 @@ def variants(default: AugmentConfig) -> dict[str, AugmentConfig]:
 
 
 def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
-    seed_everything(cfg.train.seed, cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    data = prepare(cfg.data)
-    run_dir = new_run_dir(cfg.output_dir, f"ablation-{Path(cfg.data.dataset).name}")
-    cfg.save(run_dir / "config.json")
+    session = open_run(cfg, "ablation")
+    device, data, run_dir = session.device, session.data, session.run_dir
     center, _ = train_center(cfg, data.train, data.val, data.info.num_classes, device, run_dir)
     results = {}
     for name, augment in variants(cfg.augment).items():

@@ -55,7 +55,7 @@ class TrainConfig:
 
     epochs: int = 30
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-3
     patience: int = 10
     """Early stopping: epochs without a better validation score before stopping."""
     augment: bool = True
@@ -81,11 +81,11 @@ class UNetConfig:
 class CodecConfig:
     """Center-side networks: the mask codec and the image encoder (both stay in the hospital)."""
 
-    downsample: int = 8
-    """Image side / token-grid side: 128² images give a 16×16 grid of 256 tokens."""
-    image_channels: int = 8
+    downsample: int = 4
+    """Image side / token-grid side: 128² images give a 32×32 grid of 1024 tokens."""
+    image_channels: int = 4
     """Values per image-code token."""
-    mask_channels: int = 8
+    mask_channels: int = 4
     """Values per mask-code token."""
     width: int = 32
     """Feature width of the first encoder stage (doubles at each downsampling)."""
@@ -93,7 +93,7 @@ class CodecConfig:
     """Gaussian noise on mask codes while the codec trains, so its decoder tolerates mapping errors."""
     image_mode: str = "task"
     """How the image encoder is trained: ``autoencoder`` (image decoder) or ``task`` (mask-code head)."""
-    wire_dtype: str = "float16"
+    wire_dtype: str = "int8"
     """dtype of codes on the wire: ``float32``, ``float16`` or ``int8`` (codes are bounded in [-1, 1])."""
 
 

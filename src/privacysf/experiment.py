@@ -20,23 +20,20 @@ from privacysf.center.pipeline import (
     train_center,
 )
 from privacysf.config import ExperimentConfig
-from privacysf.data.prepare import describe, prepare
 from privacysf.errors import ConfigError
 from privacysf.evaluation import save_test_overlays, score_test
+from privacysf.exchange import WIRE_DTYPES
 from privacysf.figures import curves
 from privacysf.report import save_code_pictures, write_report
-from privacysf.runs import new_run_dir, write_json
-from privacysf.torchutil import resolve_device, seed_everything
+from privacysf.runs import write_json
+from privacysf.session import open_run
+from privacysf.torchutil import resolve_device
 
 
 def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
-    seed_everything(cfg.train.seed, cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    data = prepare(cfg.data)
+    session = open_run(cfg, f"privacysf-{cfg.codec.image_mode}")
+    device, data, run_dir = session.device, session.data, session.run_dir
     k = data.info.num_classes
-    run_dir = new_run_dir(cfg.output_dir, f"privacysf-{Path(cfg.data.dataset).name}-{cfg.codec.image_mode}")
-    cfg.save(run_dir / "config.json")
-    write_json(run_dir / "data.json", describe(data))
 
     started = time.perf_counter()
     center, center_fits = train_center(cfg, data.train, data.val, k, device, run_dir)
@@ -51,6 +48,9 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
             "mode": cfg.codec.image_mode,
             "test": score_test(pred, data),
             "mask_codec_ceiling_dice": mask_ceiling(center, data.test.masks, k),
+            "mask_codec_ceiling_by_wire_dtype": {
+                dtype: mask_ceiling(center, data.test.masks, k, dtype) for dtype in WIRE_DTYPES
+            },
             "payload_bytes_per_query": payload,
             "raw_image_bytes": data.raw_image_bytes,
             "raw_image_dtype": data.info.stored_dtype,

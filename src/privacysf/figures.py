@@ -82,8 +82,12 @@ def curves(path: Path, histories: dict[str, list[dict[str, float]]]) -> None:
     _save(fig, path)
 
 
-def image_grid(path: Path, panels: dict[str, np.ndarray], rotations: int = 0, cmap: str = "gray") -> None:
-    """A row of pictures per entry of ``panels`` (each (N, H, W)), titled by its key."""
+def image_grid(
+    path: Path, panels: dict[str, np.ndarray], rotations: int = 0, cmaps: dict[str, str] | None = None
+) -> None:
+    """A row of pictures per entry of ``panels`` (each (N, H, W)), titled by its key.
+
+    Rows are drawn in grey unless ``cmaps`` names another colour map for them."""
     rows = len(panels)
     n = max(len(v) for v in panels.values())
     fig, axes = plt.subplots(rows, n, figsize=(1.8 * n, 1.9 * rows), squeeze=False)
@@ -93,6 +97,6 @@ def image_grid(path: Path, panels: dict[str, np.ndarray], rotations: int = 0, cm
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(stack):
-                ax.imshow(np.rot90(stack[c], rotations), cmap=cmap)
+                ax.imshow(np.rot90(stack[c], rotations), cmap=(cmaps or {}).get(title, "gray"))
         axes[r, 0].set_ylabel(title, fontsize=8)
     _save(fig, path)

@@ -24,18 +24,21 @@ def save_code_pictures(path: Path, center: Center, data: PreparedData) -> None:
     mask_codes = encode_masks(center.mask_codec, data.test.masks[rows], center.device)
     image_grid_codes = image_codes.reshape(len(rows), h, w, -1)
     mask_grid_codes = mask_codes.reshape(len(rows), h, w, -1)
+    codes = {
+        "image code: token norm": np.linalg.norm(image_grid_codes, axis=-1),
+        "image code: channel 0": image_grid_codes[..., 0],
+        "image code: channel 1": image_grid_codes[..., 1],
+        "mask code: token norm": np.linalg.norm(mask_grid_codes, axis=-1),
+    }
     image_grid(
         path,
         {
             "image (center only)": data.test.images[rows, 0],
-            "image code: token norm": np.linalg.norm(image_grid_codes, axis=-1),
-            "image code: channel 0": image_grid_codes[..., 0],
-            "image code: channel 1": image_grid_codes[..., 1],
-            "mask code: token norm": np.linalg.norm(mask_grid_codes, axis=-1),
+            **codes,
             "mask (center only)": data.test.masks[rows],
         },
         data.info.display_rotations,
-        cmap="viridis",
+        cmaps={name: "viridis" for name in codes},
     )
 
 

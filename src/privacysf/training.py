@@ -82,9 +82,12 @@ def fit(
         if epoch - best_epoch >= cfg.patience:
             break
     bar.close()
+    seconds = time.perf_counter() - start
+    if cfg.progress:
+        tqdm.write(f"{desc}: best validation score {best_score:.4f} at epoch {best_epoch} ({seconds:.0f} s)")
     if best_state is not None:
         for k, m in parts.items():
             m.load_state_dict(best_state[k])
     for m in parts.values():
         m.eval()
-    return FitResult(best_score, best_epoch, history, time.perf_counter() - start)
+    return FitResult(best_score, best_epoch, history, seconds)

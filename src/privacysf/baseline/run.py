@@ -6,24 +6,21 @@ from pathlib import Path
 
 from privacysf.baseline.unet import load_unet, predict_labels, train_unet
 from privacysf.config import ExperimentConfig
-from privacysf.data.prepare import describe, prepare
+from privacysf.data.prepare import prepare
 from privacysf.errors import ConfigError
 from privacysf.evaluation import save_test_overlays, score_test
 from privacysf.figures import curves
 from privacysf.runs import new_run_dir, write_json
-from privacysf.torchutil import resolve_device, seed_everything
+from privacysf.session import open_run
+from privacysf.torchutil import resolve_device
 
 CHECKPOINT = Path("checkpoints") / "unet.pt"
 
 
 def train_baseline(cfg: ExperimentConfig) -> tuple[Path, dict]:
     """Train, early-stop on validation Dice, score the test split, write the run folder."""
-    seed_everything(cfg.train.seed, cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    data = prepare(cfg.data)
-    run_dir = new_run_dir(cfg.output_dir, f"baseline-{Path(cfg.data.dataset).name}")
-    cfg.save(run_dir / "config.json")
-    write_json(run_dir / "data.json", describe(data))
+    session = open_run(cfg, "baseline")
+    device, data, run_dir = session.device, session.data, session.run_dir
     model, result = train_unet(cfg, data, device, run_dir / CHECKPOINT)
     pred = predict_labels(model, data.test.images, device)
     metrics = {

@@ -52,9 +52,9 @@ class Center:
         tokens = encode_images(self.image_encoder, images, self.device)
         return encode_codes(CodeBatch(tokens, self.grid, "image"), self.cfg.codec.wire_dtype)
 
-    def mask_message(self, masks: np.ndarray) -> bytes:
+    def mask_message(self, masks: np.ndarray, dtype: str | None = None) -> bytes:
         tokens = encode_masks(self.mask_codec, masks, self.device)
-        return encode_codes(CodeBatch(tokens, self.grid, "mask"), self.cfg.codec.wire_dtype)
+        return encode_codes(CodeBatch(tokens, self.grid, "mask"), dtype or self.cfg.codec.wire_dtype)
 
     def decode_message(self, message: bytes) -> np.ndarray:
         batch = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens)
@@ -79,9 +79,9 @@ def train_center(
     return center, {"mask_codec": codec_fit, "image_encoder": encoder_fit}
 
 
-def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int) -> float:
+def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str | None = None) -> float:
     """Round-trip Dice of ground-truth masks through the codec and the wire: the pipeline's ceiling."""
-    return mean_dice(center.decode_message(center.mask_message(masks)), masks, num_classes)
+    return mean_dice(center.decode_message(center.mask_message(masks, dtype)), masks, num_classes)
 
 
 def payload_bytes(center: Center, server: MappingServer, image: np.ndarray) -> dict[str, int]:
