@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/privacysf demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests tools
+	$(BIN)/ruff format --check src tests tools
 	$(BIN)/python -m pytest
 
 format: $(STAMP)

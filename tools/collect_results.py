@@ -32,8 +32,9 @@ def main(folder: Path) -> None:
         unit = p["test"].get("distance_unit", "mm")
         pay = p["payload_bytes_per_query"]
         print(
-            f"| {metrics['dataset']} | Privacy-SF `{p['mode']}` | {fmt(t, 'dice', 3)} | {t['iou']['mean']:.3f} | "
-            f"{fmt(t, 'hd95', 2)} {unit} | {fmt(t, 'assd', 2)} {unit} | {p['mask_codec_ceiling_dice']:.3f} | "
+            f"| {metrics['dataset']} | Privacy-SF `{p['mode']}` | {fmt(t, 'dice', 3)} | "
+            f"{t['iou']['mean']:.3f} | {fmt(t, 'hd95', 2)} {unit} | {fmt(t, 'assd', 2)} {unit} | "
+            f"{p['mask_codec_ceiling_dice']:.3f} | "
             f"{metrics.get('dice_ratio_vs_unet', float('nan')):.3f} | {pay['total']} ({p['raw_image_bytes']}) | "
             f"`{run}` |"
         )
