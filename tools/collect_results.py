@@ -35,7 +35,8 @@ def main(folder: Path) -> None:
             f"| {metrics['dataset']} | Privacy-SF `{p['mode']}` | {fmt(t, 'dice', 3)} | "
             f"{t['iou']['mean']:.3f} | {fmt(t, 'hd95', 2)} {unit} | {fmt(t, 'assd', 2)} {unit} | "
             f"{p['mask_codec_ceiling_dice']:.3f} | "
-            f"{metrics.get('dice_ratio_vs_unet', float('nan')):.3f} | {pay['total']} ({p['raw_image_bytes']}) | "
+            f"{metrics.get('dice_ratio_vs_unet', float('nan')):.3f} | "
+            f"{pay['total']} ({p['raw_image_bytes']}) | "
             f"`{run}` |"
         )
         if "raw_unet" in metrics and metrics["dataset"] not in seen_unet:
