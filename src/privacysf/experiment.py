@@ -27,7 +27,7 @@ from privacysf.figures import curves
 from privacysf.report import save_code_pictures, write_report
 from privacysf.runs import write_json
 from privacysf.session import open_run
-from privacysf.torchutil import resolve_device
+from privacysf.torchutil import resolve_device, seed_everything
 
 
 def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
@@ -71,6 +71,7 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     }
     predictions = {"Privacy-SF": pred}
     if cfg.compare_unet:
+        seed_everything(cfg.train.seed, cfg.train.threads)  # same start as `privacysf baseline train`
         unet, unet_fit = train_unet(cfg, data, device, run_dir / "baseline" / "unet.pt")
         unet_pred = predict_labels(unet, data.test.images, device)
         metrics["raw_unet"] = {
