@@ -26,7 +26,7 @@ def test_paired_transforms_keep_alignment(name):
     torch.testing.assert_close(new_y, 2.0 * new_x[..., :2] + 1.0)
 
 
-def test_flip_and_reverse_are_the_grid_operations():
+def test_reverse_is_a_half_turn_of_the_grid():
     x, y = aligned_pairs(n=1)
     rev_x, _ = augment_pairs(x, y, GRID, pipeline(AugmentConfig(reverse=1.0)), torch.Generator())
     grid = x.reshape(1, *GRID, -1)
@@ -52,3 +52,14 @@ def test_probability_zero_is_identity_and_probability_selects_a_subset():
     changed = (new_x != x).flatten(1).any(1).float().mean().item()
     assert 0.25 < changed < 0.75
     assert np.isfinite(new_x.numpy()).all()
+
+
+def test_flip_is_a_grid_flip_of_both_codes():
+    x, y = aligned_pairs(n=1)
+    new_x, new_y = augment_pairs(
+        x, y, GRID, pipeline(AugmentConfig(flip=1.0)), torch.Generator().manual_seed(0)
+    )
+    grid = x.reshape(1, *GRID, -1)
+    flipped = new_x.reshape(1, *GRID, -1)
+    assert torch.equal(flipped, grid.flip(1)) or torch.equal(flipped, grid.flip(2))
+    torch.testing.assert_close(new_y, 2.0 * new_x[..., :2] + 1.0)

@@ -67,3 +67,18 @@ def test_bad_config_values(tmp_path):
     assert result.returncode == 2 and "train.epochs must be of type int" in result.stderr
     result = run_cli("baseline", "eval", str(tmp_path))
     assert result.returncode == 2 and "not a baseline run folder" in result.stderr
+
+
+def test_config_values_are_checked_before_any_training(tmp_path):
+    for setting, message in [
+        ("mapper.width=60", "mapper.width must be a positive multiple of 8"),
+        ("codec.downsample=3", "codec.downsample must be 2, 4, 8"),
+        ("codec.image_mode=magic", "codec.image_mode must be one of"),
+        ("codec.wire_dtype=float64", "codec.wire_dtype must be one of"),
+        ("data.val_fraction=0", None),
+    ]:
+        result = run_cli("fit", "--set", setting, "--out", str(tmp_path))
+        assert result.returncode == 2 and "Traceback" not in result.stderr, setting
+        if message:
+            assert message in result.stderr, (setting, result.stderr)
+    assert not any(tmp_path.iterdir())  # nothing was started

@@ -107,6 +107,27 @@ def test_unexpected_and_fractional_labels(tmp_path):
         read_folder(root2, "auto", None)
 
 
+def test_case_without_labelled_slice_is_kept_out_of_training(tmp_path):
+    root = make_msd(tmp_path / "Task03", n=8)
+    write_nifti(root / "labelsTr" / "case_000.nii.gz", np.zeros((24, 20, 12), np.uint8))
+    data = prepare(DataConfig(dataset=str(root), size=32, val_fraction=0.2, test_fraction=0.2))
+    assert "case_000" not in set(data.train.case_ids) | set(data.val.case_ids) | set(data.test.case_ids)
+
+
+def test_label_gaps_and_broken_dataset_json(tmp_path):
+    image, labels = ball_volume()
+    root = _plain(tmp_path / "d", image, (labels > 0).astype(np.uint8) * 255)
+    with pytest.raises(DataError, match=r"labels \[0, 255\].*255 -> 1"):
+        prepare(DataConfig(dataset=str(root), size=32))
+    msd = make_msd(tmp_path / "Task04", n=3)
+    (msd / "dataset.json").write_text('{"labels": {"background": 0, "tumour": [1, 2]}}')
+    with pytest.raises(DataError, match="unexpected structure"):
+        read_folder(msd, "auto", None)
+    (msd / "dataset.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="JSON object"):
+        read_folder(msd, "auto", None)
+
+
 def test_empty_and_unmatched_folders(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -10,6 +10,7 @@ import torch
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC, load_center
 from privacysf.config import ExperimentConfig
 from privacysf.data.phantom import phantom_case
+from privacysf.data.readers import read_volume
 from privacysf.errors import ConfigError, DataError, WireFormatError
 from privacysf.exchange import CodeBatch, encode_codes
 from privacysf.experiment import reload, run_fit
@@ -88,6 +89,11 @@ def test_segment_a_nifti_file_onto_its_own_grid(fitted, tmp_path):
     truth = case.mask[..., 0]
     dice = 2 * ((labels[..., 0] > 0) & (truth > 0)).sum() / ((labels[..., 0] > 0).sum() + (truth > 0).sum())
     assert dice > 0.85
+    # the same mask as MHA lands in the same physical space (read back in RAS order with its affine)
+    mha = segment_file(run_dir, tmp_path / "new.nii.gz", tmp_path / "new_mask.mha", "cpu")
+    from_nifti, from_mha = read_volume(out), read_volume(mha)
+    np.testing.assert_array_equal(from_nifti.array, from_mha.array)
+    np.testing.assert_allclose(from_nifti.affine, from_mha.affine, atol=1e-5)
 
 
 def test_server_refuses_codes_of_the_wrong_shape(fitted):
@@ -96,6 +102,9 @@ def test_server_refuses_codes_of_the_wrong_shape(fitted):
     wrong = encode_codes(CodeBatch(np.zeros((1, 16, 8), np.float32), (4, 4), "image"))
     with pytest.raises(WireFormatError, match=f"this model takes {TOKENS} tokens of 4 values"):
         server.map(wrong)
+    other_grid = encode_codes(CodeBatch(np.zeros((1, TOKENS, 4), np.float32), (TOKENS // 8, 8), "image"))
+    with pytest.raises(WireFormatError, match="32x8 token grid reached a mapper trained on 16x16"):
+        server.map(other_grid)
     mask_code = center.mask_message(np.zeros((1, 64, 64), np.int64))
     with pytest.raises(WireFormatError, match="expected image codes"):
         server.map(mask_code)
@@ -113,3 +122,10 @@ def test_codec_refuses_unknown_classes_and_foreign_checkpoints(fitted):
         load_center(cfg, 3, run_dir, torch.device("cpu"))
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["codec"]["mask_channels"] == 4
+
+
+def test_every_configurable_mode_has_an_objective():
+    from privacysf import config
+    from privacysf.center import codecs
+
+    assert set(codecs.IMAGE_MODES) == set(config.IMAGE_MODES)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import tifffile
 from conftest import write_dicom_series, write_itk, write_nifti, write_png
 
@@ -16,18 +17,30 @@ def test_nifti_keeps_array_and_spacing(tmp_path, volume_pair):
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
-def test_itk_formats_match_nifti_axis_order(tmp_path, volume_pair, suffix):
+def test_itk_formats_are_put_in_ras_order(tmp_path, volume_pair, suffix):
     image, _ = volume_pair
+    # written with ITK's identity direction: index axes run towards left and posterior (LPS)
     vol = read_volume(write_itk(tmp_path / f"a{suffix}", image, (1.0, 1.5, 2.0)))
-    np.testing.assert_allclose(vol.array, image, atol=1e-4)
+    np.testing.assert_allclose(vol.array, image[::-1, ::-1, :], atol=1e-4)
     assert vol.spacing == pytest.approx((1.0, 1.5, 2.0))
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_same_scan_in_two_formats_lines_up_voxel_for_voxel(tmp_path, volume_pair, suffix):
+    image, _ = volume_pair
+    nifti = write_nifti(tmp_path / "scan.nii.gz", image, (1.0, 1.5, 2.0))
+    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(tmp_path / f"scan{suffix}"))  # same physical space
+    a, b = read_volume(nifti), read_volume(tmp_path / f"scan{suffix}")
+    np.testing.assert_allclose(a.array, b.array, atol=1e-4)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)
 
 
 def test_dicom_series_sorted_by_position_with_rescale(tmp_path, volume_pair):
     image, _ = volume_pair
     folder = write_dicom_series(tmp_path / "series", np.rint(image), (0.8, 0.6, 2.5))
     vol = read_volume(folder)
-    np.testing.assert_allclose(vol.array, np.rint(image).astype(np.int16) - 10)
+    # columns run towards the patient's left, rows towards posterior (LPS): RAS order flips both
+    np.testing.assert_allclose(vol.array, (np.rint(image).astype(np.int16) - 10)[::-1, ::-1, :])
     assert vol.spacing == pytest.approx((0.8, 0.6, 2.5))
     assert read_volume(next(folder.iterdir())).array.shape == image.shape  # a file names its series
 

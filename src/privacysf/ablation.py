@@ -11,13 +11,13 @@ import dataclasses
 from pathlib import Path
 
 from privacysf.center.pipeline import fit_server, train_center
+from privacysf.config import AUGMENTATIONS as SWITCHES
 from privacysf.config import AugmentConfig, ExperimentConfig
 from privacysf.evaluation import score_test
 from privacysf.runs import atomic_write, write_json
 from privacysf.session import open_run
 from privacysf.torchutil import seed_everything
 
-SWITCHES = ("reverse", "flip", "shift", "splice", "mixup", "token_dropout", "noise")
 PROBABILITY = 0.5
 
 

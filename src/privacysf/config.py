@@ -20,6 +20,11 @@ import yaml
 
 from privacysf.errors import ConfigError
 
+IMAGE_MODES = ("autoencoder", "task")
+"""Image-encoder training modes; each has an objective in ``privacysf.center.codecs.IMAGE_MODES``."""
+AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "mixup", "token_dropout", "noise")
+"""The server-side code augmentations, each a probability field of :class:`AugmentConfig`."""
+
 
 @dataclass
 class DataConfig:
@@ -160,7 +165,50 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ExperimentConfig:
-        return _build(cls, values, "config")
+        cfg = _build(cls, values, "config")
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse values that would only fail (or silently mislead) minutes into training."""
+        from privacysf.exchange.wire import WIRE_DTYPES
+
+        d, t, c, m, a = self.data, self.train, self.codec, self.mapper, self.augment
+        checks = [
+            (d.size > 0, "data.size must be positive"),
+            (d.axis in (0, 1, 2), "data.axis must be 0, 1 or 2"),
+            (d.layout in ("auto", "msd", "plain"), "data.layout must be auto, msd or plain"),
+            (
+                d.normalization in ("auto", "mr", "ct", "minmax"),
+                "data.normalization must be auto, mr, ct or minmax",
+            ),
+            (len(d.ct_window) == 2 and d.ct_window[0] < d.ct_window[1], "data.ct_window must be [low, high]"),
+            (
+                t.epochs >= 1 and t.batch_size >= 1 and t.patience >= 1,
+                "train.epochs, batch_size, patience >= 1",
+            ),
+            (t.lr > 0, "train.lr must be positive"),
+            (
+                c.downsample >= 2 and c.downsample & (c.downsample - 1) == 0,
+                "codec.downsample must be 2, 4, 8, …",
+            ),
+            (d.size % c.downsample == 0, f"data.size {d.size} must be a multiple of codec.downsample"),
+            (d.size % 2 ** len(self.unet.strides) == 0, "data.size must be divisible by the U-Net's strides"),
+            (min(c.image_channels, c.mask_channels, c.width) >= 1, "codec channels and width must be >= 1"),
+            (c.image_mode in IMAGE_MODES, f"codec.image_mode must be one of {IMAGE_MODES}"),
+            (c.wire_dtype in WIRE_DTYPES, f"codec.wire_dtype must be one of {sorted(WIRE_DTYPES)}"),
+            (m.width >= 8 and m.width % 8 == 0, "mapper.width must be a positive multiple of 8 (GroupNorm)"),
+            (m.kernel >= 1 and m.kernel % 2 == 1, "mapper.kernel must be odd"),
+            (m.cycles >= 1, "mapper.cycles must be >= 1"),
+            (
+                all(0 <= getattr(a, n) <= 1 for n in AUGMENTATIONS),
+                "augment.* probabilities must lie in [0, 1]",
+            ),
+            (a.max_shift >= 0 and a.mixup_alpha > 0, "augment.max_shift >= 0 and mixup_alpha > 0"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
@@ -170,7 +218,7 @@ class ExperimentConfig:
         try:
             text = path.read_text()
             values = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid JSON/YAML: {exc}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")

@@ -103,6 +103,9 @@ def reload(run_dir: Path, device_name: str | None = None):
         cfg = cfg.override([f"train.device={device_name}"])
     import json
 
-    num_classes = len(json.loads((run_dir / "data.json").read_text())["classes"])
+    data_path = run_dir / "data.json"
+    if not data_path.is_file():
+        raise ConfigError(f"{run_dir} has no data.json; it is not a complete Privacy-SF run folder")
+    num_classes = len(json.loads(data_path.read_text())["classes"])
     device = resolve_device(cfg.train.device)
     return cfg, load_center(cfg, num_classes, run_dir, device), load_server(cfg, run_dir)

@@ -27,7 +27,7 @@ def save_code_pictures(path: Path, center: Center, data: PreparedData) -> None:
     codes = {
         "image code: token norm": np.linalg.norm(image_grid_codes, axis=-1),
         "image code: channel 0": image_grid_codes[..., 0],
-        "image code: channel 1": image_grid_codes[..., 1],
+        "image code: last channel": image_grid_codes[..., -1],
         "mask code: token norm": np.linalg.norm(mask_grid_codes, axis=-1),
     }
     image_grid(

@@ -17,9 +17,13 @@ from typing import Any
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path`` and rename it over ``path``."""
+    """Call ``write(tmp)`` on a temporary sibling of ``path`` and rename it over ``path``.
+
+    The temporary name ends in ``path``'s suffix, so writers that pick a format from the file name
+    (SimpleITK) write the intended one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -13,7 +13,14 @@ import numpy as np
 
 from privacysf.data.cases import Case
 from privacysf.data.preprocess import restore_slices, slice_case
-from privacysf.data.readers import NIFTI_SUFFIXES, PICTURE_SUFFIXES, TIFF_SUFFIXES, Volume, read_volume
+from privacysf.data.readers import (
+    LPS_TO_RAS,
+    NIFTI_SUFFIXES,
+    PICTURE_SUFFIXES,
+    TIFF_SUFFIXES,
+    Volume,
+    read_volume,
+)
 from privacysf.errors import DataError
 from privacysf.experiment import reload
 from privacysf.runs import atomic_write
@@ -34,6 +41,8 @@ def segment_volume(run_dir: Path, volume: Volume, device: str | None = None) -> 
 
 def segment_file(run_dir: Path, image: Path, output: Path, device: str | None = None) -> Path:
     name = output.name.lower()
+    if output.is_dir():
+        raise DataError(f"{output} is a folder; give the mask file to write, e.g. {output / 'mask.nii.gz'}")
     if not name.endswith(NIFTI_SUFFIXES + (".nrrd", ".mha") + PICTURE_SUFFIXES + TIFF_SUFFIXES):
         raise DataError(f"cannot write a mask to {output}: use .nii.gz, .nrrd, .mha, .png or .tif")
     volume = read_volume(image)
@@ -43,20 +52,27 @@ def segment_file(run_dir: Path, image: Path, output: Path, device: str | None = 
 
 
 def _write_mask(tmp: Path, name: str, labels: np.ndarray, volume: Volume) -> None:
+    """Write labels (RAS voxel order, like every scan read here) in the input's physical space."""
+    affine = volume.affine if volume.affine is not None else np.diag([*volume.spacing, 1.0])
     if name.endswith(NIFTI_SUFFIXES):
+        import gzip
+
         import nibabel as nib
 
-        affine = volume.affine if volume.affine is not None else np.diag([*volume.spacing, 1.0])
         image = nib.Nifti1Image(labels, affine)
         image.set_data_dtype(np.uint8)
-        nib.save(image, str(tmp.with_name(tmp.name + (".nii.gz" if name.endswith(".gz") else ".nii"))))
-        tmp.with_name(tmp.name + (".nii.gz" if name.endswith(".gz") else ".nii")).replace(tmp)
+        raw = image.to_bytes()
+        tmp.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
     elif name.endswith((".nrrd", ".mha")):
         import SimpleITK as sitk
 
+        lps = LPS_TO_RAS @ affine  # the flip is its own inverse
+        spacing = np.linalg.norm(lps[:3, :3], axis=0)
         image = sitk.GetImageFromArray(np.transpose(labels, (2, 1, 0)))
-        image.SetSpacing(volume.spacing)
-        sitk.WriteImage(image, str(tmp), imageIO="NrrdImageIO" if name.endswith(".nrrd") else "MetaImageIO")
+        image.SetSpacing([float(v) for v in spacing])
+        image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
+        image.SetOrigin([float(v) for v in lps[:3, 3]])
+        sitk.WriteImage(image, str(tmp))
     elif name.endswith(TIFF_SUFFIXES):
         import tifffile
 

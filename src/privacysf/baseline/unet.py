@@ -62,7 +62,7 @@ def train_unet(
     k = data.info.num_classes
     model = build_unet(cfg.unet, k).to(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    val = data.val if len(data.val) else data.train
+    val = data.val
 
     def step(batch):
         x, y = batch

@@ -212,9 +212,7 @@ def train_image_encoder(
     device: torch.device,
     checkpoint: Path | None,
 ) -> tuple[ConvEncoder, FitResult]:
-    mode = cfg.codec.image_mode
-    if mode not in IMAGE_MODES:
-        raise ConfigError(f"codec.image_mode {mode!r} is not one of {sorted(IMAGE_MODES)}")
+    mode = cfg.codec.image_mode  # checked against config.IMAGE_MODES when the config was built
     c = cfg.codec
     encoder = ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device)
     objective = IMAGE_MODES[mode](cfg, encoder, codec, device)

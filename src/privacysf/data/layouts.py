@@ -27,8 +27,13 @@ def detect_layout(root: Path) -> str:
 
 def read_folder(root: Path, layout: str, num_classes: int | None) -> tuple[list[Case], dict]:
     """Read every case of a dataset folder; returns the cases and what the folder says about itself."""
+    if not root.exists():
+        raise DataError(f"dataset folder {root} does not exist; pass a built-in name or a folder")
     if not root.is_dir():
-        raise DataError(f"dataset folder {root} does not exist; pass a registry name or a folder")
+        raise DataError(
+            f"dataset {root} is a file; pass a folder in MSD/nnU-Net (imagesTr/, labelsTr/) or plain "
+            "(images/, masks/) layout, or use privacysf segment for a single image"
+        )
     layout = detect_layout(root) if layout == "auto" else layout
     if layout == "msd":
         pairs, meta = _msd_pairs(root)
@@ -45,27 +50,40 @@ def read_folder(root: Path, layout: str, num_classes: int | None) -> tuple[list[
 
 
 def _msd_pairs(root: Path) -> tuple[list[tuple[str, Path, Path]], dict]:
-    meta: dict = {}
     spec_path = root / "dataset.json"
-    spec: dict = {}
-    if spec_path.is_file():
-        try:
-            spec = json.loads(spec_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{spec_path} is not valid JSON: {exc}") from None
-        labels = spec.get("labels", {})
-        if labels:
-            meta["num_classes"] = len(labels)
-            # MSD writes {"0": "background"}, nnU-Net v2 writes {"background": 0}
-            names = (
-                [labels[k] for k in sorted(labels, key=int)]
-                if all(str(k).isdigit() for k in labels)
-                else sorted(labels, key=lambda k: labels[k])
-            )
-            meta["class_names"] = [str(n) for n in names]
-        modality = spec.get("modality") or spec.get("channel_names") or {}
-        if modality:
-            meta["modality"] = str(next(iter(modality.values())))
+    if not spec_path.is_file():
+        return _msd_entries(root, {}, spec_path)
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{spec_path} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{spec_path} must hold a JSON object (MSD / nnU-Net dataset.json)")
+    try:
+        return _msd_entries(root, spec, spec_path)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataError(
+            f"{spec_path} has an unexpected structure ({type(exc).__name__}: {exc}); it needs "
+            '"labels" as {"0": "background", ...} or {"background": 0, ...} and, if present, '
+            '"training" entries with "image" and "label"'
+        ) from None
+
+
+def _msd_entries(root: Path, spec: dict, spec_path: Path) -> tuple[list[tuple[str, Path, Path]], dict]:
+    meta: dict = {}
+    labels = spec.get("labels", {})
+    if labels:
+        meta["num_classes"] = len(labels)
+        # MSD writes {"0": "background"}, nnU-Net v2 writes {"background": 0}
+        names = (
+            [labels[k] for k in sorted(labels, key=int)]
+            if all(str(k).isdigit() for k in labels)
+            else sorted(labels, key=lambda k: labels[k])
+        )
+        meta["class_names"] = [str(n) for n in names]
+    modality = spec.get("modality") or spec.get("channel_names") or {}
+    if modality:
+        meta["modality"] = str(next(iter(modality.values())))
     images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
     for folder in (images_dir, labels_dir):
         if not folder.is_dir():

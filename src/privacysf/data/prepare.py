@@ -74,7 +74,16 @@ def load_cases(cfg: DataConfig) -> tuple[list[Case], DatasetInfo]:
     if not root.exists():
         get_builtin(cfg.dataset)  # raises the "unknown dataset" message listing the built-ins
     cases, meta = read_folder(root, cfg.layout, cfg.num_classes)
-    num_classes = meta.get("num_classes") or int(max(c.mask.max() for c in cases)) + 1
+    labels = sorted(set().union(*(np.unique(c.mask).tolist() for c in cases)))
+    num_classes = meta.get("num_classes")
+    if num_classes is None:
+        if labels != list(range(len(labels))):
+            raise DataError(
+                f"masks in {root} use labels {labels[:8]}{'…' if len(labels) > 8 else ''}; labels must "
+                "be 0..K-1 (0 = background). Relabel the masks (e.g. 255 -> 1 for binary PNG masks) or "
+                "add a dataset.json declaring the labels"
+            )
+        num_classes = labels[-1] + 1
     names = meta.get("class_names") or ["background"] + [f"class-{k}" for k in range(1, num_classes)]
     modality = str(meta.get("modality", "")).lower()
     normalization = (
@@ -132,9 +141,12 @@ def prepare(cfg: DataConfig) -> PreparedData:
             "declared; set data.num_classes"
         )
     split["slices"] = {name: len(sets[name]) for name in SPLITS}
-    for name in ("train", "test"):
+    for name in SPLITS:
         if not len(sets[name]):
-            raise DataError(f"the {name} split of {cfg.dataset!r} is empty; use more cases or slices")
+            raise DataError(
+                f"the {name} split of {cfg.dataset!r} is empty; use more cases or slices, or change "
+                "data.val_fraction / data.test_fraction"
+            )
     split["slice_ranges"] = {
         name: [int(sets[name].slice_index.min()), int(sets[name].slice_index.max())]
         if len(sets[name])

@@ -96,14 +96,15 @@ def slice_case(case: Case, axis: int, size: int, method: str, ct_window, drop_em
     if drop_empty:
         keep = mask.reshape(len(mask), -1).any(axis=1)
         image, mask, index = image[keep], mask[keep], index[keep]
+    if not len(index):  # a case with no labelled slice contributes nothing
+        return SliceSet.concatenate([], size)
     side = max(image.shape[1:])
-    background = float(image.min()) if image.size else 0.0
+    background = float(image.min())
     # Slices go through MONAI as channels of one 2-D tensor: one call resizes the whole stack.
     image_t = SpatialPad((side, side), value=background)(torch.from_numpy(np.ascontiguousarray(image)))
     mask_t = SpatialPad((side, side))(torch.from_numpy(np.ascontiguousarray(mask)).float())
-    if image.shape[0]:
-        image_t = Resize((size, size), mode="bilinear", anti_aliasing=side > size)(image_t)
-        mask_t = Resize((size, size), mode="nearest")(mask_t)
+    image_t = Resize((size, size), mode="bilinear", anti_aliasing=side > size)(image_t)
+    mask_t = Resize((size, size), mode="nearest")(mask_t)
     scale = side / size
     spacing = np.tile(np.asarray(spacing_2d, np.float32) * scale, (len(index), 1))
     return SliceSet(

@@ -89,23 +89,36 @@ def read_volume(path: str | Path) -> Volume:
     )
 
 
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def scan_volume(array: np.ndarray, affine_ras: np.ndarray, path: Path, stored_dtype: str) -> Volume:
+    """Reorder (and flip) a scan's axes so the array is in RAS voxel order, as nibabel's canonical."""
+    import nibabel as nib
+
+    array = _as_3d(array, path)
+    orientation = nib.orientations.io_orientation(affine_ras)
+    array = nib.orientations.apply_orientation(array, orientation)
+    affine = affine_ras @ nib.orientations.inv_ornt_aff(orientation, array.shape)
+    spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
+    return Volume(
+        np.ascontiguousarray(array),
+        _pad_spacing(spacing),
+        path,
+        display_rotations=1,
+        stored_dtype=stored_dtype,
+        affine=affine,
+    )
+
+
 def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
-    image = nib.as_closest_canonical(nib.load(str(path)))
+    image = nib.load(str(path))
     array = np.asarray(image.dataobj)
     if array.ndim == 4:  # multi-channel (e.g. MSD multi-sequence): use the first channel
         array = array[..., 0]
-    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
-    stored = str(image.get_data_dtype())
-    return Volume(
-        _as_3d(array, path),
-        _pad_spacing(zooms),
-        path,
-        display_rotations=1,
-        stored_dtype=stored,
-        affine=image.affine,
-    )
+    return scan_volume(array, image.affine, path, str(image.get_data_dtype()))
 
 
 def _read_itk(path: Path) -> Volume:
@@ -116,10 +129,11 @@ def _read_itk(path: Path) -> Volume:
         image = sitk.VectorIndexSelectionCast(image, 0)
     array = sitk.GetArrayFromImage(image)  # (z, y, x)
     array = np.transpose(array, tuple(reversed(range(array.ndim))))  # -> (x, y, z)
-    spacing = tuple(float(s) for s in image.GetSpacing())
-    return Volume(
-        _as_3d(array, path), _pad_spacing(spacing), path, display_rotations=1, stored_dtype=str(array.dtype)
-    )
+    dims = image.GetDimension()
+    lps = np.eye(4)  # ITK's world space is LPS
+    lps[:dims, :dims] = np.reshape(image.GetDirection(), (dims, dims)) * np.asarray(image.GetSpacing())
+    lps[:dims, 3] = image.GetOrigin()
+    return scan_volume(array, LPS_TO_RAS @ lps, path, str(array.dtype))
 
 
 def _read_tiff(path: Path) -> Volume:
@@ -185,22 +199,29 @@ def _read_dicom_series(folder: Path) -> Volume:
     shapes = {p.shape for p in planes}
     if len(shapes) > 1:
         raise DataError(f"{folder}: DICOM slices have different sizes {sorted(shapes)}")
-    array = np.stack(planes, axis=-1)  # (rows=y, cols=x, z)
-    array = np.transpose(array, (1, 0, 2))  # -> (x, y, z)
+    array = np.transpose(np.stack(planes, axis=-1), (1, 0, 2))  # (cols, rows, slices)
     row_spacing, col_spacing = (float(v) for v in getattr(slices[0], "PixelSpacing", (1.0, 1.0)))
     if len(slices) > 1 and "ImagePositionPatient" in slices[0]:
         positions = [float(np.dot(normal, [float(v) for v in s.ImagePositionPatient])) for s in slices]
         z_spacing = float(np.median(np.diff(positions))) or 1.0
     else:
         z_spacing = float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
-    return Volume(
-        array, (col_spacing, row_spacing, abs(z_spacing)), folder, display_rotations=1, stored_dtype=stored
-    )
+    cosines = _orientation(slices[0])
+    lps = np.eye(4)  # DICOM patient space is LPS; columns: along a row, down a column, across slices
+    lps[:3, 0] = cosines[:3] * col_spacing
+    lps[:3, 1] = cosines[3:] * row_spacing
+    lps[:3, 2] = normal * z_spacing
+    lps[:3, 3] = [float(v) for v in getattr(slices[0], "ImagePositionPatient", (0, 0, 0))]
+    return scan_volume(array, LPS_TO_RAS @ lps, folder, stored)
+
+
+def _orientation(dataset) -> np.ndarray:
+    return np.array([float(v) for v in getattr(dataset, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])])
 
 
 def _slice_normal(dataset) -> np.ndarray:
-    orientation = [float(v) for v in getattr(dataset, "ImageOrientationPatient", [1, 0, 0, 0, 1, 0])]
-    return np.cross(orientation[:3], orientation[3:])
+    cosines = _orientation(dataset)
+    return np.cross(cosines[:3], cosines[3:])
 
 
 def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:

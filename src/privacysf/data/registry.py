@@ -18,7 +18,7 @@ from privacysf.config import DataConfig
 from privacysf.data.cases import Case
 from privacysf.data.phantom import CLASS_NAMES as PHANTOM_CLASSES
 from privacysf.data.phantom import phantom_cases
-from privacysf.data.readers import Volume, read_volume
+from privacysf.data.readers import Volume, read_volume, scan_volume
 from privacysf.errors import DataError
 
 COLIN27_DIR = Path(os.environ.get("PRIVACYSF_COLIN27_DIR", "/usr/share/mricron/templates"))
@@ -55,16 +55,8 @@ def _nilearn():
 
 
 def _from_nibabel(image, name: str) -> Volume:
-    import nibabel as nib
-
-    canonical = nib.as_closest_canonical(image)
-    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
-    return Volume(
-        np.asarray(canonical.dataobj, np.float32),
-        spacing,
-        Path(name),
-        display_rotations=1,
-        stored_dtype=str(image.get_data_dtype()),
+    return scan_volume(
+        np.asarray(image.dataobj, np.float32), image.affine, Path(name), str(image.get_data_dtype())
     )
 
 

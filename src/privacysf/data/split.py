@@ -20,12 +20,13 @@ SLAB_GUARD = 1
 
 
 def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    if not (0 <= val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(
-            f"split fractions val={val_fraction}, test={test_fraction} must be in [0, 1) with a sum < 1"
+            f"split fractions val={val_fraction}, test={test_fraction} must be in (0, 1) with a sum < 1 "
+            "(every network early-stops on the validation split)"
         )
     n_test = max(1, round(n * test_fraction))
-    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    n_val = max(1, round(n * val_fraction))
     n_train = n - n_test - n_val
     if n_train < 1:
         raise ConfigError(f"{n} units are too few for train/val/test fractions; lower the fractions")

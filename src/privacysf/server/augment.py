@@ -8,6 +8,7 @@ why each is an option measured in the ablation rather than on by default.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from privacysf.config import AugmentConfig
@@ -51,7 +52,9 @@ def splice(x, y, grid, g):
 
 def make_mixup(alpha: float):
     def mixup(x, y, grid, g):
-        weight = torch.distributions.Beta(alpha, alpha).sample((len(x), 1, 1)).to(x.device)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=g))
+        weight = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, (len(x), 1, 1)))
+        weight = weight.to(x.device, x.dtype)
         partner = torch.randperm(len(x), generator=g)
         return weight * x + (1 - weight) * x[partner], weight * y + (1 - weight) * y[partner]
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
-from privacysf.errors import ConfigError
+from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.nets.sequence import SequenceMapper
 from privacysf.server.augment import augment_pairs, pipeline
@@ -66,7 +66,11 @@ class MappingServer:
         y = decode_codes(train_masks, expect_kind="mask")
         vx = decode_codes(val_images, expect_kind="image", expect_tokens=x.shape[1:])
         vy = decode_codes(val_masks, expect_kind="mask", expect_tokens=y.shape[1:])
-        if x.shape[0] != y.shape[0] or x.grid != y.grid or vx.shape[0] != vy.shape[0]:
+        if (
+            x.shape[0] != y.shape[0]
+            or vx.shape[0] != vy.shape[0]
+            or len({x.grid, y.grid, vx.grid, vy.grid}) > 1
+        ):
             raise ConfigError(
                 f"image codes {x.shape} and mask codes {y.shape} do not pair up one to one on one grid"
             )
@@ -119,6 +123,11 @@ class MappingServer:
                 self.signature["in_channels"],
             ),
         )
+        if list(batch.grid) != self.signature["grid"]:
+            raise WireFormatError(
+                f"codes on a {batch.grid[0]}x{batch.grid[1]} token grid reached a mapper trained on "
+                f"{self.signature['grid'][0]}x{self.signature['grid'][1]}; encode with the matching codec"
+            )
         out = self._predict(torch.from_numpy(batch.tokens)).cpu().numpy()
         reply_dtype = dtype or batch.wire_dtype or "float16"
         return encode_codes(CodeBatch(out, batch.grid, "mask"), reply_dtype)
