@@ -18,7 +18,10 @@ def fmt(m: dict, key: str, digits: int) -> str:
 
 
 def main(folder: Path) -> None:
-    fits = sorted(folder.glob("*-privacysf-*/metrics.json"))
+    fits = sorted(
+        folder.glob("*-privacysf-*/metrics.json"),
+        key=lambda p: (json.loads(p.read_text())["dataset"], "autoencoder" in p.parent.name),
+    )
     print(
         "| dataset | method | Dice | IoU | HD95 | ASSD | ceiling | ratio vs U-Net | payload B (raw B) | run |"
     )
