@@ -65,3 +65,17 @@ def test_per_class_and_cumulative_summary():
     assert summary["per_class"]["b"]["dice"]["mean"] == 0.5
     assert summary["mean"]["dice"]["mean"] == pytest.approx(0.75)
     assert summary["per_class"]["b"]["hd95"]["mean"] == pytest.approx(np.hypot(12, 12) / 2)
+
+
+def test_over_cases_weighs_each_case_once():
+    truth = np.zeros((3, 10, 10), int)
+    truth[:, 2:6, 2:6] = 1
+    pred = truth.copy()
+    pred[2] = 0  # case "b" (one slice) is missed; case "a" (two slices) is perfect
+    from privacysf.metrics import summarize
+
+    summary = summarize(segmentation_scores(pred, truth, 2), ["background", "x"], ["a", "a", "b"])
+    assert summary["mean"]["dice"]["mean"] == pytest.approx(2 / 3)  # over slices
+    assert summary["over_cases"]["n_cases"] == 2
+    assert summary["over_cases"]["dice"]["mean"] == pytest.approx(0.5)  # over cases
+    assert summary["over_cases"]["dice"]["std"] == pytest.approx(0.5)

@@ -17,7 +17,7 @@ def score_test(pred: np.ndarray, data: PreparedData) -> dict:
     """Dice/IoU/HD95/ASSD of test predictions: per class and mean, mean ± std over test slices."""
     test = data.test
     scores = segmentation_scores(pred, test.masks, data.info.num_classes, test.spacing)
-    summary = summarize(scores, data.info.class_names)
+    summary = summarize(scores, data.info.class_names, test.case_ids)
     summary["n_cases"] = len(set(test.case_ids))
     summary["unit"] = "2-D slice"
     summary["distance_unit"] = "mm" if data.info.spacing_known else "pixel"

@@ -73,6 +73,12 @@ def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
         "",
         f"- Mask-codec ceiling (round-trip Dice of true test masks): {p['mask_codec_ceiling_dice']:.3f}",
     ]
+    cases = p["test"]["over_cases"]
+    if cases["n_cases"] > 1:
+        lines.append(
+            f"- Privacy-SF Dice over {cases['n_cases']} test cases (each case averaged first): "
+            f"{cases['dice']['mean']:.3f} ± {cases['dice']['std']:.3f}"
+        )
     if "dice_ratio_vs_unet" in metrics:
         lines.append(f"- Privacy-SF / raw U-Net mean Dice: {metrics['dice_ratio_vs_unet']:.3f}")
     pay = p["payload_bytes_per_query"]

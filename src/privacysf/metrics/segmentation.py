@@ -81,8 +81,12 @@ def segmentation_scores(
     return SegmentationScores(dice.astype(float), iou.astype(float), hd95, assd)
 
 
-def summarize(scores: SegmentationScores, class_names: list[str]) -> dict:
-    """Mean ± std over images per foreground class, and of the per-image class mean, with n."""
+def summarize(scores: SegmentationScores, class_names: list[str], case_ids: list[str] | None = None) -> dict:
+    """Mean ± std over images per foreground class, and of the per-image class mean, with n.
+
+    With ``case_ids`` (one per image) it also gives ``over_cases``: each case's images averaged first,
+    then mean ± std over cases, so a patient with many slices does not outweigh one with few.
+    """
     summary: dict = {"n_images": int(len(scores.dice)), "per_class": {}, "mean": {}}
     foreground = class_names[1:]
     for k, name in enumerate(foreground):
@@ -93,6 +97,14 @@ def summarize(scores: SegmentationScores, class_names: list[str]) -> dict:
     for m in METRICS:
         per_image = scores.get(m).mean(axis=1)
         summary["mean"][m] = {"mean": float(per_image.mean()), "std": float(per_image.std())}
+    if case_ids is not None:
+        cases = sorted(set(case_ids))
+        owner = np.array([cases.index(c) for c in case_ids])
+        summary["over_cases"] = {"n_cases": len(cases)}
+        for m in METRICS:
+            per_image = scores.get(m).mean(axis=1)
+            per_case = np.array([per_image[owner == k].mean() for k in range(len(cases))])
+            summary["over_cases"][m] = {"mean": float(per_case.mean()), "std": float(per_case.std())}
     return summary
 
 
