@@ -7,6 +7,7 @@ and writes a run folder with config, metrics, figures and a Markdown report.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -41,16 +42,15 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     server, server_fit, upload = fit_server(cfg, center, data.train, data.val, run_dir)
     pred = center.segment(server, data.test.images)
     payload = payload_bytes(center, server, data.test.images[0])
+    ceilings = {dtype: mask_ceiling(center, data.test.masks, k, dtype) for dtype in WIRE_DTYPES}
     metrics: dict = {
         "dataset": data.info.name,
         "split": data.split,
         "privacysf": {
             "mode": cfg.codec.image_mode,
             "test": score_test(pred, data),
-            "mask_codec_ceiling_dice": mask_ceiling(center, data.test.masks, k),
-            "mask_codec_ceiling_by_wire_dtype": {
-                dtype: mask_ceiling(center, data.test.masks, k, dtype) for dtype in WIRE_DTYPES
-            },
+            "mask_codec_ceiling_dice": ceilings[cfg.codec.wire_dtype],
+            "mask_codec_ceiling_by_wire_dtype": ceilings,
             "payload_bytes_per_query": payload,
             "raw_image_bytes": data.raw_image_bytes,
             "raw_image_dtype": data.info.stored_dtype,
@@ -101,8 +101,6 @@ def reload(run_dir: Path, device_name: str | None = None):
     cfg = ExperimentConfig.load(config_path)
     if device_name:
         cfg = cfg.override([f"train.device={device_name}"])
-    import json
-
     data_path = run_dir / "data.json"
     if not data_path.is_file():
         raise ConfigError(f"{run_dir} has no data.json; it is not a complete Privacy-SF run folder")

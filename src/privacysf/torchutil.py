@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,18 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
+
+
+def apply_in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], array: np.ndarray, device: torch.device, batch_size: int = 32
+) -> torch.Tensor:
+    """``fn`` over ``array`` in mini-batches on ``device``, concatenated on the CPU (no gradients)."""
+    with torch.no_grad():
+        parts = [
+            fn(torch.from_numpy(np.ascontiguousarray(array[i : i + batch_size])).to(device)).cpu()
+            for i in range(0, len(array), batch_size)
+        ]
+    return torch.cat(parts)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from privacysf.exchange import grid_to_tokens, tokens_to_grid
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvDecoder, ConvEncoder
 from privacysf.nets.sequence import SequenceMapper
+from privacysf.torchutil import apply_in_batches
 from privacysf.training import FitResult, fit
 
 
@@ -70,35 +71,24 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
     }
 
 
-@torch.no_grad()
 def encode_images(encoder: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     """(N, 1, H, W) images -> (N, L, C) image-code tokens."""
     encoder.eval()
-    parts = [grid_to_tokens(encoder(torch.from_numpy(b).to(device))).cpu() for b in batched(images, 32)]
-    return torch.cat(parts).numpy()
+    return apply_in_batches(lambda x: grid_to_tokens(encoder(x)), images, device).numpy()
 
 
-@torch.no_grad()
 def encode_masks(codec: MaskCodec, masks: np.ndarray, device: torch.device) -> np.ndarray:
     """(N, H, W) label maps -> (N, L, C_m) mask-code tokens."""
     codec.eval()
-    parts = [grid_to_tokens(codec.encode(torch.from_numpy(b).to(device))).cpu() for b in batched(masks, 32)]
-    return torch.cat(parts).numpy()
+    return apply_in_batches(lambda y: grid_to_tokens(codec.encode(y)), masks, device).numpy()
 
 
-@torch.no_grad()
 def decode_masks(
     codec: MaskCodec, tokens: np.ndarray, grid: tuple[int, int], device: torch.device
 ) -> np.ndarray:
     """(N, L, C_m) mask-code tokens -> (N, H, W) label maps."""
     codec.eval()
-    parts = [
-        codec.decode(tokens_to_grid(torch.from_numpy(np.ascontiguousarray(b)).to(device), grid))
-        .argmax(1)
-        .cpu()
-        for b in batched(tokens, 32)
-    ]
-    return torch.cat(parts).numpy()
+    return apply_in_batches(lambda t: codec.decode(tokens_to_grid(t, grid)).argmax(1), tokens, device).numpy()
 
 
 def train_mask_codec(
@@ -170,7 +160,7 @@ class TaskObjective:
 
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
         c, m = cfg.codec, cfg.mapper
-        self.encoder, self.codec, self.device = encoder, codec, device
+        self.encoder, self.codec = encoder, codec
         self.grid = token_grid(cfg.data.size, c)
         self.head = SequenceMapper(
             c.image_channels, c.mask_channels, self.grid, m.width, m.cycles, m.kernel, m.use_position
@@ -193,8 +183,8 @@ class TaskObjective:
         return torch.nn.functional.mse_loss(predicted, target) + self.seg_loss(logits, y[:, None])
 
     def score(self, val: SliceSet, device) -> float:
-        codes = [self._predict_code(torch.from_numpy(b).to(device)).cpu() for b in batched(val.images, 32)]
-        labels = decode_masks(self.codec, torch.cat(codes).numpy(), self.grid, device)
+        codes = apply_in_batches(self._predict_code, val.images, device).numpy()
+        labels = decode_masks(self.codec, codes, self.grid, device)
         return mean_dice(labels, val.masks, self.codec.num_classes)
 
 

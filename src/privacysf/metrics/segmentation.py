@@ -94,16 +94,14 @@ def summarize(scores: SegmentationScores, class_names: list[str], case_ids: list
             m: {"mean": float(scores.get(m)[:, k].mean()), "std": float(scores.get(m)[:, k].std())}
             for m in METRICS
         }
+    if case_ids is not None:
+        cases, owner = np.unique(np.asarray(case_ids), return_inverse=True)
+        summary["over_cases"] = {"n_cases": len(cases)}
     for m in METRICS:
         per_image = scores.get(m).mean(axis=1)
         summary["mean"][m] = {"mean": float(per_image.mean()), "std": float(per_image.std())}
-    if case_ids is not None:
-        cases = sorted(set(case_ids))
-        owner = np.array([cases.index(c) for c in case_ids])
-        summary["over_cases"] = {"n_cases": len(cases)}
-        for m in METRICS:
-            per_image = scores.get(m).mean(axis=1)
-            per_case = np.array([per_image[owner == k].mean() for k in range(len(cases))])
+        if case_ids is not None:
+            per_case = np.bincount(owner, weights=per_image) / np.bincount(owner)
             summary["over_cases"][m] = {"mean": float(per_case.mean()), "std": float(per_case.std())}
     return summary
 
