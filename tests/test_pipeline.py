@@ -1,19 +1,23 @@
 """Privacy-SF end to end on an easy task: center codecs, server mapper on codes only, decode."""
 
 import json
+from dataclasses import replace
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC, load_center
+from privacysf.center.keys import CenterKey
+from privacysf.center.pipeline import IMAGE_ENCODER, KEY, MASK_CODEC, fit_server, keyed_transform, load_center
 from privacysf.config import ExperimentConfig
 from privacysf.data.phantom import phantom_case
+from privacysf.data.prepare import prepare
 from privacysf.data.readers import read_volume
 from privacysf.errors import ConfigError, DataError, WireFormatError
 from privacysf.exchange import CodeBatch, encode_codes
 from privacysf.experiment import reload, run_fit
+from privacysf.metrics import mean_dice
 from privacysf.segment import segment_file
 
 SETTINGS = [
@@ -72,7 +76,7 @@ def test_server_files_hold_no_center_weights(fitted):
     run_dir, _ = fitted
     state = torch.load(run_dir / "server" / "mapper.pt", weights_only=True)
     assert set(state) == {"signature", "epoch", "model"}
-    assert state["signature"]["kind"] == "sequence-mapper"
+    assert state["signature"]["role"] == "server-mapper" and state["signature"]["kind"] == "cnn"
     assert {k.split(".")[0] for k in state["model"]} == {"stem", "blocks", "head"}  # the mapper only
 
 
@@ -129,3 +133,33 @@ def test_every_configurable_mode_has_an_objective():
     from privacysf.center import codecs
 
     assert set(codecs.IMAGE_MODES) == set(config.IMAGE_MODES)
+
+
+def test_keyed_pipeline_segments_and_never_ships_the_key(fitted, tmp_path):
+    """Keyed codes (mixing + permutation, transformer mapper): full Dice with the key, none without."""
+    run_dir, _ = fitted
+    cfg, plain, _ = reload(run_dir, "cpu")
+    cfg = cfg.override(["key.enabled=true", "key.permute_tokens=true", "mapper.kind=transformer"])
+    data = prepare(cfg.data)
+    secret = CenterKey.create()
+    secret.save(tmp_path / KEY)
+    center = replace(plain, cfg=cfg, key=keyed_transform(cfg, secret))
+    server, _, upload = fit_server(cfg, center, data.train, data.val, tmp_path)
+    reply = server.map(center.image_message(data.test.images))
+    assert mean_dice(center.decode_message(reply), data.test.masks, 3) > 0.8
+    stranger = replace(center, key=keyed_transform(cfg, CenterKey.create()))
+    assert mean_dice(stranger.decode_message(reply), data.test.masks, 3) < 0.5  # wrong key: useless
+
+    transform = center.key
+    secrets = [secret.secret, secret.secret.hex().encode(), transform.permutation.astype(np.int64).tobytes()]
+    secrets += [q.tobytes() for q, _ in transform.mixing.values()]
+    sent = [
+        center.image_message(data.train.images),
+        center.mask_message(data.train.masks),
+        center.image_message(data.test.images[:1]),
+        reply,
+    ]
+    server_files = [p.read_bytes() for p in (tmp_path / "server").rglob("*") if p.is_file()]
+    assert server_files
+    for blob in sent + server_files:
+        assert not any(s in blob for s in secrets)

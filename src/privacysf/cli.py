@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from privacysf.config import ExperimentConfig
+from privacysf.config import IMAGE_MODES, KEY_SETTINGS, ExperimentConfig
 from privacysf.errors import PrivacySFError
 
 
@@ -139,6 +139,26 @@ def cmd_ablate(args: argparse.Namespace) -> None:
     print(f"ablation table: {run_dir / 'ablation.md'}")
 
 
+def cmd_attack(args: argparse.Namespace) -> None:
+    from privacysf.attacks.suite import run_attack_suite
+
+    cfg = build_config(args)
+    sets = [
+        f"attack.{name}={json.dumps(list(value))}"
+        for name, value in (
+            ("modes", args.modes),
+            ("keys", args.keys),
+            ("private_weights", args.lambdas),
+            ("leaked_pairs", args.k),
+        )
+        if value
+    ]
+    if args.public:
+        sets.append(f"attack.public_dataset={json.dumps(args.public)}")
+    run_dir, _ = run_attack_suite(cfg.override(sets))
+    print(f"attack report: {run_dir / 'attacks.md'}")
+
+
 def cmd_payload(args: argparse.Namespace) -> None:
     from privacysf.center.pipeline import query_payload
 
@@ -177,7 +197,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     fit = commands.add_parser("fit", help="train center codecs + server mapper, evaluate, write a report")
     _add_config_options(fit)
-    fit.add_argument("--mode", choices=["autoencoder", "task"], help="image-encoder training mode")
+    fit.add_argument("--mode", choices=IMAGE_MODES, help="image-encoder training mode")
     fit.set_defaults(func=cmd_fit)
 
     demo = commands.add_parser(
@@ -189,6 +209,18 @@ def make_parser() -> argparse.ArgumentParser:
     ablate = commands.add_parser("ablate", help="Dice with each server-side code augmentation on/off")
     _add_config_options(ablate)
     ablate.set_defaults(func=cmd_ablate)
+
+    attack = commands.add_parser(
+        "attack",
+        help="run every attack against each mode × key setting; attack table and privacy–utility curve",
+    )
+    _add_config_options(attack)
+    attack.add_argument("--modes", nargs="+", choices=IMAGE_MODES, help="image-encoder modes to attack")
+    attack.add_argument("--lambdas", nargs="+", type=float, help="private-mode weights λ to try")
+    attack.add_argument("--keys", nargs="+", choices=KEY_SETTINGS, help="key settings to compare")
+    attack.add_argument("--k", nargs="+", type=int, help="leaked pairs of the inversion attacks (0 = all)")
+    attack.add_argument("--public", help="public dataset of the shadow attacker (a built-in name)")
+    attack.set_defaults(func=cmd_attack)
 
     payload = commands.add_parser("payload", help="bytes per query (image code up + mask code down)")
     _add_config_options(payload)

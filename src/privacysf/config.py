@@ -20,10 +20,13 @@ import yaml
 
 from privacysf.errors import ConfigError
 
-IMAGE_MODES = ("autoencoder", "task")
+IMAGE_MODES = ("autoencoder", "task", "private")
 """Image-encoder training modes; each has an objective in ``privacysf.center.codecs.IMAGE_MODES``."""
 AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "mixup", "token_dropout", "noise")
 """The server-side code augmentations, each a probability field of :class:`AugmentConfig`."""
+ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice")
+"""Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
+MAPPER_KINDS = ("cnn", "transformer")
 
 
 @dataclass
@@ -97,21 +100,44 @@ class CodecConfig:
     code_noise: float = 0.1
     """Gaussian noise on mask codes while the codec trains, so its decoder tolerates mapping errors."""
     image_mode: str = "task"
-    """How the image encoder is trained: ``autoencoder`` (image decoder) or ``task`` (mask-code head)."""
+    """How the image encoder is trained: ``autoencoder`` (image decoder), ``task`` (mask-code head) or
+    ``private`` (``task`` plus an in-the-loop attacker decoder whose reconstruction it must spoil)."""
+    private_weight: float = 1.0
+    """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     wire_dtype: str = "int8"
     """dtype of codes on the wire: ``float32``, ``float16`` or ``int8`` (codes are bounded in [-1, 1])."""
 
 
 @dataclass
-class MapperConfig:
-    """The server's mapping network, a residual dilated 1-D CNN over the token sequence."""
+class KeyConfig:
+    """The center's secret keyed transform of its codes (the key itself never leaves the center)."""
 
+    enabled: bool = False
+    mix_channels: bool = True
+    """Multiply every token by a secret orthogonal matrix (separately for image and mask codes)."""
+    permute_tokens: bool = False
+    """Shuffle token positions with a secret permutation; needs an order-blind mapper (transformer)."""
+
+
+@dataclass
+class MapperConfig:
+    """The server's mapping network over the token sequence.
+
+    ``cnn`` is a residual dilated 1-D CNN (it relies on raster token order); ``transformer`` has
+    learned position embeddings, so a fixed secret permutation of the tokens costs it nothing.
+    """
+
+    kind: str = "cnn"
     width: int = 128
     cycles: int = 2
     """Repeats of the dilation cycle 1, 2, 4, …, grid width (the last reaches the token one row up)."""
     kernel: int = 3
     use_position: bool = True
     """Append each token's (row, column) on the grid, so the mapper knows where a token sits."""
+    depth: int = 2
+    """Transformer layers (``kind=transformer`` only)."""
+    heads: int = 4
+    """Attention heads (``kind=transformer`` only)."""
 
 
 @dataclass
@@ -141,6 +167,30 @@ class AugmentConfig:
     """Gaussian noise (std 0.05) on the input code only."""
 
 
+KEY_SETTINGS = ("none", "mix", "mix+perm")
+"""Key settings the attack suite compares: no key, secret channel mixing, mixing + token permutation."""
+
+
+@dataclass
+class AttackConfig:
+    """The attack suite (``privacysf attack``): which settings to train and how strong the attacker is."""
+
+    modes: tuple[str, ...] = ("autoencoder", "task", "private")
+    private_weights: tuple[float, ...] = (0.3, 1.0)
+    """λ values tried in ``private`` mode (each is one point of the privacy–utility curve)."""
+    keys: tuple[str, ...] = KEY_SETTINGS
+    leaked_pairs: tuple[int, ...] = (10, 100, 0)
+    """k of the inversion attacks: pairs leaked from the center's training + validation data (0 = all)."""
+    public_dataset: str = ""
+    """Public data for the shadow attack: a built-in dataset of the same modality ("" = default pair)."""
+    attacker_steps: int = 300
+    """Optimiser steps of every attacker decoder (batch 8)."""
+    candidates: int = 50
+    """Re-identification: candidate images a code is matched against."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for the membership-inference AUC interval."""
+
+
 @dataclass
 class ExperimentConfig:
     """Everything a run needs; written to ``config.json`` in its run folder."""
@@ -153,8 +203,10 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     codec: CodecConfig = field(default_factory=CodecConfig)
+    key: KeyConfig = field(default_factory=KeyConfig)
     mapper: MapperConfig = field(default_factory=MapperConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,7 +226,7 @@ class ExperimentConfig:
         """Refuse values that would only fail (or silently mislead) minutes into training."""
         from privacysf.exchange.wire import WIRE_DTYPES
 
-        d, t, c, m, a = self.data, self.train, self.codec, self.mapper, self.augment
+        d, t, c, m, a, k = self.data, self.train, self.codec, self.mapper, self.augment, self.key
         checks = [
             (d.size > 0, "data.size must be positive"),
             (d.axis in (0, 1, 2), "data.axis must be 0, 1 or 2"),
@@ -201,6 +253,31 @@ class ExperimentConfig:
             (m.width >= 8 and m.width % 8 == 0, "mapper.width must be a positive multiple of 8 (GroupNorm)"),
             (m.kernel >= 1 and m.kernel % 2 == 1, "mapper.kernel must be odd"),
             (m.cycles >= 1, "mapper.cycles must be >= 1"),
+            (m.kind in MAPPER_KINDS, f"mapper.kind must be one of {MAPPER_KINDS}"),
+            (m.depth >= 1 and m.heads >= 1 and m.width % m.heads == 0, "mapper.width must split into heads"),
+            (c.private_weight >= 0, "codec.private_weight must be >= 0"),
+            (
+                set(self.attack.modes) <= set(IMAGE_MODES) and set(self.attack.keys) <= set(KEY_SETTINGS),
+                f"attack.modes must be among {IMAGE_MODES} and attack.keys among {KEY_SETTINGS}",
+            ),
+            (
+                all(k >= 0 for k in self.attack.leaked_pairs)
+                and min(self.attack.private_weights, default=0) >= 0,
+                "attack.leaked_pairs and attack.private_weights must be >= 0",
+            ),
+            (
+                self.attack.attacker_steps >= 1 and self.attack.candidates >= 2,
+                "attack.attacker_steps >= 1 and attack.candidates >= 2",
+            ),
+            (
+                not (k.enabled and k.permute_tokens) or m.kind == "transformer",
+                "key.permute_tokens needs mapper.kind=transformer (the cnn mapper relies on token order)",
+            ),
+            (
+                not (k.enabled and k.permute_tokens) or all(getattr(a, n) == 0 for n in ORDER_AUGMENTATIONS),
+                f"augment.{'/'.join(ORDER_AUGMENTATIONS)} need the token order, which a secret "
+                "permutation hides from the server: set them to 0 with key.permute_tokens",
+            ),
             (
                 all(0 <= getattr(a, n) <= 1 for n in AUGMENTATIONS),
                 "augment.* probabilities must lie in [0, 1]",

@@ -106,4 +106,5 @@ def reload(run_dir: Path, device_name: str | None = None):
         raise ConfigError(f"{run_dir} has no data.json; it is not a complete Privacy-SF run folder")
     num_classes = len(json.loads(data_path.read_text())["classes"])
     device = resolve_device(cfg.train.device)
-    return cfg, load_center(cfg, num_classes, run_dir, device), load_server(cfg, run_dir)
+    center = load_center(cfg, num_classes, run_dir, device)
+    return cfg, center, load_server(cfg, run_dir, center.scan)

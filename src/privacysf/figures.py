@@ -100,3 +100,33 @@ def image_grid(
                 ax.imshow(np.rot90(stack[c], rotations), cmap=(cmaps or {}).get(title, "gray"))
         axes[r, 0].set_ylabel(title, fontsize=8)
     _save(fig, path)
+
+
+def scatter_labelled(
+    path: Path,
+    x: list[float],
+    y: list[float],
+    labels: list[str],
+    groups: list[str],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hlines: dict[str, float] | None = None,
+    vlines: dict[str, float] | None = None,
+) -> None:
+    """Labelled points coloured by group, with named reference lines (a trade-off curve)."""
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for group in dict.fromkeys(groups):
+        pick = [i for i, g in enumerate(groups) if g == group]
+        ax.scatter([x[i] for i in pick], [y[i] for i in pick], label=group, s=36)
+    for xi, yi, label in zip(x, y, labels, strict=True):
+        ax.annotate(label, (xi, yi), fontsize=6, xytext=(4, 2), textcoords="offset points")
+    for name, value in (hlines or {}).items():
+        ax.axhline(value, ls="--", lw=0.8, color="grey")
+        ax.annotate(name, (ax.get_xlim()[0], value), fontsize=7, color="grey", va="bottom")
+    for name, value in (vlines or {}).items():
+        ax.axvline(value, ls=":", lw=0.8, color="grey")
+        ax.annotate(name, (value, ax.get_ylim()[0]), fontsize=7, color="grey", rotation=90, va="bottom")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(title="key", fontsize=8)
+    _save(fig, path)

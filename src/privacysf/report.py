@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from privacysf.center.codecs import encode_images, encode_masks
 from privacysf.center.pipeline import Center
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData
+from privacysf.exchange import decode_codes
 from privacysf.figures import image_grid, pick_rows
 from privacysf.runs import atomic_write
 
@@ -17,11 +17,14 @@ CODE_COLUMNS = 5
 
 
 def save_code_pictures(path: Path, center: Center, data: PreparedData) -> None:
-    """What the server receives, drawn on the token grid next to the image it came from."""
+    """What the server receives, laid out on the token grid in raster order next to the image.
+
+    These are the codes as decoded from the wire messages, so with a key they are the keyed codes.
+    """
     rows = pick_rows(data.test.masks, CODE_COLUMNS)
     h, w = center.grid
-    image_codes = encode_images(center.image_encoder, data.test.images[rows], center.device)
-    mask_codes = encode_masks(center.mask_codec, data.test.masks[rows], center.device)
+    image_codes = decode_codes(center.image_message(data.test.images[rows])).tokens
+    mask_codes = decode_codes(center.mask_message(data.test.masks[rows])).tokens
     image_grid_codes = image_codes.reshape(len(rows), h, w, -1)
     mask_grid_codes = mask_codes.reshape(len(rows), h, w, -1)
     codes = {

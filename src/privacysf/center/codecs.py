@@ -68,6 +68,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "mask_channels": c.mask_channels,
         "width": c.width,
         "image_mode": c.image_mode if part == "image-encoder" else None,
+        "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
     }
 
 
@@ -175,12 +176,15 @@ class TaskObjective:
     def _predict_code(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(grid_to_tokens(self.encoder(x)))
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def task_loss(self, code: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = grid_to_tokens(self.codec.encode(y))
-        predicted = self._predict_code(x)
+        predicted = self.head(grid_to_tokens(code))
         logits = self.codec.decode(tokens_to_grid(predicted, self.grid))
         return torch.nn.functional.mse_loss(predicted, target) + self.seg_loss(logits, y[:, None])
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.task_loss(self.encoder(x), y)
 
     def score(self, val: SliceSet, device) -> float:
         codes = apply_in_batches(self._predict_code, val.images, device).numpy()
@@ -188,9 +192,47 @@ class TaskObjective:
         return mean_dice(labels, val.masks, self.codec.num_classes)
 
 
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``-weight`` (Ganin & Lempitsky, 2015)."""
+
+    @staticmethod
+    def forward(ctx, code: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return code.view_as(code)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.weight * grad, None
+
+
+class PrivateObjective(TaskObjective):
+    """``private`` mode: ``task`` plus an attacker decoder trained in the loop to rebuild the image.
+
+    The attacker minimises its reconstruction error from the code; the gradient reaching the encoder
+    through it is reversed and scaled by λ (``codec.private_weight``), so the encoder learns codes that
+    serve the task head while spoiling the best reconstruction the attacker can find. λ trades Dice for
+    privacy; the attack suite measures both ends.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
+        super().__init__(cfg, encoder, codec, device)
+        c = cfg.codec
+        self.weight = c.private_weight
+        self.attacker = ConvDecoder(c.image_channels, 1, c.width, c.downsample).to(device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {**super().modules(), "attacker_decoder": self.attacker}
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        code = self.encoder(x)
+        reconstruction = self.attacker(_ReverseGradient.apply(code, self.weight))
+        return self.task_loss(code, y) + torch.nn.functional.mse_loss(reconstruction, x)
+
+
 IMAGE_MODES: dict[str, Callable[..., AutoencoderObjective | TaskObjective]] = {
     "autoencoder": AutoencoderObjective,
     "task": TaskObjective,
+    "private": PrivateObjective,
 }
 
 
@@ -201,7 +243,8 @@ def train_image_encoder(
     codec: MaskCodec,
     device: torch.device,
     checkpoint: Path | None,
-) -> tuple[ConvEncoder, FitResult]:
+) -> tuple[ConvEncoder, FitResult, dict[str, nn.Module]]:
+    """Train the image encoder in its mode; also return the mode's center-side parts (decoder, head)."""
     mode = cfg.codec.image_mode  # checked against config.IMAGE_MODES when the config was built
     c = cfg.codec
     encoder = ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device)
@@ -218,4 +261,4 @@ def train_image_encoder(
         codec_signature(cfg, codec.num_classes, "image-encoder"),
         modules=objective.modules(),
     )
-    return encoder, result
+    return encoder, result, objective.modules()

@@ -25,9 +25,11 @@ from privacysf.center.codecs import (
     train_image_encoder,
     train_mask_codec,
 )
+from privacysf.center.keys import CenterKey, KeyedTransform
 from privacysf.config import ExperimentConfig
 from privacysf.data.preprocess import SliceSet
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
+from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvEncoder
 from privacysf.server import MappingServer
@@ -35,6 +37,7 @@ from privacysf.torchutil import load_checkpoint
 
 MASK_CODEC = Path("center") / "mask_codec.pt"
 IMAGE_ENCODER = Path("center") / "image_encoder.pt"
+KEY = Path("center") / "key.json"
 MAPPER = Path("server") / "mapper.pt"
 
 
@@ -47,18 +50,29 @@ class Center:
     image_encoder: ConvEncoder
     grid: tuple[int, int]
     device: torch.device
+    key: KeyedTransform | None = None
+    """The secret keyed transform applied to every code before it leaves (None: codes go as they are)."""
+
+    @property
+    def scan(self) -> str:
+        return self.key.scan if self.key else SCAN_ORDER
+
+    def _message(self, tokens: np.ndarray, kind: str, dtype: str | None) -> bytes:
+        if self.key:
+            tokens = self.key.forward(tokens, kind)
+        batch = CodeBatch(tokens, self.grid, kind, scan=self.scan)
+        return encode_codes(batch, dtype or self.cfg.codec.wire_dtype)
 
     def image_message(self, images: np.ndarray) -> bytes:
-        tokens = encode_images(self.image_encoder, images, self.device)
-        return encode_codes(CodeBatch(tokens, self.grid, "image"), self.cfg.codec.wire_dtype)
+        return self._message(encode_images(self.image_encoder, images, self.device), "image", None)
 
     def mask_message(self, masks: np.ndarray, dtype: str | None = None) -> bytes:
-        tokens = encode_masks(self.mask_codec, masks, self.device)
-        return encode_codes(CodeBatch(tokens, self.grid, "mask"), dtype or self.cfg.codec.wire_dtype)
+        return self._message(encode_masks(self.mask_codec, masks, self.device), "mask", dtype)
 
     def decode_message(self, message: bytes) -> np.ndarray:
         batch = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens)
-        return decode_masks(self.mask_codec, batch.tokens, self.grid, self.device)
+        tokens = self.key.inverse(batch.tokens, "mask") if self.key else batch.tokens
+        return decode_masks(self.mask_codec, tokens, self.grid, self.device)
 
     @property
     def mask_tokens(self) -> tuple[int, int]:
@@ -72,11 +86,26 @@ class Center:
 def train_center(
     cfg: ExperimentConfig, train: SliceSet, val: SliceSet, num_classes: int, device, run_dir: Path
 ) -> tuple[Center, dict]:
-    """Mask codec first (its codes are the image encoder's targets in task mode), then the encoder."""
+    """Mask codec first (its codes are the image encoder's targets in task mode), then the encoder.
+
+    With ``key.enabled`` a fresh secret key is drawn and saved in the center's folder only.
+    """
     codec, codec_fit = train_mask_codec(cfg, train, val, num_classes, device, run_dir / MASK_CODEC)
-    encoder, encoder_fit = train_image_encoder(cfg, train, val, codec, device, run_dir / IMAGE_ENCODER)
-    center = Center(cfg, codec, encoder, token_grid(cfg.data.size, cfg.codec), device)
+    encoder, encoder_fit, _ = train_image_encoder(cfg, train, val, codec, device, run_dir / IMAGE_ENCODER)
+    key = None
+    if cfg.key.enabled:
+        secret = CenterKey.create()
+        secret.save(run_dir / KEY)
+        key = keyed_transform(cfg, secret)
+    center = Center(cfg, codec, encoder, token_grid(cfg.data.size, cfg.codec), device, key)
     return center, {"mask_codec": codec_fit, "image_encoder": encoder_fit}
+
+
+def keyed_transform(cfg: ExperimentConfig, key: CenterKey) -> KeyedTransform:
+    """The transform ``key`` drives for codes of this config's grid and channel counts."""
+    grid = token_grid(cfg.data.size, cfg.codec)
+    channels = {"image": cfg.codec.image_channels, "mask": cfg.codec.mask_channels}
+    return KeyedTransform(key, cfg.key, grid[0] * grid[1], channels)
 
 
 def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str | None = None) -> float:
@@ -140,13 +169,14 @@ def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) 
     encoder.load_state_dict(
         load_checkpoint(run_dir / IMAGE_ENCODER, codec_signature(cfg, num_classes, "image-encoder"))["model"]
     )
+    key = keyed_transform(cfg, CenterKey.load(run_dir / KEY)) if cfg.key.enabled else None
     return Center(
-        cfg, codec.to(device).eval(), encoder.to(device).eval(), token_grid(cfg.data.size, c), device
+        cfg, codec.to(device).eval(), encoder.to(device).eval(), token_grid(cfg.data.size, c), device, key
     )
 
 
-def load_server(cfg: ExperimentConfig, run_dir: Path) -> MappingServer:
+def load_server(cfg: ExperimentConfig, run_dir: Path, scan: str) -> MappingServer:
     grid = token_grid(cfg.data.size, cfg.codec)
     server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
-    server.load(run_dir / MAPPER, grid, cfg.codec.image_channels, cfg.codec.mask_channels)
+    server.load(run_dir / MAPPER, grid, cfg.codec.image_channels, cfg.codec.mask_channels, scan)
     return server

@@ -6,9 +6,11 @@ Layout of one message (all little-endian)::
 
 The header states everything needed to read the values back without guessing: ``kind`` (image or
 mask code), ``dtype``, ``shape`` (N, L, C) = (codes, tokens, values per token), ``grid`` (h, w) with
-L = h·w, and ``scan`` (the order in which grid cells became tokens). ``int8`` codes store round(127·v)
-of codes bounded in [-1, 1]. Anything that does not match (magic, version, sizes, dtype, NaN or
-infinite values) is refused with a :class:`WireFormatError` before it reaches a network.
+L = h·w, and ``scan``: the order in which grid cells became tokens, ``row-major`` or ``keyed`` (a
+secret permutation known only to the center, so the receiver must not assume any neighbourhood).
+``int8`` codes store round(127·v) of codes bounded in [-1, 1]. Anything that does not match (magic,
+version, sizes, dtype, NaN or infinite values) is refused with a :class:`WireFormatError` before it
+reaches a network.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from privacysf.errors import WireFormatError
 MAGIC = b"PSFC"
 FORMAT_VERSION = 1
 SCAN_ORDER = "row-major"
+KEYED_SCAN = "keyed"
+SCAN_ORDERS = (SCAN_ORDER, KEYED_SCAN)
 WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
 INT8_SCALE = 127.0
 KINDS = ("image", "mask")
@@ -41,6 +45,8 @@ class CodeBatch:
     kind: str
     wire_dtype: str | None = None
     """The dtype the codes travelled in (set by :func:`decode_codes`)."""
+    scan: str = SCAN_ORDER
+    """``row-major`` or ``keyed`` (tokens permuted by the center's secret key)."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -61,6 +67,8 @@ def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
     if dtype not in WIRE_DTYPES:
         raise WireFormatError(f"wire dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+    if batch.scan not in SCAN_ORDERS:
+        raise WireFormatError(f"scan order {batch.scan!r} is not one of {SCAN_ORDERS}")
     tokens = np.asarray(batch.tokens, dtype=np.float32)
     if tokens.ndim != 3 or tokens.shape[1] != batch.grid[0] * batch.grid[1]:
         raise WireFormatError(f"codes of shape {tokens.shape} do not fill a {batch.grid} token grid")
@@ -75,7 +83,7 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
             "dtype": dtype,
             "shape": list(tokens.shape),
             "grid": list(batch.grid),
-            "scan": SCAN_ORDER,
+            "scan": batch.scan,
         }
     ).encode()
     return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + values.tobytes()
@@ -111,8 +119,8 @@ def decode_codes(
         raise WireFormatError(f"code dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
     if kind not in KINDS or (expect_kind is not None and kind != expect_kind):
         raise WireFormatError(f"expected {expect_kind or 'image/mask'} codes, got kind {kind!r}")
-    if scan != SCAN_ORDER:
-        raise WireFormatError(f"scan order {scan!r} is not supported (expected {SCAN_ORDER!r})")
+    if scan not in SCAN_ORDERS:
+        raise WireFormatError(f"scan order {scan!r} is not supported (expected one of {SCAN_ORDERS})")
     if (
         not isinstance(shape, list)
         or len(shape) != 3
@@ -137,4 +145,4 @@ def decode_codes(
         values /= INT8_SCALE
     if not np.isfinite(values).all():
         raise WireFormatError("codes contain NaN or infinite values")
-    return CodeBatch(values, (grid[0], grid[1]), kind, dtype)
+    return CodeBatch(values, (grid[0], grid[1]), kind, dtype, scan)

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
+from privacysf.config import ORDER_AUGMENTATIONS, AugmentConfig, MapperConfig, TrainConfig
 from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
-from privacysf.nets.sequence import SequenceMapper
+from privacysf.exchange.wire import SCAN_ORDER
+from privacysf.nets.mappers import ORDER_BLIND, build_mapper
 from privacysf.server.augment import augment_pairs, pipeline
 from privacysf.torchutil import load_checkpoint, resolve_device, save_checkpoint
 from privacysf.training import FitResult, fit
@@ -30,27 +31,32 @@ class MappingServer:
         self.augment_cfg = augment
         self.train_cfg = train
         self.device = resolve_device(train.device)
-        self.model: SequenceMapper | None = None
+        self.model: torch.nn.Module | None = None
         self.signature: dict = {}
 
-    def initialise(self, grid: tuple[int, int], in_channels: int, out_channels: int) -> SequenceMapper:
-        """A fresh mapper for codes on ``grid`` with the given values per token."""
+    def initialise(
+        self, grid: tuple[int, int], in_channels: int, out_channels: int, scan: str = SCAN_ORDER
+    ) -> torch.nn.Module:
+        """A fresh mapper for codes on ``grid`` with the given values per token and scan order."""
+        if scan != SCAN_ORDER and not ORDER_BLIND[self.mapper_cfg.kind]:
+            raise ConfigError(
+                f"codes arrive in a secret ({scan}) token order, which the {self.mapper_cfg.kind} mapper "
+                "cannot learn through; use mapper.kind=transformer"
+            )
+        if scan != SCAN_ORDER and any(getattr(self.augment_cfg, n) > 0 for n in ORDER_AUGMENTATIONS):
+            raise ConfigError(
+                f"augment.{'/'.join(ORDER_AUGMENTATIONS)} need the token order, which the center's "
+                "secret permutation hides: set them to 0"
+            )
         self.signature = {
-            "kind": "sequence-mapper",
+            "role": "server-mapper",
             "grid": list(grid),
+            "scan": scan,
             "in_channels": in_channels,
             "out_channels": out_channels,
             **asdict(self.mapper_cfg),
         }
-        self.model = SequenceMapper(
-            in_channels,
-            out_channels,
-            grid,
-            self.mapper_cfg.width,
-            self.mapper_cfg.cycles,
-            self.mapper_cfg.kernel,
-            self.mapper_cfg.use_position,
-        ).to(self.device)
+        self.model = build_mapper(self.mapper_cfg, grid, in_channels, out_channels).to(self.device)
         return self.model
 
     def fit(
@@ -70,12 +76,14 @@ class MappingServer:
             x.shape[0] != y.shape[0]
             or vx.shape[0] != vy.shape[0]
             or len({x.grid, y.grid, vx.grid, vy.grid}) > 1
+            or len({x.scan, y.scan, vx.scan, vy.scan}) > 1
         ):
             raise ConfigError(
-                f"image codes {x.shape} and mask codes {y.shape} do not pair up one to one on one grid"
+                f"image codes {x.shape} and mask codes {y.shape} do not pair up one to one on one grid "
+                "and scan order"
             )
         grid = x.grid
-        model = self.initialise(grid, x.shape[2], y.shape[2])
+        model = self.initialise(grid, x.shape[2], y.shape[2], x.scan)
         device, cfg = self.device, self.train_cfg
         tx, ty = torch.from_numpy(x.tokens), torch.from_numpy(y.tokens)
         vtx, vty = torch.from_numpy(vx.tokens).to(device), torch.from_numpy(vy.tokens).to(device)
@@ -94,12 +102,13 @@ class MappingServer:
             return torch.nn.functional.mse_loss(model(bx), by)
 
         def validate() -> float:
-            return -float(torch.nn.functional.mse_loss(self._predict(vtx), vty))
+            return -float(torch.nn.functional.mse_loss(self.predict_tokens(vtx), vty))
 
         return fit(model, batches, step, validate, cfg, "server mapper", checkpoint, self.signature)
 
     @torch.no_grad()
-    def _predict(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    def predict_tokens(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Mapped (N, L, C_out) tokens for (N, L, C_in) tokens, in batches, without gradients."""
         assert self.model is not None
         self.model.eval()
         parts = [
@@ -128,16 +137,23 @@ class MappingServer:
                 f"codes on a {batch.grid[0]}x{batch.grid[1]} token grid reached a mapper trained on "
                 f"{self.signature['grid'][0]}x{self.signature['grid'][1]}; encode with the matching codec"
             )
-        out = self._predict(torch.from_numpy(batch.tokens)).cpu().numpy()
+        if batch.scan != self.signature["scan"]:
+            raise WireFormatError(
+                f"codes in {batch.scan} token order reached a mapper trained on {self.signature['scan']} "
+                "order; encode with the same key setting as the training codes"
+            )
+        out = self.predict_tokens(torch.from_numpy(batch.tokens)).cpu().numpy()
         reply_dtype = dtype or batch.wire_dtype or "float16"
-        return encode_codes(CodeBatch(out, batch.grid, "mask"), reply_dtype)
+        return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
 
     def save(self, path: Path) -> None:
         if self.model is None:
             raise ConfigError("nothing to save: the mapping network is not trained")
         save_checkpoint(path, {"signature": self.signature, "model": self.model.state_dict()})
 
-    def load(self, path: Path, grid: tuple[int, int], in_channels: int, out_channels: int) -> None:
-        model = self.initialise(grid, in_channels, out_channels)
+    def load(
+        self, path: Path, grid: tuple[int, int], in_channels: int, out_channels: int, scan: str = SCAN_ORDER
+    ) -> None:
+        model = self.initialise(grid, in_channels, out_channels, scan)
         model.load_state_dict(load_checkpoint(path, self.signature)["model"])
         model.eval()

@@ -1,0 +1,155 @@
+"""Attack measures and attack steps on cases with known answers, and the suite end to end (tiny)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from privacysf.attacks.encoded import encoded_data_analysis, pool_to_grid
+from privacysf.attacks.inversion import recover_order
+from privacysf.attacks.measures import auc_with_interval, image_similarity, reidentification_top1
+from privacysf.attacks.shadow import align_channels
+from privacysf.center.codecs import _ReverseGradient
+from privacysf.cli import main
+from privacysf.nets.transformer import TokenTransformer
+
+GRID = (8, 8)
+
+
+def _images(n=12, size=32, seed=0):
+    """Smooth random images with structure at the token-grid scale."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 1, (n, 1, *GRID)).astype(np.float32)
+    return np.kron(coarse, np.ones((1, 1, size // GRID[0], size // GRID[1]), np.float32))
+
+
+def test_image_similarity_known_answers():
+    images = _images()
+    same = image_similarity(images, images, 1.0)
+    assert same["ssim"] == pytest.approx(1.0, abs=1e-5) and same["psnr"] == 100.0
+    mean = image_similarity(np.broadcast_to(images.mean(0), images.shape), images, 1.0)
+    assert mean["ssim"] < 0.5 and mean["psnr"] < 20
+    noisy = image_similarity(images + np.random.default_rng(1).normal(0, 0.1, images.shape), images, 1.0)
+    assert mean["ssim"] < noisy["ssim"] < 1.0 and noisy["psnr"] == pytest.approx(20.0, abs=0.5)
+
+
+def test_auc_known_answers():
+    separated = auc_with_interval(np.array([3.0, 4, 5]), np.array([0.0, 1, 2]), resamples=200)
+    assert separated["auc"] == 1.0 and separated["ci_low"] == 1.0
+    assert auc_with_interval(np.array([0.0, 1]), np.array([2.0, 3]), resamples=10)["auc"] == 0.0
+    rng = np.random.default_rng(0)
+    chance = auc_with_interval(rng.normal(size=400), rng.normal(size=400), resamples=200)
+    assert abs(chance["auc"] - 0.5) < 0.06 and chance["ci_low"] < 0.5 < chance["ci_high"]
+
+
+def test_reidentification_known_answers():
+    images = _images()
+    assert reidentification_top1(images, images) == 1.0
+    assert reidentification_top1(-images, images) == 1.0  # sign-blind: anti-correlated maps still match
+    assert reidentification_top1(images[::-1], images) < 0.2
+
+
+def test_encoded_analysis_sees_a_code_that_copies_the_image_and_not_a_random_one():
+    images = _images()
+    pooled = pool_to_grid(images, GRID).reshape(len(images), -1, 1)
+    leaky = encoded_data_analysis(np.repeat(pooled, 4, axis=2) / 2, images, GRID, 50)
+    assert leaky["norm_image_correlation"] > 0.99 and leaky["reid_top1"] == 1.0
+    noise = np.random.default_rng(0).normal(size=pooled.shape[:2] + (4,))
+    blind = encoded_data_analysis(noise, images, GRID, 50)
+    assert blind["norm_image_correlation"] < 0.5 and blind["reid_chance"] == pytest.approx(1 / 12)
+
+
+def test_permutation_is_recovered_from_enough_leaked_pairs():
+    images = _images(n=100)
+    pooled = pool_to_grid(images, GRID).reshape(100, -1)
+    secret = np.random.default_rng(3).permutation(pooled.shape[1])
+    tokens = np.stack([pooled, np.zeros_like(pooled)], axis=2)[:, secret]  # token j holds cell secret[j]
+    order = recover_order(tokens, images, GRID)
+    np.testing.assert_array_equal(tokens[:, order, 0], pooled)
+
+
+def test_shadow_alignment_undoes_a_channel_permutation_sign_and_scale():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(1, 64, 3)) + np.linspace(-2, 2, 64)[None, :, None] * np.array([1, -3, 5])
+    shadow = base + 0.05 * rng.normal(size=(40, 64, 3))
+    victim = -2.0 * shadow[:, :, [2, 0, 1]] + 1.0
+    aligned = align_channels(victim, shadow)
+    np.testing.assert_allclose(aligned, shadow, atol=0.05)
+
+
+def test_reverse_gradient_flips_and_scales_the_encoder_gradient():
+    code = torch.ones(3, requires_grad=True)
+    _ReverseGradient.apply(code, 0.5).sum().backward()
+    np.testing.assert_allclose(code.grad.numpy(), -0.5)
+
+
+def test_transformer_mapper_is_blind_to_a_fixed_token_permutation():
+    """Permuting tokens and position embeddings together permutes the output: the key costs nothing."""
+    torch.manual_seed(0)
+    model = TokenTransformer(4, 3, 16, width=32, depth=2, heads=4).eval()
+    x = torch.randn(2, 16, 4)
+    perm = torch.randperm(16)
+    with torch.no_grad():
+        reference = model(x)
+        model.position.copy_(model.position[:, perm])
+        permuted = model(x[:, perm])
+    torch.testing.assert_close(permuted, reference[:, perm], atol=1e-5, rtol=1e-4)
+
+
+def test_attack_suite_end_to_end_writes_a_complete_sane_report(tmp_path):
+    code = main(
+        [
+            "attack",
+            "--dataset",
+            "phantom",
+            "--size",
+            "32",
+            "--epochs",
+            "2",
+            "--quiet",
+            "--out",
+            str(tmp_path),
+            "--modes",
+            "task",
+            "private",
+            "--lambdas",
+            "1",
+            "--keys",
+            "none",
+            "mix+perm",
+            "--k",
+            "5",
+            "0",
+            "--set",
+            "data.phantom_cases=16",
+            "--set",
+            "attack.attacker_steps=10",
+            "--set",
+            "attack.bootstrap=20",
+            "--set",
+            "mapper.width=32",
+        ]
+    )
+    assert code == 0
+    (run,) = tmp_path.iterdir()
+    results = json.loads((run / "results.json").read_text())
+    assert [r["setting"] for r in results["settings"]] == [
+        "task / key none",
+        "task / key mix+perm",
+        "private λ=1 / key none",
+        "private λ=1 / key mix+perm",
+    ]
+    for row in results["settings"]:
+        a = row["attacks"]
+        assert 0 <= row["dice"] <= 1 and row["mapper"] == ("transformer" if "perm" in row["key"] else "cnn")
+        assert {"inversion k=5", "shadow codec"} <= set(a["image"]) and len(a["image"]) == 3
+        assert all(-1 <= v["ssim"] <= 1 for v in a["image"].values())
+        assert all(0 <= v["dice"] <= 1 for n, v in a["mask"].items() if n.startswith("inversion"))
+        assert 0 <= a["membership"]["loss_threshold"]["auc"] <= 1
+        assert (run / row["folder"] / "attacks.png").is_file()
+        if row["key"] != "none":
+            assert (run / row["folder"] / "center" / "key.json").is_file()
+    for name in ("attacks.md", "privacy_utility.png", "config.json", "data.json"):
+        assert (run / name).is_file(), name
+    assert "## Attack table" in (run / "attacks.md").read_text()
