@@ -19,7 +19,7 @@ from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.nets.sequence import SequenceMapper
 from privacysf.server.augment import augment_pairs, pipeline
 from privacysf.torchutil import load_checkpoint, resolve_device, save_checkpoint
-from privacysf.training import FitResult, fit
+from privacysf.training import EpochHook, FitResult, fit
 
 
 class MappingServer:
@@ -60,8 +60,13 @@ class MappingServer:
         val_images: bytes,
         val_masks: bytes,
         checkpoint: Path | None = None,
+        resume: Path | None = None,
+        on_epoch: EpochHook | None = None,
     ) -> FitResult:
-        """Train on uploaded code pairs; early stopping uses the validation code MSE (no decoder here)."""
+        """Train on uploaded code pairs; early stopping uses the validation code MSE (no decoder here).
+
+        ``resume`` and ``on_epoch`` are passed to :func:`privacysf.training.fit` (restartable jobs).
+        """
         x = decode_codes(train_images, expect_kind="image")
         y = decode_codes(train_masks, expect_kind="mask")
         vx = decode_codes(val_images, expect_kind="image", expect_tokens=x.shape[1:])
@@ -96,7 +101,18 @@ class MappingServer:
         def validate() -> float:
             return -float(torch.nn.functional.mse_loss(self._predict(vtx), vty))
 
-        return fit(model, batches, step, validate, cfg, "server mapper", checkpoint, self.signature)
+        return fit(
+            model,
+            batches,
+            step,
+            validate,
+            cfg,
+            "server mapper",
+            checkpoint,
+            self.signature,
+            resume=resume,
+            on_epoch=on_epoch,
+        )
 
     @torch.no_grad()
     def _predict(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
