@@ -149,7 +149,9 @@ def split_messages(payload: bytes, count: int) -> list[bytes]:
     for index in range(count):
         if len(payload) - offset < _PREFIX.size:
             raise WireFormatError(f"the upload ends before message {index + 1} of {count}")
-        _, _, header_len = _PREFIX.unpack_from(payload, offset)
+        magic, _, header_len = _PREFIX.unpack_from(payload, offset)
+        if magic != MAGIC:
+            raise WireFormatError(f"message {index + 1} of {count} is not a Privacy-SF code message")
         start = offset + _PREFIX.size
         if header_len > MAX_HEADER_BYTES or start + header_len > len(payload):
             raise WireFormatError(f"message {index + 1} of {count} has an inconsistent header length")
