@@ -72,3 +72,18 @@ def test_refuses_wrong_shape_dtype_kind_and_values():
     bad.tokens[0, 0, 0] = np.nan
     with pytest.raises(WireFormatError, match="NaN"):
         decode_codes(encode_codes(bad, "float32"))
+
+
+def test_messages_sent_back_to_back_split_apart_and_truncation_is_refused():
+    from privacysf.exchange import split_messages
+
+    first, second = encode_codes(batch(2), "int8"), encode_codes(batch(1, seed=1), "float16")
+    assert split_messages(first + second, 2) == [first, second]
+    with pytest.raises(WireFormatError, match="truncated"):
+        split_messages(first + second[:-1], 2)
+    with pytest.raises(WireFormatError, match="ends before message 2 of 2"):
+        split_messages(first, 2)
+    with pytest.raises(WireFormatError, match="3 bytes follow the last"):
+        split_messages(first + b"abc", 1)
+    with pytest.raises(WireFormatError, match="malformed header"):
+        split_messages(first[:10] + b"{" * (len(first) - 10), 1)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from privacysf.cli_service import add_commands as add_service_commands
 from privacysf.config import IMAGE_MODES, KEY_SETTINGS, ExperimentConfig
 from privacysf.errors import PrivacySFError
 
@@ -234,6 +235,8 @@ def make_parser() -> argparse.ArgumentParser:
     segment.add_argument("output", help="mask file to write (.nii.gz, .nrrd, .mha, .png or .tif)")
     segment.add_argument("--device", help="auto, cpu or cuda")
     segment.set_defaults(func=cmd_segment)
+
+    add_service_commands(commands)
     return parser
 
 

@@ -20,3 +20,19 @@ class ConfigError(PrivacySFError):
 
 class WireFormatError(PrivacySFError):
     """A code payload that does not follow the exchange format (shape, dtype or version)."""
+
+
+class AuthError(PrivacySFError):
+    """A missing, unknown or revoked API token."""
+
+
+class NotFoundError(PrivacySFError):
+    """An id that does not exist, or that belongs to another center (the two look the same)."""
+
+
+class PayloadTooLargeError(PrivacySFError):
+    """An upload or request body above the service's size limit."""
+
+
+class ServiceError(PrivacySFError):
+    """The service refused a request; the message is the server's explanation."""

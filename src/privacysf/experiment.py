@@ -13,6 +13,7 @@ from pathlib import Path
 
 from privacysf.baseline.unet import predict_labels, train_unet
 from privacysf.center.pipeline import (
+    Center,
     fit_server,
     load_center,
     load_server,
@@ -93,8 +94,8 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     return run_dir, metrics
 
 
-def reload(run_dir: Path, device_name: str | None = None):
-    """The center and server of a finished run, with its config (for ``privacysf segment``)."""
+def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[ExperimentConfig, Center]:
+    """The center's own models of a finished run, with its config (the server's mapper not loaded)."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a Privacy-SF run folder (no config.json)")
@@ -105,6 +106,10 @@ def reload(run_dir: Path, device_name: str | None = None):
     if not data_path.is_file():
         raise ConfigError(f"{run_dir} has no data.json; it is not a complete Privacy-SF run folder")
     num_classes = len(json.loads(data_path.read_text())["classes"])
-    device = resolve_device(cfg.train.device)
-    center = load_center(cfg, num_classes, run_dir, device)
-    return cfg, center, load_server(cfg, run_dir, center.scan)
+    return cfg, load_center(cfg, num_classes, run_dir, resolve_device(cfg.train.device))
+
+
+def reload(run_dir: Path, device_name: str | None = None):
+    """The center and server of a finished run, with its config (for ``privacysf segment``)."""
+    cfg, center = reload_center(run_dir, device_name)
+    return cfg, center, load_server(cfg, run_dir)

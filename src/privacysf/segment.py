@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from privacysf.center.pipeline import Mapper, load_server
 from privacysf.data.cases import Case
 from privacysf.data.preprocess import restore_slices, slice_case
 from privacysf.data.readers import (
@@ -22,12 +23,16 @@ from privacysf.data.readers import (
     read_volume,
 )
 from privacysf.errors import DataError
-from privacysf.experiment import reload
+from privacysf.experiment import reload_center
 from privacysf.runs import atomic_write
 
 
-def segment_volume(run_dir: Path, volume: Volume, device: str | None = None) -> np.ndarray:
-    cfg, center, server = reload(run_dir, device)
+def segment_volume(
+    run_dir: Path, volume: Volume, device: str | None = None, server: Mapper | None = None
+) -> np.ndarray:
+    """Labels for ``volume``; ``server`` maps the codes (default: the run's own mapper, in process)."""
+    cfg, center = reload_center(run_dir, device)
+    server = server or load_server(cfg, run_dir)
     normalization = json.loads((run_dir / "data.json").read_text())["normalization"]
     case = Case(
         "input", volume.array.astype(np.float32), np.zeros(volume.array.shape, np.int64), volume.spacing
@@ -39,14 +44,16 @@ def segment_volume(run_dir: Path, volume: Volume, device: str | None = None) -> 
     return np.moveaxis(restore_slices(labels, plane), 0, axis)
 
 
-def segment_file(run_dir: Path, image: Path, output: Path, device: str | None = None) -> Path:
+def segment_file(
+    run_dir: Path, image: Path, output: Path, device: str | None = None, server: Mapper | None = None
+) -> Path:
     name = output.name.lower()
     if output.is_dir():
         raise DataError(f"{output} is a folder; give the mask file to write, e.g. {output / 'mask.nii.gz'}")
     if not name.endswith(NIFTI_SUFFIXES + (".nrrd", ".mha") + PICTURE_SUFFIXES + TIFF_SUFFIXES):
         raise DataError(f"cannot write a mask to {output}: use .nii.gz, .nrrd, .mha, .png or .tif")
     volume = read_volume(image)
-    labels = segment_volume(run_dir, volume, device).astype(np.uint8)
+    labels = segment_volume(run_dir, volume, device, server).astype(np.uint8)
     atomic_write(output, lambda tmp: _write_mask(tmp, name, labels, volume))
     return output
 

@@ -22,6 +22,8 @@ from tqdm.auto import tqdm
 from privacysf.config import TrainConfig
 from privacysf.torchutil import save_checkpoint
 
+EpochHook = Callable[[dict[str, float]], None]
+
 
 @dataclass
 class FitResult:
@@ -41,12 +43,19 @@ def fit(
     checkpoint: Path | None = None,
     signature: dict[str, Any] | None = None,
     modules: dict[str, torch.nn.Module] | None = None,
+    resume: Path | None = None,
+    on_epoch: EpochHook | None = None,
 ) -> FitResult:
     """Train ``model`` and leave it holding the weights of its best validation epoch.
 
     ``batches(epoch)`` yields training batches, ``step(batch)`` returns the loss to minimise,
     ``validate()`` returns a score where higher is better. ``modules`` are extra trained parts (an
     auxiliary decoder or head) saved and restored with the model.
+
+    ``resume`` is a file holding the loop's whole state (weights, optimiser, schedule, best so far),
+    rewritten after every epoch: when it exists at the start, training continues after the epoch it
+    records, so a process killed mid-training loses at most one epoch. ``on_epoch`` receives each
+    epoch's history record (progress reporting for callers such as the service's job runner).
     """
     parts = {"model": model, **(modules or {})}
     params = [p for m in parts.values() for p in m.parameters()]
@@ -54,8 +63,19 @@ def fit(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     best_score, best_epoch, best_state = -math.inf, -1, None
     history: list[dict[str, float]] = []
+    first = 0
+    if resume is not None and resume.is_file():
+        state = torch.load(resume, map_location="cpu", weights_only=True)
+        for k, m in parts.items():
+            m.load_state_dict(state["parts"][k])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], state["best_state"]
+        history, first = state["history"], state["epoch"] + 1
+        if state["epoch"] - best_epoch >= cfg.patience:  # it had already stopped early
+            first = cfg.epochs
     start = time.perf_counter()
-    bar = tqdm(range(cfg.epochs), desc=desc, disable=not cfg.progress, leave=False, unit="epoch")
+    bar = tqdm(range(first, cfg.epochs), desc=desc, disable=not cfg.progress, leave=False, unit="epoch")
     for epoch in bar:
         for m in parts.values():
             m.train()
@@ -78,6 +98,20 @@ def fit(
             best_state = {k: copy.deepcopy(m.state_dict()) for k, m in parts.items()}
             if checkpoint is not None:
                 save_checkpoint(checkpoint, {"signature": signature or {}, "epoch": epoch, **best_state})
+        if resume is not None:
+            loop_state = {
+                "parts": {k: m.state_dict() for k, m in parts.items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "history": history,
+                "epoch": epoch,
+            }
+            save_checkpoint(resume, loop_state)
+        if on_epoch is not None:
+            on_epoch(history[-1])
         bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", best=f"{best_score:.4f}")
         if epoch - best_epoch >= cfg.patience:
             break

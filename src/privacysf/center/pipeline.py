@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -39,6 +40,16 @@ MASK_CODEC = Path("center") / "mask_codec.pt"
 IMAGE_ENCODER = Path("center") / "image_encoder.pt"
 KEY = Path("center") / "key.json"
 MAPPER = Path("server") / "mapper.pt"
+
+
+class Mapper(Protocol):
+    """What a center needs of a server: image-code message in, mask-code message out.
+
+    Both the in-process :class:`MappingServer` and a model served over HTTP
+    (:class:`privacysf.center.client.RemoteMapper`) fit, so one workflow covers both.
+    """
+
+    def map(self, image_codes: bytes) -> bytes: ...
 
 
 @dataclass
@@ -78,7 +89,7 @@ class Center:
     def mask_tokens(self) -> tuple[int, int]:
         return self.grid[0] * self.grid[1], self.cfg.codec.mask_channels
 
-    def segment(self, server: MappingServer, images: np.ndarray) -> np.ndarray:
+    def segment(self, server: Mapper, images: np.ndarray) -> np.ndarray:
         """encode -> server maps -> decode, for (N, 1, H, W) preprocessed images."""
         return self.decode_message(server.map(self.image_message(images)))
 
@@ -140,15 +151,20 @@ def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> dict[st
     return payload_bytes(center, server, np.zeros((1, size, size), np.float32))
 
 
-def fit_server(cfg: ExperimentConfig, center: Center, train: SliceSet, val: SliceSet, run_dir: Path):
-    """What the center uploads and what the server does with it (server side sees bytes only)."""
-    started = time.perf_counter()
-    messages = (
+def upload_messages(center: Center, train: SliceSet, val: SliceSet) -> tuple[bytes, bytes, bytes, bytes]:
+    """All a center sends for the server to learn its mapping: train and val image and mask codes."""
+    return (
         center.image_message(train.images),
         center.mask_message(train.masks),
         center.image_message(val.images),
         center.mask_message(val.masks),
     )
+
+
+def fit_server(cfg: ExperimentConfig, center: Center, train: SliceSet, val: SliceSet, run_dir: Path):
+    """What the center uploads and what the server does with it (server side sees bytes only)."""
+    started = time.perf_counter()
+    messages = upload_messages(center, train, val)
     encode_seconds = time.perf_counter() - started
     server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
     result = server.fit(*messages, checkpoint=run_dir / MAPPER)
@@ -175,8 +191,8 @@ def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) 
     )
 
 
-def load_server(cfg: ExperimentConfig, run_dir: Path, scan: str) -> MappingServer:
+def load_server(cfg: ExperimentConfig, run_dir: Path) -> MappingServer:
     grid = token_grid(cfg.data.size, cfg.codec)
     server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
-    server.load(run_dir / MAPPER, grid, cfg.codec.image_channels, cfg.codec.mask_channels, scan)
+    server.load(run_dir / MAPPER, grid, cfg.codec.image_channels, cfg.codec.mask_channels)
     return server

@@ -7,6 +7,7 @@ from privacysf.exchange.wire import (
     decode_codes,
     encode_codes,
     grid_to_tokens,
+    split_messages,
     tokens_to_grid,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "decode_codes",
     "encode_codes",
     "grid_to_tokens",
+    "split_messages",
     "tokens_to_grid",
 ]

@@ -11,6 +11,9 @@ secret permutation known only to the center, so the receiver must not assume any
 ``int8`` codes store round(127·v) of codes bounded in [-1, 1]. Anything that does not match (magic,
 version, sizes, dtype, NaN or infinite values) is refused with a :class:`WireFormatError` before it
 reaches a network.
+
+Messages are self-delimiting, so several can travel back to back in one upload (a dataset is its
+train and validation image and mask codes); :func:`split_messages` cuts such a bundle apart.
 """
 
 from __future__ import annotations
@@ -146,3 +149,31 @@ def decode_codes(
     if not np.isfinite(values).all():
         raise WireFormatError("codes contain NaN or infinite values")
     return CodeBatch(values, (grid[0], grid[1]), kind, dtype, scan)
+
+
+def split_messages(payload: bytes, count: int) -> list[bytes]:
+    """Cut ``count`` messages sent back to back; each is checked later by :func:`decode_codes`."""
+    messages, offset = [], 0
+    for index in range(count):
+        if len(payload) - offset < _PREFIX.size:
+            raise WireFormatError(f"the upload ends before message {index + 1} of {count}")
+        magic, _, header_len = _PREFIX.unpack_from(payload, offset)
+        if magic != MAGIC:
+            raise WireFormatError(f"message {index + 1} of {count} is not a Privacy-SF code message")
+        start = offset + _PREFIX.size
+        if header_len > MAX_HEADER_BYTES or start + header_len > len(payload):
+            raise WireFormatError(f"message {index + 1} of {count} has an inconsistent header length")
+        try:
+            header = json.loads(payload[start : start + header_len])
+            itemsize = WIRE_DTYPES[header["dtype"]].itemsize
+            values = int(np.prod(header["shape"], dtype=np.int64)) * itemsize
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise WireFormatError(f"message {index + 1} of {count} has a malformed header: {exc}") from None
+        end = start + header_len + values
+        if values < 0 or end > len(payload):
+            raise WireFormatError(f"message {index + 1} of {count} is truncated or announces a wrong shape")
+        messages.append(payload[offset:end])
+        offset = end
+    if offset != len(payload):
+        raise WireFormatError(f"{len(payload) - offset} bytes follow the last of {count} messages")
+    return messages

@@ -20,7 +20,7 @@ from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.nets.mappers import ORDER_BLIND, build_mapper
 from privacysf.server.augment import augment_pairs, pipeline
 from privacysf.torchutil import load_checkpoint, resolve_device, save_checkpoint
-from privacysf.training import FitResult, fit
+from privacysf.training import EpochHook, FitResult, fit
 
 
 class MappingServer:
@@ -66,8 +66,13 @@ class MappingServer:
         val_images: bytes,
         val_masks: bytes,
         checkpoint: Path | None = None,
+        resume: Path | None = None,
+        on_epoch: EpochHook | None = None,
     ) -> FitResult:
-        """Train on uploaded code pairs; early stopping uses the validation code MSE (no decoder here)."""
+        """Train on uploaded code pairs; early stopping uses the validation code MSE (no decoder here).
+
+        ``resume`` and ``on_epoch`` are passed to :func:`privacysf.training.fit` (restartable jobs).
+        """
         x = decode_codes(train_images, expect_kind="image")
         y = decode_codes(train_masks, expect_kind="mask")
         vx = decode_codes(val_images, expect_kind="image", expect_tokens=x.shape[1:])
@@ -104,7 +109,18 @@ class MappingServer:
         def validate() -> float:
             return -float(torch.nn.functional.mse_loss(self.predict_tokens(vtx), vty))
 
-        return fit(model, batches, step, validate, cfg, "server mapper", checkpoint, self.signature)
+        return fit(
+            model,
+            batches,
+            step,
+            validate,
+            cfg,
+            "server mapper",
+            checkpoint,
+            self.signature,
+            resume=resume,
+            on_epoch=on_epoch,
+        )
 
     @torch.no_grad()
     def predict_tokens(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -151,9 +167,10 @@ class MappingServer:
             raise ConfigError("nothing to save: the mapping network is not trained")
         save_checkpoint(path, {"signature": self.signature, "model": self.model.state_dict()})
 
-    def load(
-        self, path: Path, grid: tuple[int, int], in_channels: int, out_channels: int, scan: str = SCAN_ORDER
-    ) -> None:
-        model = self.initialise(grid, in_channels, out_channels, scan)
-        model.load_state_dict(load_checkpoint(path, self.signature)["model"])
+    def load(self, path: Path, grid: tuple[int, int], in_channels: int, out_channels: int) -> None:
+        """Load a saved mapper; the token scan order it was trained on is read from its checkpoint."""
+        expected = {"grid": list(grid), "in_channels": in_channels, "out_channels": out_channels}
+        state = load_checkpoint(path, {**expected, **asdict(self.mapper_cfg)})
+        model = self.initialise(grid, in_channels, out_channels, state["signature"].get("scan", SCAN_ORDER))
+        model.load_state_dict(state["model"])
         model.eval()

@@ -1,0 +1,152 @@
+"""The center's HTTP client of the Privacy-SF service (httpx).
+
+It carries wire messages of codes and small JSON job settings, nothing else: the methods take
+``bytes`` already encoded by the center's networks, so no pixel, mask, decoder or key can reach the
+network through here. A login (server URL and token) is kept in a profile file readable by its owner
+only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from privacysf.errors import ConfigError, ServiceError
+from privacysf.runs import atomic_write
+
+CODES = "application/octet-stream"
+CHUNK = 1024 * 1024
+FINISHED = ("done", "failed")
+
+
+def default_profile() -> Path:
+    return Path(os.environ.get("PRIVACYSF_PROFILE", Path.home() / ".config" / "privacysf" / "center.json"))
+
+
+@dataclass
+class Profile:
+    url: str
+    token: str
+
+    def save(self, path: Path) -> None:
+        def write(tmp: Path) -> None:
+            tmp.write_text(json.dumps({"url": self.url, "token": self.token}))
+            tmp.chmod(0o600)
+
+        atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        if not path.is_file():
+            raise ConfigError(f"no login at {path}; run `privacysf center login URL TOKEN` first")
+        values = json.loads(path.read_text())
+        return cls(values["url"], values["token"])
+
+
+class ServiceClient:
+    """One center's session with the service; every error comes back as a :class:`ServiceError`."""
+
+    def __init__(self, url: str, token: str, transport: httpx.BaseTransport | None = None, timeout=120.0):
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            transport=transport,
+            timeout=timeout,
+        )
+
+    @classmethod
+    def from_profile(cls, path: Path | None = None) -> ServiceClient:
+        profile = Profile.load(path or default_profile())
+        return cls(profile.url, profile.token)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServiceError(
+                f"cannot reach the server at {self.url} ({exc}); is `privacysf server serve` running?"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ServiceError(f"the server answered {response.status_code}: {detail}")
+        return response
+
+    def me(self) -> dict[str, Any]:
+        return self._request("GET", "/me").json()
+
+    def upload_dataset(self, name: str, payload: bytes) -> dict[str, Any]:
+        """Stream a dataset bundle (four wire messages); the server checks the SHA-256 sent with it."""
+
+        def chunks() -> Iterator[bytes]:
+            for start in range(0, len(payload), CHUNK):
+                yield payload[start : start + CHUNK]
+
+        headers = {
+            "Content-Type": CODES,
+            "Content-Length": str(len(payload)),
+            "X-Content-SHA256": hashlib.sha256(payload).hexdigest(),
+        }
+        response = self._request(
+            "POST", "/datasets", params={"name": name}, content=chunks(), headers=headers
+        )
+        return response.json()
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/datasets").json()
+
+    def start_job(self, dataset_ids: list[int], name: str = "mapper", **settings: dict) -> dict[str, Any]:
+        """Queue training; ``settings`` holds optional ``train`` and ``mapper`` sections."""
+        return self._request("POST", "/jobs", json={"datasets": dataset_ids, "name": name, **settings}).json()
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def job_log(self, job_id: int) -> list[dict[str, Any]]:
+        return self._request("GET", f"/jobs/{job_id}/log").json()
+
+    def wait_job(self, job_id: int, timeout: float = 3600.0, poll: float = 1.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while (job := self.job(job_id))["status"] not in FINISHED:
+            if time.monotonic() > deadline:
+                raise ServiceError(f"job {job_id} is still {job['status']} after {timeout:.0f} s")
+            time.sleep(poll)
+        return job
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/models").json()
+
+    def map(self, model_id: int, image_codes: bytes, dtype: str | None = None) -> bytes:
+        params = {"dtype": dtype} if dtype else None
+        headers = {"Content-Type": CODES}
+        return self._request(
+            "POST", f"/models/{model_id}/map", content=image_codes, params=params, headers=headers
+        ).content
+
+    def mapper(self, model_id: int) -> RemoteMapper:
+        return RemoteMapper(self, model_id)
+
+
+@dataclass
+class RemoteMapper:
+    """A served model, usable wherever the center's workflow takes a mapping server."""
+
+    client: ServiceClient
+    model_id: int
+
+    def map(self, image_codes: bytes) -> bytes:
+        return self.client.map(self.model_id, image_codes)

@@ -1,0 +1,182 @@
+"""``privacysf server ...`` (operator) and ``privacysf center ...`` (hospital) commands of the service.
+
+Kept apart from ``cli.py`` so the core command line stays small; :func:`add_commands` registers both
+groups on the main parser. Each command is a thin call into the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+def _service_config(args: argparse.Namespace):
+    from privacysf.server.settings import ServiceConfig
+
+    cfg = ServiceConfig(store=Path(args.store), db_url=args.db)
+    for key in ("host", "port", "threads"):
+        if getattr(args, key, None) is not None:
+            setattr(cfg, key, getattr(args, key))
+    if getattr(args, "max_upload_mb", None) is not None:
+        cfg.max_upload_bytes = args.max_upload_mb * MiB
+    return cfg
+
+
+def _store(args: argparse.Namespace):
+    from privacysf.server.store import Store
+
+    return Store(_service_config(args))
+
+
+def cmd_server_serve(args: argparse.Namespace) -> None:
+    from privacysf.server.service.app import serve
+
+    serve(_service_config(args))
+
+
+def cmd_server_create_center(args: argparse.Namespace) -> None:
+    token_id, token = _store(args).create_center(args.center)
+    print(f"center {args.center!r} created; token id {token_id}. The token (shown once, keep it secret):")
+    print(token)
+
+
+def cmd_server_create_token(args: argparse.Namespace) -> None:
+    token_id, token = _store(args).create_token(args.center)
+    print(f"new token id {token_id} for {args.center!r} (shown once):")
+    print(token)
+
+
+def cmd_server_revoke_token(args: argparse.Namespace) -> None:
+    center = _store(args).revoke_token(args.token_id)
+    print(f"token {args.token_id} of {center!r} revoked")
+
+
+def cmd_server_tokens(args: argparse.Namespace) -> None:
+    for row in _store(args).list_tokens():
+        state = "revoked" if row["revoked"] else "active"
+        print(f"{row['id']:5d}  {row['center']:20s}  {state:8s}  created {row['created_at']:%Y-%m-%d %H:%M}")
+
+
+def _client(args: argparse.Namespace):
+    from privacysf.center.client import ServiceClient
+
+    return ServiceClient.from_profile(Path(args.profile) if args.profile else None)
+
+
+def cmd_center_login(args: argparse.Namespace) -> None:
+    from privacysf.center.client import Profile, ServiceClient, default_profile
+
+    me = ServiceClient(args.url, args.token).me()
+    path = Path(args.profile) if args.profile else default_profile()
+    Profile(args.url, args.token).save(path)
+    print(f"logged in to {args.url} as center {me['name']!r}; login saved to {path}")
+
+
+def cmd_center_upload(args: argparse.Namespace) -> None:
+    from privacysf.center.remote import upload_run
+
+    row = upload_run(_client(args), Path(args.run), args.name, args.device)
+    print(f"dataset {row['id']} uploaded: {row['train_count']} train + {row['val_count']} val code pairs")
+    print(f"({row['size_bytes']} bytes of codes, sha256 {row['sha256'][:16]}…)")
+
+
+def cmd_center_train(args: argparse.Namespace) -> None:
+    client = _client(args)
+    train = {"epochs": args.epochs} if args.epochs else {}
+    job = client.start_job(args.datasets, args.name, train=train)
+    print(f"job {job['id']} queued")
+    if args.wait:
+        _print_job(client.wait_job(job["id"]))
+
+
+def cmd_center_status(args: argparse.Namespace) -> None:
+    client = _client(args)
+    if args.log:
+        for line in client.job_log(args.job):
+            print(f"{line['at']}  {line['message']}")
+    _print_job(client.job(args.job))
+
+
+def _print_job(job: dict) -> None:
+    print(json.dumps(job, indent=2))
+
+
+def cmd_center_models(args: argparse.Namespace) -> None:
+    for m in _client(args).models():
+        print(f"model {m['id']}: {m['name']} v{m['version']} (job {m['job_id']}, grid {m['grid']})")
+
+
+def cmd_center_segment(args: argparse.Namespace) -> None:
+    from privacysf.center.remote import segment_remote
+
+    out = segment_remote(
+        _client(args), args.model, Path(args.run), Path(args.image), Path(args.output), args.device
+    )
+    print(f"mask written to {out} (codes mapped by model {args.model} on the server)")
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    server = commands.add_parser("server", help="run and administer the server service").add_subparsers(
+        dest="action", required=True
+    )
+
+    def server_command(name: str, func, help: str) -> argparse.ArgumentParser:
+        parser = server.add_parser(name, help=help)
+        parser.add_argument("--store", default="psf-store", help="folder of the service's state")
+        parser.add_argument("--db", help="SQLAlchemy URL (default: SQLite in the store folder)")
+        parser.set_defaults(func=func)
+        return parser
+
+    serve = server_command("serve", cmd_server_serve, "run the HTTP service (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
+    serve.add_argument("--max-upload-mb", type=int, help="largest dataset upload (default 512)")
+    server_command("create-center", cmd_server_create_center, "add a center, print its token").add_argument(
+        "center", help="center name"
+    )
+    server_command("create-token", cmd_server_create_token, "another token for a center").add_argument(
+        "center", help="center name"
+    )
+    server_command("revoke-token", cmd_server_revoke_token, "revoke a token by id").add_argument(
+        "token_id", type=int
+    )
+    server_command("tokens", cmd_server_tokens, "list tokens (ids, centers, state; never the tokens)")
+
+    center = commands.add_parser("center", help="a center's client of the server service").add_subparsers(
+        dest="action", required=True
+    )
+
+    def center_command(name: str, func, help: str) -> argparse.ArgumentParser:
+        parser = center.add_parser(name, help=help)
+        parser.add_argument("--profile", help="login file (default ~/.config/privacysf/center.json)")
+        parser.set_defaults(func=func)
+        return parser
+
+    login = center_command("login", cmd_center_login, "check a token with the server and save the login")
+    login.add_argument("url", help="server URL, e.g. http://127.0.0.1:8000")
+    login.add_argument("token", help="the token printed by `privacysf server create-center`")
+    upload = center_command(
+        "upload", cmd_center_upload, "encode a fit run's train/val data, upload the codes"
+    )
+    upload.add_argument("run", help="run folder written by privacysf fit (its center/ models encode)")
+    upload.add_argument("--name", required=True, help="dataset label")
+    upload.add_argument("--device", help="auto, cpu or cuda")
+    train = center_command("train", cmd_center_train, "start a mapper training job on uploaded datasets")
+    train.add_argument("datasets", type=int, nargs="+", help="dataset ids")
+    train.add_argument("--name", default="mapper", help="model name (each job adds a version)")
+    train.add_argument("--epochs", type=int, help="training epochs (server default 30)")
+    train.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    status = center_command("status", cmd_center_status, "a job's status and progress")
+    status.add_argument("job", type=int)
+    status.add_argument("--log", action="store_true", help="print the job's log first")
+    center_command("models", cmd_center_models, "model versions this center took part in")
+    segment = center_command("segment", cmd_center_segment, "segment an image file through a served model")
+    segment.add_argument("run", help="run folder whose center/ models encode and decode")
+    segment.add_argument("model", type=int, help="model id on the server")
+    segment.add_argument("image", help="image file or DICOM folder")
+    segment.add_argument("output", help="mask file to write (.nii.gz, .nrrd, .mha, .png or .tif)")
+    segment.add_argument("--device", help="auto, cpu or cuda")

@@ -1,0 +1,249 @@
+"""The HTTP API: centers upload code datasets, start training jobs and map codes with their models.
+
+Every endpoint but ``/health`` needs a center's bearer token; every dataset, job and model is looked
+up within the calling center's own. Request bodies of codes are the wire format itself
+(``application/octet-stream``), read with a size limit; errors a client can cause come back as 4xx
+with a message saying what was wrong.
+"""
+
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import torch
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
+
+from privacysf.errors import AuthError, NotFoundError, PayloadTooLargeError, PrivacySFError
+from privacysf.server.jobs import JobRunner
+from privacysf.server.service.schemas import (
+    CenterOut,
+    DatasetOut,
+    Health,
+    Id,
+    JobIn,
+    JobOut,
+    LogLine,
+    ModelOut,
+    Name,
+    Readiness,
+    WireDtype,
+)
+from privacysf.server.serving import ModelCache
+from privacysf.server.settings import ServiceConfig
+from privacysf.server.store import Caller, Store
+from privacysf.server.tables import JobRow
+
+log = logging.getLogger("privacysf.service")
+CODES = "application/octet-stream"
+BINARY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {CODES: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+STATUS = {AuthError: 401, NotFoundError: 404, PayloadTooLargeError: 413}
+bearer = HTTPBearer(auto_error=False, description="a center's API token (privacysf server create-center)")
+
+
+def create_app(cfg: ServiceConfig) -> FastAPI:
+    store = Store(cfg)
+    runner = JobRunner(store)
+    cache = ModelCache(store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(cfg.threads)
+        runner.start()
+        yield
+        await run_in_threadpool(runner.stop)
+
+    app = FastAPI(
+        title="Privacy-SF server",
+        version="1",
+        description="Stores code datasets, trains mapping networks on them and maps image codes to "
+        "mask codes. It never receives a pixel, a mask, a decoder or a key.",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.store, app.state.runner = store, runner
+
+    @app.exception_handler(PrivacySFError)
+    async def client_error(_request: Request, exc: PrivacySFError) -> JSONResponse:
+        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def disconnected(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
+        return JSONResponse({"detail": "the client closed the connection before the body ended"}, 400)
+
+    def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
+        return store.authenticate(credentials.credentials if credentials else None)
+
+    Center = Annotated[Caller, Depends(caller)]
+    unauthorised = {401: {"description": "missing, unknown or revoked token"}}
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health() -> Health:
+        """Liveness: the process answers (the only endpoint without a token)."""
+        return Health(status="ok")
+
+    @app.get("/ready", response_model=Readiness, tags=["service"], responses=unauthorised)
+    def ready(_center: Center, response: Response) -> Readiness:
+        """Readiness: the database answers, the store folder is writable and the job runner runs."""
+        state = Readiness(
+            database=_database_ok(store), store=os.access(store.root, os.W_OK), job_runner=runner.alive
+        )
+        if not all(state.model_dump().values()):
+            response.status_code = 503
+        return state
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_center: Center) -> dict:
+        return app.openapi()
+
+    @app.get("/me", response_model=CenterOut, tags=["centers"], responses=unauthorised)
+    def me(center: Center) -> CenterOut:
+        """The center this token belongs to (a client checks its login with it)."""
+        return CenterOut(id=center.center_id, name=center.name)
+
+    @app.post(
+        "/datasets",
+        response_model=DatasetOut,
+        status_code=201,
+        tags=["datasets"],
+        openapi_extra=BINARY_BODY,
+        responses={
+            **unauthorised,
+            400: {"description": "bad codes or checksum"},
+            413: {"description": "too big"},
+        },
+    )
+    async def upload_dataset(
+        center: Center,
+        request: Request,
+        name: Annotated[Name, Query(description="a label for the dataset")],
+        sha256: Annotated[str, Header(alias="X-Content-SHA256", description="SHA-256 of the body, hex")],
+    ) -> DatasetOut:
+        """Stream a dataset: train image, train mask, val image, val mask codes, four wire messages back
+        to back. Stored only once complete, checksum-verified and valid."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_upload_bytes:
+            raise PayloadTooLargeError(
+                f"the upload of {declared} bytes exceeds the limit of {cfg.max_upload_bytes}"
+            )
+        upload = store.dataset_upload(center, name, sha256)
+        try:
+            async for chunk in request.stream():
+                upload.write(chunk)
+        except BaseException:
+            upload.abort()
+            raise
+        row = await run_in_threadpool(upload.commit)
+        return DatasetOut.model_validate(row, from_attributes=True)
+
+    @app.get("/datasets", response_model=list[DatasetOut], tags=["datasets"], responses=unauthorised)
+    def list_datasets(center: Center) -> list[DatasetOut]:
+        return [DatasetOut.model_validate(r, from_attributes=True) for r in store.datasets(center)]
+
+    @app.get("/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"], responses=unauthorised)
+    def get_dataset(center: Center, dataset_id: Annotated[Id, Path()]) -> DatasetOut:
+        return DatasetOut.model_validate(store.dataset(center, dataset_id), from_attributes=True)
+
+    @app.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"], responses=unauthorised)
+    def create_job(center: Center, body: JobIn) -> JobOut:
+        """Queue training of a mapping network on some of the center's datasets."""
+        settings = {"train": body.train.model_dump(), "mapper": body.mapper.model_dump()}
+        return _job_out(store, store.create_job(center, body.name, body.datasets, settings))
+
+    @app.get("/jobs", response_model=list[JobOut], tags=["jobs"], responses=unauthorised)
+    def list_jobs(center: Center) -> list[JobOut]:
+        return [_job_out(store, job) for job in store.jobs(center)]
+
+    @app.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=unauthorised)
+    def get_job(center: Center, job_id: Annotated[Id, Path()]) -> JobOut:
+        """Status and progress (last finished epoch, best validation score)."""
+        return _job_out(store, store.job(center, job_id))
+
+    @app.get("/jobs/{job_id}/log", response_model=list[LogLine], tags=["jobs"], responses=unauthorised)
+    def job_log(center: Center, job_id: Annotated[Id, Path()]) -> list[LogLine]:
+        store.job(center, job_id)
+        return [LogLine(at=r.at, message=r.message) for r in store.job_log(job_id)]
+
+    @app.get("/models", response_model=list[ModelOut], tags=["models"], responses=unauthorised)
+    def list_models(center: Center) -> list[ModelOut]:
+        """Model versions trained on data of this center."""
+        return [ModelOut.model_validate(r, from_attributes=True) for r in store.models(center)]
+
+    @app.get("/models/{model_id}", response_model=ModelOut, tags=["models"], responses=unauthorised)
+    def get_model(center: Center, model_id: Annotated[Id, Path()]) -> ModelOut:
+        return ModelOut.model_validate(store.model(center, model_id), from_attributes=True)
+
+    @app.post(
+        "/models/{model_id}/map",
+        tags=["models"],
+        openapi_extra=BINARY_BODY,
+        response_class=Response,
+        responses={
+            **unauthorised,
+            200: {"content": {CODES: {"schema": {"type": "string", "format": "binary"}}}},
+            400: {"description": "codes that do not fit the model"},
+        },
+    )
+    async def map_codes(
+        center: Center,
+        request: Request,
+        model_id: Annotated[Id, Path()],
+        dtype: Annotated[WireDtype | None, Query(description="wire dtype of the reply")] = None,
+    ) -> Response:
+        """Image codes in (one wire message, any batch size), mask codes out, in the same order."""
+        row = store.model(center, model_id)
+        body = await _read_limited(request, cfg.max_map_bytes)
+        mapper = await run_in_threadpool(cache.get, row)
+        return Response(await run_in_threadpool(mapper.map, body, dtype), media_type=CODES)
+
+    return app
+
+
+def _database_ok(store: Store) -> bool:
+    try:
+        store.ping()
+    except Exception:
+        log.exception("database check failed")
+        return False
+    return True
+
+
+def _job_out(store: Store, job: JobRow) -> JobOut:
+    datasets = [row.id for row in store.job_datasets(job.id)]
+    fields = {name: getattr(job, name) for name in JobOut.model_fields if name != "datasets"}
+    return JobOut.model_validate({**fields, "datasets": datasets})
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (never buffered beyond it)."""
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the request body exceeds this server's limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def serve(cfg: ServiceConfig) -> None:
+    """Run the service with uvicorn until interrupted (one process: SQLite and the job runner)."""
+    import uvicorn
+
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
+
+
+__all__ = ["create_app", "serve"]

@@ -1,0 +1,34 @@
+"""The one configuration object of the server service (web layer, store and job runner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class ServiceConfig:
+    """Where the service keeps its state and the limits it enforces on what centers send."""
+
+    store: Path = Path("psf-store")
+    """Folder of uploaded code datasets, job checkpoints and model files."""
+    db_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<store>/service.db`` (WAL mode). Migrations manage any engine."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_upload_bytes: int = 512 * MiB
+    """Largest dataset upload; bigger bodies are cut off with 413 before they fill the disk."""
+    max_map_bytes: int = 32 * MiB
+    """Largest mapping request (a batch of image codes)."""
+    threads: int = 1
+    """torch CPU threads for training and mapping, so the service stays a polite neighbour."""
+    poll_seconds: float = 0.5
+    """How often the job runner looks for queued jobs."""
+    model_cache: int = 4
+    """Trained mappers kept loaded in memory for the mapping endpoint."""
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{Path(self.store).resolve() / 'service.db'}"

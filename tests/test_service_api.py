@@ -1,0 +1,274 @@
+"""The service's HTTP API in process: authorisation, uploads, jobs, models, and refusals of bad input.
+
+Every refusal must be a 4xx whose ``detail`` says what was wrong, and the service must keep serving
+afterwards; a failed upload must leave neither a database row nor a file.
+"""
+
+import struct
+import time
+
+import httpx
+import numpy as np
+import pytest
+from servicekit import GRID, TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, codes, sha
+
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes
+from privacysf.server.service import create_app
+from privacysf.server.settings import ServiceConfig
+
+UPLOAD_LIMIT = 64 * 1024
+MAP_LIMIT = 16 * 1024
+
+
+class Api:
+    """A started service with two centers, A and B, and a small helper per request kind."""
+
+    def __init__(self, root):
+        self.cfg = ServiceConfig(
+            store=root / "store", max_upload_bytes=UPLOAD_LIMIT, max_map_bytes=MAP_LIMIT, poll_seconds=0.05
+        )
+        self.app = create_app(self.cfg)
+        self.store = self.app.state.store
+        self.token_ids, self.tokens = {}, {}
+        for name in ("A", "B"):
+            self.token_ids[name], self.tokens[name] = self.store.create_center(name)
+        self.server = LoopbackServer(self.app).start()
+        self.client = httpx.Client(base_url=self.server.url, timeout=60)
+
+    def auth(self, center: str) -> dict:
+        return {"Authorization": f"Bearer {self.tokens[center]}"}
+
+    def upload(self, center: str, payload: bytes, checksum: str | None = None, name: str = "codes"):
+        headers = {**self.auth(center), "X-Content-SHA256": checksum or sha(payload)}
+        return self.client.post("/datasets", params={"name": name}, content=payload, headers=headers)
+
+    def train(self, center: str, datasets: list[int], **body):
+        body = {"datasets": datasets, "train": TINY_TRAIN, "mapper": TINY_MAPPER, **body}
+        return self.client.post("/jobs", json=body, headers=self.auth(center))
+
+    def wait(self, center: str, job_id: int) -> dict:
+        for _ in range(600):
+            job = self.client.get(f"/jobs/{job_id}", headers=self.auth(center)).json()
+            if job["status"] in ("done", "failed"):
+                return job
+            time.sleep(0.05)
+        raise TimeoutError(job)
+
+    def map(self, center: str, model_id: int, payload: bytes, **params):
+        return self.client.post(
+            f"/models/{model_id}/map", content=payload, params=params, headers=self.auth(center)
+        )
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    api = Api(tmp_path_factory.mktemp("service"))
+    dataset = api.upload("A", bundle()).json()
+    job = api.wait("A", api.train("A", [dataset["id"]]).json()["id"])
+    assert job["status"] == "done", job
+    api.dataset_id, api.job_id, api.model_id = dataset["id"], job["id"], job["model_id"]
+    yield api
+    api.client.close()
+    api.server.stop()
+
+
+def refused(response, status: int, words: str) -> None:
+    assert response.status_code == status, response.text
+    assert words in str(response.json()["detail"])
+
+
+def test_only_health_answers_without_a_token(api):
+    assert api.client.get("/health").json() == {"status": "ok"}
+    for method, path in [
+        ("GET", "/ready"),
+        ("GET", "/openapi.json"),
+        ("GET", "/me"),
+        ("POST", "/datasets?name=x"),
+        ("GET", "/datasets"),
+        ("GET", f"/datasets/{api.dataset_id}"),
+        ("POST", "/jobs"),
+        ("GET", "/jobs"),
+        ("GET", f"/jobs/{api.job_id}"),
+        ("GET", f"/jobs/{api.job_id}/log"),
+        ("GET", "/models"),
+        ("GET", f"/models/{api.model_id}"),
+        ("POST", f"/models/{api.model_id}/map"),
+    ]:
+        for headers in ({}, {"Authorization": "Bearer psf_not-a-token"}, {"Authorization": "Basic eDp5"}):
+            response = api.client.request(method, path, headers={**headers, "X-Content-SHA256": "0" * 64})
+            assert response.status_code == 401, (method, path, headers, response.text)
+            assert "token" in response.json()["detail"]
+    assert api.client.get("/docs").status_code == 404
+
+
+def test_ready_me_and_the_openapi_description(api):
+    assert api.client.get("/ready", headers=api.auth("A")).json() == {
+        "database": True,
+        "store": True,
+        "job_runner": True,
+    }
+    assert api.client.get("/me", headers=api.auth("B")).json()["name"] == "B"
+    paths = api.client.get("/openapi.json", headers=api.auth("A")).json()["paths"]
+    assert "/models/{model_id}/map" in paths and "/datasets" in paths
+
+
+def test_a_revoked_token_is_refused_and_a_new_one_works(api):
+    token_id, token = api.store.create_token("B")
+    headers = {"Authorization": f"Bearer {token}"}
+    assert api.client.get("/me", headers=headers).status_code == 200
+    api.store.revoke_token(token_id)
+    refused(api.client.get("/me", headers=headers), 401, "revoked")
+    assert api.client.get("/me", headers=api.auth("B")).status_code == 200  # B's other token still works
+
+
+def test_upload_train_and_map_through_the_api(api):
+    dataset = api.client.get(f"/datasets/{api.dataset_id}", headers=api.auth("A")).json()
+    assert dataset["grid"] == list(GRID) and (dataset["train_count"], dataset["val_count"]) == (16, 4)
+    assert dataset["sha256"] == sha(bundle())
+    log = [
+        line["message"] for line in api.client.get(f"/jobs/{api.job_id}/log", headers=api.auth("A")).json()
+    ]
+    assert log[0].startswith("queued") and any(m.startswith("epoch 1:") for m in log) and "done" in log[-1]
+    reply = api.map("A", api.model_id, codes(5, "image", seed=9))
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/octet-stream"
+    mapped = decode_codes(reply.content, expect_kind="mask")
+    assert mapped.shape == (5, 16, 4) and mapped.wire_dtype == "int8"
+    assert decode_codes(
+        api.map("A", api.model_id, codes(2, "image"), dtype="float32").content
+    ).wire_dtype == ("float32")
+    second = api.wait("A", api.train("A", [api.dataset_id]).json()["id"])
+    versions = {m["id"]: m["version"] for m in api.client.get("/models", headers=api.auth("A")).json()}
+    assert versions[api.model_id] == 1 and versions[second["model_id"]] == 2
+
+
+def test_a_center_sees_and_uses_only_its_own_data_and_models(api):
+    b = api.auth("B")
+    assert api.client.get("/datasets", headers=b).json() == []
+    assert api.client.get("/jobs", headers=b).json() == []
+    assert api.client.get("/models", headers=b).json() == []
+    refused(api.client.get(f"/datasets/{api.dataset_id}", headers=b), 404, "another center")
+    refused(api.train("B", [api.dataset_id]), 404, "another center")
+    refused(api.client.get(f"/jobs/{api.job_id}", headers=b), 404, "another center")
+    refused(api.client.get(f"/jobs/{api.job_id}/log", headers=b), 404, "another center")
+    refused(api.client.get(f"/models/{api.model_id}", headers=b), 404, "took no part")
+    refused(api.map("B", api.model_id, codes(1, "image")), 404, "took no part")
+
+
+def _with_header(message: bytes, **changes) -> bytes:
+    """``message`` with header fields replaced (the prefix's length updated to match)."""
+    import json
+
+    length = struct.unpack_from("<I", message, 6)[0]
+    header = json.loads(message[10 : 10 + length])
+    new = json.dumps({**header, **changes}).encode()
+    return message[:6] + struct.pack("<I", len(new)) + new + message[10 + length :]
+
+
+def _nan_codes(kind: str) -> bytes:
+    tokens = np.zeros((2, 16, 4), np.float32)
+    tokens[1, 3, 2] = np.nan
+    return encode_codes(CodeBatch(tokens, GRID, kind), "float16")
+
+
+GOOD = bundle()
+BAD_UPLOADS = {
+    "checksum mismatch": (GOOD, sha(b"other"), 400, "SHA-256"),
+    "bad checksum format": (GOOD, "xyz", 400, "64 hex digits"),
+    "truncated body": (GOOD[:-7], None, 400, "truncated"),
+    "extra bytes": (GOOD + b"\0\0", None, 400, "follow the last"),
+    "three messages": (GOOD[: GOOD.rindex(b"PSFC")], None, 400, "ends before message 4"),
+    "oversized body": (GOOD + bytes(UPLOAD_LIMIT), None, 413, "limit"),
+    "not codes": (b"GIF89a" + bytes(100), None, 400, "not a Privacy-SF code message"),
+    "wrong version": (GOOD[:4] + struct.pack("<H", 7) + GOOD[6:], None, 400, "version 7"),
+    "wrong dtype": (_with_header(codes(16, "image")) + GOOD[len(codes(16, "image")) :], None, 400, None),
+    "NaN values": (
+        _nan_codes("image") + _nan_codes("mask") + codes(1, "image") + codes(1, "mask"),
+        None,
+        400,
+        "NaN",
+    ),
+    "mask where image expected": (
+        codes(2, "mask") + codes(2, "mask") + codes(1, "image") + codes(1, "mask"),
+        None,
+        400,
+        "expected image codes",
+    ),
+    "unpaired counts": (
+        codes(3, "image") + codes(2, "mask") + codes(1, "image") + codes(1, "mask"),
+        None,
+        400,
+        "pair up",
+    ),
+    "two grids": (
+        codes(2, "image") + codes(2, "mask", grid=(2, 8)) + codes(1, "image") + codes(1, "mask"),
+        None,
+        400,
+        "one grid",
+    ),
+}
+BAD_UPLOADS["wrong dtype"] = (
+    _with_header(codes(16, "image"), dtype="float64") + GOOD[len(codes(16, "image")) :],
+    None,
+    400,
+    "float64",
+)
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_uploads_are_refused_and_leave_no_trace(api, case):
+    payload, checksum, status, words = BAD_UPLOADS[case]
+    before = sorted(p.name for p in (api.cfg.store / "datasets").iterdir())
+    response = api.upload("B", payload, checksum)
+    refused(response, status, words)
+    assert api.client.get("/datasets", headers=api.auth("B")).json() == []
+    assert sorted(p.name for p in (api.cfg.store / "datasets").iterdir()) == before
+    assert api.client.get("/health").status_code == 200
+
+
+def test_bad_upload_requests_are_refused(api):
+    refused(api.client.post("/datasets?name=x", content=GOOD, headers=api.auth("B")), 422, "")
+    checksum = {"X-Content-SHA256": sha(GOOD), **api.auth("B")}
+    refused(api.client.post("/datasets?name=../../etc", content=GOOD, headers=checksum), 422, "")
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "words"),
+    [
+        (codes(2, "image", channels=8), 400, "this model takes 16 tokens of 4 values"),
+        (codes(2, "image", grid=(2, 8)), 400, "2x8 token grid"),
+        (codes(2, "mask"), 400, "expected image codes"),
+        (_nan_codes("image"), 400, "NaN"),
+        (codes(2, "image")[:-1], 400, "header announces"),
+        (b"", 400, "too short"),
+        (codes(2, "image")[:4] + struct.pack("<H", 2) + codes(2, "image")[6:], 400, "version 2"),
+        (codes(MAP_LIMIT // 64 + 1, "image", dtype="float32"), 413, "limit"),
+    ],
+    ids=["channels", "grid", "kind", "nan", "truncated", "empty", "version", "oversized"],
+)
+def test_bad_mapping_requests_are_refused_and_serving_goes_on(api, payload, status, words):
+    refused(api.map("A", api.model_id, payload), status, words)
+    assert api.map("A", api.model_id, codes(1, "image")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        ({"train": {"epochs": 0}}, "epochs"),
+        ({"mapper": {"kernel": 4}}, "kernel"),
+        ({"mapper": {"width": 12}}, "width"),
+        ({"train": {"lr": "NaN"}}, "lr"),
+        ({"datasets": []}, "datasets"),
+        ({"datasets": [2**40]}, "datasets"),
+        ({"device": "cuda"}, "device"),
+    ],
+)
+def test_bad_job_settings_are_refused_with_the_field_named(api, change, where):
+    body = {"datasets": [api.dataset_id], **change}
+    response = api.client.post("/jobs", json=body, headers=api.auth("A"))
+    assert response.status_code == 422
+    assert where in str(response.json()["detail"])
+
+
+def test_a_job_on_datasets_of_different_shapes_is_refused(api):
+    other = api.upload("A", bundle(grid=(2, 8)), name="other-grid").json()
+    refused(api.train("A", [api.dataset_id, other["id"]]), 400, "different shapes")
