@@ -51,9 +51,10 @@ def summary(results: dict) -> str:
         mia = max(leakage_auc(e) for e in a["membership"].values())
         gain = ssim_gain(image, image["baseline_mean_image"])
         reid = f"{a['encoded']['reid_top1']:.2f} (chance {a['encoded']['reid_chance']:.2f})"
+        shadow = a["image"]["shadow codec"]["ssim"]
         lines.append(
             f"| {r['setting']} | {r['dice']:.3f} ({r['dice_ratio_vs_unet']:.2f}) | {image['ssim']:.3f} "
-            f"({gain:.2f}) | {a['image']['shadow codec']['ssim']:.3f} | {mask['dice']:.3f} | {reid} | {mia:.2f} |"
+            f"({gain:.2f}) | {shadow:.3f} | {mask['dice']:.3f} | {reid} | {mia:.2f} |"
         )
     return "\n".join(lines)
 
