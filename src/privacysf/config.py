@@ -193,6 +193,9 @@ class FederationConfig:
     """A center that does not answer: ``continue`` with the others while ``min_centers`` remain, or
     ``fail`` the run cleanly (what is already stored is kept either way)."""
     min_centers: int = 1
+    center_embedding: int = 16
+    """``mapper.center_embedding`` of the pooled mappers (``pooled``, ``fedavg-codecs``); the
+    ``pooled-noembed`` mode is the same mapper without it."""
     round_timeout: float = 1800.0
     """Seconds the server waits for replies in one round before counting silent centers as dropped."""
 
@@ -329,7 +332,10 @@ class ExperimentConfig:
                 "federation.rounds, local_epochs and min_centers must be >= 1",
             ),
             (self.federation.on_dropout in ON_DROPOUT, f"federation.on_dropout must be one of {ON_DROPOUT}"),
-            (self.federation.round_timeout > 0, "federation.round_timeout must be positive"),
+            (
+                self.federation.round_timeout > 0 and self.federation.center_embedding >= 1,
+                "federation.round_timeout must be positive and federation.center_embedding >= 1",
+            ),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

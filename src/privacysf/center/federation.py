@@ -13,8 +13,10 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,8 +40,6 @@ from privacysf.data.centers import CenterData, prepare_centers
 from privacysf.evaluation import score_test
 from privacysf.exchange import flower
 from privacysf.torchutil import resolve_device, save_checkpoint, seed_everything
-
-app = ClientApp()
 
 
 @dataclass
@@ -65,12 +65,11 @@ def _site(config_json: str, index: int, folder: str) -> Site:
     return Site(index, cfg, centers[index], Path(folder), resolve_device(cfg.train.device))
 
 
-def site(context: Context) -> Site:
+def site(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> Site:
     """The center this node is, prepared once per process (data loading is the slow part)."""
-    index = int(context.node_config["partition-id"])
-    default = Path(str(context.run_config["run-dir"])) / "centers" / str(index)
-    folder = str(context.node_config.get("center-dir", default))
-    return _site(str(context.run_config["config"]), index, folder)
+    index = int(node_config["partition-id"])
+    default = Path(str(settings["run-dir"])) / "centers" / str(index)
+    return _site(str(settings["config"]), index, str(node_config.get("center-dir", default)))
 
 
 def round_config(cfg: ExperimentConfig, task: ConfigRecord) -> ExperimentConfig:
@@ -109,9 +108,7 @@ def codes_record(center: Center, s: Site) -> ConfigRecord:
     return ConfigRecord({**messages, flower.TEST_IMAGES: center.image_message(data.test.images)})
 
 
-@app.query("hello")
-def hello(message: Message, context: Context) -> Message:
-    s = site(context)
+def hello(message: Message, s: Site) -> Message:
     data = s.center.data
     info = ConfigRecord(
         {"index": s.index, "name": s.center.name, **{k: len(v) for k, v in data.splits().items()}}
@@ -119,20 +116,16 @@ def hello(message: Message, context: Context) -> Message:
     return Message(RecordDict({"center": info}), reply_to=message)
 
 
-@app.train("local_codes")
-def local_codes(message: Message, context: Context) -> Message:
+def local_codes(message: Message, s: Site) -> Message:
     started = time.perf_counter()
-    s = site(context)
     data = s.center.data
     seed_everything(s.cfg.train.seed, s.cfg.train.threads)
     center, _ = train_center(s.cfg, data.train, data.val, s.classes, s.device, s.folder / flower.LOCAL)
     return reply(message, started, len(data.train), codes=codes_record(center, s))
 
 
-@app.train("mask_codec")
-def mask_codec_round(message: Message, context: Context) -> Message:
+def mask_codec_round(message: Message, s: Site) -> Message:
     started = time.perf_counter()
-    s = site(context)
     cfg = round_config(s.cfg, message.content.config_records["task"])
     torch.manual_seed(s.cfg.train.seed)  # round 1: every center starts from the same weights
     data = s.center.data
@@ -152,10 +145,8 @@ def _shared_codec(message: Message, s: Site) -> MaskCodec:
     return codec.to(s.device).eval()
 
 
-@app.train("image_encoder")
-def image_encoder_round(message: Message, context: Context) -> Message:
+def image_encoder_round(message: Message, s: Site) -> Message:
     started = time.perf_counter()
-    s = site(context)
     cfg = round_config(s.cfg, message.content.config_records["task"])
     torch.manual_seed(s.cfg.train.seed + 1)
     data = s.center.data
@@ -168,11 +159,9 @@ def image_encoder_round(message: Message, context: Context) -> Message:
     return response
 
 
-@app.train("shared_codes")
-def shared_codes(message: Message, context: Context) -> Message:
+def shared_codes(message: Message, s: Site) -> Message:
     """Keep the averaged codecs in the center's folder (with its own key) and send codes made with them."""
     started = time.perf_counter()
-    s = site(context)
     folder = s.folder / flower.SHARED
     codec = _shared_codec(message, s)
     encoder_state = flower.record_weights(message.content.array_records["image_encoder"])["model"]
@@ -199,11 +188,9 @@ def save_prediction(s: Site, mode: str, pred: np.ndarray) -> None:
     np.save(folder / f"{mode}.npy", pred)
 
 
-@app.evaluate("codes")
-def evaluate_codes(message: Message, context: Context) -> Message:
+def evaluate_codes(message: Message, s: Site) -> Message:
     """Decode the mapped test codes of every mode with this center's codecs; score; keep predictions."""
     started = time.perf_counter()
-    s = site(context)
     codecs = str(message.content.config_records["task"]["codecs"])
     center = load_center(s.cfg, s.classes, s.folder / codecs, s.device)
     scores = {}
@@ -214,10 +201,8 @@ def evaluate_codes(message: Message, context: Context) -> Message:
     return reply(message, started, len(s.center.data.test), scores=ConfigRecord(scores))
 
 
-@app.train("unet")
-def unet_round(message: Message, context: Context) -> Message:
+def unet_round(message: Message, s: Site) -> Message:
     started = time.perf_counter()
-    s = site(context)
     cfg = round_config(s.cfg, message.content.config_records["task"])
     torch.manual_seed(s.cfg.train.seed)
     model, result = train_unet(cfg, s.center.data, s.device, None, initial_weights(message))
@@ -231,13 +216,46 @@ def unet_round(message: Message, context: Context) -> Message:
     return response
 
 
-@app.evaluate("unet")
-def evaluate_unet(message: Message, context: Context) -> Message:
+def evaluate_unet(message: Message, s: Site) -> Message:
     started = time.perf_counter()
-    s = site(context)
     model = build_unet(s.cfg.unet, s.classes)
     model.load_state_dict(initial_weights(message)["model"])
     pred = predict_labels(model.to(s.device), s.center.data.test.images, s.device)
     save_prediction(s, "unet-fedavg", pred)
     scores = ConfigRecord({"unet-fedavg": json.dumps(score_test(pred, s.center.data))})
     return reply(message, started, len(s.center.data.test), scores=scores)
+
+
+HANDLERS: dict[str, Callable[[Message, Site], Message]] = {
+    flower.HELLO: hello,
+    flower.LOCAL_CODES: local_codes,
+    flower.MASK_CODEC_ROUND: mask_codec_round,
+    flower.IMAGE_ENCODER_ROUND: image_encoder_round,
+    flower.SHARED_CODES: shared_codes,
+    flower.EVALUATE_CODES: evaluate_codes,
+    flower.UNET_ROUND: unet_round,
+    flower.EVALUATE_UNET: evaluate_unet,
+}
+
+
+def _handle(
+    handler: Callable[[Message, Site], Message],
+    settings: Mapping[str, Any] | None,
+    message: Message,
+    context: Context,
+) -> Message:
+    return handler(message, site(settings or context.run_config, context.node_config))
+
+
+def make_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
+    """The center's ClientApp. ``settings`` (the run config: ``config``, ``run-dir``) is given directly
+    in a simulation; deployed SuperNodes read it from the run's config instead."""
+    client = ClientApp()
+    for action, handler in HANDLERS.items():
+        kind, _, name = action.partition(".")
+        getattr(client, kind)(name)(functools.partial(_handle, handler, settings))
+    return client
+
+
+app = make_app()
+"""What a deployed SuperNode runs (``clientapp`` component of the Flower app's pyproject.toml)."""
