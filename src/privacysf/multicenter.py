@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import tomli_w
 
 from privacysf.baseline.unet import predict_labels, train_unet
 from privacysf.config import ExperimentConfig
@@ -68,6 +69,7 @@ def simulate(settings: dict, centers: int, threads: int) -> None:
         "init_args": {"num_cpus": 1, "include_dashboard": False, "log_to_driver": True},
     }
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs are asked for; keep Ray quiet
     os.environ["OMP_NUM_THREADS"] = str(threads)
     run_simulation(make_server_app(settings), make_client_app(settings), centers, backend_config=backend)
 
@@ -79,10 +81,16 @@ def deploy(settings: dict, superlink: str, flwr_home: Path) -> None:
         '[superlink]\ndefault = "privacysf"\n\n'
         f'[superlink.privacysf]\naddress = "{superlink}"\ninsecure = true\n'
     )
-    overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in settings.items())
-    command = [str(Path(sys.executable).with_name("flwr")), "run", str(app_dir()), "privacysf", "--stream"]
-    env = {**os.environ, "FLWR_HOME": str(flwr_home)}
-    done = subprocess.run([*command, "--run-config", overrides], env=env, check=False)
+    overrides = flwr_home / "run-config.toml"  # a file: the config JSON holds spaces and quotes
+    overrides.write_text(tomli_w.dumps(settings))
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "flwr"), "run", str(app_dir()), "privacysf", "--stream"]
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    done = subprocess.run([*command, "--run-config", str(overrides)], env=env, check=False)
     if done.returncode:
         raise PrivacySFError(f"flwr run exited with status {done.returncode}; see the SuperLink's log")
 
