@@ -13,15 +13,16 @@ import pytest
 import torch
 from flowerkit import Deployment
 
+from privacysf.cli import main
 from privacysf.config import ExperimentConfig, MapperConfig
 from privacysf.data.centers import MULTI_CENTER_TASKS, partition_cases
 from privacysf.data.phantom import phantom_cases
 from privacysf.data.registry import REGISTRY
-from privacysf.errors import ConfigError, PrivacySFError
+from privacysf.errors import ConfigError, FederationError, PrivacySFError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, split_messages
 from privacysf.multicenter import run_federate
 from privacysf.server import MappingServer
-from privacysf.server.federation import Federation, FederationError, Member
+from privacysf.server.federation import Federation, Member
 
 TINY = [
     "data.dataset=phantom",
@@ -59,6 +60,13 @@ def test_brain_3c_centers_are_three_distinct_built_in_sources_with_the_same_clas
     names = MULTI_CENTER_TASKS["brain-3c"]
     assert names == ("icbm152-brain", "colin27-brain", "itk-t1-brain")
     assert {REGISTRY[n].class_names for n in names} == {("background", "brain")}
+
+
+def test_federate_refuses_a_single_center_with_a_clear_message(capsys):
+    assert main(["federate", "--dataset", "phantom", "--centers", "1"]) == 2
+    assert (
+        "privacysf: error: invalid configuration: federation.centers must be >= 2" in capsys.readouterr().err
+    )
 
 
 def _center_codes(sign: float, n: int, seed: int) -> tuple[bytes, bytes, bytes, bytes]:

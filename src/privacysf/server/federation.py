@@ -26,8 +26,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from privacysf.config import ExperimentConfig
-from privacysf.errors import PrivacySFError
-from privacysf.exchange import flower, split_messages
+from privacysf.errors import FederationError
+from privacysf.exchange import flower
 from privacysf.runs import atomic_write, write_json
 from privacysf.server.mapping import MappingServer
 from privacysf.torchutil import save_checkpoint
@@ -39,10 +39,6 @@ CODE_MODES = {
     "fedavg-codecs": (flower.SHARED, "federated-averaged codecs, one mapper"),
 }
 """Privacy-SF modes: which codecs their codes come from."""
-
-
-class FederationError(PrivacySFError):
-    """A multi-center run cannot go on (too few centers left, or a dropout with ``on_dropout=fail``)."""
 
 
 @dataclass
@@ -277,9 +273,3 @@ def make_app(settings: Mapping[str, Any] | None = None) -> ServerApp:
 
 app = make_app()
 """What a deployed SuperLink runs (``serverapp`` component of the Flower app's pyproject.toml)."""
-
-
-def read_bundle(path: Path) -> dict[str, bytes]:
-    """A stored code bundle back as its named messages (train/val image and mask codes, test images)."""
-    parts = (*flower.UPLOAD_PARTS, flower.TEST_IMAGES)
-    return dict(zip(parts, split_messages(path.read_bytes(), len(parts)), strict=True))
