@@ -268,7 +268,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--simulate", action="store_true", help="run the Flower app in simulation on this machine (default)"
     )
     where.add_argument(
-        "--superlink", metavar="HOST:PORT", help="run it on a SuperLink (its Control API address, e.g. :9093)"
+        "--superlink",
+        metavar="HOST:PORT",
+        help="run it on a running SuperLink at this address (e.g. 127.0.0.1:9093)",
     )
     federate.add_argument("--centers", type=int, help="centers one dataset is split into (by case)")
     federate.add_argument("--partition", choices=CENTER_PARTITIONS, help="how cases are dealt to centers")

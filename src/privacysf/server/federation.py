@@ -108,6 +108,13 @@ class Federation:
                 "center_seconds": round(float(metrics.get("seconds", 0.0)), 3),
             }
         self.traffic.append(entry)
+        if self.cfg.train.progress:  # long runs show where they are
+            up = sum(c["bytes_up"] for c in entry["centers"].values())
+            print(
+                f"privacysf federate: {phase} round {round_}: {len(answers)}/{len(self.members)} centers "
+                f"answered in {seconds:.1f} s, {up} bytes up",
+                flush=True,
+            )
         for m, reason in lost:
             self.drop(m, phase, round_, reason)
         self.save_status("running")
