@@ -156,6 +156,18 @@ def traffic_summary(traffic: list[dict]) -> dict[str, dict]:
     }
 
 
+def targets(table: dict[str, dict[str, float]], centers: list[str]) -> dict[str, float | bool]:
+    """The issue's targets: pooled Privacy-SF above each center alone on its own test set, and its
+    mean Dice as a fraction of the pooled raw U-Net's (target >= 0.95)."""
+    pooled, alone, unet = table.get("pooled", {}), table.get("alone", {}), table.get("unet-pooled", {})
+    out: dict[str, float | bool] = {}
+    if pooled and alone and all(c in pooled and c in alone for c in centers):
+        out["pooled_beats_alone_at_every_center"] = all(pooled[c] > alone[c] for c in centers)
+    if pooled.get("mean") is not None and unet.get("mean"):
+        out["pooled_over_unet_pooled"] = round(pooled["mean"] / unet["mean"], 4)
+    return out
+
+
 def run_federate(cfg: ExperimentConfig, superlink: str | None = None) -> tuple[Path, dict]:
     """All configured modes; the Flower part in simulation, or on ``superlink`` when given."""
     seed_everything(cfg.train.seed, cfg.train.threads)
@@ -184,6 +196,7 @@ def run_federate(cfg: ExperimentConfig, superlink: str | None = None) -> tuple[P
         "error": status.get("error"),
         "dropped": status.get("dropped", []),
         "dice": dice_table(results, names),
+        "targets": targets(dice_table(results, names), names),
         "traffic": traffic_summary(status.get("traffic", [])),
         "traffic_per_round": status.get("traffic", []),
         "flower_seconds": round(app_seconds, 1),
@@ -239,6 +252,8 @@ def report(cfg: ExperimentConfig, metrics: dict) -> str:
     for mode, row in metrics["dice"].items():
         cells = [f"{row[n]:.3f}" if n in row else "—" for n in [*names, "mean"]]
         lines.append(f"| {MODE_LABELS.get(mode, mode)} | " + " | ".join(cells) + " |")
+    for name, value in metrics["targets"].items():
+        lines.append(f"\nTarget `{name}`: {value}.")
     lines += [
         "",
         "| phase | rounds | bytes down / center / round | bytes up / center / round | s / round |",
