@@ -196,8 +196,10 @@ class FederationConfig:
     center_embedding: int = 16
     """``mapper.center_embedding`` of the pooled mappers (``pooled``, ``fedavg-codecs``); the
     ``pooled-noembed`` mode is the same mapper without it."""
-    round_timeout: float = 1800.0
-    """Seconds the server waits for replies in one round before counting silent centers as dropped."""
+    round_timeout: float = 86400.0
+    """Seconds the server waits for replies in one round before counting silent centers as dropped.
+    It must cover the slowest round: in simulation the centers train one after another, so a round
+    takes the sum of their times. Set it a little above that to notice a dead center sooner."""
 
 
 KEY_SETTINGS = ("none", "mix", "mix+perm")
