@@ -5,7 +5,8 @@
 No checkpoint, key, code bundle or prediction is copied: only ``config.json``, ``data.json``,
 ``metrics.json``, ``report.md`` and ``figures/``. The report's tables replace what follows the
 ``<!-- BRAIN-3C -->`` marker's paragraph in docs/multicenter.md when the run is a brain-3c run, so the
-table there is always the one the run wrote.
+table there is always the one the run wrote. ``.gitignore``'s ``runs/`` also matches ``docs/runs/``:
+commit the copy with ``git add -f``.
 """
 
 from __future__ import annotations
