@@ -112,7 +112,7 @@ def test_a_dropout_fails_the_run_cleanly_when_configured_and_keeps_what_is_store
     stored = folder / "codes" / "local-a.psfc"
     stored.parent.mkdir(parents=True)
     stored.write_bytes(b"PSFC-bundle")
-    federation = Federation(None, cfg, folder, 2, [Member(1, 0, "a", 4), Member(2, 1, "b", 4)])
+    federation = Federation(None, cfg, folder, 2, [Member(1, 0, "a"), Member(2, 1, "b")])
     with pytest.raises(FederationError, match="center 'b' dropped out in unet round 2"):
         federation.drop(federation.members[1], "unet", 2, "no reply in time")
     status = json.loads((folder / "status.json").read_text())

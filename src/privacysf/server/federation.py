@@ -33,10 +33,10 @@ from privacysf.server.mapping import MappingServer
 from privacysf.torchutil import save_checkpoint
 
 CODE_MODES = {
-    "alone": (flower.LOCAL, "each center's own mapper"),
-    "pooled": (flower.LOCAL, "one mapper, center embedding"),
-    "pooled-noembed": (flower.LOCAL, "one mapper, no center embedding"),
-    "fedavg-codecs": (flower.SHARED, "federated-averaged codecs, one mapper"),
+    "alone": flower.LOCAL,
+    "pooled": flower.LOCAL,
+    "pooled-noembed": flower.LOCAL,
+    "fedavg-codecs": flower.SHARED,
 }
 """Privacy-SF modes: which codecs their codes come from."""
 
@@ -46,7 +46,6 @@ class Member:
     node_id: int
     index: int
     name: str
-    train_slices: int
 
 
 @dataclass
@@ -149,15 +148,11 @@ class Federation:
                 )
             time.sleep(1.0)
             nodes = list(self.grid.get_node_ids())
-        self.members = [Member(node, -1, f"node-{node}", 0) for node in nodes]
+        self.members = [Member(node, -1, f"node-{node}") for node in nodes]
         for node, answer in self.exchange(flower.HELLO, "hello", lambda m: RecordDict()).items():
             info = answer.config_records["center"]
             member = next(m for m in self.members if m.node_id == node)
-            member.index, member.name, member.train_slices = (
-                int(info["index"]),
-                str(info["name"]),
-                int(info["train"]),
-            )
+            member.index, member.name = int(info["index"]), str(info["name"])
         self.members.sort(key=lambda m: m.index)
 
     def collect_codes(
@@ -245,7 +240,7 @@ class Federation:
         modes = list(self.cfg.federation.modes)
         self.connect()
         self.save_status("running")
-        local = [m for m in modes if CODE_MODES.get(m, ("",))[0] == flower.LOCAL]
+        local = [m for m in modes if CODE_MODES.get(m) == flower.LOCAL]
         if local:
             bundles = self.collect_codes(flower.LOCAL, lambda m: RecordDict(), flower.LOCAL_CODES)
             self.evaluate_codes(flower.LOCAL, self.train_mappers(flower.LOCAL, bundles, local))
