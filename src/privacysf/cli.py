@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from privacysf.cli_service import add_commands as add_service_commands
-from privacysf.config import IMAGE_MODES, KEY_SETTINGS, ExperimentConfig
+from privacysf.config import CENTER_PARTITIONS, FEDERATION_MODES, IMAGE_MODES, KEY_SETTINGS, ExperimentConfig
 from privacysf.errors import PrivacySFError
 
 
@@ -173,6 +173,27 @@ def cmd_payload(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_federate(args: argparse.Namespace) -> None:
+    from privacysf.multicenter import MODE_LABELS, run_federate
+
+    cfg = build_config(args)
+    sets = [
+        f"federation.{name}={json.dumps(value)}"
+        for name, value in (
+            ("centers", args.centers),
+            ("partition", args.partition),
+            ("rounds", args.rounds),
+            ("modes", args.modes),
+        )
+        if value
+    ]
+    run_dir, metrics = run_federate(cfg.override(sets), args.superlink)
+    for mode, row in metrics["dice"].items():
+        cells = "  ".join(f"{name} {dice:.3f}" for name, dice in row.items())
+        print(f"{MODE_LABELS.get(mode, mode):40s} {cells}")
+    print(f"report: {run_dir / 'report.md'}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privacysf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +256,27 @@ def make_parser() -> argparse.ArgumentParser:
     segment.add_argument("output", help="mask file to write (.nii.gz, .nrrd, .mha, .png or .tif)")
     segment.add_argument("--device", help="auto, cpu or cuda")
     segment.set_defaults(func=cmd_segment)
+
+    federate = commands.add_parser(
+        "federate",
+        help="multi-center modes (alone, pooled, FedAvg codecs, raw U-Net pooled/FedAvg) on each center's "
+        "test set, on Flower",
+    )
+    _add_config_options(federate, default_dataset="brain-3c")
+    where = federate.add_mutually_exclusive_group()
+    where.add_argument(
+        "--simulate", action="store_true", help="run the Flower app in simulation on this machine (default)"
+    )
+    where.add_argument(
+        "--superlink",
+        metavar="HOST:PORT",
+        help="run it on a running SuperLink at this address (e.g. 127.0.0.1:9093)",
+    )
+    federate.add_argument("--centers", type=int, help="centers one dataset is split into (by case)")
+    federate.add_argument("--partition", choices=CENTER_PARTITIONS, help="how cases are dealt to centers")
+    federate.add_argument("--rounds", type=int, help="federated-averaging rounds per shared network")
+    federate.add_argument("--modes", nargs="+", choices=FEDERATION_MODES, help="modes to run (default: all)")
+    federate.set_defaults(func=cmd_federate)
 
     add_service_commands(commands)
     return parser

@@ -27,6 +27,11 @@ AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "mixup", "token_dropout",
 ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice")
 """Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
 MAPPER_KINDS = ("cnn", "transformer")
+CENTER_PARTITIONS = ("iid", "size-skew", "label-skew")
+"""How ``privacysf federate`` deals one dataset's cases to centers (see ``privacysf.data.centers``)."""
+FEDERATION_MODES = ("alone", "pooled", "pooled-noembed", "fedavg-codecs", "unet-fedavg", "unet-pooled")
+"""Multi-center modes compared on each center's own test set (``docs/multicenter.md`` explains each)."""
+ON_DROPOUT = ("continue", "fail")
 
 
 @dataclass
@@ -138,6 +143,9 @@ class MapperConfig:
     """Transformer layers (``kind=transformer`` only)."""
     heads: int = 4
     """Attention heads (``kind=transformer`` only)."""
+    center_embedding: int = 0
+    """Size of a learned per-center vector appended to every input token when one mapper serves
+    several centers whose codecs differ (0 = off: the mapper cannot tell the code spaces apart)."""
 
 
 @dataclass
@@ -165,6 +173,33 @@ class AugmentConfig:
     """Zero 10% of the input tokens (image code only)."""
     noise: float = 0.0
     """Gaussian noise (std 0.05) on the input code only."""
+
+
+@dataclass
+class FederationConfig:
+    """Multi-center runs (``privacysf federate``): who the centers are and how they collaborate."""
+
+    centers: int = 2
+    """Centers one dataset is split into, by case; a multi-center task such as ``brain-3c`` names its own."""
+    partition: str = "iid"
+    """``iid`` (cases dealt at random), ``size-skew`` (cases sorted by foreground fraction, dealt in
+    contiguous blocks) or ``label-skew`` (sorted by the share of the last class in the foreground)."""
+    modes: tuple[str, ...] = FEDERATION_MODES
+    rounds: int = 10
+    """Federated-averaging rounds of each shared network (mask codec, image encoder, raw U-Net)."""
+    local_epochs: int = 1
+    """Epochs each center trains per round before the server averages the weights."""
+    on_dropout: str = "continue"
+    """A center that does not answer: ``continue`` with the others while ``min_centers`` remain, or
+    ``fail`` the run cleanly (what is already stored is kept either way)."""
+    min_centers: int = 1
+    center_embedding: int = 16
+    """``mapper.center_embedding`` of the pooled mappers (``pooled``, ``fedavg-codecs``); the
+    ``pooled-noembed`` mode is the same mapper without it."""
+    round_timeout: float = 86400.0
+    """Seconds the server waits for replies in one round before counting silent centers as dropped.
+    It must cover the slowest round: in simulation the centers train one after another, so a round
+    takes the sum of their times. Set it a little above that to notice a dead center sooner."""
 
 
 KEY_SETTINGS = ("none", "mix", "mix+perm")
@@ -207,6 +242,7 @@ class ExperimentConfig:
     mapper: MapperConfig = field(default_factory=MapperConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -283,6 +319,25 @@ class ExperimentConfig:
                 "augment.* probabilities must lie in [0, 1]",
             ),
             (a.max_shift >= 0 and a.mixup_alpha > 0, "augment.max_shift >= 0 and mixup_alpha > 0"),
+            (m.center_embedding >= 0, "mapper.center_embedding must be >= 0"),
+            (self.federation.centers >= 2, "federation.centers must be >= 2"),
+            (
+                self.federation.partition in CENTER_PARTITIONS,
+                f"federation.partition must be one of {CENTER_PARTITIONS}",
+            ),
+            (
+                len(self.federation.modes) >= 1 and set(self.federation.modes) <= set(FEDERATION_MODES),
+                f"federation.modes must be among {FEDERATION_MODES}",
+            ),
+            (
+                min(self.federation.rounds, self.federation.local_epochs, self.federation.min_centers) >= 1,
+                "federation.rounds, local_epochs and min_centers must be >= 1",
+            ),
+            (self.federation.on_dropout in ON_DROPOUT, f"federation.on_dropout must be one of {ON_DROPOUT}"),
+            (
+                self.federation.round_timeout > 0 and self.federation.center_embedding >= 1,
+                "federation.round_timeout must be positive and federation.center_embedding >= 1",
+            ),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

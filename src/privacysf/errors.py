@@ -36,3 +36,7 @@ class PayloadTooLargeError(PrivacySFError):
 
 class ServiceError(PrivacySFError):
     """The service refused a request; the message is the server's explanation."""
+
+
+class FederationError(PrivacySFError):
+    """A multi-center run cannot go on: too few centers left, or a dropout with ``on_dropout=fail``."""

@@ -130,3 +130,19 @@ def scatter_labelled(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(title="key", fontsize=8)
     _save(fig, path)
+
+
+def dice_bars(
+    path: Path, table: dict[str, dict[str, float]], centers: list[str], labels: dict[str, str]
+) -> None:
+    """Grouped bars: test Dice of every mode (bars) at every center (groups)."""
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(centers)) + 3, 3.8))
+    modes = [m for m in table if table[m]]
+    width = 0.8 / max(len(modes), 1)
+    for i, mode in enumerate(modes):
+        values = [table[mode].get(c, np.nan) for c in centers]
+        ax.bar(np.arange(len(centers)) + i * width, values, width, label=labels.get(mode, mode))
+    ax.set_xticks(np.arange(len(centers)) + 0.4 - width / 2, centers)
+    ax.set(ylabel="test Dice (mean over slices)", ylim=(0, 1), title="per-center test Dice")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)

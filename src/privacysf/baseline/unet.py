@@ -57,10 +57,18 @@ def predict_labels(
 
 
 def train_unet(
-    cfg: ExperimentConfig, data: PreparedData, device: torch.device, checkpoint: Path | None
+    cfg: ExperimentConfig,
+    data: PreparedData,
+    device: torch.device,
+    checkpoint: Path | None,
+    initial: dict[str, dict] | None = None,
 ) -> tuple[UNet, FitResult]:
+    """Train on ``data``; ``initial`` (``{"model": state_dict}``) starts from given weights, as a
+    federated round does."""
     k = data.info.num_classes
     model = build_unet(cfg.unet, k).to(device)
+    if initial:
+        model.load_state_dict(initial["model"])
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     val = data.val
 

@@ -99,9 +99,16 @@ def train_mask_codec(
     num_classes: int,
     device: torch.device,
     checkpoint: Path | None,
+    initial: dict[str, dict] | None = None,
 ) -> tuple[MaskCodec, FitResult]:
-    """Train on ground-truth masks; noise on the code teaches the decoder to absorb mapping errors."""
+    """Train on ground-truth masks; noise on the code teaches the decoder to absorb mapping errors.
+
+    ``initial`` (``{"model": state_dict}``) starts from given weights: a federated round starts from the
+    averaged codec.
+    """
     codec = MaskCodec(num_classes, cfg.codec).to(device)
+    if initial:
+        codec.load_state_dict(initial["model"])
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     grid = token_grid(cfg.data.size, cfg.codec)
 
@@ -243,12 +250,20 @@ def train_image_encoder(
     codec: MaskCodec,
     device: torch.device,
     checkpoint: Path | None,
+    initial: dict[str, dict] | None = None,
 ) -> tuple[ConvEncoder, FitResult, dict[str, nn.Module]]:
-    """Train the image encoder in its mode; also return the mode's center-side parts (decoder, head)."""
+    """Train the image encoder in its mode; also return the mode's center-side parts (decoder, head).
+
+    ``initial`` maps ``"model"`` and the mode's part names to state dicts to start from (a federated
+    round starts from the averaged encoder and head).
+    """
     mode = cfg.codec.image_mode  # checked against config.IMAGE_MODES when the config was built
     c = cfg.codec
     encoder = ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device)
     objective = IMAGE_MODES[mode](cfg, encoder, codec, device)
+    if initial:
+        for name, module in {"model": encoder, **objective.modules()}.items():
+            module.load_state_dict(initial[name])
     batches = slice_batches(train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed + 1, device)
     result = fit(
         encoder,

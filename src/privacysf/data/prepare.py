@@ -104,7 +104,11 @@ def load_cases(cfg: DataConfig) -> tuple[list[Case], DatasetInfo]:
 
 def prepare(cfg: DataConfig) -> PreparedData:
     """Load, normalise, slice, resize and split; splits never share a case (or a slab)."""
-    cases, info = load_cases(cfg)
+    return prepare_cases(*load_cases(cfg), cfg)
+
+
+def prepare_cases(cases: list[Case], info: DatasetInfo, cfg: DataConfig) -> PreparedData:
+    """:func:`prepare` for cases already loaded (a center's share of a dataset split into centers)."""
     if cfg.num_classes is not None and cfg.num_classes != info.num_classes:
         info.class_names = info.class_names[: cfg.num_classes] + [
             f"class-{k}" for k in range(len(info.class_names), cfg.num_classes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from privacysf.config import MapperConfig
@@ -12,7 +13,32 @@ ORDER_BLIND = {"cnn": False, "transformer": True}
 """Whether a mapper kind can learn through a secret permutation of the token positions."""
 
 
-def build_mapper(cfg: MapperConfig, grid: tuple[int, int], in_channels: int, out_channels: int) -> nn.Module:
+class CenterEmbedded(nn.Module):
+    """A mapper told which center a code came from: a learned vector per center joins every token.
+
+    Centers with their own codecs send codes in unrelated code spaces; the same token values can mean
+    different things at two centers. Appending the center's embedding to each input token lets the
+    first layer add a per-center offset to every hidden feature, so one mapper can serve all centers.
+    """
+
+    def __init__(self, mapper: nn.Module, centers: int, size: int) -> None:
+        super().__init__()
+        self.mapper = mapper
+        self.embedding = nn.Embedding(centers, size)
+
+    def forward(self, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        extra = self.embedding(centers)[:, None, :].expand(-1, tokens.shape[1], -1)
+        return self.mapper(torch.cat([tokens, extra], dim=2))
+
+
+def build_mapper(
+    cfg: MapperConfig, grid: tuple[int, int], in_channels: int, out_channels: int, centers: int = 0
+) -> nn.Module:
+    """The configured mapper, wrapped in :class:`CenterEmbedded` when it serves ``centers`` > 0 centers
+    and ``cfg.center_embedding`` is on."""
+    if cfg.center_embedding and centers:
+        inner = build_mapper(cfg, grid, in_channels + cfg.center_embedding, out_channels)
+        return CenterEmbedded(inner, centers, cfg.center_embedding)
     if cfg.kind == "transformer":
         return TokenTransformer(in_channels, out_channels, grid[0] * grid[1], cfg.width, cfg.depth, cfg.heads)
     return SequenceMapper(

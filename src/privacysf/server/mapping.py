@@ -33,11 +33,21 @@ class MappingServer:
         self.device = resolve_device(train.device)
         self.model: torch.nn.Module | None = None
         self.signature: dict = {}
+        self.centers = 0
+        """Centers the mapper tells apart by a learned embedding (0: no embedding, one code space)."""
 
     def initialise(
-        self, grid: tuple[int, int], in_channels: int, out_channels: int, scan: str = SCAN_ORDER
+        self,
+        grid: tuple[int, int],
+        in_channels: int,
+        out_channels: int,
+        scan: str = SCAN_ORDER,
+        centers: int = 1,
     ) -> torch.nn.Module:
-        """A fresh mapper for codes on ``grid`` with the given values per token and scan order."""
+        """A fresh mapper for codes on ``grid`` with the given values per token and scan order.
+
+        ``centers`` matters only with ``mapper.center_embedding``: the number of code spaces to tell apart.
+        """
         if scan != SCAN_ORDER and not ORDER_BLIND[self.mapper_cfg.kind]:
             raise ConfigError(
                 f"codes arrive in a secret ({scan}) token order, which the {self.mapper_cfg.kind} mapper "
@@ -54,9 +64,13 @@ class MappingServer:
             "scan": scan,
             "in_channels": in_channels,
             "out_channels": out_channels,
-            **asdict(self.mapper_cfg),
+            **_mapper_settings(self.mapper_cfg),
         }
-        self.model = build_mapper(self.mapper_cfg, grid, in_channels, out_channels).to(self.device)
+        self.centers = centers if self.mapper_cfg.center_embedding else 0
+        if self.centers:
+            self.signature["centers"] = self.centers
+        self.model = build_mapper(self.mapper_cfg, grid, in_channels, out_channels, self.centers)
+        self.model.to(self.device)
         return self.model
 
     def fit(
@@ -73,25 +87,43 @@ class MappingServer:
 
         ``resume`` and ``on_epoch`` are passed to :func:`privacysf.training.fit` (restartable jobs).
         """
-        x = decode_codes(train_images, expect_kind="image")
-        y = decode_codes(train_masks, expect_kind="mask")
-        vx = decode_codes(val_images, expect_kind="image", expect_tokens=x.shape[1:])
-        vy = decode_codes(val_masks, expect_kind="mask", expect_tokens=y.shape[1:])
-        if (
-            x.shape[0] != y.shape[0]
-            or vx.shape[0] != vy.shape[0]
-            or len({x.grid, y.grid, vx.grid, vy.grid}) > 1
-            or len({x.scan, y.scan, vx.scan, vy.scan}) > 1
+        return self.fit_pooled(
+            [(train_images, train_masks, val_images, val_masks)], checkpoint, resume, on_epoch
+        )
+
+    def fit_pooled(
+        self,
+        uploads: list[tuple[bytes, bytes, bytes, bytes]],
+        checkpoint: Path | None = None,
+        resume: Path | None = None,
+        on_epoch: EpochHook | None = None,
+    ) -> FitResult:
+        """:meth:`fit` on several centers' uploads (train/val image and mask codes each) at once.
+
+        Center ``i`` is the ``i``-th upload; with ``mapper.center_embedding`` the mapper learns one
+        embedding per center and :meth:`map` must then be told which center a request comes from.
+        """
+        pairs = [_decode_upload(*upload) for upload in uploads]
+        first = pairs[0][0]
+        if any(
+            (x.grid, x.scan, x.shape[1:], y.shape[1:])
+            != (first.grid, first.scan, first.shape[1:], pairs[0][1].shape[1:])
+            for x, y, _, _ in pairs
         ):
             raise ConfigError(
-                f"image codes {x.shape} and mask codes {y.shape} do not pair up one to one on one grid "
-                "and scan order"
+                "the centers' codes differ in grid, scan order or shape; one mapper cannot pool them"
             )
-        grid = x.grid
-        model = self.initialise(grid, x.shape[2], y.shape[2], x.scan)
+        grid = first.grid
+        model = self.initialise(grid, first.shape[2], pairs[0][1].shape[2], first.scan, len(pairs))
         device, cfg = self.device, self.train_cfg
-        tx, ty = torch.from_numpy(x.tokens), torch.from_numpy(y.tokens)
-        vtx, vty = torch.from_numpy(vx.tokens).to(device), torch.from_numpy(vy.tokens).to(device)
+
+        def stack(part: int) -> tuple[torch.Tensor, torch.Tensor]:
+            tokens = torch.from_numpy(np.concatenate([p[part].tokens for p in pairs]))
+            centers = torch.cat([torch.full((len(p[part].tokens),), i) for i, p in enumerate(pairs)])
+            return tokens, centers
+
+        (tx, tc), (ty, _), (vtx, vc), (vty, _) = (stack(part) for part in range(4))
+        vtx, vty = vtx.to(device), vty.to(device)
         steps = pipeline(self.augment_cfg)
         g = torch.Generator().manual_seed(cfg.seed)
 
@@ -100,14 +132,14 @@ class MappingServer:
             for start in range(0, len(order), cfg.batch_size):
                 index = order[start : start + cfg.batch_size]
                 bx, by = augment_pairs(tx[index], ty[index], grid, steps, g)
-                yield bx.to(device), by.to(device)
+                yield bx.to(device), by.to(device), tc[index].to(device)
 
         def step(batch):
-            bx, by = batch
-            return torch.nn.functional.mse_loss(model(bx), by)
+            bx, by, bc = batch
+            return torch.nn.functional.mse_loss(self._forward(model, bx, bc), by)
 
         def validate() -> float:
-            return -float(torch.nn.functional.mse_loss(self.predict_tokens(vtx), vty))
+            return -float(torch.nn.functional.mse_loss(self.predict_tokens(vtx, centers=vc), vty))
 
         return fit(
             model,
@@ -122,13 +154,28 @@ class MappingServer:
             on_epoch=on_epoch,
         )
 
+    def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+        return model(tokens, centers) if self.centers else model(tokens)
+
     @torch.no_grad()
-    def predict_tokens(self, tokens: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Mapped (N, L, C_out) tokens for (N, L, C_in) tokens, in batches, without gradients."""
+    def predict_tokens(
+        self, tokens: torch.Tensor, batch_size: int = 64, centers: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mapped (N, L, C_out) tokens for (N, L, C_in) tokens, in batches, without gradients.
+
+        ``centers`` (N,) says which center each code came from (needed with a center embedding).
+        """
         assert self.model is not None
         self.model.eval()
+        if centers is None:
+            centers = torch.zeros(len(tokens), dtype=torch.long)
         parts = [
-            self.model(tokens[i : i + batch_size].to(self.device)) for i in range(0, len(tokens), batch_size)
+            self._forward(
+                self.model,
+                tokens[i : i + batch_size].to(self.device),
+                centers[i : i + batch_size].to(self.device),
+            )
+            for i in range(0, len(tokens), batch_size)
         ]
         return (
             torch.cat(parts)
@@ -136,10 +183,17 @@ class MappingServer:
             else tokens.new_zeros((0, tokens.shape[1], self.signature["out_channels"]))
         )
 
-    def map(self, image_codes: bytes, dtype: str | None = None) -> bytes:
-        """Serve one request: image-code message in, mask-code message out (same wire dtype by default)."""
+    def map(self, image_codes: bytes, dtype: str | None = None, center: int | None = None) -> bytes:
+        """Serve one request: image-code message in, mask-code message out (same wire dtype by default).
+
+        ``center`` is the requesting center's index when the mapper was trained with a center embedding.
+        """
         if self.model is None:
             raise ConfigError("the mapping network is not trained or loaded yet")
+        if self.centers and (center is None or not 0 <= center < self.centers):
+            raise ConfigError(
+                f"this mapper serves {self.centers} centers; say which one (0..{self.centers - 1})"
+            )
         batch = decode_codes(
             image_codes,
             expect_kind="image",
@@ -158,7 +212,8 @@ class MappingServer:
                 f"codes in {batch.scan} token order reached a mapper trained on {self.signature['scan']} "
                 "order; encode with the same key setting as the training codes"
             )
-        out = self.predict_tokens(torch.from_numpy(batch.tokens)).cpu().numpy()
+        centers = torch.full((len(batch.tokens),), center or 0, dtype=torch.long)
+        out = self.predict_tokens(torch.from_numpy(batch.tokens), centers=centers).cpu().numpy()
         reply_dtype = dtype or batch.wire_dtype or "float16"
         return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
 
@@ -170,7 +225,40 @@ class MappingServer:
     def load(self, path: Path, grid: tuple[int, int], in_channels: int, out_channels: int) -> None:
         """Load a saved mapper; the token scan order it was trained on is read from its checkpoint."""
         expected = {"grid": list(grid), "in_channels": in_channels, "out_channels": out_channels}
-        state = load_checkpoint(path, {**expected, **asdict(self.mapper_cfg)})
-        model = self.initialise(grid, in_channels, out_channels, state["signature"].get("scan", SCAN_ORDER))
+        state = load_checkpoint(path, {**expected, **_mapper_settings(self.mapper_cfg)})
+        signature = state["signature"]
+        model = self.initialise(
+            grid, in_channels, out_channels, signature.get("scan", SCAN_ORDER), signature.get("centers", 1)
+        )
         model.load_state_dict(state["model"])
         model.eval()
+
+
+def _mapper_settings(cfg: MapperConfig) -> dict:
+    """The mapper settings a checkpoint records; the center embedding only when on, so checkpoints
+    made before the option existed still load."""
+    settings = asdict(cfg)
+    if not cfg.center_embedding:
+        del settings["center_embedding"]
+    return settings
+
+
+def _decode_upload(
+    train_images: bytes, train_masks: bytes, val_images: bytes, val_masks: bytes
+) -> tuple[CodeBatch, CodeBatch, CodeBatch, CodeBatch]:
+    """One center's four upload messages, checked to pair up one to one on one grid and scan order."""
+    x = decode_codes(train_images, expect_kind="image")
+    y = decode_codes(train_masks, expect_kind="mask")
+    vx = decode_codes(val_images, expect_kind="image", expect_tokens=x.shape[1:])
+    vy = decode_codes(val_masks, expect_kind="mask", expect_tokens=y.shape[1:])
+    if (
+        x.shape[0] != y.shape[0]
+        or vx.shape[0] != vy.shape[0]
+        or len({x.grid, y.grid, vx.grid, vy.grid}) > 1
+        or len({x.scan, y.scan, vx.scan, vy.scan}) > 1
+    ):
+        raise ConfigError(
+            f"image codes {x.shape} and mask codes {y.shape} do not pair up one to one on one grid "
+            "and scan order"
+        )
+    return x, y, vx, vy

@@ -243,7 +243,9 @@ def serve(cfg: ServiceConfig) -> None:
     """Run the service with uvicorn until interrupted (one process: SQLite and the job runner)."""
     import uvicorn
 
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info")
+    # no WebSocket endpoints: ws="none" keeps uvicorn from loading the websockets package (which
+    # Flower's uvicorn[standard] installs) and its deprecated legacy protocol
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", ws="none")
 
 
 __all__ = ["create_app", "serve"]

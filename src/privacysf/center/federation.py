@@ -1,0 +1,261 @@
+"""The center side of the multi-center Flower app (``privacysf.center.federation:app``).
+
+A center is a Flower SuperNode. Which center it is comes from its node config: ``partition-id`` picks
+its share of the run's data (``privacysf.data.centers``); ``center-dir`` is its private folder
+(default: ``<run-dir>/centers/<partition-id>``), where its codecs, key and predictions stay. Each
+handler answers one action of :mod:`privacysf.exchange.flower`; what it sends back is only ever
+codes, weights of a network being federated, and scalar metrics.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from privacysf.baseline.unet import build_unet, predict_labels, train_unet
+from privacysf.center.codecs import MaskCodec, codec_signature, train_image_encoder, train_mask_codec
+from privacysf.center.keys import CenterKey
+from privacysf.center.pipeline import (
+    IMAGE_ENCODER,
+    KEY,
+    MASK_CODEC,
+    Center,
+    load_center,
+    train_center,
+    upload_messages,
+)
+from privacysf.config import ExperimentConfig
+from privacysf.data.centers import CenterData, prepare_centers
+from privacysf.evaluation import score_test
+from privacysf.exchange import flower
+from privacysf.torchutil import resolve_device, save_checkpoint, seed_everything
+
+
+@dataclass
+class Site:
+    """One center as its SuperNode sees it: its config, data and private folder."""
+
+    index: int
+    cfg: ExperimentConfig
+    center: CenterData
+    folder: Path
+    device: torch.device
+
+    @property
+    def classes(self) -> int:
+        return self.center.data.info.num_classes
+
+
+@functools.lru_cache(maxsize=4)
+def _site(config_json: str, index: int, folder: str) -> Site:
+    cfg = ExperimentConfig.from_dict(json.loads(config_json))
+    seed_everything(cfg.train.seed, cfg.train.threads)
+    centers = prepare_centers(cfg.data, cfg.federation)
+    return Site(index, cfg, centers[index], Path(folder), resolve_device(cfg.train.device))
+
+
+def site(settings: Mapping[str, Any], node_config: Mapping[str, Any]) -> Site:
+    """The center this node is, prepared once per process (data loading is the slow part)."""
+    index = int(node_config["partition-id"])
+    default = Path(str(settings["run-dir"])) / "centers" / str(index)
+    return _site(str(settings["config"]), index, str(node_config.get("center-dir", default)))
+
+
+def round_config(cfg: ExperimentConfig, task: ConfigRecord) -> ExperimentConfig:
+    """Settings of one federated round: ``local_epochs`` epochs at the round's point of a cosine decay.
+
+    Each round restarts the training loop, so the learning-rate schedule across rounds is set here; the
+    seed moves with the round so batches are not drawn in the same order every round.
+    """
+    rounds, current = cfg.federation.rounds, int(task["round"])
+    lr = cfg.train.lr * 0.5 * (1 + math.cos(math.pi * (current - 1) / rounds))
+    return cfg.override(
+        [
+            f"train.epochs={cfg.federation.local_epochs}",
+            f"train.patience={cfg.federation.local_epochs}",
+            f"train.lr={lr}",
+            f"train.seed={cfg.train.seed + current}",
+        ]
+    )
+
+
+def reply(message: Message, started: float, examples: int, **records) -> Message:
+    metrics = MetricRecord({"num-examples": examples, "seconds": time.perf_counter() - started})
+    return Message(RecordDict({"metrics": metrics, **records}), reply_to=message)
+
+
+def initial_weights(message: Message, name: str = "weights") -> dict | None:
+    """Averaged weights the server sent, or None in round 1 (every center then starts from the seed)."""
+    record = message.content.array_records.get(name)
+    return flower.record_weights(record) if record is not None and len(record) else None
+
+
+def codes_record(center: Center, s: Site) -> ConfigRecord:
+    """The center's code bundle: train/val image and mask codes, test image codes (no test masks)."""
+    data = s.center.data
+    messages = dict(zip(flower.UPLOAD_PARTS, upload_messages(center, data.train, data.val), strict=True))
+    return ConfigRecord({**messages, flower.TEST_IMAGES: center.image_message(data.test.images)})
+
+
+def hello(message: Message, s: Site) -> Message:
+    data = s.center.data
+    info = ConfigRecord(
+        {"index": s.index, "name": s.center.name, **{k: len(v) for k, v in data.splits().items()}}
+    )
+    return Message(RecordDict({"center": info}), reply_to=message)
+
+
+def local_codes(message: Message, s: Site) -> Message:
+    started = time.perf_counter()
+    data = s.center.data
+    seed_everything(s.cfg.train.seed, s.cfg.train.threads)
+    center, _ = train_center(s.cfg, data.train, data.val, s.classes, s.device, s.folder / flower.LOCAL)
+    return reply(message, started, len(data.train), codes=codes_record(center, s))
+
+
+def mask_codec_round(message: Message, s: Site) -> Message:
+    started = time.perf_counter()
+    cfg = round_config(s.cfg, message.content.config_records["task"])
+    torch.manual_seed(s.cfg.train.seed)  # round 1: every center starts from the same weights
+    data = s.center.data
+    codec, result = train_mask_codec(
+        cfg, data.train, data.val, s.classes, s.device, None, initial_weights(message)
+    )
+    weights = flower.weights_record({"model": codec.state_dict()})
+    response = reply(message, started, len(data.train), weights=weights)
+    response.content.metric_records["metrics"]["val-score"] = result.best_score
+    return response
+
+
+def _shared_codec(message: Message, s: Site) -> MaskCodec:
+    """The averaged mask codec the server sent with an image-encoder or shared-codes message."""
+    codec = MaskCodec(s.classes, s.cfg.codec)
+    codec.load_state_dict(flower.record_weights(message.content.array_records["mask_codec"])["model"])
+    return codec.to(s.device).eval()
+
+
+def image_encoder_round(message: Message, s: Site) -> Message:
+    started = time.perf_counter()
+    cfg = round_config(s.cfg, message.content.config_records["task"])
+    torch.manual_seed(s.cfg.train.seed + 1)
+    data = s.center.data
+    encoder, result, parts = train_image_encoder(
+        cfg, data.train, data.val, _shared_codec(message, s), s.device, None, initial_weights(message)
+    )
+    states = {"model": encoder.state_dict(), **{k: m.state_dict() for k, m in parts.items()}}
+    response = reply(message, started, len(data.train), weights=flower.weights_record(states))
+    response.content.metric_records["metrics"]["val-score"] = result.best_score
+    return response
+
+
+def shared_codes(message: Message, s: Site) -> Message:
+    """Keep the averaged codecs in the center's folder (with its own key) and send codes made with them."""
+    started = time.perf_counter()
+    folder = s.folder / flower.SHARED
+    codec = _shared_codec(message, s)
+    encoder_state = flower.record_weights(message.content.array_records["image_encoder"])["model"]
+    save_checkpoint(
+        folder / MASK_CODEC, {"signature": _signature(s, "mask-codec"), "model": codec.state_dict()}
+    )
+    save_checkpoint(
+        folder / IMAGE_ENCODER, {"signature": _signature(s, "image-encoder"), "model": encoder_state}
+    )
+    if s.cfg.key.enabled:
+        CenterKey.create().save(folder / KEY)
+    center = load_center(s.cfg, s.classes, folder, s.device)
+    return reply(message, started, len(s.center.data.train), codes=codes_record(center, s))
+
+
+def _signature(s: Site, part: str) -> dict:
+    return codec_signature(s.cfg, s.classes, part)
+
+
+def save_prediction(s: Site, mode: str, pred: np.ndarray) -> None:
+    """Test predictions stay in the center's folder (for its own overlay pictures)."""
+    folder = s.folder / "predictions"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"{mode}.npy", pred)
+
+
+def evaluate_codes(message: Message, s: Site) -> Message:
+    """Decode the mapped test codes of every mode with this center's codecs; score; keep predictions."""
+    started = time.perf_counter()
+    codecs = str(message.content.config_records["task"]["codecs"])
+    center = load_center(s.cfg, s.classes, s.folder / codecs, s.device)
+    scores = {}
+    for mode, mapped in message.content.config_records["codes"].items():
+        pred = center.decode_message(mapped)
+        save_prediction(s, mode, pred)
+        scores[mode] = json.dumps(score_test(pred, s.center.data))
+    return reply(message, started, len(s.center.data.test), scores=ConfigRecord(scores))
+
+
+def unet_round(message: Message, s: Site) -> Message:
+    started = time.perf_counter()
+    cfg = round_config(s.cfg, message.content.config_records["task"])
+    torch.manual_seed(s.cfg.train.seed)
+    model, result = train_unet(cfg, s.center.data, s.device, None, initial_weights(message))
+    response = reply(
+        message,
+        started,
+        len(s.center.data.train),
+        weights=flower.weights_record({"model": model.state_dict()}),
+    )
+    response.content.metric_records["metrics"]["val-score"] = result.best_score
+    return response
+
+
+def evaluate_unet(message: Message, s: Site) -> Message:
+    started = time.perf_counter()
+    model = build_unet(s.cfg.unet, s.classes)
+    model.load_state_dict(initial_weights(message)["model"])
+    pred = predict_labels(model.to(s.device), s.center.data.test.images, s.device)
+    save_prediction(s, "unet-fedavg", pred)
+    scores = ConfigRecord({"unet-fedavg": json.dumps(score_test(pred, s.center.data))})
+    return reply(message, started, len(s.center.data.test), scores=scores)
+
+
+HANDLERS: dict[str, Callable[[Message, Site], Message]] = {
+    flower.HELLO: hello,
+    flower.LOCAL_CODES: local_codes,
+    flower.MASK_CODEC_ROUND: mask_codec_round,
+    flower.IMAGE_ENCODER_ROUND: image_encoder_round,
+    flower.SHARED_CODES: shared_codes,
+    flower.EVALUATE_CODES: evaluate_codes,
+    flower.UNET_ROUND: unet_round,
+    flower.EVALUATE_UNET: evaluate_unet,
+}
+
+
+def _handle(
+    handler: Callable[[Message, Site], Message],
+    settings: Mapping[str, Any] | None,
+    message: Message,
+    context: Context,
+) -> Message:
+    return handler(message, site(settings or context.run_config, context.node_config))
+
+
+def make_app(settings: Mapping[str, Any] | None = None) -> ClientApp:
+    """The center's ClientApp. ``settings`` (the run config: ``config``, ``run-dir``) is given directly
+    in a simulation; deployed SuperNodes read it from the run's config instead."""
+    client = ClientApp()
+    for action, handler in HANDLERS.items():
+        kind, _, name = action.partition(".")
+        getattr(client, kind)(name)(functools.partial(_handle, handler, settings))
+    return client
+
+
+app = make_app()
+"""What a deployed SuperNode runs (``clientapp`` component of the Flower app's pyproject.toml)."""

@@ -1,0 +1,86 @@
+"""What the Flower app's messages carry, shared by its server side and its center side.
+
+Every message between the server (``privacysf.server.federation``) and a center
+(``privacysf.center.federation``) is one of :data:`ACTIONS`. Their content is only ever:
+
+- code bundles: wire-format code messages (:mod:`privacysf.exchange.wire`) as ``bytes`` in a
+  ``ConfigRecord`` named ``codes`` (train/val image and mask codes, test image codes; mapped test mask
+  codes coming back);
+- weights of a network being federated (shared mask codec, image encoder with its task head, or the
+  raw-image U-Net of the baseline) in an ``ArrayRecord`` named ``weights``, keys ``part/parameter``;
+- a ``ConfigRecord`` ``task`` of scalars (round, learning rate, which codecs) and a ``MetricRecord``
+  ``metrics`` of scalars back (examples, seconds, test Dice).
+
+Bytes per message are counted with :func:`message_bytes`: the serialised size of the message and of
+every record it holds, which is what Flower transfers (before gRPC framing).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message
+
+HELLO = "query.hello"
+"""Server -> center: who are you? Reply: center index and name, slices per split."""
+LOCAL_CODES = "train.local_codes"
+"""Center trains its own codecs (and draws its key), replies with its code bundle."""
+MASK_CODEC_ROUND = "train.mask_codec"
+"""One federated-averaging round of the shared mask codec."""
+IMAGE_ENCODER_ROUND = "train.image_encoder"
+"""One federated-averaging round of the shared image encoder (its task head averaged with it)."""
+SHARED_CODES = "train.shared_codes"
+"""Center receives the averaged codecs, replies with its code bundle under them."""
+UNET_ROUND = "train.unet"
+"""One federated-averaging round of the raw-image U-Net (the baseline users would otherwise pick)."""
+EVALUATE_CODES = "evaluate.codes"
+"""Server sends mapped test mask codes per mode; center decodes and scores them on its test set."""
+EVALUATE_UNET = "evaluate.unet"
+"""Server sends the averaged U-Net; center scores it on its test set."""
+ACTIONS = (
+    HELLO,
+    LOCAL_CODES,
+    MASK_CODEC_ROUND,
+    IMAGE_ENCODER_ROUND,
+    SHARED_CODES,
+    UNET_ROUND,
+    EVALUATE_CODES,
+    EVALUATE_UNET,
+)
+
+UPLOAD_PARTS = ("train_images", "train_masks", "val_images", "val_masks")
+"""Code messages a center sends for the server to learn its mapping (MappingServer.fit's order)."""
+TEST_IMAGES = "test_images"
+"""Image codes of the center's test split: the server maps them; their masks never leave."""
+LOCAL, SHARED = "local", "shared"
+"""Which codecs a center's codes come from: its own, or the federated-averaged ones."""
+
+
+def weights_record(parts: dict[str, dict[str, torch.Tensor]]) -> ArrayRecord:
+    """State dicts of a network's parts (``{"model": ..., "task_head": ...}``) as one ArrayRecord."""
+    return ArrayRecord(
+        {
+            f"{part}/{name}": Array(np.ascontiguousarray(value.detach().cpu().numpy()))
+            for part, state in parts.items()
+            for name, value in state.items()
+        }
+    )
+
+
+def record_weights(record: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
+    """Inverse of :func:`weights_record`."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, array in record.items():
+        part, _, name = key.partition("/")
+        parts.setdefault(part, {})[name] = torch.from_numpy(np.array(array.numpy()))
+    return parts
+
+
+def message_bytes(message: Message) -> int:
+    """Serialised bytes of ``message`` and every record inside it (what Flower sends)."""
+    total, pending = 0, [message]
+    while pending:
+        item = pending.pop()
+        total += len(item.deflate())
+        pending.extend((item.children or {}).values())
+    return total
