@@ -2,8 +2,9 @@
 
     python tools/publish_attacks.py RUN_FOLDER [RUN_FOLDER ...]
 
-Each run lands in ``docs/privacy/<dataset>/``: ``attacks.md`` (rewritten from ``results.json`` by the
-current report code), ``results.json``, ``config.json``, ``data.json`` and every PNG, so each figure
+Each run lands in ``docs/privacy/<dataset>/``: ``attacks.md`` and the curve (written from
+``results.json`` by the current report code, so a stopped run publishes the settings it finished),
+``results.json``, ``config.json``, ``data.json`` and the reconstruction pictures, so each figure
 in docs/threat-model.md traces back to the run that produced it. It also prints the compact summary
 table used in docs/threat-model.md.
 """
@@ -19,7 +20,7 @@ from privacysf.attacks.report import TARGET_K, inversion_at, leakage_auc, ssim_g
 from privacysf.config import ExperimentConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "privacy"
-KEPT = ("attacks.md", "results.json", "config.json", "data.json", "privacy_utility.png")
+KEPT = ("results.json", "config.json", "data.json")
 
 
 def publish(run: Path) -> Path:

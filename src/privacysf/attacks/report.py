@@ -164,6 +164,15 @@ def write_attack_report(run_dir: Path, cfg: ExperimentConfig, results: dict) -> 
         f"Attacker decoders: {cfg.attack.attacker_steps} Adam steps of batch 8. Config: `config.json`; "
         "every figure below is in `results.json`.",
         "",
+        *(
+            []
+            if "seconds" in results
+            else [
+                f"**Partial run**: stopped after {len(results['settings'])} of the configured settings; "
+                "every row below is complete, settings not listed were not run.",
+                "",
+            ]
+        ),
         "## Targets",
         *targets(results),
         "",
