@@ -136,28 +136,31 @@ def test_every_configurable_mode_has_an_objective():
 
 
 def test_keyed_pipeline_segments_and_never_ships_the_key(fitted, tmp_path):
-    """Keyed codes (mixing + permutation, transformer mapper): full Dice with the key, none without."""
+    """Keyed codes: full Dice with the key, a useless decode with another, and no key bytes anywhere."""
     run_dir, _ = fitted
     cfg, plain, _ = reload(run_dir, "cpu")
-    cfg = cfg.override(["key.enabled=true", "key.permute_tokens=true", "mapper.kind=transformer"])
+    cfg = cfg.override(["key.enabled=true"])
     data = prepare(cfg.data)
     secret = CenterKey.create()
     secret.save(tmp_path / KEY)
     center = replace(plain, cfg=cfg, key=keyed_transform(cfg, secret))
-    server, _, upload = fit_server(cfg, center, data.train, data.val, tmp_path)
+    server, _, _ = fit_server(cfg, center, data.train, data.val, tmp_path)
     reply = server.map(center.image_message(data.test.images))
     assert mean_dice(center.decode_message(reply), data.test.masks, 3) > 0.8
     stranger = replace(center, key=keyed_transform(cfg, CenterKey.create()))
     assert mean_dice(stranger.decode_message(reply), data.test.masks, 3) < 0.5  # wrong key: useless
 
-    transform = center.key
-    secrets = [secret.secret, secret.secret.hex().encode(), transform.permutation.astype(np.int64).tobytes()]
-    secrets += [q.tobytes() for q, _ in transform.mixing.values()]
+    permuting = cfg.override(["key.permute_tokens=true", "mapper.kind=transformer"])
+    shuffled = replace(center, cfg=permuting, key=keyed_transform(permuting, secret))
+    secrets = [secret.secret, secret.secret.hex().encode()]
+    secrets += [q.tobytes() for q, _ in center.key.mixing.values()]
+    secrets.append(shuffled.key.permutation.astype(np.int64).tobytes())
     sent = [
         center.image_message(data.train.images),
         center.mask_message(data.train.masks),
-        center.image_message(data.test.images[:1]),
         reply,
+        shuffled.image_message(data.train.images),
+        shuffled.mask_message(data.train.masks),
     ]
     server_files = [p.read_bytes() for p in (tmp_path / "server").rglob("*") if p.is_file()]
     assert server_files
