@@ -2,7 +2,7 @@
 
     python tools/publish_attacks.py RUN_FOLDER [RUN_FOLDER ...]
 
-Each run lands in ``docs/privacy/<dataset>/``: ``attacks.md`` and the curve (written from
+Each run lands in ``docs/privacy/<run folder name>/``: ``attacks.md`` and the curve (written from
 ``results.json`` by the current report code, so a stopped run publishes the settings it finished),
 ``results.json``, ``config.json``, ``data.json`` and the reconstruction pictures, so each figure
 in docs/threat-model.md traces back to the run that produced it. It also prints the compact summary
@@ -24,8 +24,7 @@ KEPT = ("results.json", "config.json", "data.json")
 
 
 def publish(run: Path) -> Path:
-    dataset = json.loads((run / "results.json").read_text())["dataset"]
-    target = DOCS / dataset
+    target = DOCS / run.name
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
