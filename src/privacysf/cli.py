@@ -49,6 +49,11 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     return cfg.override(sets + args.set)
 
 
+def section_overrides(section: str, options: dict[str, object]) -> list[str]:
+    """``--set``-style overrides of one config section for the command-line options that were given."""
+    return [f"{section}.{name}={json.dumps(value)}" for name, value in options.items() if value]
+
+
 def cmd_data_list(args: argparse.Namespace) -> None:
     from privacysf.data.registry import REGISTRY
 
@@ -143,20 +148,17 @@ def cmd_ablate(args: argparse.Namespace) -> None:
 def cmd_attack(args: argparse.Namespace) -> None:
     from privacysf.attacks.suite import run_attack_suite
 
-    cfg = build_config(args)
-    sets = [
-        f"attack.{name}={json.dumps(list(value))}"
-        for name, value in (
-            ("modes", args.modes),
-            ("keys", args.keys),
-            ("private_weights", args.lambdas),
-            ("leaked_pairs", args.k),
-        )
-        if value
-    ]
-    if args.public:
-        sets.append(f"attack.public_dataset={json.dumps(args.public)}")
-    run_dir, _ = run_attack_suite(cfg.override(sets))
+    sets = section_overrides(
+        "attack",
+        {
+            "modes": args.modes,
+            "keys": args.keys,
+            "private_weights": args.lambdas,
+            "leaked_pairs": args.k,
+            "public_dataset": args.public,
+        },
+    )
+    run_dir, _ = run_attack_suite(build_config(args).override(sets))
     print(f"attack report: {run_dir / 'attacks.md'}")
 
 
@@ -176,18 +178,11 @@ def cmd_payload(args: argparse.Namespace) -> None:
 def cmd_federate(args: argparse.Namespace) -> None:
     from privacysf.multicenter import MODE_LABELS, run_federate
 
-    cfg = build_config(args)
-    sets = [
-        f"federation.{name}={json.dumps(value)}"
-        for name, value in (
-            ("centers", args.centers),
-            ("partition", args.partition),
-            ("rounds", args.rounds),
-            ("modes", args.modes),
-        )
-        if value
-    ]
-    run_dir, metrics = run_federate(cfg.override(sets), args.superlink)
+    sets = section_overrides(
+        "federation",
+        {"centers": args.centers, "partition": args.partition, "rounds": args.rounds, "modes": args.modes},
+    )
+    run_dir, metrics = run_federate(build_config(args).override(sets), args.superlink)
     for mode, row in metrics["dice"].items():
         cells = "  ".join(f"{name} {dice:.3f}" for name, dice in row.items())
         print(f"{MODE_LABELS.get(mode, mode):40s} {cells}")
