@@ -27,6 +27,8 @@ AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "mixup", "token_dropout",
 ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice")
 """Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
 MAPPER_KINDS = ("cnn", "transformer")
+ORDER_BLIND_MAPPERS = ("transformer",)
+"""Mapper kinds that can learn through a secret permutation of the token positions."""
 CENTER_PARTITIONS = ("iid", "size-skew", "label-skew")
 """How ``privacysf federate`` deals one dataset's cases to centers (see ``privacysf.data.centers``)."""
 FEDERATION_MODES = ("alone", "pooled", "pooled-noembed", "fedavg-codecs", "unet-fedavg", "unet-pooled")
@@ -306,7 +308,7 @@ class ExperimentConfig:
                 "attack.attacker_steps >= 1 and attack.candidates >= 2",
             ),
             (
-                not (k.enabled and k.permute_tokens) or m.kind == "transformer",
+                not (k.enabled and k.permute_tokens) or m.kind in ORDER_BLIND_MAPPERS,
                 "key.permute_tokens needs mapper.kind=transformer (the cnn mapper relies on token order)",
             ),
             (

@@ -9,9 +9,6 @@ from privacysf.config import MapperConfig
 from privacysf.nets.sequence import SequenceMapper
 from privacysf.nets.transformer import TokenTransformer
 
-ORDER_BLIND = {"cnn": False, "transformer": True}
-"""Whether a mapper kind can learn through a secret permutation of the token positions."""
-
 
 class CenterEmbedded(nn.Module):
     """A mapper told which center a code came from: a learned vector per center joins every token.

@@ -13,11 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privacysf.config import ORDER_AUGMENTATIONS, AugmentConfig, MapperConfig, TrainConfig
+from privacysf.config import (
+    ORDER_AUGMENTATIONS,
+    ORDER_BLIND_MAPPERS,
+    AugmentConfig,
+    MapperConfig,
+    TrainConfig,
+)
 from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.exchange.wire import SCAN_ORDER
-from privacysf.nets.mappers import ORDER_BLIND, build_mapper
+from privacysf.nets.mappers import build_mapper
 from privacysf.server.augment import augment_pairs, pipeline
 from privacysf.torchutil import load_checkpoint, resolve_device, save_checkpoint
 from privacysf.training import EpochHook, FitResult, fit
@@ -48,7 +54,7 @@ class MappingServer:
 
         ``centers`` matters only with ``mapper.center_embedding``: the number of code spaces to tell apart.
         """
-        if scan != SCAN_ORDER and not ORDER_BLIND[self.mapper_cfg.kind]:
+        if scan != SCAN_ORDER and self.mapper_cfg.kind not in ORDER_BLIND_MAPPERS:
             raise ConfigError(
                 f"codes arrive in a secret ({scan}) token order, which the {self.mapper_cfg.kind} mapper "
                 "cannot learn through; use mapper.kind=transformer"
