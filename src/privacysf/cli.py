@@ -189,6 +189,29 @@ def cmd_federate(args: argparse.Namespace) -> None:
     print(f"report: {run_dir / 'report.md'}")
 
 
+def cmd_bench_run(args: argparse.Namespace) -> None:
+    from privacysf.benchmark.jobs import plan
+    from privacysf.benchmark.runner import publish, run_bench, select
+    from privacysf.benchmark.suites import get_suite
+
+    if args.list:
+        for job in select(plan(get_suite(args.suite)), args.only):
+            print(job.id)
+        return
+    resume = Path(args.resume) if args.resume else None
+    run_dir, results = run_bench(args.suite, args.out, resume, args.only, args.device, not args.quiet)
+    print(f"results: {run_dir / 'results.json'} ({len(results['rows'])} rows)")
+    print(f"report: {run_dir / 'benchmarks.md'}")
+    if args.docs:
+        print(f"published: {publish(run_dir, Path(args.docs))}")
+
+
+def cmd_bench_report(args: argparse.Namespace) -> None:
+    from privacysf.benchmark.runner import publish
+
+    print(f"published: {publish(Path(args.run), Path(args.docs))}")
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="privacysf", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -272,6 +295,34 @@ def make_parser() -> argparse.ArgumentParser:
     federate.add_argument("--rounds", type=int, help="federated-averaging rounds per shared network")
     federate.add_argument("--modes", nargs="+", choices=FEDERATION_MODES, help="modes to run (default: all)")
     federate.set_defaults(func=cmd_federate)
+
+    bench = commands.add_parser(
+        "bench", help="benchmark suites: accuracy over seeds, payload, latency, training cost, scaling"
+    ).add_subparsers(dest="action", required=True)
+    run = bench.add_parser("run", help="run (or resume) a suite; writes results.json and benchmarks.md")
+    run.add_argument("suite", help="quick (CI smoke, minutes) or full (the published figures, hours)")
+    run.add_argument("--out", default="runs", help="folder that receives the bench folder (default runs/)")
+    run.add_argument(
+        "--resume", metavar="BENCH_FOLDER", help="continue a bench folder, skipping finished jobs"
+    )
+    run.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="JOB",
+        help="run only jobs matching these patterns (e.g. 'latency/*')",
+    )
+    run.add_argument("--list", action="store_true", help="print the suite's job ids and exit")
+    run.add_argument("--device", default="auto", help="auto (default), cpu or cuda for the training jobs")
+    run.add_argument(
+        "--docs", help="also publish the report into this docs folder (benchmarks.md + benchmarks/)"
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bars (job lines still print)")
+    run.set_defaults(func=cmd_bench_run)
+    report = bench.add_parser("report", help="regenerate and publish the report of a bench folder")
+    report.add_argument("run", help="bench folder written by `privacysf bench run`")
+    report.add_argument("--docs", default="docs", help="docs folder to publish into (default docs/)")
+    report.set_defaults(func=cmd_bench_report)
 
     add_service_commands(commands)
     return parser

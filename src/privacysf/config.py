@@ -60,6 +60,9 @@ class DataConfig:
     test_fraction: float = 0.2
     seed: int = 0
     """Seed of the case split; the split is a function of (case ids, fractions, seed) only."""
+    train_fraction: float = 1.0
+    """Share of the training slices kept, drawn with ``seed`` after the split (validation and test
+    untouched): for learning curves and for measuring how cost grows with the dataset's size."""
     phantom_cases: int = 60
     """Number of cases the synthetic ``phantom`` dataset generates."""
 
@@ -268,6 +271,7 @@ class ExperimentConfig:
         checks = [
             (d.size > 0, "data.size must be positive"),
             (d.axis in (0, 1, 2), "data.axis must be 0, 1 or 2"),
+            (0 < d.train_fraction <= 1, "data.train_fraction must lie in (0, 1]"),
             (d.layout in ("auto", "msd", "plain"), "data.layout must be auto, msd or plain"),
             (
                 d.normalization in ("auto", "mr", "ct", "minmax"),

@@ -63,6 +63,11 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
                 "center_total": round(center_seconds, 2),
                 "server_mapper": round(server_fit.seconds, 2),
             },
+            "training_cost": {
+                "mask_codec": center_fits["mask_codec"].cost(),
+                "image_encoder": center_fits["image_encoder"].cost(),
+                "server_mapper": server_fit.cost(),
+            },
         },
     }
     histories = {
@@ -78,6 +83,7 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
         metrics["raw_unet"] = {
             "test": score_test(unet_pred, data),
             "training_seconds": round(unet_fit.seconds, 2),
+            "training_cost": unet_fit.cost(),
         }
         metrics["dice_ratio_vs_unet"] = metrics["privacysf"]["test"]["mean"]["dice"]["mean"] / max(
             metrics["raw_unet"]["test"]["mean"]["dice"]["mean"], 1e-9

@@ -133,16 +133,56 @@ def scatter_labelled(
 
 
 def dice_bars(
-    path: Path, table: dict[str, dict[str, float]], centers: list[str], labels: dict[str, str]
+    path: Path,
+    table: dict[str, dict[str, float]],
+    groups: list[str],
+    labels: dict[str, str],
+    errors: dict[str, dict[str, float]] | None = None,
+    title: str = "per-center test Dice",
 ) -> None:
-    """Grouped bars: test Dice of every mode (bars) at every center (groups)."""
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(centers)) + 3, 3.8))
+    """Grouped bars: test Dice of every method (bars) in every group (a center, a dataset), ± error."""
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(groups)) + 3, 3.8))
     modes = [m for m in table if table[m]]
     width = 0.8 / max(len(modes), 1)
     for i, mode in enumerate(modes):
-        values = [table[mode].get(c, np.nan) for c in centers]
-        ax.bar(np.arange(len(centers)) + i * width, values, width, label=labels.get(mode, mode))
-    ax.set_xticks(np.arange(len(centers)) + 0.4 - width / 2, centers)
-    ax.set(ylabel="test Dice (mean over slices)", ylim=(0, 1), title="per-center test Dice")
+        values = [table[mode].get(g, np.nan) for g in groups]
+        spread = [(errors or {}).get(mode, {}).get(g, 0.0) for g in groups] if errors else None
+        ax.bar(
+            np.arange(len(groups)) + i * width,
+            values,
+            width,
+            yerr=spread,
+            capsize=2,
+            label=labels.get(mode, mode),
+        )
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups)
+    ax.set(ylabel="test Dice (mean over slices)", ylim=(0, 1), title=title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    _save(fig, path)
+
+
+def stacked_bars(
+    path: Path, labels: list[str], stacks: dict[str, list[float]], ylabel: str, title: str
+) -> None:
+    """One bar per label, split into named parts (e.g. encode / map / decode time)."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels)) + 2, 3.8))
+    bottom = np.zeros(len(labels))
+    for name, values in stacks.items():
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom += np.asarray(values, float)
+    ax.set(ylabel=ylabel, title=title)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=7)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def lines(
+    path: Path, series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str
+) -> None:
+    """Named (x, y) series with markers: how a cost grows with a size."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, (x, y) in series.items():
+        ax.plot(x, y, marker="o", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=8)
     _save(fig, path)

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from privacysf.config import TrainConfig
+from privacysf.resources import MemoryUse, PeakMemory
 from privacysf.torchutil import save_checkpoint
 
 EpochHook = Callable[[dict[str, float]], None]
@@ -31,6 +32,23 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    memory: MemoryUse | None = None
+    """Peak memory while this network trained (a published training cost, see ``privacysf bench``)."""
+    epochs_run: int = 0
+    """Epochs trained by this call (fewer than the history holds when it resumed)."""
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(self.epochs_run, 1)
+
+    def cost(self) -> dict:
+        """Wall time and peak memory of this training, as published in metrics files."""
+        return {
+            "seconds": round(self.seconds, 2),
+            "epochs": self.epochs_run,
+            "seconds_per_epoch": round(self.seconds_per_epoch, 3),
+            **(self.memory.to_dict() if self.memory else {}),
+        }
 
 
 def fit(
@@ -74,49 +92,51 @@ def fit(
         history, first = state["history"], state["epoch"] + 1
         if state["epoch"] - best_epoch >= cfg.patience:  # it had already stopped early
             first = cfg.epochs
+    epochs_before = len(history)
     start = time.perf_counter()
-    bar = tqdm(range(first, cfg.epochs), desc=desc, disable=not cfg.progress, leave=False, unit="epoch")
-    for epoch in bar:
-        for m in parts.values():
-            m.train()
-        losses = []
-        for batch in batches(epoch):
-            optimizer.zero_grad(set_to_none=True)
-            loss = step(batch)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        scheduler.step()
-        for m in parts.values():
-            m.eval()
-        with torch.no_grad():
-            score = float(validate())
-        train_loss = sum(losses) / max(len(losses), 1)
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_score": score})
-        if score > best_score:
-            best_score, best_epoch = score, epoch
-            best_state = {k: copy.deepcopy(m.state_dict()) for k, m in parts.items()}
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, {"signature": signature or {}, "epoch": epoch, **best_state})
-        if resume is not None:
-            loop_state = {
-                "parts": {k: m.state_dict() for k, m in parts.items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "best_score": best_score,
-                "best_epoch": best_epoch,
-                "best_state": best_state,
-                "history": history,
-                "epoch": epoch,
-            }
-            save_checkpoint(resume, loop_state)
-        if on_epoch is not None:
-            on_epoch(history[-1])
-        bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", best=f"{best_score:.4f}")
-        if epoch - best_epoch >= cfg.patience:
-            break
-    bar.close()
-    seconds = time.perf_counter() - start
+    with PeakMemory(next((p.device for p in params), None)) as peak:
+        bar = tqdm(range(first, cfg.epochs), desc=desc, disable=not cfg.progress, leave=False, unit="epoch")
+        for epoch in bar:
+            for m in parts.values():
+                m.train()
+            losses = []
+            for batch in batches(epoch):
+                optimizer.zero_grad(set_to_none=True)
+                loss = step(batch)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+            scheduler.step()
+            for m in parts.values():
+                m.eval()
+            with torch.no_grad():
+                score = float(validate())
+            train_loss = sum(losses) / max(len(losses), 1)
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_score": score})
+            if score > best_score:
+                best_score, best_epoch = score, epoch
+                best_state = {k: copy.deepcopy(m.state_dict()) for k, m in parts.items()}
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, {"signature": signature or {}, "epoch": epoch, **best_state})
+            if resume is not None:
+                loop_state = {
+                    "parts": {k: m.state_dict() for k, m in parts.items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "history": history,
+                    "epoch": epoch,
+                }
+                save_checkpoint(resume, loop_state)
+            if on_epoch is not None:
+                on_epoch(history[-1])
+            bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", best=f"{best_score:.4f}")
+            if epoch - best_epoch >= cfg.patience:
+                break
+        bar.close()
+        seconds = time.perf_counter() - start
     if cfg.progress:
         tqdm.write(f"{desc}: best validation score {best_score:.4f} at epoch {best_epoch} ({seconds:.0f} s)")
     if best_state is not None:
@@ -124,4 +144,4 @@ def fit(
             m.load_state_dict(best_state[k])
     for m in parts.values():
         m.eval()
-    return FitResult(best_score, best_epoch, history, seconds)
+    return FitResult(best_score, best_epoch, history, seconds, peak.result, len(history) - epochs_before)

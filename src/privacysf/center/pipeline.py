@@ -52,6 +52,18 @@ class Mapper(Protocol):
     def map(self, image_codes: bytes) -> bytes: ...
 
 
+class QueryClient(Protocol):
+    """The center half of a query: images to an image-code message, a mask-code message to labels.
+
+    :class:`Center` fits, and so does the benchmark's reference design, so payload and latency are
+    measured by the same code for both.
+    """
+
+    def image_message(self, images: np.ndarray) -> bytes: ...
+
+    def decode_message(self, message: bytes) -> np.ndarray: ...
+
+
 @dataclass
 class Center:
     """A hospital's private models: they never leave the center."""
@@ -124,30 +136,39 @@ def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str
     return mean_dice(center.decode_message(center.mask_message(masks, dtype)), masks, num_classes)
 
 
-def payload_bytes(center: Center, server: MappingServer, image: np.ndarray) -> dict[str, int]:
+def payload_bytes(center: QueryClient, server: Mapper, image: np.ndarray) -> dict[str, int]:
     """Bytes of one single-image query: image code up, mask code down, headers included."""
     up = center.image_message(image[None])
     down = server.map(up)
     return {"up": len(up), "down": len(down), "total": len(up) + len(down)}
 
 
-def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> dict[str, int]:
-    """Bytes of one query at ``size``² with the config's codec: real messages from real networks.
+def untrained_pipeline(
+    cfg: ExperimentConfig, num_classes: int, size: int, device_name: str = "cpu"
+) -> tuple[Center, MappingServer]:
+    """A center and server with fresh networks at ``size``²: for sizes and timings, not for results.
 
-    Message sizes depend on the grid, values per token and wire dtype, not on training, so fresh
-    networks give the exact figure for any image size without training at that size.
+    Message sizes depend on the grid, values per token and wire dtype, and compute time on the
+    architecture, not on training, so fresh networks give exact payloads and representative latency
+    at any image size without training at that size.
     """
-    sized = cfg.override([f"data.size={size}", "train.device=cpu"])
-    c = sized.codec
+    sized = cfg.override([f"data.size={size}", f"train.device={device_name}"])
+    c, device = sized.codec, torch.device(device_name)
     center = Center(
         sized,
-        MaskCodec(num_classes, c).eval(),
-        ConvEncoder(1, c.image_channels, c.width, c.downsample).eval(),
+        MaskCodec(num_classes, c).to(device).eval(),
+        ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device).eval(),
         token_grid(size, c),
-        torch.device("cpu"),
+        device,
     )
     server = MappingServer(sized.mapper, sized.augment, sized.train)
     server.initialise(center.grid, c.image_channels, c.mask_channels)
+    return center, server
+
+
+def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> dict[str, int]:
+    """Bytes of one query at ``size``² with the config's codec: real messages from real networks."""
+    center, server = untrained_pipeline(cfg, num_classes, size)
     return payload_bytes(center, server, np.zeros((1, size, size), np.float32))
 
 

@@ -138,6 +138,12 @@ def prepare_cases(cases: list[Case], info: DatasetInfo, cfg: DataConfig) -> Prep
             "cases": {name: sorted({c.case_id for c in cases}) for name in SPLITS},
         }
     sets = {name: SliceSet.concatenate(parts[name], cfg.size) for name in SPLITS}
+    if cfg.train_fraction < 1:
+        count = max(1, round(cfg.train_fraction * len(sets["train"])))
+        keep = np.zeros(len(sets["train"]), bool)
+        keep[np.random.default_rng(cfg.seed).permutation(len(keep))[:count]] = True
+        sets["train"] = sets["train"].subset(keep)
+        split["train_fraction"] = cfg.train_fraction
     max_label = max(int(s.masks.max()) for s in sets.values() if len(s))
     if max_label >= info.num_classes:
         raise DataError(

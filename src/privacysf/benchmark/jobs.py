@@ -1,0 +1,232 @@
+"""The jobs a suite expands into, and what each one measures.
+
+A job is the unit of resumption: it either finished and its rows are in ``results.json``, or it runs
+again. Every row names its job, so ``privacysf bench run SUITE --only JOB`` reproduces it alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from privacysf.benchmark.latency import query_latency
+from privacysf.benchmark.suites import BenchSuite
+from privacysf.center.pipeline import payload_bytes, untrained_pipeline
+from privacysf.config import ExperimentConfig
+from privacysf.experiment import run_fit
+from privacysf.reference.run import run_reference, untrained_reference
+
+PRIVACYSF = "Privacy-SF"
+UNET = "raw U-Net"
+REFERENCE = "reference (Improved Privacy-SF, re-implemented)"
+CLASSES_FOR_SIZES = 2
+"""Mask classes of the untrained networks used for payload and latency (message sizes ignore it)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    kind: str
+    """``accuracy``, ``payload``, ``latency`` or ``scaling``."""
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class JobContext:
+    suite: BenchSuite
+    runs_dir: Path
+    device_name: str
+    progress: bool
+
+
+def plan(suite: BenchSuite) -> list[Job]:
+    """Every job of a suite, cheapest kinds first so a partial run already has them."""
+    jobs = [Job("payload", "payload", {"size": suite.payload_size})]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for method in ("privacysf", "reference"):
+            for size in suite.latency_sizes:
+                for batch in suite.latency_batches:
+                    params = {"method": method, "size": size, "batch": batch, "device": device}
+                    jobs.append(Job(f"latency/{device}/{method}/{size}/b{batch}", "latency", params))
+    for dataset in suite.datasets:
+        for seed in suite.seeds:
+            for method in suite.methods:
+                params = {"dataset": dataset, "seed": seed, "method": method}
+                jobs.append(Job(f"accuracy/{dataset}/seed{seed}/{method}", "accuracy", params))
+    for size in suite.scaling_sizes:
+        jobs.append(Job(f"scaling/size{size}", "scaling", {"size": size, "fraction": 1.0}))
+    for fraction in suite.scaling_fractions:
+        if fraction != 1.0 or suite.size not in suite.scaling_sizes:
+            jobs.append(
+                Job(f"scaling/fraction{fraction}", "scaling", {"size": suite.size, "fraction": fraction})
+            )
+    return jobs
+
+
+def job_config(
+    ctx: JobContext, dataset: str, seed: int, size: int, epochs: int, extra: list[str]
+) -> ExperimentConfig:
+    """The suite's config for one training job: same budget, split seed and threads for every method."""
+    return ExperimentConfig().override(
+        [
+            f"data.dataset={dataset}",
+            f"data.size={size}",
+            f"data.seed={seed}",
+            f"train.seed={seed}",
+            f"train.epochs={epochs}",
+            f"train.threads={ctx.suite.threads}",
+            f"train.device={ctx.device_name}",
+            f"train.progress={str(ctx.progress).lower()}",
+            f"output_dir={ctx.runs_dir}",
+            *ctx.suite.overrides,
+            *extra,
+        ]
+    )
+
+
+def _scores(test: dict) -> dict:
+    mean = test["mean"]
+    return {
+        "dice": mean["dice"]["mean"],
+        "iou": mean["iou"]["mean"],
+        "hd95": mean["hd95"]["mean"],
+        "assd": mean["assd"]["mean"],
+        "distance_unit": test.get("distance_unit", "mm"),
+        "test_slices": test["n_images"],
+    }
+
+
+def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
+    p, suite = job.params, ctx.suite
+    if p["method"] == "reference":
+        cfg = job_config(ctx, p["dataset"], p["seed"], suite.size, suite.epochs, ["compare_unet=false"])
+        run_dir, metrics = run_reference(cfg)
+        r = metrics["reference"]
+        return [
+            {
+                "method": REFERENCE,
+                "run": run_dir,
+                **_scores(r["test"]),
+                "payload_bytes": r["payload_bytes_per_query"]["total"],
+                "raw_image_bytes": r["raw_image_bytes"],
+                "raw_image_dtype": r["raw_image_dtype"],
+                "training_cost": r["training_cost"],
+            }
+        ]
+    mode = p["method"].removeprefix("privacysf-")
+    with_unet = mode == "task"
+    cfg = job_config(
+        ctx,
+        p["dataset"],
+        p["seed"],
+        suite.size,
+        suite.epochs,
+        [f"codec.image_mode={mode}", f"compare_unet={str(with_unet).lower()}"],
+    )
+    run_dir, metrics = run_fit(cfg)
+    pf = metrics["privacysf"]
+    rows = [
+        {
+            "method": f"{PRIVACYSF} {mode}",
+            "run": run_dir,
+            **_scores(pf["test"]),
+            "mask_codec_ceiling_dice": pf["mask_codec_ceiling_dice"],
+            "payload_bytes": pf["payload_bytes_per_query"]["total"],
+            "raw_image_bytes": pf["raw_image_bytes"],
+            "raw_image_dtype": pf["raw_image_dtype"],
+            "training_cost": pf["training_cost"],
+            "pipeline_seconds": pf["training_seconds"]["center_total"]
+            + pf["upload"]["encode_seconds"]
+            + pf["training_seconds"]["server_mapper"],
+        }
+    ]
+    if with_unet:
+        u = metrics["raw_unet"]
+        rows.append(
+            {
+                "method": UNET,
+                "run": run_dir,
+                **_scores(u["test"]),
+                "training_cost": {"unet": u["training_cost"]},
+            }
+        )
+    return rows
+
+
+def run_payload(job: Job, ctx: JobContext) -> list[dict]:
+    size = job.params["size"]
+    image = np.zeros((1, size, size), np.float32)
+    rows = []
+    center, server = untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, size)
+    rows.append({"method": PRIVACYSF, "size": size, **payload_bytes(center, server, image)})
+    center, server = untrained_reference(CLASSES_FOR_SIZES, size, torch.device("cpu"))
+    rows.append({"method": REFERENCE, "size": size, **payload_bytes(center, server, image)})
+    return rows
+
+
+def run_latency(job: Job, ctx: JobContext) -> list[dict]:
+    p, suite = job.params, ctx.suite
+    torch.set_num_threads(suite.threads)
+    device = torch.device(p["device"])
+    if p["method"] == "privacysf":
+        center, server = untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, p["size"], p["device"])
+        method = PRIVACYSF
+    else:
+        center, server = untrained_reference(CLASSES_FOR_SIZES, p["size"], device)
+        method = REFERENCE
+    images = (
+        np.random.default_rng(0).standard_normal((p["batch"], 1, p["size"], p["size"])).astype(np.float32)
+    )
+    with torch.inference_mode():
+        timing = query_latency(center, server, images, device, suite.latency_repeats, suite.latency_warmup)
+    return [
+        {
+            "method": method,
+            "size": p["size"],
+            "batch": p["batch"],
+            "device": p["device"],
+            "threads": torch.get_num_threads() if p["device"] == "cpu" else None,
+            "repeats": suite.latency_repeats,
+            **timing,
+        }
+    ]
+
+
+def run_scaling(job: Job, ctx: JobContext) -> list[dict]:
+    p, suite = job.params, ctx.suite
+    cfg = job_config(
+        ctx,
+        suite.scaling_dataset,
+        0,
+        p["size"],
+        suite.scaling_epochs,
+        [f"data.train_fraction={p['fraction']}", "train.patience=1000"],
+    )
+    run_dir, metrics = run_fit(cfg)
+    train_slices = metrics["split"]["slices"]["train"]
+    costs = {**metrics["privacysf"]["training_cost"], "unet": metrics["raw_unet"]["training_cost"]}
+    return [
+        {
+            "method": UNET if stage == "unet" else PRIVACYSF,
+            "stage": stage,
+            "size": p["size"],
+            "train_fraction": p["fraction"],
+            "train_slices": train_slices,
+            "run": run_dir,
+            **cost,
+        }
+        for stage, cost in costs.items()
+    ]
+
+
+RUNNERS: dict[str, Callable[[Job, JobContext], list[dict]]] = {
+    "accuracy": run_accuracy,
+    "payload": run_payload,
+    "latency": run_latency,
+    "scaling": run_scaling,
+}

@@ -1,0 +1,177 @@
+"""Train and score the reference design on one dataset, with the same split, epochs and optimiser.
+
+The three stages mirror the method's: the image autoencoder and the mask autoencoder train at the
+center, then the server fits its per-scale mappers on the uploaded latents with an MSE loss. Every
+stage goes through the project's one training loop, so times and memory are measured alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+from privacysf.center.pipeline import payload_bytes
+from privacysf.config import ExperimentConfig
+from privacysf.data.loader import slice_batches
+from privacysf.errors import ConfigError
+from privacysf.evaluation import save_test_overlays, score_test
+from privacysf.figures import curves
+from privacysf.metrics import mean_dice
+from privacysf.reference.center import (
+    LATENT_CHANNELS,
+    SCALES,
+    MaskAutoencoder,
+    MultiScaleDecoder,
+    MultiScaleEncoder,
+    ReferenceCenter,
+    latents_to_messages,
+    messages_to_latents,
+)
+from privacysf.reference.server import ReferenceMapper, ReferenceServer
+from privacysf.runs import write_json
+from privacysf.session import open_run
+from privacysf.training import fit
+
+LABEL = "reference"
+DESCRIPTION = (
+    "Re-implementation of the published Improved Privacy-SF design from the paper's description "
+    "(multi-scale autoencoder latents, a pyramid-pooling mapper per scale, MSE on latents, float32 latents)"
+)
+
+
+def _check_size(size: int) -> None:
+    if size % max(SCALES):
+        raise ConfigError(f"the reference design needs data.size divisible by {max(SCALES)}, got {size}")
+
+
+def _latents(encode, array: np.ndarray, device: torch.device, batch_size: int = 32) -> list[torch.Tensor]:
+    with torch.no_grad():
+        parts = [
+            encode(torch.from_numpy(array[i : i + batch_size]).to(device))
+            for i in range(0, len(array), batch_size)
+        ]
+    return [torch.cat([p[s] for p in parts]).cpu() for s in range(len(SCALES))]
+
+
+def train_reference(cfg: ExperimentConfig, data, device: torch.device, run_dir: Path):
+    """The reference's center and server, trained; returns them with each stage's fit result."""
+    _check_size(cfg.data.size)
+    k = data.info.num_classes
+    batches = slice_batches(data.train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed, device)
+
+    image_encoder, image_decoder = MultiScaleEncoder(1).to(device), MultiScaleDecoder(1).to(device)
+
+    def image_step(batch):
+        x, _ = batch
+        return nn.functional.mse_loss(image_decoder(image_encoder(x)), x)
+
+    def image_validate() -> float:
+        val = torch.from_numpy(data.val.images[:64]).to(device)
+        return -float(nn.functional.mse_loss(image_decoder(image_encoder(val)), val))
+
+    image_fit = fit(
+        image_encoder,
+        batches,
+        image_step,
+        image_validate,
+        cfg.train,
+        "reference image autoencoder",
+        modules={"decoder": image_decoder},
+    )
+
+    masks = MaskAutoencoder(k).to(device)
+    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def mask_step(batch):
+        _, y = batch
+        return dice_ce(masks.decoder(masks.encode(y)), y[:, None])
+
+    def mask_validate() -> float:
+        y = torch.from_numpy(data.val.masks).to(device)
+        pred = torch.cat([masks.decoder(masks.encode(y[i : i + 32])).argmax(1) for i in range(0, len(y), 32)])
+        return mean_dice(pred.cpu().numpy(), data.val.masks, k)
+
+    mask_fit = fit(masks, batches, mask_step, mask_validate, cfg.train, "reference mask autoencoder")
+
+    # The server's data: what the center uploads, read back from float32 wire messages.
+    size = cfg.data.size
+    upload = {
+        split: (
+            messages_to_latents(
+                latents_to_messages(_latents(image_encoder, part.images, device), "image"),
+                "image",
+                size,
+                device,
+            ),
+            messages_to_latents(
+                latents_to_messages(_latents(masks.encode, part.masks, device), "mask"), "mask", size, device
+            ),
+        )
+        for split, part in (("train", data.train), ("val", data.val))
+    }
+    mapper = ReferenceMapper(LATENT_CHANNELS).to(device)
+    inputs, targets = upload["train"]
+
+    def latent_batches(epoch: int):
+        order = torch.from_numpy(np.random.default_rng(cfg.train.seed + epoch).permutation(len(inputs[0])))
+        for start in range(0, len(order), cfg.train.batch_size):
+            index = order[start : start + cfg.train.batch_size]
+            yield [z[index] for z in inputs], [z[index] for z in targets]
+
+    def mapper_step(batch):
+        x, y = batch
+        return sum(nn.functional.mse_loss(p, t) for p, t in zip(mapper(x), y, strict=True))
+
+    def mapper_validate() -> float:
+        x, y = upload["val"]
+        return -float(sum(nn.functional.mse_loss(p, t) for p, t in zip(mapper(x), y, strict=True)))
+
+    mapper_fit = fit(
+        mapper, latent_batches, mapper_step, mapper_validate, cfg.train, "reference server mappers"
+    )
+    center = ReferenceCenter(image_encoder.eval(), masks.eval(), size, device)
+    fits = {"image_autoencoder": image_fit, "mask_autoencoder": mask_fit, "server_mapper": mapper_fit}
+    return center, ReferenceServer(mapper, device), fits
+
+
+def untrained_reference(
+    num_classes: int, size: int, device: torch.device
+) -> tuple[ReferenceCenter, ReferenceServer]:
+    """Fresh reference networks at ``size``²: exact payloads and representative timings, no training."""
+    _check_size(size)
+    center = ReferenceCenter(
+        MultiScaleEncoder(1).to(device).eval(), MaskAutoencoder(num_classes).to(device).eval(), size, device
+    )
+    return center, ReferenceServer(ReferenceMapper(LATENT_CHANNELS).to(device), device)
+
+
+def run_reference(cfg: ExperimentConfig) -> tuple[Path, dict]:
+    """``privacysf reference``-style run: train, score the test split, write the run folder."""
+    _check_size(cfg.data.size)
+    session = open_run(cfg, LABEL)
+    data, device, run_dir = session.data, session.device, session.run_dir
+    center, server, fits = train_reference(cfg, data, device, run_dir)
+    pred = center.segment(server, data.test.images)
+    metrics = {
+        "dataset": data.info.name,
+        "split": data.split,
+        "reference": {
+            "description": DESCRIPTION,
+            "test": score_test(pred, data),
+            "payload_bytes_per_query": payload_bytes(center, server, data.test.images[0]),
+            "raw_image_bytes": data.raw_image_bytes,
+            "raw_image_dtype": data.info.stored_dtype,
+            "training_cost": {name: result.cost() for name, result in fits.items()},
+        },
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "history.json", {name: r.history for name, r in fits.items()})
+    save_test_overlays(run_dir / "figures" / "overlays.png", data, {"reference": pred})
+    curves(
+        run_dir / "figures" / "curves.png", {name.replace("_", " "): r.history for name, r in fits.items()}
+    )
+    return run_dir, metrics
