@@ -1,12 +1,16 @@
 """Copy an attack-suite run's report, results and pictures (no checkpoints, no keys) into docs/privacy/.
 
     python tools/publish_attacks.py RUN_FOLDER [RUN_FOLDER ...]
+    python tools/publish_attacks.py --combine NAME RUN_FOLDER [RUN_FOLDER ...]
 
 Each run lands in ``docs/privacy/<run folder name>/``: ``attacks.md`` and the curve (written from
 ``results.json`` by the current report code, so a stopped run publishes the settings it finished),
 ``results.json``, ``config.json``, ``data.json`` and the reconstruction pictures, so each figure
 in docs/threat-model.md traces back to the run that produced it. It also prints the compact summary
-table used in docs/threat-model.md.
+table used in docs/threat-model.md. With ``--combine NAME``, runs of one dataset (same split, seed and
+epochs, different settings) are also merged into ``docs/privacy/NAME/``: one attack table and one
+privacy–utility curve over every setting, each linking to its own run's reconstructions (a folder
+already under docs/privacy/ is combined as published).
 """
 
 from __future__ import annotations
@@ -39,6 +43,25 @@ def publish(run: Path) -> Path:
     return target
 
 
+def combine(name: str, runs: list[Path]) -> tuple[Path, dict]:
+    """One report over the settings of several published runs (their own folders stay as they are)."""
+    loaded = [json.loads((r / "results.json").read_text()) for r in runs]
+    if len({(res["dataset"], json.dumps(res["split"], sort_keys=True)) for res in loaded}) != 1:
+        raise SystemExit("--combine needs runs of one dataset on one split")
+    merged = {**loaded[0], "settings": [], "seconds": sum(res.get("seconds", 0) for res in loaded)}
+    seen: set[str] = set()
+    for run, res in zip(runs, loaded, strict=True):
+        for row in res["settings"]:
+            label = row["setting"] if row["setting"] not in seen else f"{row['setting']} ({run.name[:15]})"
+            seen.add(row["setting"])
+            merged["settings"].append({**row, "setting": label, "folder": f"../{run.name}/{row['folder']}"})
+    target = DOCS / name
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "RUNS").write_text("".join(f"{r.name}\n" for r in runs))
+    write_attack_report(target, ExperimentConfig.load(runs[0] / "config.json"), merged)
+    return target, merged
+
+
 def summary(results: dict) -> str:
     """One row per setting: utility, the k≈100 inversions, the shadow attack and membership."""
     lines = [
@@ -60,6 +83,17 @@ def summary(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    for folder in sys.argv[1:]:
-        print(publish(Path(folder)))
-        print(summary(json.loads((Path(folder) / "results.json").read_text())))
+    args = sys.argv[1:]
+    name = None
+    if args[:1] == ["--combine"]:
+        name, args = args[1], args[2:]
+    published = []
+    for folder in map(Path, args):
+        already = folder.resolve().parent == DOCS  # a run published before: combine it as it is
+        published.append(folder.resolve() if already else publish(folder))
+        print(published[-1])
+        print(summary(json.loads((folder / "results.json").read_text())))
+    if name:
+        target, merged = combine(name, published)
+        print(target)
+        print(summary(merged))

@@ -265,7 +265,7 @@ def write_benchmarks(
         "it alone, its run folder and config, the machine and the library versions.",
         "",
         f"Suite: {settings['description']}. Accuracy jobs: {', '.join(settings['datasets'])} at "
-        f"{settings['size']}², {settings['epochs']} epochs, seeds {settings['seeds']}, "
+        f"{settings['size']}², {settings['epochs']} epochs, seeds {', '.join(map(str, settings['seeds']))}, "
         f"{settings['threads']} CPU threads.",
     ]
     if first:
@@ -283,52 +283,41 @@ def write_benchmarks(
             f"(resume with `privacysf bench run {results['suite']} --resume RUN_FOLDER`): "
             + ", ".join(f"`{j}`" for j in missing),
         ]
-    text += ["", "## Targets", "", *_targets(rows, summary, settings)]
-    text += [
-        "",
-        "## Accuracy",
-        "",
-        "Test scores are means over the test slices of one run; the table gives their mean ± std over seeds "
-        "(the seed sets the split and the training). The reference is a re-implementation of the published "
-        "Improved Privacy-SF design from the paper's description, trained with the same split, epochs and "
-        "optimiser.",
-        "",
-        *_accuracy_table(summary, link_prefix),
+    sections = [
+        ("Targets", "", _targets(rows, summary, settings), []),
+        (
+            "Accuracy",
+            "Test scores are means over the test slices of one run; the table gives their mean ± std over "
+            "seeds (the seed sets the split and the training). The reference is a re-implementation of the "
+            "published Improved Privacy-SF design from the paper's description, trained with the same split, "
+            "epochs and optimiser.",
+            _accuracy_table(summary, link_prefix),
+            ["dice.png"],
+        ),
+        ("Payload per query", "Real wire messages, headers included.", _payload_table(rows), []),
+        (
+            "Latency",
+            "Median of the timed repetitions after warm-up, per stage, wire messages included; total is the "
+            "sum of the stage medians. Networks are untrained (the arithmetic does not depend on weights).",
+            _latency_table(rows),
+            ["latency.png"],
+        ),
+        (
+            "Training cost",
+            "Wall time and memory of each network's training. Peak RSS is the process's resident memory "
+            "sampled every 50 ms during the stage (it includes the loaded data and libraries); growth is the "
+            "rise over the stage's start.",
+            _cost_table(summary),
+            [],
+        ),
+        (
+            "Growth with image size and dataset size",
+            f"Scaling runs: {settings['scaling_dataset']}, {settings['scaling_epochs']} epochs each, seed 0.",
+            _scaling_table(rows, link_prefix),
+            ["scaling_size.png", "scaling_data.png"],
+        ),
     ]
-    if "dice.png" in plots:
-        text += ["", f"![Dice per dataset]({fig_link}/dice.png)"]
-    text += [
-        "",
-        "## Payload per query",
-        "",
-        "Real wire messages, headers included.",
-        "",
-        *_payload_table(rows),
-    ]
-    text += [
-        "",
-        "## Latency",
-        "",
-        "Median of the timed repetitions after warm-up, per stage, wire messages included; total is the "
-        "sum of the stage medians. Networks are untrained (the arithmetic does not depend on the weights).",
-        "",
-        *_latency_table(rows),
-    ]
-    if "latency.png" in plots:
-        text += ["", f"![Latency]({fig_link}/latency.png)"]
-    text += [
-        "",
-        "## Training cost",
-        "",
-        "Wall time and memory of each network's training. Peak RSS is the process's resident memory sampled "
-        "every 50 ms during the stage (it includes the loaded data and libraries); growth is the rise over "
-        "the stage's start.",
-        "",
-        *_cost_table(summary),
-        "",
-        "## Growth with image size and dataset size",
-        "",
-        *_scaling_table(rows, link_prefix),
-    ]
-    text += [f"\n![{name}]({fig_link}/{name})" for name in plots if name.startswith("scaling")]
+    for title, intro, table, pictures in sections:
+        text += ["", f"## {title}", "", *([intro, ""] if intro else []), *table]
+        text += [f"\n![{name}]({fig_link}/{name})" for name in pictures if name in plots]
     atomic_write(md_path, lambda tmp: tmp.write_text("\n".join(text) + "\n"))
