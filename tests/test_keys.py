@@ -69,3 +69,11 @@ def test_permutation_needs_an_order_blind_mapper_and_no_order_augmentation():
     ExperimentConfig().override(
         ["key.enabled=true", "key.permute_tokens=true", "mapper.kind=transformer", "augment.mixup=0.5"]
     )
+
+
+def test_the_transformer_mapper_gets_its_own_smaller_learning_rate_unless_one_is_set():
+    from privacysf.config import TRANSFORMER_LR, MapperConfig
+
+    assert MapperConfig(kind="transformer").learning_rate(3e-3) == TRANSFORMER_LR < 3e-3
+    assert MapperConfig(kind="cnn").learning_rate(3e-3) == 3e-3
+    assert MapperConfig(kind="transformer", lr=1e-4).learning_rate(3e-3) == 1e-4

@@ -7,7 +7,7 @@ that importing this package loads no such module.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +121,8 @@ class MappingServer:
             )
         grid = first.grid
         model = self.initialise(grid, first.shape[2], pairs[0][1].shape[2], first.scan, len(pairs))
-        device, cfg = self.device, self.train_cfg
+        device = self.device
+        cfg = replace(self.train_cfg, lr=self.mapper_cfg.learning_rate(self.train_cfg.lr))
 
         def stack(part: int) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.from_numpy(np.concatenate([p[part].tokens for p in pairs]))
@@ -244,6 +245,7 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
     """The mapper settings a checkpoint records; the center embedding only when on, so checkpoints
     made before the option existed still load."""
     settings = asdict(cfg)
+    del settings["lr"]  # how it was trained, not what shape it has
     if not cfg.center_embedding:
         del settings["center_embedding"]
     return settings
