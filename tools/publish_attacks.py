@@ -9,8 +9,9 @@ Each run lands in ``docs/privacy/<run folder name>/``: ``attacks.md`` and the cu
 in docs/threat-model.md traces back to the run that produced it. It also prints the compact summary
 table used in docs/threat-model.md. With ``--combine NAME``, runs of one dataset (same split, seed and
 epochs, different settings) are also merged into ``docs/privacy/NAME/``: one attack table and one
-privacy–utility curve over every setting, each linking to its own run's reconstructions (a folder
-already under docs/privacy/ is combined as published).
+privacy–utility curve over every setting, each linking to its own run's reconstructions; where runs
+repeat a setting, the later run's row is kept (a folder already under docs/privacy/ is combined as
+published).
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ def combine(name: str, runs: list[Path]) -> tuple[Path, dict]:
     loaded = [json.loads((r / "results.json").read_text()) for r in runs]
     if len({(res["dataset"], json.dumps(res["split"], sort_keys=True)) for res in loaded}) != 1:
         raise SystemExit("--combine needs runs of one dataset on one split")
-    merged = {**loaded[0], "settings": [], "seconds": sum(res.get("seconds", 0) for res in loaded)}
-    seen: set[str] = set()
+    merged = {**loaded[0], "seconds": sum(res.get("seconds", 0) for res in loaded)}
+    latest: dict[str, dict] = {}  # a later run of a setting replaces an earlier one (e.g. after a fix)
     for run, res in zip(runs, loaded, strict=True):
         for row in res["settings"]:
-            label = row["setting"] if row["setting"] not in seen else f"{row['setting']} ({run.name[:15]})"
-            seen.add(row["setting"])
-            merged["settings"].append({**row, "setting": label, "folder": f"../{run.name}/{row['folder']}"})
+            latest.pop(row["setting"], None)
+            latest[row["setting"]] = {**row, "folder": f"../{run.name}/{row['folder']}"}
+    merged["settings"] = list(latest.values())
     target = DOCS / name
     target.mkdir(parents=True, exist_ok=True)
     (target / "RUNS").write_text("".join(f"{r.name}\n" for r in runs))

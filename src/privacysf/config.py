@@ -31,8 +31,8 @@ ORDER_BLIND_MAPPERS = ("transformer",)
 """Mapper kinds that can learn through a secret permutation of the token positions."""
 TRANSFORMER_LR = 5e-4
 """Default learning rate of the transformer mapper: at the shared 3e-3 its training diverged on
-icbm152-tissue task-mode codes (validation MSE above the codes' variance, Dice 0.04), at 5e-4 it
-reached Dice 0.75 in 8 epochs (docs/threat-model.md)."""
+icbm152-tissue task-mode keyed codes (Dice 0.043); at 5e-4 the same setting reached Dice 0.762
+(docs/threat-model.md, attack runs 3 and 4)."""
 CENTER_PARTITIONS = ("iid", "size-skew", "label-skew")
 """How ``privacysf federate`` deals one dataset's cases to centers (see ``privacysf.data.centers``)."""
 FEDERATION_MODES = ("alone", "pooled", "pooled-noembed", "fedavg-codecs", "unet-fedavg", "unet-pooled")
