@@ -83,6 +83,8 @@ def _targets(rows: list[dict], summary: dict, settings: dict) -> list[str]:
             out.append(_target(f"{dataset}: Dice above the reference", measured, gap > 0, f"by {-gap:.3f}"))
     payload = {r["method"]: r for r in rows if r["kind"] == "payload"}
     dtypes = {r["dataset"]: r["raw_image_dtype"] for r in rows if r.get("raw_image_dtype")}
+    if not dtypes:  # no dataset measured yet: the allowance for the common stored dtypes
+        dtypes = {f"raw image stored as {dtype}": dtype for dtype in ("uint8", "int16", "float32")}
     if PRIVACYSF in payload:
         p = payload[PRIVACYSF]
         for dataset, dtype in sorted(dtypes.items()):

@@ -83,7 +83,7 @@ def run_bench(
     else:
         run_dir = new_run_dir(out, f"bench-{suite.name}")
         results = {"suite": suite.name, "settings": dataclasses.asdict(suite), "planned": [], "rows": []}
-    results["planned"] = list(dict.fromkeys(results["planned"] + [j.id for j in jobs]))
+    results["planned"] = [j.id for j in plan(suite)]  # the whole suite: the report says what is missing
     done = {row["job"] for row in results["rows"]}
     todo = [j for j in jobs if j.id not in done]
     ctx = JobContext(suite, run_dir / "runs", device.type, progress)
