@@ -34,15 +34,21 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
 
 def apply_in_batches(
-    fn: Callable[[torch.Tensor], torch.Tensor], array: np.ndarray, device: torch.device, batch_size: int = 32
-) -> torch.Tensor:
-    """``fn`` over ``array`` in mini-batches on ``device``, concatenated on the CPU (no gradients)."""
+    fn: Callable[[torch.Tensor], Any], array: np.ndarray, device: torch.device, batch_size: int = 32
+) -> Any:
+    """``fn`` over ``array`` in mini-batches on ``device``, concatenated on the CPU (no gradients).
+
+    ``fn`` returns a tensor, or a list of tensors (a multi-scale encoder): then each is concatenated
+    on its own and the list is returned.
+    """
     with torch.no_grad():
         parts = [
-            fn(torch.from_numpy(np.ascontiguousarray(array[i : i + batch_size])).to(device)).cpu()
+            fn(torch.from_numpy(np.ascontiguousarray(array[i : i + batch_size])).to(device))
             for i in range(0, len(array), batch_size)
         ]
-    return torch.cat(parts)
+    if isinstance(parts[0], (list, tuple)):
+        return [torch.cat([t.cpu() for t in column]) for column in zip(*parts, strict=True)]
+    return torch.cat([t.cpu() for t in parts])
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -22,7 +22,6 @@ LATENCY_TARGET = {"size": 256, "batch": 1, "device": "cpu", "threads": 2}
 TRAINING_TARGET_SECONDS = 600.0
 TRAINING_TARGET = {"dataset": "icbm152-tissue", "size": 128}
 DEFAULT_MODE = f"{PRIVACYSF} task"
-ITEMSIZE = {"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "float16": 2, "float32": 4, "float64": 8}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -88,7 +87,7 @@ def _targets(rows: list[dict], summary: dict, settings: dict) -> list[str]:
     if PRIVACYSF in payload:
         p = payload[PRIVACYSF]
         for dataset, dtype in sorted(dtypes.items()):
-            raw = p["size"] ** 2 * ITEMSIZE.get(dtype, 4)
+            raw = p["size"] ** 2 * np.dtype(dtype).itemsize
             share = p["total"] / raw
             name = f"{dataset}: payload per {p['size']}² query ≤ ¼ of the raw image ({dtype}, {raw} B)"
             miss = f"{share / PAYLOAD_SHARE_TARGET:.2f} × the allowance"
@@ -201,7 +200,7 @@ def _scaling_table(rows: list[dict], link: str) -> list[str]:
     return out
 
 
-def _plots(rows: list[dict], summary: dict, figures: Path) -> list[str]:
+def _plots(rows: list[dict], summary: dict, settings: dict, figures: Path) -> list[str]:
     made = []
     datasets = sorted({d for d, _ in summary})
     methods = list(dict.fromkeys(m for _, m in summary))
@@ -225,13 +224,11 @@ def _plots(rows: list[dict], summary: dict, figures: Path) -> list[str]:
         stacked_bars(figures / "latency.png", labels, stacks, "ms per query (median)", "latency at batch 1")
         made.append("latency.png")
     scaling = [r for r in rows if r["kind"] == "scaling"]
-    for axis, fixed, name, xlabel in (
-        ("size", "train_fraction", "scaling_size.png", "image side (pixels)"),
-        ("train_slices", "size", "scaling_data.png", "training slices"),
+    for axis, fixed, value, name, xlabel in (
+        ("size", "train_fraction", 1.0, "scaling_size.png", "image side (pixels)"),
+        ("train_slices", "size", settings["size"], "scaling_data.png", "training slices"),
     ):
-        keep = [
-            r for r in scaling if r[fixed] == (1.0 if fixed == "train_fraction" else _common_size(scaling))
-        ]
+        keep = [r for r in scaling if r[fixed] == value]
         series: dict[str, tuple[list[float], list[float]]] = {}
         for r in sorted(keep, key=lambda r: r[axis]):
             xs, ys = series.setdefault(_stage(r["stage"]), ([], []))
@@ -243,11 +240,6 @@ def _plots(rows: list[dict], summary: dict, figures: Path) -> list[str]:
     return made
 
 
-def _common_size(scaling: list[dict]) -> int | None:
-    fractions = [r for r in scaling if r["train_fraction"] != 1.0]
-    return fractions[0]["size"] if fractions else None
-
-
 def write_benchmarks(
     results: dict, md_path: Path, figures: Path, link_prefix: str, results_link: str
 ) -> None:
@@ -256,8 +248,8 @@ def write_benchmarks(
     summary = accuracy_summary(rows)
     done = {r["job"] for r in rows}
     missing = [j for j in results["planned"] if j not in done]
-    plots = _plots(rows, summary, figures)
-    fig_link = Path(*Path(figures).relative_to(md_path.parent).parts).as_posix()
+    plots = _plots(rows, summary, settings, figures)
+    fig_link = figures.relative_to(md_path.parent).as_posix()
     first = rows[0] if rows else {}
     text = [
         f"# Benchmarks ({results['suite']} suite)",

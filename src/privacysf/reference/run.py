@@ -34,6 +34,7 @@ from privacysf.reference.center import (
 from privacysf.reference.server import ReferenceMapper, ReferenceServer
 from privacysf.runs import write_json
 from privacysf.session import open_run
+from privacysf.torchutil import apply_in_batches
 from privacysf.training import fit
 
 LABEL = "reference"
@@ -48,16 +49,7 @@ def _check_size(size: int) -> None:
         raise ConfigError(f"the reference design needs data.size divisible by {max(SCALES)}, got {size}")
 
 
-def _latents(encode, array: np.ndarray, device: torch.device, batch_size: int = 32) -> list[torch.Tensor]:
-    with torch.no_grad():
-        parts = [
-            encode(torch.from_numpy(array[i : i + batch_size]).to(device))
-            for i in range(0, len(array), batch_size)
-        ]
-    return [torch.cat([p[s] for p in parts]).cpu() for s in range(len(SCALES))]
-
-
-def train_reference(cfg: ExperimentConfig, data, device: torch.device, run_dir: Path):
+def train_reference(cfg: ExperimentConfig, data, device: torch.device):
     """The reference's center and server, trained; returns them with each stage's fit result."""
     _check_size(cfg.data.size)
     k = data.info.num_classes
@@ -91,26 +83,18 @@ def train_reference(cfg: ExperimentConfig, data, device: torch.device, run_dir: 
         return dice_ce(masks.decoder(masks.encode(y)), y[:, None])
 
     def mask_validate() -> float:
-        y = torch.from_numpy(data.val.masks).to(device)
-        pred = torch.cat([masks.decoder(masks.encode(y[i : i + 32])).argmax(1) for i in range(0, len(y), 32)])
-        return mean_dice(pred.cpu().numpy(), data.val.masks, k)
+        pred = apply_in_batches(lambda y: masks.decoder(masks.encode(y)).argmax(1), data.val.masks, device)
+        return mean_dice(pred.numpy(), data.val.masks, k)
 
     mask_fit = fit(masks, batches, mask_step, mask_validate, cfg.train, "reference mask autoencoder")
 
     # The server's data: what the center uploads, read back from float32 wire messages.
-    size = cfg.data.size
+    def uploaded(encode, array: np.ndarray, kind: str) -> list[torch.Tensor]:
+        message = latents_to_messages(apply_in_batches(encode, array, device), kind)
+        return messages_to_latents(message, kind, cfg.data.size, device)
+
     upload = {
-        split: (
-            messages_to_latents(
-                latents_to_messages(_latents(image_encoder, part.images, device), "image"),
-                "image",
-                size,
-                device,
-            ),
-            messages_to_latents(
-                latents_to_messages(_latents(masks.encode, part.masks, device), "mask"), "mask", size, device
-            ),
-        )
+        split: (uploaded(image_encoder, part.images, "image"), uploaded(masks.encode, part.masks, "mask"))
         for split, part in (("train", data.train), ("val", data.val))
     }
     mapper = ReferenceMapper(LATENT_CHANNELS).to(device)
@@ -133,7 +117,7 @@ def train_reference(cfg: ExperimentConfig, data, device: torch.device, run_dir: 
     mapper_fit = fit(
         mapper, latent_batches, mapper_step, mapper_validate, cfg.train, "reference server mappers"
     )
-    center = ReferenceCenter(image_encoder.eval(), masks.eval(), size, device)
+    center = ReferenceCenter(image_encoder.eval(), masks.eval(), cfg.data.size, device)
     fits = {"image_autoencoder": image_fit, "mask_autoencoder": mask_fit, "server_mapper": mapper_fit}
     return center, ReferenceServer(mapper, device), fits
 
@@ -154,7 +138,7 @@ def run_reference(cfg: ExperimentConfig) -> tuple[Path, dict]:
     _check_size(cfg.data.size)
     session = open_run(cfg, LABEL)
     data, device, run_dir = session.data, session.device, session.run_dir
-    center, server, fits = train_reference(cfg, data, device, run_dir)
+    center, server, fits = train_reference(cfg, data, device)
     pred = center.segment(server, data.test.images)
     metrics = {
         "dataset": data.info.name,
