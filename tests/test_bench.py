@@ -42,7 +42,7 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
             assert (run_dir / row["config"]).is_file() and (run_dir / row["run"] / "metrics.json").is_file()
 
     accuracy = [r for r in results["rows"] if r["kind"] == "accuracy"]
-    methods = {f"{PRIVACYSF} task", f"{PRIVACYSF} autoencoder", UNET, REFERENCE}
+    methods = {f"{PRIVACYSF} {mode}" for mode in ("task", "autoencoder", "private")} | {UNET, REFERENCE}
     assert {r["method"] for r in accuracy} == methods
     for r in accuracy:
         assert 0 <= r["dice"] <= 1 and 0 <= r["iou"] <= r["dice"] + 1e-9, r
@@ -78,7 +78,8 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
 def test_report_has_every_section_and_only_numbers_from_the_results(quick, tmp_path):
     run_dir, results = quick
     text = (run_dir / "benchmarks.md").read_text()
-    for heading in ("## Targets", "## Accuracy", "## Payload per query", "## Latency", "## Training cost"):
+    headings = ("## Targets", "## Accuracy", "## Dice per seed", "## Payload per query", "## Latency")
+    for heading in (*headings, "## Training cost"):
         assert heading in text
     assert "Partial run" not in text
     ours = next(r for r in results["rows"] if r["method"] == f"{PRIVACYSF} task" and r["kind"] == "accuracy")

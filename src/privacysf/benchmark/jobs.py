@@ -103,14 +103,16 @@ def _scores(test: dict) -> dict:
 
 def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
     p, suite = job.params, ctx.suite
+    epochs = suite.epochs_for(p["dataset"])
     if p["method"] == "reference":
-        cfg = job_config(ctx, p["dataset"], p["seed"], suite.size, suite.epochs, ["compare_unet=false"])
+        cfg = job_config(ctx, p["dataset"], p["seed"], suite.size, epochs, ["compare_unet=false"])
         run_dir, metrics = run_reference(cfg)
         r = metrics["reference"]
         return [
             {
                 "method": REFERENCE,
                 "run": run_dir,
+                "epochs": epochs,
                 **_scores(r["test"]),
                 "payload_bytes": r["payload_bytes_per_query"]["total"],
                 "raw_image_bytes": r["raw_image_bytes"],
@@ -125,7 +127,7 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
         p["dataset"],
         p["seed"],
         suite.size,
-        suite.epochs,
+        epochs,
         [f"codec.image_mode={mode}", f"compare_unet={str(with_unet).lower()}"],
     )
     run_dir, metrics = run_fit(cfg)
@@ -134,6 +136,7 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
         {
             "method": f"{PRIVACYSF} {mode}",
             "run": run_dir,
+            "epochs": epochs,
             **_scores(pf["test"]),
             "mask_codec_ceiling_dice": pf["mask_codec_ceiling_dice"],
             "payload_bytes": pf["payload_bytes_per_query"]["total"],
@@ -151,6 +154,7 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
             {
                 "method": UNET,
                 "run": run_dir,
+                "epochs": epochs,
                 **_scores(u["test"]),
                 "training_cost": {"unet": u["training_cost"]},
             }

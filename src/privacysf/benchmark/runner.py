@@ -82,7 +82,8 @@ def run_bench(
         run_dir, results = resume, _load(resume, suite)
     else:
         run_dir = new_run_dir(out, f"bench-{suite.name}")
-        results = {"suite": suite.name, "settings": dataclasses.asdict(suite), "planned": [], "rows": []}
+        results = {"suite": suite.name, "planned": [], "rows": []}
+    results["settings"] = dataclasses.asdict(suite)  # each row also records its own config and epochs
     results["planned"] = [j.id for j in plan(suite)]  # the whole suite: the report says what is missing
     done = {row["job"] for row in results["rows"]}
     todo = [j for j in jobs if j.id not in done]
