@@ -47,6 +47,7 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
     for r in accuracy:
         assert 0 <= r["dice"] <= 1 and 0 <= r["iou"] <= r["dice"] + 1e-9, r
         assert r["hd95"] >= r["assd"] >= 0 and r["test_slices"] > 0
+        assert r["epochs"] == 2
         for cost in r["training_cost"].values():
             assert cost["epochs"] == 2 and cost["seconds"] > 0 and cost["peak_rss_mb"] > 100
     ours = next(r for r in accuracy if r["method"] == f"{PRIVACYSF} task")
@@ -104,6 +105,11 @@ def test_resume_skips_finished_jobs_and_only_selects(quick, tmp_path):
         "latency/cpu/reference/64/b1",
         "latency/cpu/reference/64/b4",
     ]
+    full = {j.id: j.params.get("epochs") for j in plan(SUITES["full"])}
+    assert (
+        full["accuracy/cells3d-nuclei/seed0/reference"] == 150
+        and full["accuracy/phantom/seed2/reference"] == 30
+    )
     with pytest.raises(ConfigError, match="matches no job"):
         select(plan(SUITES["quick"]), ["nothing/*"])
     with pytest.raises(ConfigError, match="holds the 'quick' suite"):

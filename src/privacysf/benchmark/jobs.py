@@ -56,15 +56,20 @@ def plan(suite: BenchSuite) -> list[Job]:
     for dataset in suite.datasets:
         for seed in suite.seeds:
             for method in suite.methods:
-                params = {"dataset": dataset, "seed": seed, "method": method}
+                params = {
+                    "dataset": dataset,
+                    "seed": seed,
+                    "method": method,
+                    "epochs": suite.epochs_for(dataset),
+                }
                 jobs.append(Job(f"accuracy/{dataset}/seed{seed}/{method}", "accuracy", params))
     for size in suite.scaling_sizes:
-        jobs.append(Job(f"scaling/size{size}", "scaling", {"size": size, "fraction": 1.0}))
+        params = {"size": size, "fraction": 1.0, "epochs": suite.scaling_epochs}
+        jobs.append(Job(f"scaling/size{size}", "scaling", params))
     for fraction in suite.scaling_fractions:
         if fraction != 1.0 or suite.size not in suite.scaling_sizes:
-            jobs.append(
-                Job(f"scaling/fraction{fraction}", "scaling", {"size": suite.size, "fraction": fraction})
-            )
+            params = {"size": suite.size, "fraction": fraction, "epochs": suite.scaling_epochs}
+            jobs.append(Job(f"scaling/fraction{fraction}", "scaling", params))
     return jobs
 
 
@@ -103,16 +108,14 @@ def _scores(test: dict) -> dict:
 
 def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
     p, suite = job.params, ctx.suite
-    epochs = suite.epochs_for(p["dataset"])
     if p["method"] == "reference":
-        cfg = job_config(ctx, p["dataset"], p["seed"], suite.size, epochs, ["compare_unet=false"])
+        cfg = job_config(ctx, p["dataset"], p["seed"], suite.size, p["epochs"], ["compare_unet=false"])
         run_dir, metrics = run_reference(cfg)
         r = metrics["reference"]
         return [
             {
                 "method": REFERENCE,
                 "run": run_dir,
-                "epochs": epochs,
                 **_scores(r["test"]),
                 "payload_bytes": r["payload_bytes_per_query"]["total"],
                 "raw_image_bytes": r["raw_image_bytes"],
@@ -127,7 +130,7 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
         p["dataset"],
         p["seed"],
         suite.size,
-        epochs,
+        p["epochs"],
         [f"codec.image_mode={mode}", f"compare_unet={str(with_unet).lower()}"],
     )
     run_dir, metrics = run_fit(cfg)
@@ -136,7 +139,6 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
         {
             "method": f"{PRIVACYSF} {mode}",
             "run": run_dir,
-            "epochs": epochs,
             **_scores(pf["test"]),
             "mask_codec_ceiling_dice": pf["mask_codec_ceiling_dice"],
             "payload_bytes": pf["payload_bytes_per_query"]["total"],
@@ -154,7 +156,6 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
             {
                 "method": UNET,
                 "run": run_dir,
-                "epochs": epochs,
                 **_scores(u["test"]),
                 "training_cost": {"unet": u["training_cost"]},
             }
@@ -208,7 +209,7 @@ def run_scaling(job: Job, ctx: JobContext) -> list[dict]:
         suite.scaling_dataset,
         0,
         p["size"],
-        suite.scaling_epochs,
+        p["epochs"],
         [f"data.train_fraction={p['fraction']}", "train.patience=1000"],
     )
     run_dir, metrics = run_fit(cfg)

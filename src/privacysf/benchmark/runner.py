@@ -51,6 +51,7 @@ def _row_fields(job: Job, suite: BenchSuite, run_dir: Path, device) -> dict:
         "kind": job.kind,
         "dataset": job.params.get("dataset", suite.scaling_dataset if job.kind == "scaling" else None),
         "seed": job.params.get("seed"),
+        "epochs": job.params.get("epochs"),
         "command": f"privacysf bench run {suite.name} --only {job.id}",
         "machine": machine(device),
         "versions": versions(),
@@ -77,14 +78,15 @@ def run_bench(
     """Run (or resume) a suite; ``results.json`` is rewritten after every job, the report at the end."""
     suite = get_suite(suite_name)
     device = resolve_device(device_name)
-    jobs = select(plan(suite), only or [])
+    planned = plan(suite)
+    jobs = select(planned, only or [])
     if resume is not None:
         run_dir, results = resume, _load(resume, suite)
     else:
         run_dir = new_run_dir(out, f"bench-{suite.name}")
-        results = {"suite": suite.name, "planned": [], "rows": []}
+        results = {"suite": suite.name, "rows": []}
     results["settings"] = dataclasses.asdict(suite)  # each row also records its own config and epochs
-    results["planned"] = [j.id for j in plan(suite)]  # the whole suite: the report says what is missing
+    results["planned"] = [j.id for j in planned]  # the whole suite: the report says what is missing
     done = {row["job"] for row in results["rows"]}
     todo = [j for j in jobs if j.id not in done]
     ctx = JobContext(suite, run_dir / "runs", device.type, progress)
