@@ -115,6 +115,8 @@ def test_resume_skips_finished_jobs_and_only_selects(quick, tmp_path):
     with pytest.raises(ConfigError, match="holds the 'quick' suite"):
         run_bench("full", resume=run_dir, only=["payload"], progress=False)
     assert main(["bench", "run", "nightly", "--list"]) == 2
+    assert main(["bench", "report", str(tmp_path), "--docs", str(tmp_path / "docs")]) == 2
+    assert not (tmp_path / "docs").exists()
 
 
 def test_reference_latents_and_payload_match_the_published_design():

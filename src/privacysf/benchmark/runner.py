@@ -34,11 +34,15 @@ def select(jobs: list[Job], patterns: list[str]) -> list[Job]:
     return picked
 
 
-def _load(run_dir: Path, suite: BenchSuite) -> dict:
+def _read_results(run_dir: Path) -> dict:
     path = run_dir / RESULTS
     if not path.is_file():
         raise ConfigError(f"{run_dir} has no {RESULTS}; pass a folder written by `privacysf bench run`")
-    results = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def _load(run_dir: Path, suite: BenchSuite) -> dict:
+    results = _read_results(run_dir)
     if results.get("suite") != suite.name:
         raise ConfigError(f"{run_dir} holds the {results.get('suite')!r} suite, not {suite.name!r}")
     return results
@@ -119,7 +123,7 @@ def publish(run_dir: Path, docs: Path) -> Path:
     The Markdown lands at ``docs/benchmarks.md`` and everything it cites under ``docs/benchmarks/``,
     so each published number can be traced to a results file and the run folder it came from.
     """
-    results = json.loads((run_dir / RESULTS).read_text())
+    results = _read_results(run_dir)  # before anything already published is replaced
     target = docs / "benchmarks"
     if target.exists():
         shutil.rmtree(target)
