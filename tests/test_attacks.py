@@ -6,9 +6,17 @@ import numpy as np
 import pytest
 import torch
 
+from privacysf.attacks import lookup
 from privacysf.attacks.encoded import encoded_data_analysis, pool_to_grid
 from privacysf.attacks.inversion import recover_order
-from privacysf.attacks.measures import auc_with_interval, image_similarity, reidentification_top1
+from privacysf.attacks.measures import (
+    auc_with_interval,
+    image_similarity,
+    mean_interval,
+    per_image_ssim,
+    reidentification_top1,
+    ssim_matrix,
+)
 from privacysf.attacks.shadow import align_channels
 from privacysf.center.codecs import _ReverseGradient
 from privacysf.cli import main
@@ -97,7 +105,50 @@ def test_transformer_mapper_is_blind_to_a_fixed_token_permutation():
     torch.testing.assert_close(permuted, reference[:, perm], atol=1e-5, rtol=1e-4)
 
 
-def test_attack_suite_end_to_end_writes_a_complete_sane_report(tmp_path):
+def test_lookup_ridge_and_oracle_on_known_answers_and_blind_to_a_distance_preserving_key():
+    """Ridge recovers images that are a linear function of the codes; lookup and ridge ignore the key."""
+    rng = np.random.default_rng(0)
+    images = _images(n=200)  # images a linear function of 64 cells: 150 pairs pin the map down
+    pooled = pool_to_grid(images, GRID).reshape(200, -1, 1)
+    tokens = np.concatenate([pooled, rng.normal(size=pooled.shape) * 0.1], axis=2).astype(np.float32)
+    leaked, held = slice(0, 150), slice(150, 200)
+    exact = lookup.ridge(tokens[held], tokens[leaked], images[leaked])
+    assert image_similarity(exact, images[held], 1.0)["ssim"] > 0.95
+    assert image_similarity(lookup.mean_image(images[leaked], 50), images[held], 1.0)["ssim"] < 0.5
+    q, _ = np.linalg.qr(rng.normal(size=(2, 2)))
+    perm = rng.permutation(tokens.shape[1])
+    keyed_tokens = (tokens[:, perm] @ q).astype(np.float32) / 1.7
+    np.testing.assert_allclose(
+        lookup.ridge(keyed_tokens[held], keyed_tokens[leaked], images[leaked]), exact, atol=1e-3
+    )
+    np.testing.assert_array_equal(
+        lookup.lookup(keyed_tokens[held], keyed_tokens[leaked], images[leaked]),
+        lookup.lookup(tokens[held], tokens[leaked], images[leaked]),
+    )
+    np.testing.assert_array_equal(lookup.oracle_best(images[5:8], images[:40], 1.0), images[5:8])
+    mean = lookup.mean_image(images[:50], 3)
+    assert mean.shape == (3, *images.shape[1:]) and np.allclose(mean[0], images[:50].mean(0))
+
+
+def test_ssim_matrix_equals_monai_pair_by_pair():
+    rng = np.random.default_rng(0)
+    truth = _images(n=3, size=32)
+    candidates = np.clip(truth[[2, 0, 1, 1]] + rng.normal(0, 0.1, (4, 1, 32, 32)), 0, 1).astype(np.float32)
+    matrix = ssim_matrix(truth, candidates, 1.0)
+    for i in range(3):
+        expected = per_image_ssim(candidates, np.repeat(truth[i : i + 1], 4, axis=0), 1.0)
+        np.testing.assert_allclose(matrix[i], expected, atol=1e-5)
+    assert list(matrix.argmax(axis=1)) == [1, 2, 0]  # each truth's own noisy copy scores best
+
+
+def test_mean_interval_covers_the_mean_and_narrows_with_more_queries():
+    rng = np.random.default_rng(0)
+    small, large = mean_interval(rng.normal(size=20)), mean_interval(rng.normal(size=2000))
+    assert small["ci_low"] < small["mean"] < small["ci_high"]
+    assert large["ci_high"] - large["ci_low"] < (small["ci_high"] - small["ci_low"]) / 5
+
+
+def test_attack_suite_end_to_end_is_cross_subject_and_the_key_keeps_what_a_lookup_sees(tmp_path):
     code = main(
         [
             "attack",
@@ -112,19 +163,22 @@ def test_attack_suite_end_to_end_writes_a_complete_sane_report(tmp_path):
             str(tmp_path),
             "--modes",
             "task",
-            "private",
-            "--lambdas",
-            "1",
             "--keys",
             "none",
+            "mix",
             "mix+perm",
             "--k",
             "5",
             "0",
+            "--seeds",
+            "0",
+            "1",
             "--set",
             "data.phantom_cases=16",
             "--set",
             "attack.attacker_steps=10",
+            "--set",
+            "attack.curve_steps=[5,20]",
             "--set",
             "attack.bootstrap=20",
             "--set",
@@ -134,22 +188,34 @@ def test_attack_suite_end_to_end_writes_a_complete_sane_report(tmp_path):
     assert code == 0
     (run,) = tmp_path.iterdir()
     results = json.loads((run / "results.json").read_text())
-    assert [r["setting"] for r in results["settings"]] == [
-        "task / key none",
-        "task / key mix+perm",
-        "private λ=1 / key none",
-        "private λ=1 / key mix+perm",
-    ]
+    names = ["task / key none", "task / key mix", "task / key mix+perm"]
+    assert [(r["setting"], r["seed"]) for r in results["settings"]] == [(n, s) for s in (0, 1) for n in names]
     for row in results["settings"]:
         a = row["attacks"]
-        assert 0 <= row["dice"] <= 1 and row["mapper"] == ("transformer" if "perm" in row["key"] else "cnn")
-        assert {"inversion k=5", "shadow codec"} <= set(a["image"]) and len(a["image"]) == 3
-        assert all(-1 <= v["ssim"] <= 1 for v in a["image"].values())
-        assert all(0 <= v["dice"] <= 1 for n, v in a["mask"].items() if n.startswith("inversion"))
-        assert 0 <= a["membership"]["loss_threshold"]["auc"] <= 1
+        assert a["well_posed"]["cross_subject"], a["well_posed"]  # queried subjects never leaked
+        assert row["mapper"] == ("transformer" if "perm" in row["key"] else "cnn")
+        curve = a["image"]["inversion k=all"]["curve"]
+        assert list(curve) == ["5", "20"] and a["image"]["inversion k=all"]["steps"] in (5, 20)
+        kinds = {v["kind"] for v in a["image"].values()}
+        assert kinds == {"attack", "baseline", "oracle"}
+        assert all(
+            len(v["per_query"]) == len(a["image"]["mean image k=5"]["per_query"]) for v in a["image"].values()
+        )
+        assert ("key" in a) == (row["key"] == "mix+perm")
         assert (run / row["folder"] / "attacks.png").is_file()
         if row["key"] != "none":
             assert (run / row["folder"] / "center" / "key.json").is_file()
-    for name in ("attacks.md", "privacy_utility.png", "config.json", "data.json"):
+    for seed in (0, 1):
+        by_key = {r["key"]: r["attacks"]["image"] for r in results["settings"] if r["seed"] == seed}
+        for name in ("nearest-code lookup k=all", "ridge k=all"):  # distances survive mixing and permutation
+            for key in ("mix", "mix+perm"):
+                assert abs(by_key[key][name]["ssim"] - by_key["none"][name]["ssim"]) < 0.03, (name, key)
+        oracle, lookup_ssim = (
+            by_key["none"]["oracle best leaked k=all"],
+            by_key["none"]["nearest-code lookup k=all"],
+        )
+        assert oracle["ssim"] >= lookup_ssim["ssim"]  # the oracle is the ceiling of every lookup
+    report = (run / "attacks.md").read_text()
+    assert "Cross-subject (well posed)" in report and "## Attacks on the key's permutation" in report
+    for name in ("config.json", "results.json", "privacy_utility.png", "inversion_curve.png"):
         assert (run / name).is_file(), name
-    assert "## Attack table" in (run / "attacks.md").read_text()

@@ -1,15 +1,18 @@
 """The center's secret key: exact inverse, bounded keyed codes, per-key difference, private storage."""
 
+import os
 import stat
 
 import numpy as np
 import pytest
+from keykit import assert_no_secret, secret_forms
 
-from privacysf.center.keys import CenterKey, KeyedTransform
+from privacysf.center.keys import KEY_FILE_MODE, CenterKey, KeyedTransform
 from privacysf.config import ExperimentConfig, KeyConfig
 from privacysf.errors import ConfigError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER
+from privacysf.runs import write_json
 
 CHANNELS = {"image": 4, "mask": 6}
 
@@ -49,6 +52,47 @@ def test_two_keys_give_different_transforms_and_one_key_is_reproducible(tmp_path
     np.testing.assert_array_equal(first.forward(plain, "image"), again.forward(plain, "image"))
     assert not np.allclose(first.forward(plain, "image"), other.forward(plain, "image"))
     assert stat.S_IMODE((tmp_path / "key.json").stat().st_mode) == 0o600  # readable by the center only
+
+
+def test_the_key_file_is_private_by_its_own_chmod_not_by_the_umask(tmp_path):
+    """Under a permissive umask an ordinary output is world-readable, so only the key's chmod hides it."""
+    previous = os.umask(0o000)
+    try:
+        CenterKey.create().save(tmp_path / "key.json")
+        write_json(tmp_path / "metrics.json", {"dice": 1.0})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o666
+    assert stat.S_IMODE((tmp_path / "key.json").stat().st_mode) == KEY_FILE_MODE == 0o600
+
+
+def test_secret_forms_cover_every_derived_part_and_skip_identities():
+    key = CenterKey(bytes(range(32)))
+    full = secret_forms(key, KeyedTransform(key, KeyConfig(True, True, True), 256, CHANNELS))
+    for name in ["secret/HEX", "secret/urlsafe-base64-unpadded", "secret/key-file", "inverse/json-compact"]:
+        assert name in full
+    assert "mixing/mask/q.T/float16-be" in full and "mixing/image/q/scale/float64-le" in full
+    assert "permutation/uint8-le" in full and "permutation/int8-le" not in full  # 255 overflows int8
+    short = secret_forms(key, KeyedTransform(key, KeyConfig(True, True, True), 8, CHANNELS))
+    assert "inverse/uint8-be" not in short and "inverse/int16-be" in short  # 8 bytes: too short to search
+    bare = secret_forms(key, KeyedTransform(key, KeyConfig(True, False, False), 256, CHANNELS))
+    assert all(name.startswith("secret/") for name in bare)  # identity matrices and arange are no secret
+
+
+def test_assert_no_secret_finds_a_planted_form_and_passes_clean_bytes():
+    key = CenterKey(bytes(range(32)))
+    transform = KeyedTransform(key, KeyConfig(True, True, True), 64, CHANNELS)
+    forms = secret_forms(key, transform)
+    noise = np.random.default_rng(0).bytes(4096)
+    assert_no_secret([noise, b""], forms)
+    planted = {
+        "inverse/int32-be": transform.inverse_permutation.astype(">i4").tobytes(),
+        "mixing/image/q/float16-le": transform.mixing["image"][0].astype("<f2").tobytes(),
+    }
+    for name, form in planted.items():
+        blob = noise[:1000] + form + noise[1000:]
+        with pytest.raises(AssertionError, match=f"{name!r} found in blob 1"):
+            assert_no_secret([noise, blob], forms)
 
 
 def test_missing_or_broken_keys_are_clear_errors(tmp_path):

@@ -156,6 +156,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
             "private_weights": args.lambdas,
             "leaked_pairs": args.k,
             "public_dataset": args.public,
+            "seeds": args.seeds,
         },
     )
     run_dir, _ = run_attack_suite(build_config(args).override(sets))
@@ -259,7 +260,12 @@ def make_parser() -> argparse.ArgumentParser:
     attack.add_argument("--lambdas", nargs="+", type=float, help="private-mode weights λ to try")
     attack.add_argument("--keys", nargs="+", choices=KEY_SETTINGS, help="key settings to compare")
     attack.add_argument("--k", nargs="+", type=int, help="leaked pairs of the inversion attacks (0 = all)")
-    attack.add_argument("--public", help="public dataset of the shadow attacker (a built-in name)")
+    attack.add_argument(
+        "--public", help="public data of the shadow attacker: a built-in name or leaked-subjects"
+    )
+    attack.add_argument(
+        "--seeds", nargs="+", type=int, help="one split and training per seed; intervals pool them"
+    )
     attack.set_defaults(func=cmd_attack)
 
     payload = commands.add_parser("payload", help="bytes per query (image code up + mask code down)")

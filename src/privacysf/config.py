@@ -234,9 +234,20 @@ class AttackConfig:
     leaked_pairs: tuple[int, ...] = (10, 100, 0)
     """k of the inversion attacks: pairs leaked from the center's training + validation data (0 = all)."""
     public_dataset: str = ""
-    """Public data for the shadow attack: a built-in dataset of the same modality ("" = default pair)."""
+    """Public data for the shadow attack: a built-in dataset of the same modality, ``leaked-subjects``
+    (the non-query subjects of the victim's own dataset) or "" for the dataset's default."""
     attacker_steps: int = 300
-    """Optimiser steps of every attacker decoder (batch 8)."""
+    """Optimiser steps of every attacker decoder (batch 8) except the inversion curve below."""
+    decoder_width: int = 0
+    """Width of every attacker decoder (0 = the centers' own ``codec.width``). A decoder step at 128²
+    costs about 1.5 s at width 32 on two CPU cores and a quarter of that at 16."""
+    curve_steps: tuple[int, ...] = (100, 300, 1000, 3000)
+    """The image inversion from the most leaked pairs is trained this long and scored at each step
+    count: its figure is a curve, not one budget, and the table shows its best point."""
+    seeds: tuple[int, ...] = (0,)
+    """Each seed is one split and one training of every setting (``data.seed`` and ``train.seed``);
+    intervals pool the attacked queries of all seeds. On ``brain-3subjects`` seeds 0, 1 and 5 hold out
+    ICBM152, the ITK T1 and Colin27 in turn."""
     candidates: int = 50
     """Re-identification: candidate images a code is matched against."""
     bootstrap: int = 1000
@@ -322,6 +333,12 @@ class ExperimentConfig:
             (
                 self.attack.attacker_steps >= 1 and self.attack.candidates >= 2,
                 "attack.attacker_steps >= 1 and attack.candidates >= 2",
+            ),
+            (
+                len(self.attack.seeds) >= 1
+                and all(s >= 1 for s in self.attack.curve_steps)
+                and self.attack.decoder_width >= 0,
+                "attack.seeds needs a seed, attack.curve_steps positive counts, attack.decoder_width >= 0",
             ),
             (
                 not (k.enabled and k.permute_tokens) or m.kind in ORDER_BLIND_MAPPERS,

@@ -16,17 +16,38 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    """The process umask, without changing it where the system can tell us.
+
+    Linux reports it in /proc/self/status; elsewhere it can only be read by setting it and setting it
+    back, which is process-global for that instant.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary sibling of ``path`` and rename it over ``path``.
 
     The temporary name ends in ``path``'s suffix, so writers that pick a format from the file name
-    (SimpleITK) write the intended one.
+    (SimpleITK) write the intended one. ``mkstemp`` creates the file owner-only (0600); it is given
+    the mode a plainly created file would get (0666 less the umask) before ``write`` runs, so ordinary
+    outputs stay readable as usual and a private file (a center key) is private only because its
+    writer says so.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         os.replace(tmp, path)
     finally:

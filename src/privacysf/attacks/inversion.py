@@ -2,17 +2,18 @@
 
 The attacker is the server holding a few pairs that leaked from a center (a stolen export, a
 colluding insider). It trains a decoder of the same family the centers use, from codes exactly as
-they arrive on the wire, and reconstructs held-out codes it never had pairs for.
+they arrive on the wire, and reconstructs held-out codes it never had pairs for. Its decoder is
+scored at several training lengths (a curve), because a figure at one short budget can understate it.
 
-Against a keyed token permutation the attacker first estimates the permutation from the same leaked
-pairs: each received token's norm (which channel mixing does not change) is correlated across the
-k pairs with each grid cell of the pooled image, and the best one-to-one assignment (Hungarian
-algorithm) puts tokens back on the grid. Channel mixing needs no special step: the decoder's first
-1×1 convolution absorbs any fixed linear map of the channels.
+Against a keyed token permutation the attacker first puts the tokens back on the grid
+(:mod:`privacysf.attacks.keyed` holds the recoveries; :func:`recover_order` here is the simplest, from
+token norms alone). Channel mixing needs no special step: the decoder's first 1×1 convolution absorbs
+any fixed linear map of the channels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,8 +68,14 @@ def train_decoder(
     out_channels: int,
     recipe: DecoderRecipe,
     device: torch.device,
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: Callable[[int, nn.Module], None] | None = None,
 ) -> nn.Module:
-    """Fit a ConvDecoder from codes to images (MSE, ``out_channels`` = 1) or to labels (cross-entropy)."""
+    """Fit a ConvDecoder from codes to images (MSE, ``out_channels`` = 1) or to labels (cross-entropy).
+
+    ``on_checkpoint(step, decoder)`` is called (decoder in eval mode) after each step count in
+    ``checkpoints``; training then goes on, so one run gives the whole curve.
+    """
     g = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     decoder = ConvDecoder(tokens.shape[-1], out_channels, recipe.width, recipe.downsample).to(device)
@@ -76,7 +83,7 @@ def train_decoder(
     codes = tokens_to_grid(torch.from_numpy(tokens), grid)
     goal = torch.from_numpy(targets)
     decoder.train()
-    for _ in range(recipe.steps):
+    for step in range(1, recipe.steps + 1):
         pick = torch.randint(len(codes), (min(recipe.batch_size, len(codes)),), generator=g)
         out = decoder(codes[pick].to(device))
         goal_batch = goal[pick].to(device)
@@ -87,6 +94,9 @@ def train_decoder(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if on_checkpoint is not None and step in checkpoints:
+            on_checkpoint(step, decoder.eval())
+            decoder.train()
     return decoder.eval()
 
 
@@ -107,18 +117,24 @@ def invert(
     held_tokens: np.ndarray,
     grid: tuple[int, int],
     out_channels: int,
-    keyed_order: bool,
     recipe: DecoderRecipe,
     device: torch.device,
-) -> np.ndarray:
-    """The inversion attack end to end; returns reconstructions of ``held_tokens``.
+    checkpoints: Sequence[int] = (),
+) -> dict[int, np.ndarray]:
+    """The inversion attack end to end: reconstructions of ``held_tokens`` after each step count.
 
     ``leaked_targets`` are images (k, 1, H, W) when ``out_channels`` is 1, else label maps (k, H, W).
-    ``keyed_order``: tokens arrive permuted by a secret key, so the order is estimated first.
+    Tokens must already be in the attacker's best estimate of raster order. Returns
+    ``{steps: reconstructions}`` for every checkpoint and for ``recipe.steps``.
     """
-    if keyed_order:
-        shape_source = leaked_targets if out_channels == 1 else foreground_fraction(leaked_targets)
-        order = recover_order(leaked_tokens, shape_source, grid)
-        leaked_tokens, held_tokens = leaked_tokens[:, order], held_tokens[:, order]
-    decoder = train_decoder(leaked_tokens, leaked_targets, grid, out_channels, recipe, device)
-    return decode_with(decoder, held_tokens, grid, device)
+    out: dict[int, np.ndarray] = {}
+
+    def record(step: int, decoder: nn.Module) -> None:
+        out[step] = decode_with(decoder, held_tokens, grid, device)
+
+    decoder = train_decoder(
+        leaked_tokens, leaked_targets, grid, out_channels, recipe, device, checkpoints, record
+    )
+    if recipe.steps not in out:
+        record(recipe.steps, decoder)
+    return out

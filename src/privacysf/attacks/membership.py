@@ -13,10 +13,16 @@ and code pairs.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from privacysf.attacks.measures import auc_with_interval
+from privacysf.attacks.setting import Received
+from privacysf.config import ExperimentConfig
+from privacysf.exchange import CodeBatch, encode_codes
 from privacysf.server import MappingServer
 
 NOISE_STD = 0.05
@@ -47,3 +53,44 @@ def shadow_classifier(in_features: np.ndarray, out_features: np.ndarray) -> Logi
 
 def shadow_scores(classifier: LogisticRegression, features: np.ndarray) -> np.ndarray:
     return classifier.predict_proba(np.log(features + 1e-12))[:, 1]
+
+
+def membership_attacks(
+    server: MappingServer,
+    cfg: ExperimentConfig,
+    grid: tuple[int, int],
+    scan: str,
+    members: Received,
+    val: Received,
+    nonmembers: Received,
+) -> dict:
+    """Loss-threshold and shadow-model attacks on balanced members (train) vs non-members (test)."""
+    rng = np.random.default_rng(cfg.train.seed)
+    n = min(len(members.images), len(nonmembers.images))
+    chosen = rng.choice(len(members.images), n, replace=False)
+    target_in = pair_features(server, members.images[chosen], members.masks[chosen])
+    target_out = pair_features(server, nonmembers.images, nonmembers.masks)
+    results = {"loss_threshold": auc_with_interval(-target_in[:, 0], -target_out[:, 0], cfg.attack.bootstrap)}
+    half = len(val.images) // 2
+    if half < 2:
+        results["shadow_model"] = {
+            "skipped": f"only {len(val.images)} validation pairs to build a shadow from"
+        }
+        return results
+    order = rng.permutation(len(val.images))
+    inside, outside = order[:half], order[half:]
+
+    def message(tokens: np.ndarray, kind: str) -> bytes:
+        return encode_codes(CodeBatch(tokens, grid, kind, scan=scan), "float32")
+
+    shadow = MappingServer(cfg.mapper, cfg.augment, replace(cfg.train, progress=False))
+    shadow_in = (message(val.images[inside], "image"), message(val.masks[inside], "mask"))
+    shadow.fit(*shadow_in, *shadow_in)
+    classifier = shadow_classifier(
+        pair_features(shadow, val.images[inside], val.masks[inside]),
+        pair_features(shadow, val.images[outside], val.masks[outside]),
+    )
+    results["shadow_model"] = auc_with_interval(
+        shadow_scores(classifier, target_in), shadow_scores(classifier, target_out), cfg.attack.bootstrap
+    )
+    return results

@@ -1,33 +1,43 @@
-"""``privacysf attack``: every attack against every setting, the attack table and the curve.
+"""``privacysf attack``: every attack against every setting, over seeds, the attack table and the curve.
 
 A *setting* is an image-encoder mode (``autoencoder``, ``task``, ``private`` at each λ) combined with
 a key setting (none, secret channel mixing, mixing + token permutation with the transformer mapper).
-For each, the suite trains what a center and the server would (the mask codec is shared by all
-settings of a run, since it does not depend on the image mode), measures Dice through the whole
-pipeline, and runs every attack on what the server receives:
+For each seed (one split and one training), the suite trains what a center and the server would (the
+mask codec and raw U-Net are shared by all settings of a seed), measures Dice through the whole
+pipeline, and runs every attack of :mod:`privacysf.attacks.setting` on what the server receives:
+encoded-data analysis, linkage, lookups and ridge, inversion curves, the shadow codec, mask attacks,
+attacks on the key's permutation, and membership inference on the mapper.
 
-- encoded-data analysis (token-norm map vs the pooled image; re-identification among N images);
-- image inversion from k leaked pairs and the shadow-codec attack (SSIM / PSNR vs the mean image);
-- mask inversion from k leaked pairs and, where public masks of the same classes exist, the shadow
-  mask codec (Dice vs the per-pixel majority label);
-- membership inference on the mapper (loss threshold and shadow model, ROC AUC with a 95% interval).
+The benchmark is well posed on datasets split by subject (``brain-3subjects``, ``phantom``, a user
+folder with three or more cases): the attacked queries come from subjects that no leaked pair and no
+shadow dataset contains. A single-subject dataset is split by slab, where every query has a
+near-duplicate among the leaked slices; its figures are labelled the attacker's best case.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from privacysf.attacks.encoded import encoded_data_analysis, token_norm_maps
-from privacysf.attacks.inversion import DecoderRecipe, decode_with, invert
-from privacysf.attacks.measures import auc_with_interval, image_similarity, reidentification_top1
-from privacysf.attacks.membership import pair_features, shadow_classifier, shadow_scores
+from privacysf.attacks.inversion import DecoderRecipe
+from privacysf.attacks.membership import membership_attacks
 from privacysf.attacks.report import write_attack_report
-from privacysf.attacks.shadow import align_channels
+from privacysf.attacks.setting import (
+    Received,
+    Scene,
+    Shadow,
+    encoded_analysis,
+    image_attacks,
+    key_attacks,
+    linkage,
+    mask_attacks,
+    norm_panel,
+    well_posed,
+)
 from privacysf.baseline.unet import predict_labels, train_unet
 from privacysf.center.codecs import (
     MaskCodec,
@@ -40,29 +50,29 @@ from privacysf.center.codecs import (
 from privacysf.center.keys import CenterKey
 from privacysf.center.pipeline import KEY, Center, fit_server, keyed_transform
 from privacysf.config import ExperimentConfig
-from privacysf.data.prepare import PreparedData, prepare
+from privacysf.data.prepare import PreparedData, describe, prepare
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError
 from privacysf.evaluation import score_test
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes
-from privacysf.exchange.wire import KEYED_SCAN
+from privacysf.exchange import decode_codes
 from privacysf.figures import image_grid, pick_rows
-from privacysf.metrics import mean_dice
-from privacysf.runs import write_json
-from privacysf.server import MappingServer
-from privacysf.session import open_run
-from privacysf.torchutil import seed_everything
+from privacysf.runs import new_run_dir, write_json
+from privacysf.torchutil import resolve_device, seed_everything
 
+LEAKED_SUBJECTS = "leaked-subjects"
+"""Public-data choice: the shadow attacker trains on the victim dataset's non-query subjects."""
 DEFAULT_PUBLIC = {
     "icbm152-tissue": "colin27-brain",
     "icbm152-brain": "colin27-brain",
     "colin27-brain": "icbm152-brain",
     "itk-t1-brain": "colin27-brain",
+    "brain-3subjects": LEAKED_SUBJECTS,
     "dsb-nuclei": "cells3d-nuclei",
     "cells3d-nuclei": "dsb-nuclei",
     "phantom": "phantom",
 }
-"""The shadow attacker's public data: another source of the same modality (phantom: a fresh draw)."""
+"""The shadow attacker's public data: another source of the same modality (phantom: a fresh draw;
+brain-3subjects: the two brains that are not queried, so the queried subject stays unseen)."""
 
 KEY_OVERRIDES = {
     "none": ["key.enabled=false"],
@@ -75,33 +85,6 @@ KEY_OVERRIDES = {
     ],
 }
 PICTURE_ROWS = 5
-
-
-@dataclass
-class Shadow:
-    """The shadow attacker's own codec, trained on public data."""
-
-    dataset: str
-    image_encoder: torch.nn.Module
-    image_decoder: torch.nn.Module
-    image_tokens: np.ndarray
-    mask_codec: MaskCodec | None
-    mask_tokens: np.ndarray | None
-
-
-@dataclass
-class Received:
-    """Codes of one split exactly as the server receives them (keyed, quantised)."""
-
-    images: np.ndarray
-    masks: np.ndarray
-
-    @classmethod
-    def of(cls, center: Center, part: SliceSet) -> Received:
-        return cls(
-            decode_codes(center.image_message(part.images)).tokens,
-            decode_codes(center.mask_message(part.masks)).tokens,
-        )
 
 
 def mode_settings(cfg: ExperimentConfig) -> list[tuple[str, float | None]]:
@@ -119,17 +102,29 @@ def _slug(mode: str, weight: float | None, key: str) -> str:
     return f"{mode}{f'-{weight:g}' if weight is not None else ''}-key-{key.replace('+', '-')}"
 
 
-def _public_data(cfg: ExperimentConfig) -> PreparedData:
+def _public_data(cfg: ExperimentConfig, victim: PreparedData) -> PreparedData:
     name = cfg.attack.public_dataset or DEFAULT_PUBLIC.get(cfg.data.dataset, "")
+    if name == LEAKED_SUBJECTS:
+        if victim.split.get("kind") != "case":
+            raise ConfigError(
+                f"attack.public_dataset={LEAKED_SUBJECTS} needs a dataset split by subject (3+ cases); "
+                f"{cfg.data.dataset!r} is split by slab"
+            )
+        empty = victim.val.subset(np.zeros(len(victim.val), bool))
+        return PreparedData(replace(victim.info, name=LEAKED_SUBJECTS), victim.train, victim.val, empty)
     if not name:
         raise ConfigError(
             f"no default public dataset for {cfg.data.dataset!r}; set attack.public_dataset to a "
-            "built-in dataset of the same modality (privacysf data list)"
+            f"built-in dataset of the same modality (privacysf data list) or to {LEAKED_SUBJECTS}"
         )
     if name == cfg.data.dataset and name != "phantom":
         raise ConfigError("attack.public_dataset must differ from the victim's dataset")
     seed = cfg.data.seed + 1 if name == cfg.data.dataset else cfg.data.seed
-    return prepare(replace(cfg.data, dataset=name, seed=seed, num_classes=None))
+    public = prepare(replace(cfg.data, dataset=name, seed=seed, num_classes=None))
+    if name == "phantom":  # a fresh draw: rename its subjects so none is mistaken for a victim's
+        for part in public.splits().values():
+            part.case_ids = [f"public-{c}" for c in part.case_ids]
+    return public
 
 
 def train_shadow(cfg: ExperimentConfig, public: PreparedData, num_classes: int, device) -> Shadow:
@@ -142,136 +137,69 @@ def train_shadow(cfg: ExperimentConfig, public: PreparedData, num_classes: int, 
     encoder, _, parts = train_image_encoder(shadow_cfg, public.train, public.val, stand_in, device, None)
     everything = SliceSet.concatenate([public.train, public.val, public.test], cfg.data.size)
     return Shadow(
-        public.info.name,
-        encoder,
-        parts["image_decoder"].eval(),
-        encode_images(encoder, everything.images, device),
-        mask_codec,
-        encode_masks(mask_codec, everything.masks, device) if mask_codec else None,
+        dataset=public.info.name,
+        subjects=sorted(set(everything.case_ids)),
+        image_decoder=parts["image_decoder"].eval(),
+        image_tokens=encode_images(encoder, everything.images, device),
+        mask_decoder=mask_codec.decoder if mask_codec else None,
+        mask_tokens=encode_masks(mask_codec, everything.masks, device) if mask_codec else None,
     )
 
 
-def _leaked(pool_size: int, k: int, seed: int) -> np.ndarray:
-    k = pool_size if k == 0 or k > pool_size else k
-    return np.sort(np.random.default_rng(seed).choice(pool_size, k, replace=False))
-
-
-def _majority_labels(masks: np.ndarray, num_classes: int) -> np.ndarray:
-    counts = np.stack([(masks == c).sum(axis=0) for c in range(num_classes)])
-    return counts.argmax(axis=0)
-
-
-def membership(
-    server: MappingServer, cfg: ExperimentConfig, train: Received, val: Received, test: Received, scan: str
-) -> dict:
-    """Loss-threshold and shadow-model attacks on balanced members (train) vs non-members (test)."""
-    rng = np.random.default_rng(cfg.train.seed)
-    n = min(len(train.images), len(test.images))
-    members = rng.choice(len(train.images), n, replace=False)
-    target_in = pair_features(server, train.images[members], train.masks[members])
-    target_out = pair_features(server, test.images, test.masks)
-    results = {"loss_threshold": auc_with_interval(-target_in[:, 0], -target_out[:, 0], cfg.attack.bootstrap)}
-    half = len(val.images) // 2
-    if half < 2:
-        results["shadow_model"] = {
-            "skipped": f"only {len(val.images)} validation pairs to build a shadow from"
-        }
-        return results
-    order = rng.permutation(len(val.images))
-    inside, outside = order[:half], order[half:]
-
-    def message(tokens: np.ndarray, kind: str) -> bytes:
-        return encode_codes(
-            CodeBatch(tokens, token_grid(cfg.data.size, cfg.codec), kind, scan=scan), "float32"
-        )
-
-    shadow = MappingServer(cfg.mapper, cfg.augment, replace(cfg.train, progress=False))
-    shadow_in = (message(val.images[inside], "image"), message(val.masks[inside], "mask"))
-    shadow.fit(*shadow_in, *shadow_in)
-    classifier = shadow_classifier(
-        pair_features(shadow, val.images[inside], val.masks[inside]),
-        pair_features(shadow, val.images[outside], val.masks[outside]),
+def received(center: Center, part: SliceSet) -> Received:
+    """What the server holds of one split: its codes as decoded from the center's wire messages."""
+    return Received(
+        decode_codes(center.image_message(part.images)).tokens,
+        decode_codes(center.mask_message(part.masks)).tokens,
+        list(part.case_ids),
     )
-    results["shadow_model"] = auc_with_interval(
-        shadow_scores(classifier, target_in), shadow_scores(classifier, target_out), cfg.attack.bootstrap
-    )
-    return results
 
 
 def attack_setting(
     cfg: ExperimentConfig,
     center: Center,
-    server: MappingServer,
+    server,
     data: PreparedData,
     shadow: Shadow,
     device: torch.device,
     pictures: Path,
 ) -> dict:
     """Every attack on one trained setting; returns its metrics and saves its pictures."""
-    a, grid, k_classes = cfg.attack, center.grid, data.info.num_classes
-    keyed_order = center.scan == KEYED_SCAN
-    train, val, test = (Received.of(center, part) for part in (data.train, data.val, data.test))
+    a = cfg.attack
+    train, val, test = (received(center, part) for part in (data.train, data.val, data.test))
     pool = SliceSet.concatenate([data.train, data.val], cfg.data.size)
-    pool_codes = Received(np.r_[train.images, val.images], np.r_[train.masks, val.masks])
-    recipe = DecoderRecipe(cfg.codec.width, cfg.codec.downsample, a.attacker_steps, cfg.train.lr)
-    truth = data.test.images
-    data_range = float(truth.max() - truth.min())
-
-    results: dict = {"encoded": encoded_data_analysis(test.images, truth, grid, a.candidates)}
-    image_attacks, mask_attacks, panels = {}, {}, {}
-    for k in a.leaked_pairs:
-        pick = _leaked(len(pool), k, cfg.train.seed)
-        label = f"k={len(pick)}"
-        recon = invert(
-            pool_codes.images[pick], pool.images[pick], test.images, grid, 1, keyed_order, recipe, device
-        )
-        mean_image = np.repeat(pool.images[pick].mean(axis=0, keepdims=True), len(truth), axis=0)
-        image_attacks[f"inversion {label}"] = {
-            **image_similarity(recon, truth, data_range),
-            "baseline_mean_image": image_similarity(mean_image, truth, data_range),
-            "reid_top1": reidentification_top1(recon[: a.candidates], truth[: a.candidates]),
-            "leaked_pairs": len(pick),
-        }
-        panels[f"inversion {label}"] = recon[:, 0]
-        labels = invert(
-            pool_codes.masks[pick], pool.masks[pick], test.masks, grid, k_classes, keyed_order, recipe, device
-        )
-        mask_attacks[f"inversion {label}"] = {
-            "dice": mean_dice(labels, data.test.masks, k_classes),
-            "baseline_majority_dice": mean_dice(
-                np.repeat(_majority_labels(pool.masks[pick], k_classes)[None], len(truth), axis=0),
-                data.test.masks,
-                k_classes,
-            ),
-            "leaked_pairs": len(pick),
-        }
-        panels[f"mask inversion {label}"] = labels
-    aligned = align_channels(test.images, shadow.image_tokens)
-    recon = decode_with(shadow.image_decoder, aligned, grid, device)
-    image_attacks["shadow codec"] = {**image_similarity(recon, truth, data_range), "public": shadow.dataset}
-    panels["shadow codec"] = recon[:, 0]
-    if shadow.mask_codec is not None and shadow.mask_tokens is not None:
-        labels = decode_with(
-            shadow.mask_codec.decoder, align_channels(test.masks, shadow.mask_tokens), grid, device
-        )
-        mask_attacks["shadow codec"] = {
-            "dice": mean_dice(labels, data.test.masks, k_classes),
-            "public": shadow.dataset,
-        }
-    else:
-        mask_attacks["shadow codec"] = {
-            "skipped": f"{shadow.dataset} has no masks with these {k_classes} classes"
-        }
-    results["image"], results["mask"] = image_attacks, mask_attacks
-    results["membership"] = membership(server, cfg, train, val, test, center.scan)
+    pool_codes = Received(np.r_[train.images, val.images], np.r_[train.masks, val.masks], pool.case_ids)
+    permuted = center.key is not None and center.key.cfg.permute_tokens
+    scene = Scene(
+        pool,
+        pool_codes,
+        data.test,
+        test,
+        center.grid,
+        data.info.num_classes,
+        center.key.inverse_permutation if permuted else None,
+    )
+    width = a.decoder_width or cfg.codec.width
+    recipe = DecoderRecipe(width, cfg.codec.downsample, a.attacker_steps, cfg.train.lr, seed=cfg.train.seed)
+    results: dict = {
+        "well_posed": well_posed(scene, shadow),
+        "encoded": encoded_analysis(scene, a.candidates),
+        "linkage": linkage(scene),
+    }
+    jigsaw_order = None
+    if permuted:
+        results["key"], jigsaw_order = key_attacks(scene, a.leaked_pairs, cfg.train.seed)
+    results["image"], image_panels = image_attacks(scene, a, recipe, shadow, device, jigsaw_order)
+    results["mask"], mask_panels = mask_attacks(scene, a, recipe, shadow, device)
+    results["membership"] = membership_attacks(server, cfg, center.grid, center.scan, train, val, test)
 
     rows = pick_rows(data.test.masks, PICTURE_ROWS)
     image_grid(
         pictures,
         {
-            "image (center only)": truth[rows, 0],
-            "received token norms": token_norm_maps(test.images[rows], grid),
-            **{name: stack[rows] for name, stack in panels.items()},
+            "image (center only)": data.test.images[rows, 0],
+            "received token norms": norm_panel(scene, rows),
+            **{name: stack[rows] for name, stack in {**image_panels, **mask_panels}.items()},
         },
         data.info.display_rotations,
         cmaps={"received token norms": "viridis"},
@@ -279,34 +207,27 @@ def attack_setting(
     return results
 
 
-def strongest_image_attack(results: dict) -> tuple[str, float]:
-    name = max(results["image"], key=lambda n: results["image"][n]["ssim"])
-    return name, results["image"][name]["ssim"]
-
-
-def run_attack_suite(cfg: ExperimentConfig) -> tuple[Path, dict]:
-    session = open_run(cfg, "attack")
-    device, data, run_dir = session.device, session.data, session.run_dir
+def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, rows: list[dict], save) -> dict:
+    """Every setting on one seed's split; appends a row per setting and saves after each."""
+    data = prepare(cfg.data)
     k_classes = data.info.num_classes
+    seed_dir = run_dir / f"seed{cfg.train.seed}"
+    write_json(seed_dir / "data.json", describe(data))
     grid = token_grid(cfg.data.size, cfg.codec)
-    started = time.perf_counter()
-
-    unet, _ = train_unet(cfg, data, device, run_dir / "baseline" / "unet.pt")
+    seed_everything(cfg.train.seed, cfg.train.threads)
+    unet, _ = train_unet(cfg, data, device, seed_dir / "baseline" / "unet.pt")
     unet_test = score_test(predict_labels(unet, data.test.images, device), data)
     unet_dice = unet_test["mean"]["dice"]["mean"]
     codec, _ = train_mask_codec(
-        cfg, data.train, data.val, k_classes, device, run_dir / "center" / "mask_codec.pt"
+        cfg, data.train, data.val, k_classes, device, seed_dir / "center" / "mask_codec.pt"
     )
-    public = _public_data(cfg)
+    public = _public_data(cfg, data)
     shadow = train_shadow(cfg, public, k_classes, device)
-
-    rows: list[dict] = []
-    results = {
-        "dataset": data.info.name,
+    summary = {
+        "seed": cfg.train.seed,
         "split": data.split,
         "raw_unet": {"test": unet_test},
-        "public_dataset": shadow.dataset,
-        "settings": rows,
+        "public": shadow.dataset,
     }
     for mode, weight in mode_settings(cfg):
         mode_cfg = cfg.override(
@@ -319,12 +240,12 @@ def run_attack_suite(cfg: ExperimentConfig) -> tuple[Path, dict]:
             data.val,
             codec,
             device,
-            run_dir / _slug(mode, weight, "none") / "image_encoder.pt",
+            seed_dir / _slug(mode, weight, "none") / "image_encoder.pt",
         )
         for key in cfg.attack.keys:
-            setting_started = time.perf_counter()
+            started = time.perf_counter()
             setting_cfg = mode_cfg.override(KEY_OVERRIDES[key])
-            folder = run_dir / _slug(mode, weight, key)
+            folder = seed_dir / _slug(mode, weight, key)
             transform = None
             if setting_cfg.key.enabled:
                 secret = CenterKey.create()
@@ -338,25 +259,45 @@ def run_attack_suite(cfg: ExperimentConfig) -> tuple[Path, dict]:
             attacks = attack_setting(
                 setting_cfg, center, server, data, shadow, device, folder / "attacks.png"
             )
-            row = {
-                "setting": setting_name(mode, weight, key),
-                "folder": folder.name,
-                "mode": mode,
-                "private_weight": weight,
-                "key": key,
-                "mapper": setting_cfg.mapper.kind,
-                "dice": dice,
-                "dice_ratio_vs_unet": dice / max(unet_dice, 1e-9),
-                "test": test,
-                "attacks": attacks,
-                "seconds": round(time.perf_counter() - setting_started, 1),
-            }
-            row["strongest_image_attack"], row["strongest_image_ssim"] = strongest_image_attack(attacks)
-            rows.append(row)
-            write_json(run_dir / "results.json", results)  # after every setting: a stopped run keeps its rows
-            ssim = row["strongest_image_ssim"]
-            print(f"{row['setting']}: Dice {dice:.3f}, strongest image attack SSIM {ssim:.3f}", flush=True)
+            rows.append(
+                {
+                    "setting": setting_name(mode, weight, key),
+                    "seed": cfg.train.seed,
+                    "folder": f"{seed_dir.name}/{folder.name}",
+                    "mode": mode,
+                    "private_weight": weight,
+                    "key": key,
+                    "mapper": setting_cfg.mapper.kind,
+                    "dice": dice,
+                    "unet_dice": unet_dice,
+                    "dice_ratio_vs_unet": dice / max(unet_dice, 1e-9),
+                    "test": test,
+                    "attacks": attacks,
+                    "seconds": round(time.perf_counter() - started, 1),
+                }
+            )
+            save()  # after every setting: a stopped run keeps its rows
+            print(f"seed {cfg.train.seed} {rows[-1]['setting']}: Dice {dice:.3f}", flush=True)
+    return summary
+
+
+def run_attack_suite(cfg: ExperimentConfig) -> tuple[Path, dict]:
+    """Every seed × setting; writes ``results.json`` as it goes, then ``attacks.md`` and the curve."""
+    device = resolve_device(cfg.train.device)
+    run_dir = new_run_dir(cfg.output_dir, f"attack-{Path(cfg.data.dataset).name}")
+    cfg.save(run_dir / "config.json")
+    started = time.perf_counter()
+    rows: list[dict] = []
+    results: dict = {"dataset": cfg.data.dataset, "seeds": [], "settings": rows}
+
+    def save() -> None:
+        write_json(run_dir / "results.json", results)
+
+    for seed in cfg.attack.seeds:
+        seed_cfg = cfg.override([f"data.seed={seed}", f"train.seed={seed}"])
+        results["seeds"].append(run_seed(seed_cfg, run_dir, device, rows, save))
+        save()
     results["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(run_dir / "results.json", results)
+    save()
     write_attack_report(run_dir, cfg, results)
     return run_dir, results

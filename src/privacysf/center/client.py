@@ -38,8 +38,8 @@ class Profile:
 
     def save(self, path: Path) -> None:
         def write(tmp: Path) -> None:
+            tmp.chmod(0o600)  # before the token is written: atomic_write's files start readable
             tmp.write_text(json.dumps({"url": self.url, "token": self.token}))
-            tmp.chmod(0o600)
 
         atomic_write(path, write)
 

@@ -32,6 +32,7 @@ from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER
 from privacysf.runs import atomic_write
 
 KEY_BYTES = 32
+KEY_FILE_MODE = 0o600  # owner read/write only: the key never leaves the center
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,15 @@ class CenterKey:
         return np.random.default_rng(int.from_bytes(digest, "little"))
 
     def save(self, path: Path) -> None:
-        """Write the key readable by its owner only (mode 0600)."""
+        """Write the key readable by its owner only (``KEY_FILE_MODE``).
+
+        ``atomic_write`` gives its files the ordinary umask mode, so this chmod is what keeps the key
+        private; it comes before the secret is written so the bytes never sit in a readable file.
+        """
 
         def write(tmp: Path) -> None:
+            os.chmod(tmp, KEY_FILE_MODE)
             tmp.write_text(json.dumps({"version": 1, "secret": self.secret.hex()}))
-            os.chmod(tmp, 0o600)
 
         atomic_write(path, write)
 

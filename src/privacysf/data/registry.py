@@ -111,6 +111,16 @@ def _itk_t1_brain(cfg: DataConfig) -> list[Case]:
     return [_brain_case("itk-t1", image, brain, {"vendored": "ITK Examples/Data KmeansTest_T1*"})]
 
 
+def _brain_3subjects(cfg: DataConfig) -> list[Case]:
+    """Three real T1 brains (ICBM152, Colin27, ITK T1) as three cases of one brain-mask dataset.
+
+    With three cases every split is by subject, so a test slice never has a near-duplicate among the
+    training slices: the cross-subject setting the privacy benchmark needs (queries from a subject no
+    leaked pair and no shadow dataset contains).
+    """
+    return [*_icbm152_brain(cfg), *_colin27_brain(cfg), *_itk_t1_brain(cfg)]
+
+
 def _dsb_nuclei(cfg: DataConfig) -> list[Case]:
     image = read_volume(vendored("dsb_img2d.tif")).array[..., 0]
     mask = read_volume(vendored("dsb_mask2d.tif")).array[..., 0] > 0
@@ -203,6 +213,18 @@ REGISTRY: dict[str, BuiltinDataset] = {
             "ships with privacysf",
             _itk_t1_brain,
             SLAB_NOTE,
+        ),
+        BuiltinDataset(
+            "brain-3subjects",
+            "ICBM152, Colin27 and the ITK T1 with their brain masks: three subjects (and scanners) of one "
+            "dataset, split by subject (train, val and test each hold one brain)",
+            MR_BRAIN,
+            "mr",
+            "nilearn wheel, Debian package mricron-data and the vendored ITK example (as the three above)",
+            "as icbm152-brain, colin27-brain and itk-t1-brain",
+            "pip install nilearn; sudo apt-get install mricron-data",
+            _brain_3subjects,
+            "three subjects: split by subject",
         ),
         BuiltinDataset(
             "dsb-nuclei",

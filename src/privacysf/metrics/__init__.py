@@ -5,6 +5,7 @@ from privacysf.metrics.segmentation import (
     SegmentationMetric,
     SegmentationScores,
     mean_dice,
+    per_slice_dice,
     segmentation_scores,
     summarize,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "SegmentationMetric",
     "SegmentationScores",
     "mean_dice",
+    "per_slice_dice",
     "segmentation_scores",
     "summarize",
 ]

@@ -131,8 +131,13 @@ class SegmentationMetric:
         self._parts.clear()
 
 
-def mean_dice(pred, truth, num_classes: int) -> float:
-    """Mean foreground Dice with the empty-mask rule; the cheap score used for validation."""
+def per_slice_dice(pred, truth, num_classes: int) -> np.ndarray:
+    """Mean foreground Dice of each slice, with the empty-mask rule: the cheap score for validation."""
     p = one_hot(torch.as_tensor(np.asarray(pred), dtype=torch.long)[:, None], num_classes)[:, 1:]
     t = one_hot(torch.as_tensor(np.asarray(truth), dtype=torch.long)[:, None], num_classes)[:, 1:]
-    return float(compute_dice(p, t, include_background=True, ignore_empty=False).mean())
+    return compute_dice(p, t, include_background=True, ignore_empty=False).mean(dim=1).numpy()
+
+
+def mean_dice(pred, truth, num_classes: int) -> float:
+    """Mean over slices of :func:`per_slice_dice`."""
+    return float(per_slice_dice(pred, truth, num_classes).mean())
