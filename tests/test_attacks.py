@@ -130,6 +130,24 @@ def test_lookup_ridge_and_oracle_on_known_answers_and_blind_to_a_distance_preser
     assert mean.shape == (3, *images.shape[1:]) and np.allclose(mean[0], images[:50].mean(0))
 
 
+def test_ridge_leave_one_out_matches_refits_with_fewer_pairs_than_dimensions():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 200))
+    y = x[:, :5] @ rng.normal(size=(5, 3)) + rng.normal(size=(30, 3))
+    alphas = np.logspace(-2, 4, 7)
+    brute = []
+    for alpha in alphas:
+        residuals = []
+        for i in range(len(x)):
+            keep = np.arange(len(x)) != i
+            xk, yk = x[keep] - x[keep].mean(0), y[keep] - y[keep].mean(0)
+            w = xk.T @ np.linalg.solve(xk @ xk.T + alpha * np.eye(len(xk)), yk)
+            residuals.append(y[i] - y[keep].mean(0) - (x[i] - x[keep].mean(0)) @ w)
+        brute.append(np.mean(np.square(residuals)))
+    np.testing.assert_allclose(lookup.loo_errors(x, y, alphas), brute, rtol=1e-6)
+    assert np.argmin(brute) > 0  # the smallest penalty is not the answer here
+
+
 def test_ssim_matrix_equals_monai_pair_by_pair():
     rng = np.random.default_rng(0)
     truth = _images(n=3, size=32)

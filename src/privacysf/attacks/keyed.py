@@ -5,9 +5,10 @@ A key (orthogonal channel mixing ``tokens @ Q / scale`` and a secret token permu
 how much of that protection survives an attacker who only looks at the statistics of what arrives:
 
 * ``recover_order_by_regression`` uses k leaked (image, code) pairs. Rotation hides which channel
-  carries what, but a least-squares fit on *all* channels of a token is unchanged by any invertible
-  channel map, so the fraction of a grid cell's intensity that a token explains (R²) tells where the
-  token sits far better than the norm correlation of ``inversion.recover_order``.
+  carries what, but a least-squares fit on *all* channels of a token (and its norm) is unchanged by
+  the key's orthogonal, scaled channel map, so the fraction of a grid cell's intensity that a token
+  explains (R²) tells where the token sits far better than the norm correlation of
+  ``inversion.recover_order``.
 * ``jigsaw`` uses no pairs at all. Tokens of neighbouring cells see overlapping, smooth anatomy, so
   across many codes they co-vary; the inner product of centred tokens is untouched by an orthogonal
   mix, and a spectral embedding of the resulting similarity graph lays the tokens out on the plane,
@@ -103,8 +104,8 @@ def recover_order_by_regression(
     ``tokens`` (k, L, C) are the keyed codes of the leaked pairs, ``targets`` (k, 1, H, W) their images
     (or foreground fractions). For each token j the features across the k pairs are its C channels,
     its norm and a constant; for each grid cell p the target is the pooled image at p. The score of
-    (j, p) is the R² of a least-squares fit of the target on the features: an unknown invertible
-    channel mix (rotation and scale) does not change the span of the channels, hence not R², which
+    (j, p) is the R² of a least-squares fit of the target on the features: the key's orthogonal
+    channel mix and scale change neither the span of the channels nor the norm's, hence not R², which
     is why this beats correlating the norm alone. With ``neighbour_term`` the R² against the
     4-neighbour mean of the pooled image is added, meant to keep a token near its cell when its own
     cell's fit is noisy; it is off by default because on smooth synthetic codes it cost a few points

@@ -207,8 +207,9 @@ def attack_setting(
     return results
 
 
-def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, rows: list[dict], save) -> dict:
-    """Every setting on one seed's split; appends a row per setting and saves after each."""
+def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, results: dict, save) -> None:
+    """Every setting on one seed's split: its summary and a row per setting go into ``results``,
+    saved after each, so a stopped run keeps what finished."""
     data = prepare(cfg.data)
     k_classes = data.info.num_classes
     seed_dir = run_dir / f"seed{cfg.train.seed}"
@@ -229,9 +230,11 @@ def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, rows: l
         "raw_unet": {"test": unet_test},
         "public": shadow.dataset,
     }
+    results["seeds"].append(summary)
+    rows = results["settings"]
     for mode, weight in mode_settings(cfg):
         mode_cfg = cfg.override(
-            [f"codec.image_mode={mode}"] + ([f"codec.private_weight={weight}"] if weight else [])
+            [f"codec.image_mode={mode}"] + ([f"codec.private_weight={weight}"] if weight is not None else [])
         )
         seed_everything(cfg.train.seed, cfg.train.threads)
         encoder, _, _ = train_image_encoder(
@@ -278,7 +281,6 @@ def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, rows: l
             )
             save()  # after every setting: a stopped run keeps its rows
             print(f"seed {cfg.train.seed} {rows[-1]['setting']}: Dice {dice:.3f}", flush=True)
-    return summary
 
 
 def run_attack_suite(cfg: ExperimentConfig) -> tuple[Path, dict]:
@@ -287,16 +289,14 @@ def run_attack_suite(cfg: ExperimentConfig) -> tuple[Path, dict]:
     run_dir = new_run_dir(cfg.output_dir, f"attack-{Path(cfg.data.dataset).name}")
     cfg.save(run_dir / "config.json")
     started = time.perf_counter()
-    rows: list[dict] = []
-    results: dict = {"dataset": cfg.data.dataset, "seeds": [], "settings": rows}
+    results: dict = {"dataset": cfg.data.dataset, "seeds": [], "settings": []}
 
     def save() -> None:
         write_json(run_dir / "results.json", results)
 
     for seed in cfg.attack.seeds:
         seed_cfg = cfg.override([f"data.seed={seed}", f"train.seed={seed}"])
-        results["seeds"].append(run_seed(seed_cfg, run_dir, device, rows, save))
-        save()
+        run_seed(seed_cfg, run_dir, device, results, save)
     results["seconds"] = round(time.perf_counter() - started, 1)
     save()
     write_attack_report(run_dir, cfg, results)

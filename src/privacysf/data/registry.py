@@ -112,11 +112,13 @@ def _itk_t1_brain(cfg: DataConfig) -> list[Case]:
 
 
 def _brain_3subjects(cfg: DataConfig) -> list[Case]:
-    """Three real T1 brains (ICBM152, Colin27, ITK T1) as three cases of one brain-mask dataset.
+    """Three T1 brains from three sources (ICBM152, Colin27, ITK T1) as three cases of one dataset.
 
-    With three cases every split is by subject, so a test slice never has a near-duplicate among the
-    training slices: the cross-subject setting the privacy benchmark needs (queries from a subject no
-    leaked pair and no shadow dataset contains).
+    With three cases every split is by case, so no test slice comes from a volume that training or
+    a leaked pair saw: the cross-subject setting the privacy benchmark needs. ICBM152 is an average of
+    152 brains and Colin27 an average of 27 scans of one man, both in MNI space, so their slices at one
+    index show similar anatomy; only the ITK T1 is a single native scan. The lookup and oracle
+    baselines of the attack suite measure how much that similarity alone gives away.
     """
     return [*_icbm152_brain(cfg), *_colin27_brain(cfg), *_itk_t1_brain(cfg)]
 
@@ -216,15 +218,15 @@ REGISTRY: dict[str, BuiltinDataset] = {
         ),
         BuiltinDataset(
             "brain-3subjects",
-            "ICBM152, Colin27 and the ITK T1 with their brain masks: three subjects (and scanners) of one "
-            "dataset, split by subject (train, val and test each hold one brain)",
+            "ICBM152 (152-brain average), Colin27 (one man, 27 scans averaged; both in MNI space) and the "
+            "native ITK T1 with their brain masks as three cases, split by case (one brain per split)",
             MR_BRAIN,
             "mr",
             "nilearn wheel, Debian package mricron-data and the vendored ITK example (as the three above)",
             "as icbm152-brain, colin27-brain and itk-t1-brain",
             "pip install nilearn; sudo apt-get install mricron-data",
             _brain_3subjects,
-            "three subjects: split by subject",
+            "three brains: split by case",
         ),
         BuiltinDataset(
             "dsb-nuclei",
