@@ -51,3 +51,14 @@ def test_phantom_is_seeded():
     a = prepare(DataConfig(dataset="phantom", size=32, phantom_cases=6, seed=1))
     b = prepare(DataConfig(dataset="phantom", size=32, phantom_cases=6, seed=1))
     np.testing.assert_array_equal(a.train.images, b.train.images)
+
+
+@pytest.mark.parametrize(("seed", "held_out"), [(0, "icbm152"), (1, "itk-t1"), (5, "colin27")])
+def test_brain_3subjects_is_split_by_subject_and_the_documented_seeds_hold_out_each_brain(seed, held_out):
+    """The privacy benchmark's cross-subject split: one brain per split, never shared between splits."""
+    data = prepare(DataConfig(dataset="brain-3subjects", size=32, seed=seed))
+    assert data.split["kind"] == "case"
+    subjects = {name: set(part.case_ids) for name, part in data.splits().items()}
+    assert subjects["test"] == {held_out}
+    assert all(len(s) == 1 for s in subjects.values())
+    assert set.union(*subjects.values()) == {"icbm152", "colin27", "itk-t1"}
