@@ -8,7 +8,8 @@ setting's reconstruction picture, with ``attacks.md`` and the curves written fro
 the current report code (a stopped run publishes the rows it finished). With ``--combine NAME``, runs
 of one dataset (e.g. the same command run for different seeds or settings) are merged into
 ``docs/privacy/NAME/`` instead: one report over every (setting, seed) row; where runs repeat a row,
-the later run's is kept.
+the later run's is kept. The published configuration is the last run's with the seeds of all runs, so
+the report's "partial run" banner names any planned row that none of the runs finished.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def merge(loaded: list[dict]) -> dict:
         rows.update({(r["setting"], r["seed"]): r for r in res["settings"]})
     merged = {"dataset": loaded[0]["dataset"], "seeds": [seeds[k] for k in sorted(seeds)]}
     merged["settings"] = sorted(rows.values(), key=lambda r: r["seed"])  # stable: run order within a seed
-    if all("seconds" in res for res in loaded):
-        merged["seconds"] = sum(res["seconds"] for res in loaded)
+    merged["seconds"] = sum(res.get("seconds", 0.0) for res in loaded)
     return merged
 
 
@@ -48,14 +48,17 @@ def publish(name: str, runs: list[Path]) -> Path:
     loaded = [json.loads((run / "results.json").read_text()) for run in runs]
     results = merge(loaded)
     (target / "results.json").write_text(json.dumps(results, indent=2))
-    shutil.copy2(runs[-1] / "config.json", target / "config.json")
+    configs = [ExperimentConfig.load(run / "config.json") for run in runs]
+    seeds = sorted({seed for cfg in configs for seed in cfg.attack.seeds})
+    cfg = configs[-1].override([f"attack.seeds={json.dumps(seeds)}"])  # the header and plan cover all seeds
+    cfg.save(target / "config.json")
     for run in runs:
         for picture in run.glob("seed*/*/attacks.png"):
             folder = target / picture.parent.parent.name / picture.parent.name
             folder.mkdir(parents=True, exist_ok=True)
             shutil.copy2(picture, folder / picture.name)
     (target / "RUNS").write_text("".join(f"{run.name}\n" for run in runs))
-    write_attack_report(target, ExperimentConfig.load(runs[-1] / "config.json"), results)
+    write_attack_report(target, cfg, results)
     return target
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.attacks.measures import mean_interval
+from privacysf.attacks.setting import planned_rows
 from privacysf.config import ExperimentConfig
 from privacysf.figures import lines, scatter_labelled
 from privacysf.runs import atomic_write
@@ -95,6 +96,15 @@ def membership_auc(rows: list[dict]) -> float:
         for r in rows
     ]
     return _mean(per_seed)
+
+
+def missing_rows(cfg: ExperimentConfig, results: dict) -> list[str]:
+    """A banner naming the (setting, seed) rows the configuration plans but the results lack."""
+    done = {(r["setting"], r["seed"]) for r in results["settings"]}
+    missing = [f"{name}, seed {seed}" for name, seed in planned_rows(cfg) if (name, seed) not in done]
+    if not missing:
+        return []
+    return [f"**Partial run**: no results yet for {'; '.join(missing)}. Every row shown is complete.", ""]
 
 
 def split_summary(results: dict) -> list[str]:
@@ -321,18 +331,10 @@ def write_attack_report(run_dir: Path, cfg: ExperimentConfig, results: dict) -> 
         f"decoders (width {cfg.attack.decoder_width or cfg.codec.width}): {cfg.attack.attacker_steps} Adam "
         "steps of batch 8, and a curve up to "
         f"{max(cfg.attack.curve_steps)} steps for the image inversion from the most leaked pairs. Leaked "
-        f"pairs k = {', '.join(str(k) if k else 'all' for k in cfg.attack.leaked_pairs)} from the training "
-        "and validation subjects. Config: `config.json`; every figure below is in `results.json`.",
+        f"pairs k = {' and '.join(str(k) if k else 'all' for k in cfg.attack.leaked_pairs)} from the "
+        "training and validation subjects. Config: `config.json`; every figure below is in `results.json`.",
         "",
-        *(
-            []
-            if "seconds" in results
-            else [
-                f"**Partial run**: {len(results['settings'])} setting rows finished; rows not listed were "
-                "not run.",
-                "",
-            ]
-        ),
+        *missing_rows(cfg, results),
         "## Split",
         *split_summary(results),
         "",

@@ -23,9 +23,31 @@ from privacysf.attacks.encoded import encoded_data_analysis, token_norm_maps
 from privacysf.attacks.inversion import DecoderRecipe, decode_with, foreground_fraction, invert, recover_order
 from privacysf.attacks.measures import image_similarity, reidentification_top1
 from privacysf.attacks.shadow import align_channels
-from privacysf.config import AttackConfig
+from privacysf.config import AttackConfig, ExperimentConfig
 from privacysf.data.preprocess import SliceSet
 from privacysf.metrics import per_slice_dice
+
+
+def mode_settings(cfg: ExperimentConfig) -> list[tuple[str, float | None]]:
+    """The image-encoder modes a run attacks, ``private`` once per λ."""
+    a = cfg.attack
+    return [(m, None) for m in a.modes if m != "private"] + (
+        [("private", w) for w in a.private_weights] if "private" in a.modes else []
+    )
+
+
+def setting_name(mode: str, weight: float | None, key: str) -> str:
+    return f"{mode}{f' λ={weight:g}' if weight is not None else ''} / key {key}"
+
+
+def planned_rows(cfg: ExperimentConfig) -> list[tuple[str, int]]:
+    """Every (setting, seed) row a run of ``cfg`` makes, in run order."""
+    return [
+        (setting_name(mode, weight, key), seed)
+        for seed in cfg.attack.seeds
+        for mode, weight in mode_settings(cfg)
+        for key in cfg.attack.keys
+    ]
 
 
 @dataclass

@@ -35,7 +35,9 @@ from privacysf.attacks.setting import (
     key_attacks,
     linkage,
     mask_attacks,
+    mode_settings,
     norm_panel,
+    setting_name,
     well_posed,
 )
 from privacysf.baseline.unet import predict_labels, train_unet
@@ -85,17 +87,6 @@ KEY_OVERRIDES = {
     ],
 }
 PICTURE_ROWS = 5
-
-
-def mode_settings(cfg: ExperimentConfig) -> list[tuple[str, float | None]]:
-    a = cfg.attack
-    return [(m, None) for m in a.modes if m != "private"] + (
-        [("private", w) for w in a.private_weights] if "private" in a.modes else []
-    )
-
-
-def setting_name(mode: str, weight: float | None, key: str) -> str:
-    return f"{mode}{f' λ={weight:g}' if weight is not None else ''} / key {key}"
 
 
 def _slug(mode: str, weight: float | None, key: str) -> str:
