@@ -158,6 +158,7 @@ def key_attacks(scene: Scene, ks: tuple[int, ...], seed: int) -> tuple[dict, np.
     every_code = np.r_[scene.pool_codes.images, scene.query_codes.images]
     jig = keyed.jigsaw(every_code, scene.grid, true_order=scene.true_order)
     jig_order = jig.pop("order")
+    jig.pop("embedding")  # (L, 2) coordinates: a picture's worth, not a figure for results.json
     out["pair-free jigsaw"] = {**jig, "codes": len(every_code)}
     return out, jig_order
 
