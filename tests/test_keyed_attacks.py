@@ -220,3 +220,12 @@ def test_linkage_chance_counts_each_querys_group():
     result = linkage(query, np.array([0, 0, 1]), pool, np.array([0, 0, 0, 1]))
     assert result["top1"] == pytest.approx(1 / 3)  # only the first query's nearest shares its group
     assert result["chance"] == pytest.approx((0.75 + 0.75 + 0.25) / 3)
+
+
+def test_linkage_never_matches_an_excluded_code_and_counts_chance_over_the_rest():
+    pool = np.arange(4, dtype=np.float32).reshape(4, 1, 1) * 10  # codes 0, 10, 20, 30
+    query = np.array([1.0, 29.0], dtype=np.float32).reshape(2, 1, 1)  # nearest: 0 and 3
+    excluded = np.array([[True, False, False, False], [True, True, True, True]])
+    assert list(nearest_codes(query[:1], pool, excluded[:1])) == [1]  # 0 is out of reach: next is 10
+    result = linkage(query, np.array([0, 1]), pool, np.array([0, 0, 1, 1]), excluded)
+    assert result == {"top1": 1.0, "chance": pytest.approx(1 / 3), "queries": 1}  # query 2 has none left

@@ -500,12 +500,12 @@ def procrustes_align(victim: np.ndarray, shadow: np.ndarray) -> np.ndarray:
 # 5. Linkage
 
 
-def nearest_codes(query: np.ndarray, pool: np.ndarray) -> np.ndarray:
+def nearest_codes(query: np.ndarray, pool: np.ndarray, excluded: np.ndarray | None = None) -> np.ndarray:
     """Index in ``pool`` (P, L, C) of the Euclidean-nearest code to each of ``query`` (Q, L, C).
 
     Distances are between whole flattened codes, which an orthogonal channel mix and a fixed token
     permutation (the same key on both sides) leave unchanged, so the key does not hide who is close
-    to whom.
+    to whom. ``excluded`` (Q, P), when given, marks pool codes a query may not be matched to.
     """
     q = np.asarray(query, dtype=np.float64).reshape(len(query), -1)
     p = np.asarray(pool, dtype=np.float64).reshape(len(pool), -1)
@@ -515,21 +515,32 @@ def nearest_codes(query: np.ndarray, pool: np.ndarray) -> np.ndarray:
     for start in range(0, len(q), step):
         block = q[start : start + step]
         dist = p_sq[None, :] - 2.0 * block @ p.T  # ||q||² is constant per row
+        if excluded is not None:
+            dist[excluded[start : start + step]] = np.inf
         out[start : start + step] = dist.argmin(axis=1)
     return out
 
 
 def linkage(
-    query: np.ndarray, query_groups: np.ndarray, pool: np.ndarray, pool_groups: np.ndarray
+    query: np.ndarray,
+    query_groups: np.ndarray,
+    pool: np.ndarray,
+    pool_groups: np.ndarray,
+    excluded: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Does each query code's nearest pool code come from the same subject?
 
     ``top1`` is that fraction; ``chance`` is what picking a pool code at random would give, the mean
-    over queries of (pool codes of the query's group / pool size). The caller passes disjoint query
-    and pool sets; identical indices are not excluded here.
+    over queries of (pool codes of the query's group / pool size). ``excluded`` (Q, P) takes pool
+    codes out of a query's reach (itself, its neighbouring slices); a query with none left is skipped.
     """
     query_groups, pool_groups = np.asarray(query_groups), np.asarray(pool_groups)
-    nearest = nearest_codes(query, pool)
-    same = pool_groups[nearest] == query_groups
-    share = (query_groups[:, None] == pool_groups[None, :]).mean(axis=1)
-    return {"top1": float(same.mean()), "chance": float(share.mean()), "queries": len(query_groups)}
+    allowed = np.ones((len(query_groups), len(pool_groups)), bool) if excluded is None else ~excluded
+    scored = allowed.any(axis=1)
+    if not scored.any():
+        return {"top1": 0.0, "chance": 0.0, "queries": 0}
+    nearest = nearest_codes(query[scored], pool, None if excluded is None else excluded[scored])
+    same = pool_groups[nearest] == query_groups[scored]
+    own = (query_groups[scored, None] == pool_groups[None, :]) & allowed[scored]
+    share = own.sum(axis=1) / allowed[scored].sum(axis=1)
+    return {"top1": float(same.mean()), "chance": float(share.mean()), "queries": int(scored.sum())}

@@ -95,10 +95,14 @@ def k_label(k: int) -> str:
     return f"k={k}" if k else "k=all"
 
 
+def leaked_count(pool_size: int, k: int) -> int:
+    """How many pairs k leaks from a pool (k = 0 or k > pool: all of it)."""
+    return pool_size if k == 0 or k > pool_size else k
+
+
 def leaked_indices(pool_size: int, k: int, seed: int) -> np.ndarray:
-    """k leaked pairs drawn at random from the pool (k = 0 or k > pool: all of it)."""
-    k = pool_size if k == 0 or k > pool_size else k
-    return np.sort(np.random.default_rng(seed).choice(pool_size, k, replace=False))
+    """``leaked_count`` pairs drawn at random from the pool."""
+    return np.sort(np.random.default_rng(seed).choice(pool_size, leaked_count(pool_size, k), replace=False))
 
 
 def well_posed(scene: Scene, shadow: Shadow) -> dict:
@@ -130,11 +134,18 @@ def _mask_entry(labels: np.ndarray, scene: Scene, kind: str, **extra) -> dict:
     return {"dice": float(dice.mean()), "per_query": np.round(dice, 4).tolist(), "kind": kind, **extra}
 
 
-def _order(tokens: np.ndarray, targets: np.ndarray, scene: Scene) -> np.ndarray | None:
-    """The attacker's best order for leaked tokens (None when tokens already come in raster order)."""
+def _in_order(
+    leaked: np.ndarray, queries: np.ndarray, targets: np.ndarray, scene: Scene
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Leaked and query tokens put in the attacker's best raster order, and whether it was recovered.
+
+    Without a permutation they already arrive in raster order; under one, the order is recovered
+    from the leaked pairs by channel regression (``targets``: images or foreground fractions).
+    """
     if scene.true_order is None:
-        return None
-    return keyed.recover_order_by_regression(tokens, targets, scene.grid)
+        return leaked, queries, False
+    order = keyed.recover_order_by_regression(leaked, targets, scene.grid)
+    return leaked[:, order], queries[:, order], True
 
 
 def key_attacks(scene: Scene, ks: tuple[int, ...], seed: int) -> tuple[dict, np.ndarray]:
@@ -178,7 +189,7 @@ def image_attacks(
     entries: dict = {}
     panels: dict[str, np.ndarray] = {}
     truth, count = scene.queries.images, len(scene.queries)
-    largest = max(len(leaked_indices(len(scene.pool), k, 0)) for k in cfg.leaked_pairs)
+    largest = max(leaked_count(len(scene.pool), k) for k in cfg.leaked_pairs)
     for k in cfg.leaked_pairs:
         pick = leaked_indices(len(scene.pool), k, recipe.seed)
         n, tokens, images = len(pick), scene.pool_codes.images[pick], scene.pool.images[pick]
@@ -192,12 +203,7 @@ def image_attacks(
         entries[f"ridge {name}"] = _image_entry(fitted, scene, "attack", cfg.candidates, **tag)
         best = lookup.oracle_best(truth, images, scene.data_range)
         entries[f"oracle best leaked {name}"] = _image_entry(best, scene, "oracle", cfg.candidates, **tag)
-        order = _order(tokens, images, scene)
-        leaked, queries = (
-            (tokens, scene.query_codes.images)
-            if order is None
-            else (tokens[:, order], scene.query_codes.images[:, order])
-        )
+        leaked, queries, recovered = _in_order(tokens, scene.query_codes.images, images, scene)
         curve = n == largest
         steps = max(cfg.curve_steps) if curve else recipe.steps
         run = DecoderRecipe(**{**recipe.__dict__, "steps": steps})
@@ -211,7 +217,7 @@ def image_attacks(
             **tag,
             steps=steps,
             curve={str(s): round(v, 4) for s, v in scored.items()},
-            order="recovered by channel regression" if order is not None else "raster (no permutation)",
+            order="recovered by channel regression" if recovered else "raster (no permutation)",
         )
         panels[f"inversion {name}"] = recons[steps][:, 0]
         if n == largest:
@@ -227,8 +233,7 @@ def image_attacks(
     for name, aligned in variants.items():
         recon = decode_with(shadow.image_decoder, aligned, scene.grid, device)
         entries[name] = _image_entry(recon, scene, "attack", cfg.candidates, public=shadow.dataset)
-    shown = list(variants)[-1]  # the last variant tried, picked without looking at the truth
-    panels[shown] = decode_with(shadow.image_decoder, variants[shown], scene.grid, device)[:, 0]
+    panels[name] = recon[:, 0]  # the last variant tried, picked without looking at the truth
     return entries, panels
 
 
@@ -253,12 +258,7 @@ def mask_attacks(
         entries[f"ridge {name}"] = _mask_entry(
             lookup.ridge(scene.query_codes.masks, tokens, hot).argmax(axis=1), scene, "attack", leaked_pairs=n
         )
-        order = _order(tokens, foreground_fraction(masks), scene)
-        leaked, queries = (
-            (tokens, scene.query_codes.masks)
-            if order is None
-            else (tokens[:, order], scene.query_codes.masks[:, order])
-        )
+        leaked, queries, _ = _in_order(tokens, scene.query_codes.masks, foreground_fraction(masks), scene)
         labels = invert(leaked, masks, queries, scene.grid, k_classes, recipe, device)[recipe.steps]
         entries[f"inversion {name}"] = _mask_entry(labels, scene, "attack", leaked_pairs=n)
         panels[f"mask inversion {name}"] = labels
@@ -284,21 +284,16 @@ def linkage(scene: Scene) -> dict:
     keeps, so this needs no pair and ignores the key. Subjects that differ in scanner or intensity
     make this easier: it measures whether codes group by subject, whatever the reason.
     """
-    queries, subjects = scene.query_codes.images, scene.query_codes.subjects
+    queries = scene.query_codes.images
     pool = np.r_[scene.pool_codes.images, queries]
-    groups = np.array(scene.pool_codes.subjects + subjects)
+    groups = np.array(scene.pool_codes.subjects + scene.query_codes.subjects)
     slices = np.r_[scene.pool.slice_index, scene.queries.slice_index]
-    hits, chance = [], []
-    for i, subject in enumerate(subjects):
-        keep = ~((groups == subject) & (np.abs(slices - scene.queries.slice_index[i]) <= LINK_GUARD))
-        if not keep.any():
-            continue
-        nearest = keyed.nearest_codes(queries[i : i + 1], pool[keep])[0]
-        hits.append(groups[keep][nearest] == subject)
-        chance.append(float(np.mean(groups[keep] == subject)))
+    own = groups[len(scene.pool_codes.images) :]
+    near = np.abs(scene.queries.slice_index[:, None] - slices[None, :]) <= LINK_GUARD
+    result = keyed.linkage(queries, own, pool, groups, excluded=near & (own[:, None] == groups[None, :]))
     return {
-        "top1": float(np.mean(hits)) if hits else 0.0,
-        "chance": float(np.mean(chance)) if chance else 0.0,
+        "top1": result["top1"],
+        "chance": result["chance"],
         "pool": len(pool) - 1,
         "guard_slices": LINK_GUARD,
     }
