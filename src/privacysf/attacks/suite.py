@@ -205,6 +205,7 @@ def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, results
     k_classes = data.info.num_classes
     seed_dir = run_dir / f"seed{cfg.train.seed}"
     write_json(seed_dir / "data.json", describe(data))
+    public = _public_data(cfg, data)  # before any training: a wrong choice fails at once
     grid = token_grid(cfg.data.size, cfg.codec)
     seed_everything(cfg.train.seed, cfg.train.threads)
     unet, _ = train_unet(cfg, data, device, seed_dir / "baseline" / "unet.pt")
@@ -213,7 +214,6 @@ def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, results
     codec, _ = train_mask_codec(
         cfg, data.train, data.val, k_classes, device, seed_dir / "center" / "mask_codec.pt"
     )
-    public = _public_data(cfg, data)
     shadow = train_shadow(cfg, public, k_classes, device)
     summary = {
         "seed": cfg.train.seed,
