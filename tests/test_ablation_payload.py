@@ -1,6 +1,6 @@
-from privacysf.ablation import SWITCHES, variants
-from privacysf.center.pipeline import query_payload
 from privacysf.config import AugmentConfig, ExperimentConfig
+from privacysf.workflows.ablate import SWITCHES, variants
+from privacysf.workflows.inprocess import query_payload
 
 
 def test_each_ablation_row_differs_from_its_reference_in_one_switch():

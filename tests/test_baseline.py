@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from privacysf.baseline.run import CHECKPOINT, eval_baseline, train_baseline
 from privacysf.config import ExperimentConfig
 from privacysf.errors import ConfigError
+from privacysf.workflows.baseline import CHECKPOINT, eval_baseline, train_baseline
 
 
 @pytest.fixture(scope="module")

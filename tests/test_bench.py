@@ -14,14 +14,14 @@ import torch
 from privacysf.benchmark.jobs import PRIVACYSF, REFERENCE, UNET, plan
 from privacysf.benchmark.runner import RESULTS, publish, run_bench, select
 from privacysf.benchmark.suites import SUITES, get_suite
-from privacysf.center.pipeline import payload_bytes
 from privacysf.cli import main
+from privacysf.common.resources import PeakMemory
 from privacysf.config import DataConfig
 from privacysf.data.prepare import prepare
 from privacysf.errors import ConfigError
 from privacysf.reference.center import MultiScaleEncoder
 from privacysf.reference.run import untrained_reference
-from privacysf.resources import PeakMemory
+from privacysf.workflows.inprocess import payload_bytes
 
 
 @pytest.fixture(scope="module")

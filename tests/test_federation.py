@@ -20,9 +20,9 @@ from privacysf.data.phantom import phantom_cases
 from privacysf.data.registry import REGISTRY
 from privacysf.errors import ConfigError, FederationError, PrivacySFError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, split_messages
-from privacysf.multicenter import run_federate
 from privacysf.server import MappingServer
 from privacysf.server.federation import Federation, Member
+from privacysf.workflows.federate import run_federate
 
 TINY = [
     "data.dataset=phantom",

@@ -8,11 +8,11 @@ import pytest
 from keykit import assert_no_secret, secret_forms
 
 from privacysf.center.keys import KEY_FILE_MODE, CenterKey, KeyedTransform
+from privacysf.common.runs import write_json
 from privacysf.config import ExperimentConfig, KeyConfig
 from privacysf.errors import ConfigError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER
-from privacysf.runs import write_json
 
 CHANNELS = {"image": 4, "mask": 6}
 

@@ -10,16 +10,17 @@ import torch
 from keykit import assert_no_secret, secret_forms
 
 from privacysf.center.keys import CenterKey
-from privacysf.center.pipeline import IMAGE_ENCODER, KEY, MASK_CODEC, fit_server, keyed_transform, load_center
+from privacysf.center.pipeline import IMAGE_ENCODER, KEY, MASK_CODEC, keyed_transform, load_center
 from privacysf.config import ExperimentConfig
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
 from privacysf.data.readers import read_volume
 from privacysf.errors import ConfigError, DataError, WireFormatError
 from privacysf.exchange import CodeBatch, encode_codes
-from privacysf.experiment import reload, run_fit
 from privacysf.metrics import mean_dice
-from privacysf.segment import segment_file
+from privacysf.workflows.fit import reload, run_fit
+from privacysf.workflows.inprocess import fit_server
+from privacysf.workflows.segment import segment_file
 
 SETTINGS = [
     "data.dataset=phantom",

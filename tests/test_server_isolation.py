@@ -8,7 +8,7 @@ FORBIDDEN = (
     "privacysf.data",
     "privacysf.baseline",
     "privacysf.metrics",
-    "privacysf.figures",
+    "privacysf.common.figures",
     "nibabel",
     "SimpleITK",
     "pydicom",

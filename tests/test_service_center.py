@@ -14,15 +14,15 @@ import pytest
 from servicekit import LoopbackServer
 
 from privacysf.center.client import ServiceClient
-from privacysf.center.remote import dataset_bundle, segment_remote, upload_run
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
 from privacysf.exchange import decode_codes, split_messages
-from privacysf.experiment import reload_center, run_fit
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
+from privacysf.workflows.fit import reload_center, run_fit
+from privacysf.workflows.remote import dataset_bundle, segment_remote, upload_run
 
 FIT = [
     "data.dataset=phantom",

@@ -38,6 +38,8 @@ CENTER_PARTITIONS = ("iid", "size-skew", "label-skew")
 FEDERATION_MODES = ("alone", "pooled", "pooled-noembed", "fedavg-codecs", "unet-fedavg", "unet-pooled")
 """Multi-center modes compared on each center's own test set (``docs/multicenter.md`` explains each)."""
 ON_DROPOUT = ("continue", "fail")
+WIRE_DTYPE_NAMES = ("float32", "float16", "int8")
+"""Value types of codes on the wire (``privacysf.exchange.wire`` maps each to its numpy dtype)."""
 
 
 @dataclass
@@ -276,7 +278,7 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        from privacysf.runs import write_json
+        from privacysf.common.runs import write_json
 
         write_json(path, self.to_dict())
 
@@ -288,8 +290,6 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         """Refuse values that would only fail (or silently mislead) minutes into training."""
-        from privacysf.exchange.wire import WIRE_DTYPES
-
         d, t, c, m, a, k = self.data, self.train, self.codec, self.mapper, self.augment, self.key
         checks = [
             (d.size > 0, "data.size must be positive"),
@@ -314,7 +314,7 @@ class ExperimentConfig:
             (d.size % 2 ** len(self.unet.strides) == 0, "data.size must be divisible by the U-Net's strides"),
             (min(c.image_channels, c.mask_channels, c.width) >= 1, "codec channels and width must be >= 1"),
             (c.image_mode in IMAGE_MODES, f"codec.image_mode must be one of {IMAGE_MODES}"),
-            (c.wire_dtype in WIRE_DTYPES, f"codec.wire_dtype must be one of {sorted(WIRE_DTYPES)}"),
+            (c.wire_dtype in WIRE_DTYPE_NAMES, f"codec.wire_dtype must be one of {WIRE_DTYPE_NAMES}"),
             (m.width >= 8 and m.width % 8 == 0, "mapper.width must be a positive multiple of 8 (GroupNorm)"),
             (m.kernel >= 1 and m.kernel % 2 == 1, "mapper.kernel must be odd"),
             (m.cycles >= 1, "mapper.cycles must be >= 1"),

@@ -23,9 +23,9 @@ from torch import nn
 
 from privacysf.attacks.encoded import pool_to_grid, token_norm_maps
 from privacysf.attacks.measures import correlation_matrix
+from privacysf.common.torchutil import apply_in_batches
 from privacysf.exchange import tokens_to_grid
 from privacysf.nets.conv import ConvDecoder
-from privacysf.torchutil import apply_in_batches
 
 
 @dataclass

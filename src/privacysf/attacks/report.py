@@ -14,9 +14,9 @@ import numpy as np
 
 from privacysf.attacks.measures import mean_interval
 from privacysf.attacks.setting import planned_rows
+from privacysf.common.figures import lines, scatter_labelled
+from privacysf.common.runs import atomic_write
 from privacysf.config import ExperimentConfig
-from privacysf.figures import lines, scatter_labelled
-from privacysf.runs import atomic_write
 
 DICE_FRACTION = 0.90
 """A setting is counted as usable when its Dice is at least this fraction of the raw U-Net's."""

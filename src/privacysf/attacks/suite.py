@@ -40,7 +40,6 @@ from privacysf.attacks.setting import (
     setting_name,
     well_posed,
 )
-from privacysf.baseline.unet import predict_labels, train_unet
 from privacysf.center.codecs import (
     MaskCodec,
     encode_images,
@@ -50,16 +49,18 @@ from privacysf.center.codecs import (
     train_mask_codec,
 )
 from privacysf.center.keys import CenterKey
-from privacysf.center.pipeline import KEY, Center, fit_server, keyed_transform
+from privacysf.center.pipeline import KEY, Center, keyed_transform
+from privacysf.common.figures import image_grid, pick_rows
+from privacysf.common.runs import new_run_dir, write_json
+from privacysf.common.torchutil import resolve_device, seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData, describe, prepare
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError
-from privacysf.evaluation import score_test
 from privacysf.exchange import decode_codes
-from privacysf.figures import image_grid, pick_rows
-from privacysf.runs import new_run_dir, write_json
-from privacysf.torchutil import resolve_device, seed_everything
+from privacysf.metrics.evaluation import score_test
+from privacysf.nets.unet import predict_labels, train_unet
+from privacysf.workflows.inprocess import fit_server
 
 LEAKED_SUBJECTS = "leaked-subjects"
 """Public-data choice: the shadow attacker trains on the victim dataset's non-query subjects."""

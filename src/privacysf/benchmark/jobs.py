@@ -15,10 +15,10 @@ import torch
 
 from privacysf.benchmark.latency import query_latency
 from privacysf.benchmark.suites import BenchSuite
-from privacysf.center.pipeline import payload_bytes, untrained_pipeline
 from privacysf.config import ExperimentConfig
-from privacysf.experiment import run_fit
 from privacysf.reference.run import run_reference, untrained_reference
+from privacysf.workflows.fit import run_fit
+from privacysf.workflows.inprocess import payload_bytes, untrained_pipeline
 
 PRIVACYSF = "Privacy-SF"
 UNET = "raw U-Net"

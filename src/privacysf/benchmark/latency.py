@@ -15,7 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from privacysf.center.pipeline import Mapper, QueryClient
+from privacysf.center.pipeline import Mapper
+from privacysf.workflows.inprocess import QueryClient
 
 STAGES = ("encode", "map", "decode")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.benchmark.jobs import PRIVACYSF, REFERENCE, UNET
-from privacysf.figures import dice_bars, lines, stacked_bars
-from privacysf.runs import atomic_write
+from privacysf.common.figures import dice_bars, lines, stacked_bars
+from privacysf.common.runs import atomic_write
 
 DICE_RATIO_TARGET = 0.95
 PAYLOAD_SHARE_TARGET = 0.25

@@ -14,9 +14,9 @@ from privacysf.benchmark.environment import machine, versions
 from privacysf.benchmark.jobs import RUNNERS, Job, JobContext, plan
 from privacysf.benchmark.report import write_benchmarks
 from privacysf.benchmark.suites import BenchSuite, get_suite
+from privacysf.common.runs import new_run_dir, write_json
+from privacysf.common.torchutil import resolve_device
 from privacysf.errors import ConfigError
-from privacysf.runs import new_run_dir, write_json
-from privacysf.torchutil import resolve_device
 
 RESULTS = "results.json"
 REPORT = "benchmarks.md"

@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
+from privacysf.common.runs import atomic_write
 from privacysf.errors import ConfigError, ServiceError
-from privacysf.runs import atomic_write
 
 CODES = "application/octet-stream"
 CHUNK = 1024 * 1024

@@ -17,6 +17,8 @@ from monai.losses import DiceCELoss
 from monai.networks.utils import one_hot
 from torch import nn
 
+from privacysf.common.torchutil import apply_in_batches
+from privacysf.common.training import FitResult, fit
 from privacysf.config import CodecConfig, ExperimentConfig
 from privacysf.data.loader import batched, slice_batches
 from privacysf.data.preprocess import SliceSet
@@ -25,8 +27,6 @@ from privacysf.exchange import grid_to_tokens, tokens_to_grid
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvDecoder, ConvEncoder
 from privacysf.nets.sequence import SequenceMapper
-from privacysf.torchutil import apply_in_batches
-from privacysf.training import FitResult, fit
 
 
 def token_grid(size: int, cfg: CodecConfig) -> tuple[int, int]:

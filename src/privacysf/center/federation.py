@@ -23,7 +23,6 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from privacysf.baseline.unet import build_unet, predict_labels, train_unet
 from privacysf.center.codecs import MaskCodec, codec_signature, train_image_encoder, train_mask_codec
 from privacysf.center.keys import CenterKey
 from privacysf.center.pipeline import (
@@ -35,11 +34,12 @@ from privacysf.center.pipeline import (
     train_center,
     upload_messages,
 )
+from privacysf.common.torchutil import resolve_device, save_checkpoint, seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.data.centers import CenterData, prepare_centers
-from privacysf.evaluation import score_test
 from privacysf.exchange import flower
-from privacysf.torchutil import resolve_device, save_checkpoint, seed_everything
+from privacysf.metrics.evaluation import score_test
+from privacysf.nets.unet import build_unet, predict_labels, train_unet
 
 
 @dataclass

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from privacysf.common.runs import atomic_write
 from privacysf.config import KeyConfig
 from privacysf.errors import ConfigError
 from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER
-from privacysf.runs import atomic_write
 
 KEY_BYTES = 32
 KEY_FILE_MODE = 0o600  # owner read/write only: the key never leaves the center

@@ -1,14 +1,12 @@
-"""The Privacy-SF workflow as a center runs it, with the server reached through wire messages.
+"""A center's side of Privacy-SF: its private models, its secret key and the messages it sends.
 
-``fit``: train the center's mask codec and image encoder on its own data, encode, send code pairs to
-the server, let the server train its mapper. ``segment``: encode a new image, send the code, decode the
-returned mask code. The server object here is in-process, but it is handed nothing but ``bytes`` in
-the exchange format, exactly what would cross the network.
+``train_center`` fits the mask codec and image encoder on the center's own data; :class:`Center`
+turns images into image-code messages and mask-code messages back into labels. The server is reached
+only through :class:`Mapper` (bytes in, bytes out), in-process or over HTTP.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,41 +25,27 @@ from privacysf.center.codecs import (
     train_mask_codec,
 )
 from privacysf.center.keys import CenterKey, KeyedTransform
+from privacysf.common.torchutil import load_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.data.preprocess import SliceSet
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvEncoder
-from privacysf.server import MappingServer
-from privacysf.torchutil import load_checkpoint
 
 MASK_CODEC = Path("center") / "mask_codec.pt"
 IMAGE_ENCODER = Path("center") / "image_encoder.pt"
 KEY = Path("center") / "key.json"
-MAPPER = Path("server") / "mapper.pt"
 
 
 class Mapper(Protocol):
     """What a center needs of a server: image-code message in, mask-code message out.
 
-    Both the in-process :class:`MappingServer` and a model served over HTTP
+    Both the in-process :class:`privacysf.server.MappingServer` and a model served over HTTP
     (:class:`privacysf.center.client.RemoteMapper`) fit, so one workflow covers both.
     """
 
     def map(self, image_codes: bytes) -> bytes: ...
-
-
-class QueryClient(Protocol):
-    """The center half of a query: images to an image-code message, a mask-code message to labels.
-
-    :class:`Center` fits, and so does the benchmark's reference design, so payload and latency are
-    measured by the same code for both.
-    """
-
-    def image_message(self, images: np.ndarray) -> bytes: ...
-
-    def decode_message(self, message: bytes) -> np.ndarray: ...
 
 
 @dataclass
@@ -136,42 +120,6 @@ def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str
     return mean_dice(center.decode_message(center.mask_message(masks, dtype)), masks, num_classes)
 
 
-def payload_bytes(center: QueryClient, server: Mapper, image: np.ndarray) -> dict[str, int]:
-    """Bytes of one single-image query: image code up, mask code down, headers included."""
-    up = center.image_message(image[None])
-    down = server.map(up)
-    return {"up": len(up), "down": len(down), "total": len(up) + len(down)}
-
-
-def untrained_pipeline(
-    cfg: ExperimentConfig, num_classes: int, size: int, device_name: str = "cpu"
-) -> tuple[Center, MappingServer]:
-    """A center and server with fresh networks at ``size``²: for sizes and timings, not for results.
-
-    Message sizes depend on the grid, values per token and wire dtype, and compute time on the
-    architecture, not on training, so fresh networks give exact payloads and representative latency
-    at any image size without training at that size.
-    """
-    sized = cfg.override([f"data.size={size}", f"train.device={device_name}"])
-    c, device = sized.codec, torch.device(device_name)
-    center = Center(
-        sized,
-        MaskCodec(num_classes, c).to(device).eval(),
-        ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device).eval(),
-        token_grid(size, c),
-        device,
-    )
-    server = MappingServer(sized.mapper, sized.augment, sized.train)
-    server.initialise(center.grid, c.image_channels, c.mask_channels)
-    return center, server
-
-
-def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> dict[str, int]:
-    """Bytes of one query at ``size``² with the config's codec: real messages from real networks."""
-    center, server = untrained_pipeline(cfg, num_classes, size)
-    return payload_bytes(center, server, np.zeros((1, size, size), np.float32))
-
-
 def upload_messages(center: Center, train: SliceSet, val: SliceSet) -> tuple[bytes, bytes, bytes, bytes]:
     """All a center sends for the server to learn its mapping: train and val image and mask codes."""
     return (
@@ -180,20 +128,6 @@ def upload_messages(center: Center, train: SliceSet, val: SliceSet) -> tuple[byt
         center.image_message(val.images),
         center.mask_message(val.masks),
     )
-
-
-def fit_server(cfg: ExperimentConfig, center: Center, train: SliceSet, val: SliceSet, run_dir: Path):
-    """What the center uploads and what the server does with it (server side sees bytes only)."""
-    started = time.perf_counter()
-    messages = upload_messages(center, train, val)
-    encode_seconds = time.perf_counter() - started
-    server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
-    result = server.fit(*messages, checkpoint=run_dir / MAPPER)
-    upload = {
-        "train_bytes": len(messages[0]) + len(messages[1]),
-        "val_bytes": len(messages[2]) + len(messages[3]),
-    }
-    return server, result, {"encode_seconds": round(encode_seconds, 2), **upload}
 
 
 def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) -> Center:
@@ -210,10 +144,3 @@ def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) 
     return Center(
         cfg, codec.to(device).eval(), encoder.to(device).eval(), token_grid(cfg.data.size, c), device, key
     )
-
-
-def load_server(cfg: ExperimentConfig, run_dir: Path) -> MappingServer:
-    grid = token_grid(cfg.data.size, cfg.codec)
-    server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
-    server.load(run_dir / MAPPER, grid, cfg.codec.image_channels, cfg.codec.mask_channels)
-    return server

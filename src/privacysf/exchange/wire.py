@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from privacysf.config import WIRE_DTYPE_NAMES
 from privacysf.errors import WireFormatError
 
 MAGIC = b"PSFC"
@@ -32,7 +33,7 @@ FORMAT_VERSION = 1
 SCAN_ORDER = "row-major"
 KEYED_SCAN = "keyed"
 SCAN_ORDERS = (SCAN_ORDER, KEYED_SCAN)
-WIRE_DTYPES = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}
+WIRE_DTYPES = dict(zip(WIRE_DTYPE_NAMES, map(np.dtype, ("<f4", "<f2", "i1")), strict=True))
 INT8_SCALE = 127.0
 KINDS = ("image", "mask")
 _PREFIX = struct.Struct("<4sHI")

@@ -14,13 +14,15 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from privacysf.center.pipeline import payload_bytes
+from privacysf.common.figures import curves
+from privacysf.common.runs import write_json
+from privacysf.common.torchutil import apply_in_batches
+from privacysf.common.training import fit
 from privacysf.config import ExperimentConfig
 from privacysf.data.loader import slice_batches
 from privacysf.errors import ConfigError
-from privacysf.evaluation import save_test_overlays, score_test
-from privacysf.figures import curves
 from privacysf.metrics import mean_dice
+from privacysf.metrics.evaluation import save_test_overlays, score_test
 from privacysf.reference.center import (
     LATENT_CHANNELS,
     SCALES,
@@ -32,10 +34,8 @@ from privacysf.reference.center import (
     messages_to_latents,
 )
 from privacysf.reference.server import ReferenceMapper, ReferenceServer
-from privacysf.runs import write_json
-from privacysf.session import open_run
-from privacysf.torchutil import apply_in_batches
-from privacysf.training import fit
+from privacysf.workflows.inprocess import payload_bytes
+from privacysf.workflows.session import open_run
 
 LABEL = "reference"
 DESCRIPTION = (

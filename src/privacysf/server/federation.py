@@ -25,12 +25,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from privacysf.common.runs import atomic_write, write_json
+from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.errors import FederationError
 from privacysf.exchange import flower
-from privacysf.runs import atomic_write, write_json
 from privacysf.server.mapping import MappingServer
-from privacysf.torchutil import save_checkpoint
 
 CODE_MODES = {
     "alone": flower.LOCAL,

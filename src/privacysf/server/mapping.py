@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privacysf.common.torchutil import load_checkpoint, resolve_device, save_checkpoint
+from privacysf.common.training import EpochHook, FitResult, fit
 from privacysf.config import (
     ORDER_AUGMENTATIONS,
     ORDER_BLIND_MAPPERS,
@@ -25,8 +27,6 @@ from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.nets.mappers import build_mapper
 from privacysf.server.augment import augment_pairs, pipeline
-from privacysf.torchutil import load_checkpoint, resolve_device, save_checkpoint
-from privacysf.training import EpochHook, FitResult, fit
 
 
 class MappingServer:
@@ -91,7 +91,7 @@ class MappingServer:
     ) -> FitResult:
         """Train on uploaded code pairs; early stopping uses the validation code MSE (no decoder here).
 
-        ``resume`` and ``on_epoch`` are passed to :func:`privacysf.training.fit` (restartable jobs).
+        ``resume`` and ``on_epoch`` are passed to :func:`privacysf.common.training.fit` (restartable jobs).
         """
         return self.fit_pooled(
             [(train_images, train_masks, val_images, val_masks)], checkpoint, resume, on_epoch

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from privacysf.center.pipeline import fit_server, train_center
+from privacysf.center.pipeline import train_center
+from privacysf.common.runs import atomic_write, write_json
+from privacysf.common.torchutil import seed_everything
 from privacysf.config import AUGMENTATIONS as SWITCHES
 from privacysf.config import AugmentConfig, ExperimentConfig
-from privacysf.evaluation import score_test
-from privacysf.runs import atomic_write, write_json
-from privacysf.session import open_run
-from privacysf.torchutil import seed_everything
+from privacysf.metrics.evaluation import score_test
+from privacysf.workflows.inprocess import fit_server
+from privacysf.workflows.session import open_run
 
 PROBABILITY = 0.5
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.center.pipeline import Center
+from privacysf.common.figures import image_grid, pick_rows
+from privacysf.common.runs import atomic_write
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData
 from privacysf.exchange import decode_codes
-from privacysf.figures import image_grid, pick_rows
-from privacysf.runs import atomic_write
 
 CODE_COLUMNS = 5
 

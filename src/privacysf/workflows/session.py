@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
+from privacysf.common.runs import new_run_dir, write_json
+from privacysf.common.torchutil import resolve_device, seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData, describe, prepare
-from privacysf.runs import new_run_dir, write_json
-from privacysf.torchutil import resolve_device, seed_everything
 
 
 @dataclass

@@ -76,7 +76,7 @@ def cmd_center_login(args: argparse.Namespace) -> None:
 
 
 def cmd_center_upload(args: argparse.Namespace) -> None:
-    from privacysf.center.remote import upload_run
+    from privacysf.workflows.remote import upload_run
 
     row = upload_run(_client(args), Path(args.run), args.name, args.device)
     print(f"dataset {row['id']} uploaded: {row['train_count']} train + {row['val_count']} val code pairs")
@@ -110,7 +110,7 @@ def cmd_center_models(args: argparse.Namespace) -> None:
 
 
 def cmd_center_segment(args: argparse.Namespace) -> None:
-    from privacysf.center.remote import segment_remote
+    from privacysf.workflows.remote import segment_remote
 
     out = segment_remote(
         _client(args), args.model, Path(args.run), Path(args.image), Path(args.output), args.device

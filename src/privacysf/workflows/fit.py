@@ -11,25 +11,18 @@ import json
 import time
 from pathlib import Path
 
-from privacysf.baseline.unet import predict_labels, train_unet
-from privacysf.center.pipeline import (
-    Center,
-    fit_server,
-    load_center,
-    load_server,
-    mask_ceiling,
-    payload_bytes,
-    train_center,
-)
+from privacysf.center.pipeline import Center, load_center, mask_ceiling, train_center
+from privacysf.common.figures import curves
+from privacysf.common.runs import write_json
+from privacysf.common.torchutil import resolve_device, seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.errors import ConfigError
-from privacysf.evaluation import save_test_overlays, score_test
 from privacysf.exchange import WIRE_DTYPES
-from privacysf.figures import curves
-from privacysf.report import save_code_pictures, write_report
-from privacysf.runs import write_json
-from privacysf.session import open_run
-from privacysf.torchutil import resolve_device, seed_everything
+from privacysf.metrics.evaluation import save_test_overlays, score_test
+from privacysf.nets.unet import predict_labels, train_unet
+from privacysf.workflows.fit_report import save_code_pictures, write_report
+from privacysf.workflows.inprocess import fit_server, load_server, payload_bytes
+from privacysf.workflows.session import open_run
 
 
 def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:

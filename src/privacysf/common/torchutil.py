@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from privacysf.common.runs import atomic_write
 from privacysf.errors import ConfigError
-from privacysf.runs import atomic_write
 
 
 def resolve_device(name: str) -> torch.device:

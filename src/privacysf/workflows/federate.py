@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
-from privacysf.baseline.unet import predict_labels, train_unet
+from privacysf.common.figures import dice_bars, overlay_grid, pick_rows
+from privacysf.common.runs import new_run_dir, write_json
+from privacysf.common.torchutil import resolve_device, seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.data.centers import CenterData, prepare_centers
 from privacysf.data.prepare import PreparedData, describe
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, PrivacySFError
-from privacysf.evaluation import score_test
-from privacysf.figures import dice_bars, overlay_grid, pick_rows
-from privacysf.runs import new_run_dir, write_json
-from privacysf.torchutil import resolve_device, seed_everything
+from privacysf.metrics.evaluation import score_test
+from privacysf.nets.unet import predict_labels, train_unet
 
 MODE_LABELS = {
     "alone": "Privacy-SF, each center alone",

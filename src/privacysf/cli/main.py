@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from privacysf.cli_service import add_commands as add_service_commands
+from privacysf.cli.service import add_commands as add_service_commands
 from privacysf.config import CENTER_PARTITIONS, FEDERATION_MODES, IMAGE_MODES, KEY_SETTINGS, ExperimentConfig
 from privacysf.errors import PrivacySFError
 
@@ -63,9 +63,9 @@ def cmd_data_list(args: argparse.Namespace) -> None:
 
 
 def cmd_data_show(args: argparse.Namespace) -> None:
+    from privacysf.common.figures import overlay_grid, pick_rows
+    from privacysf.common.runs import write_json
     from privacysf.data.prepare import describe, prepare
-    from privacysf.figures import overlay_grid, pick_rows
-    from privacysf.runs import write_json
 
     cfg = build_config(args)
     data = prepare(cfg.data)
@@ -85,8 +85,8 @@ def cmd_data_show(args: argparse.Namespace) -> None:
 
 
 def cmd_baseline_train(args: argparse.Namespace) -> None:
-    from privacysf.baseline.run import train_baseline
-    from privacysf.evaluation import headline
+    from privacysf.metrics.evaluation import headline
+    from privacysf.workflows.baseline import train_baseline
 
     run_dir, metrics = train_baseline(build_config(args))
     print(f"raw U-Net on {metrics['dataset']}: {headline(metrics['test'])}")
@@ -94,8 +94,8 @@ def cmd_baseline_train(args: argparse.Namespace) -> None:
 
 
 def cmd_baseline_eval(args: argparse.Namespace) -> None:
-    from privacysf.baseline.run import eval_baseline
-    from privacysf.evaluation import headline
+    from privacysf.metrics.evaluation import headline
+    from privacysf.workflows.baseline import eval_baseline
 
     out_dir, metrics = eval_baseline(Path(args.run), args.set)
     print(f"raw U-Net on {metrics['dataset']}: {headline(metrics['test'])}")
@@ -103,7 +103,7 @@ def cmd_baseline_eval(args: argparse.Namespace) -> None:
 
 
 def _print_fit(run_dir: Path, metrics: dict) -> None:
-    from privacysf.evaluation import headline
+    from privacysf.metrics.evaluation import headline
 
     p = metrics["privacysf"]
     print(f"Privacy-SF ({p['mode']}) on {metrics['dataset']}: {headline(p['test'])}")
@@ -117,7 +117,7 @@ def _print_fit(run_dir: Path, metrics: dict) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from privacysf.experiment import run_fit
+    from privacysf.workflows.fit import run_fit
 
     cfg = build_config(args)
     if args.mode:
@@ -126,20 +126,20 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from privacysf.experiment import run_fit
+    from privacysf.workflows.fit import run_fit
 
     _print_fit(*run_fit(build_config(args)))
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    from privacysf.segment import segment_file
+    from privacysf.workflows.segment import segment_file
 
     out = segment_file(Path(args.run), Path(args.image), Path(args.output), args.device)
     print(f"mask written to {out}")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
-    from privacysf.ablation import run_ablation
+    from privacysf.workflows.ablate import run_ablation
 
     run_dir, _ = run_ablation(build_config(args))
     print(f"ablation table: {run_dir / 'ablation.md'}")
@@ -164,7 +164,7 @@ def cmd_attack(args: argparse.Namespace) -> None:
 
 
 def cmd_payload(args: argparse.Namespace) -> None:
-    from privacysf.center.pipeline import query_payload
+    from privacysf.workflows.inprocess import query_payload
 
     cfg = build_config(args)
     for size in args.sizes:
@@ -177,7 +177,7 @@ def cmd_payload(args: argparse.Namespace) -> None:
 
 
 def cmd_federate(args: argparse.Namespace) -> None:
-    from privacysf.multicenter import MODE_LABELS, run_federate
+    from privacysf.workflows.federate import MODE_LABELS, run_federate
 
     sets = section_overrides(
         "federation",

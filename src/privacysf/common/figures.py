@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from privacysf.runs import atomic_write  # noqa: E402
+from privacysf.common.runs import atomic_write  # noqa: E402
 
 CLASS_COLOURS = ["#00000000", "#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500"]
 

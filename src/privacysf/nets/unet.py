@@ -13,12 +13,12 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
+from privacysf.common.torchutil import load_checkpoint
+from privacysf.common.training import FitResult, fit
 from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.data.loader import batched, slice_batches
 from privacysf.data.prepare import PreparedData
 from privacysf.metrics import mean_dice
-from privacysf.torchutil import load_checkpoint
-from privacysf.training import FitResult, fit
 
 
 def build_unet(cfg: UNetConfig, num_classes: int) -> UNet:

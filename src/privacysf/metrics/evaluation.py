@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from privacysf.common.figures import overlay_grid, pick_rows
 from privacysf.data.prepare import PreparedData
-from privacysf.figures import overlay_grid, pick_rows
 from privacysf.metrics import segmentation_scores, summarize
 
 OVERLAY_ROWS = 6

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from privacysf.common.resources import MemoryUse, PeakMemory
+from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import TrainConfig
-from privacysf.resources import MemoryUse, PeakMemory
-from privacysf.torchutil import save_checkpoint
 
 EpochHook = Callable[[dict[str, float]], None]
 

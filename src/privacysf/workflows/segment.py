@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from privacysf.center.pipeline import Mapper, load_server
+from privacysf.center.pipeline import Mapper
+from privacysf.common.runs import atomic_write
 from privacysf.data.cases import Case
 from privacysf.data.preprocess import restore_slices, slice_case
 from privacysf.data.readers import (
@@ -23,8 +24,8 @@ from privacysf.data.readers import (
     read_volume,
 )
 from privacysf.errors import DataError
-from privacysf.experiment import reload_center
-from privacysf.runs import atomic_write
+from privacysf.workflows.fit import reload_center
+from privacysf.workflows.inprocess import load_server
 
 
 def segment_volume(

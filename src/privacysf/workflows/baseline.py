@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from privacysf.baseline.unet import load_unet, predict_labels, train_unet
+from privacysf.common.figures import curves
+from privacysf.common.runs import new_run_dir, write_json
+from privacysf.common.torchutil import resolve_device
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import prepare
 from privacysf.errors import ConfigError
-from privacysf.evaluation import save_test_overlays, score_test
-from privacysf.figures import curves
-from privacysf.runs import new_run_dir, write_json
-from privacysf.session import open_run
-from privacysf.torchutil import resolve_device
+from privacysf.metrics.evaluation import save_test_overlays, score_test
+from privacysf.nets.unet import load_unet, predict_labels, train_unet
+from privacysf.workflows.session import open_run
 
 CHECKPOINT = Path("checkpoints") / "unet.pt"
 

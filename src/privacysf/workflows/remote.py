@@ -10,10 +10,10 @@ from pathlib import Path
 
 from privacysf.center.client import ServiceClient
 from privacysf.center.pipeline import upload_messages
+from privacysf.common.torchutil import seed_everything
 from privacysf.data.prepare import prepare
-from privacysf.experiment import reload_center
-from privacysf.segment import segment_file
-from privacysf.torchutil import seed_everything
+from privacysf.workflows.fit import reload_center
+from privacysf.workflows.segment import segment_file
 
 
 def dataset_bundle(run_dir: Path, device: str | None = None) -> bytes:

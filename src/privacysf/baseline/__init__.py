@@ -1,1 +1,0 @@
-"""Raw-image baselines (they see pixels: center side only, never the server)."""

@@ -1,0 +1,5 @@
+import sys
+
+from privacysf.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,93 @@
+"""The whole Privacy-SF pipeline in one process: a center and the server, joined by wire messages.
+
+This module drives both sides, so it lives above ``privacysf.center`` and ``privacysf.server``: the
+server object is in-process but is handed nothing but ``bytes`` in the exchange format, exactly what
+would cross the network. Workflows (``fit``, ``ablate``, ``attack``, ``bench``) build on it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from privacysf.center.codecs import MaskCodec, token_grid
+from privacysf.center.pipeline import Center, Mapper, upload_messages
+from privacysf.config import ExperimentConfig
+from privacysf.data.preprocess import SliceSet
+from privacysf.nets.conv import ConvEncoder
+from privacysf.server import MappingServer
+
+MAPPER = Path("server") / "mapper.pt"
+
+
+class QueryClient(Protocol):
+    """The center half of a query: images to an image-code message, a mask-code message to labels.
+
+    :class:`Center` fits, and so does the benchmark's reference design, so payload and latency are
+    measured by the same code for both.
+    """
+
+    def image_message(self, images: np.ndarray) -> bytes: ...
+
+    def decode_message(self, message: bytes) -> np.ndarray: ...
+
+
+def payload_bytes(center: QueryClient, server: Mapper, image: np.ndarray) -> dict[str, int]:
+    """Bytes of one single-image query: image code up, mask code down, headers included."""
+    up = center.image_message(image[None])
+    down = server.map(up)
+    return {"up": len(up), "down": len(down), "total": len(up) + len(down)}
+
+
+def untrained_pipeline(
+    cfg: ExperimentConfig, num_classes: int, size: int, device_name: str = "cpu"
+) -> tuple[Center, MappingServer]:
+    """A center and server with fresh networks at ``size``²: for sizes and timings, not for results.
+
+    Message sizes depend on the grid, values per token and wire dtype, and compute time on the
+    architecture, not on training, so fresh networks give exact payloads and representative latency
+    at any image size without training at that size.
+    """
+    sized = cfg.override([f"data.size={size}", f"train.device={device_name}"])
+    c, device = sized.codec, torch.device(device_name)
+    center = Center(
+        sized,
+        MaskCodec(num_classes, c).to(device).eval(),
+        ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device).eval(),
+        token_grid(size, c),
+        device,
+    )
+    server = MappingServer(sized.mapper, sized.augment, sized.train)
+    server.initialise(center.grid, c.image_channels, c.mask_channels)
+    return center, server
+
+
+def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> dict[str, int]:
+    """Bytes of one query at ``size``² with the config's codec: real messages from real networks."""
+    center, server = untrained_pipeline(cfg, num_classes, size)
+    return payload_bytes(center, server, np.zeros((1, size, size), np.float32))
+
+
+def fit_server(cfg: ExperimentConfig, center: Center, train: SliceSet, val: SliceSet, run_dir: Path):
+    """What the center uploads and what the server does with it (server side sees bytes only)."""
+    started = time.perf_counter()
+    messages = upload_messages(center, train, val)
+    encode_seconds = time.perf_counter() - started
+    server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
+    result = server.fit(*messages, checkpoint=run_dir / MAPPER)
+    upload = {
+        "train_bytes": len(messages[0]) + len(messages[1]),
+        "val_bytes": len(messages[2]) + len(messages[3]),
+    }
+    return server, result, {"encode_seconds": round(encode_seconds, 2), **upload}
+
+
+def load_server(cfg: ExperimentConfig, run_dir: Path) -> MappingServer:
+    grid = token_grid(cfg.data.size, cfg.codec)
+    server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
+    server.load(run_dir / MAPPER, grid, cfg.codec.image_channels, cfg.codec.mask_channels)
+    return server
