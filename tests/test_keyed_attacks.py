@@ -1,4 +1,4 @@
-"""Attacks on keyed codes (privacysf.attacks.keyed): known answers, and realism on synthetic codes.
+"""Attacks on keyed codes (token_order, jigsaw, keyed): known answers, and realism on synthetic codes.
 
 The synthetic codes are not a copy of the image: each 4×4 patch of a smooth 32×32 image (a body-like
 ellipse that sits roughly in the middle, plus random blobs) goes through a fixed random linear map to
@@ -11,17 +11,14 @@ import pytest
 from scipy.stats import ortho_group
 
 from privacysf.attacks.inversion import recover_order
-from privacysf.attacks.keyed import (
-    jigsaw,
-    linkage,
-    mixing_invariant_similarity,
-    nearest_codes,
+from privacysf.attacks.jigsaw import jigsaw, mixing_invariant_similarity
+from privacysf.attacks.keyed import linkage, nearest_codes, procrustes_align
+from privacysf.attacks.shadow import align_channels
+from privacysf.attacks.token_order import (
     order_accuracy,
     order_accuracy_up_to_symmetry,
-    procrustes_align,
     recover_order_by_regression,
 )
-from privacysf.attacks.shadow import align_channels
 
 GRID = (8, 8)
 L = GRID[0] * GRID[1]

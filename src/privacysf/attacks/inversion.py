@@ -6,9 +6,9 @@ they arrive on the wire, and reconstructs held-out codes it never had pairs for.
 scored at several training lengths (a curve), because a figure at one short budget can understate it.
 
 Against a keyed token permutation the attacker first puts the tokens back on the grid
-(:mod:`privacysf.attacks.keyed` holds the recoveries; :func:`recover_order` here is the simplest, from
-token norms alone). Channel mixing needs no special step: the decoder's first 1×1 convolution absorbs
-any fixed linear map of the channels.
+(:mod:`privacysf.attacks.token_order` and :mod:`privacysf.attacks.jigsaw` hold the recoveries;
+:func:`recover_order` here is the simplest, from token norms alone). Channel mixing needs no special
+step: the decoder's first 1×1 convolution absorbs any fixed linear map of the channels.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 from sklearn.metrics import roc_auc_score
 
+CHUNK_ELEMENTS = 4_000_000
+"""Largest intermediate array (elements) an attack builds at once, so L = 1024 and k = 300 stay small."""
+
 PSNR_CAP_DB = 100.0
 """Identical images have infinite PSNR; it is capped so results stay finite JSON."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privacysf.attacks import keyed, lookup
+from privacysf.attacks import jigsaw, keyed, lookup, token_order
 from privacysf.attacks.encoded import encoded_data_analysis, token_norm_maps
 from privacysf.attacks.inversion import DecoderRecipe, decode_with, foreground_fraction, invert, recover_order
 from privacysf.attacks.measures import image_similarity, reidentification_top1
@@ -144,7 +144,7 @@ def _in_order(
     """
     if scene.true_order is None:
         return leaked, queries, False
-    order = keyed.recover_order_by_regression(leaked, targets, scene.grid)
+    order = token_order.recover_order_by_regression(leaked, targets, scene.grid)
     return leaked[:, order], queries[:, order], True
 
 
@@ -159,15 +159,15 @@ def key_attacks(scene: Scene, ks: tuple[int, ...], seed: int) -> tuple[dict, np.
         tokens, images = scene.pool_codes.images[pick], scene.pool.images[pick]
         for name, recover in (
             ("norm correlation", recover_order),
-            ("channel regression", keyed.recover_order_by_regression),
+            ("channel regression", token_order.recover_order_by_regression),
         ):
             order = recover(tokens, images, scene.grid)
             out[f"{name} {k_label(k)}"] = {
-                **keyed.order_accuracy(order, scene.true_order, scene.grid),
+                **token_order.order_accuracy(order, scene.true_order, scene.grid),
                 "leaked_pairs": len(pick),
             }
     every_code = np.r_[scene.pool_codes.images, scene.query_codes.images]
-    jig = keyed.jigsaw(every_code, scene.grid, true_order=scene.true_order)
+    jig = jigsaw.jigsaw(every_code, scene.grid, true_order=scene.true_order)
     jig_order = jig.pop("order")
     jig.pop("embedding")  # (L, 2) coordinates: a picture's worth, not a figure for results.json
     out["pair-free jigsaw"] = {**jig, "codes": len(every_code)}
