@@ -23,7 +23,11 @@ def per_image_ssim(reconstructions: np.ndarray, images: np.ndarray, data_range: 
     """SSIM (MONAI) of each of (N, 1, H, W) reconstructions against its true image, as (N,)."""
     x = torch.tensor(np.asarray(reconstructions), dtype=torch.float32)
     y = torch.tensor(np.asarray(images), dtype=torch.float32)
-    return SSIMMetric(spatial_dims=2, data_range=data_range, reduction="none")(x, y).flatten().numpy()
+    return (
+        torch.as_tensor(SSIMMetric(spatial_dims=2, data_range=data_range, reduction="none")(x, y))
+        .flatten()
+        .numpy()
+    )
 
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
@@ -74,7 +78,11 @@ def image_similarity(reconstructions: np.ndarray, images: np.ndarray, data_range
     x = torch.tensor(np.asarray(reconstructions), dtype=torch.float32)
     y = torch.tensor(np.asarray(images), dtype=torch.float32)
     ssim = per_image_ssim(reconstructions, images, data_range)
-    psnr = PSNRMetric(max_val=data_range, reduction="none")(x, y).flatten().clamp(max=PSNR_CAP_DB)
+    psnr = (
+        torch.as_tensor(PSNRMetric(max_val=data_range, reduction="none")(x, y))
+        .flatten()
+        .clamp(max=PSNR_CAP_DB)
+    )
     return {"ssim": float(ssim.mean()), "psnr": float(psnr.mean()), "per_query": np.round(ssim, 4).tolist()}
 
 

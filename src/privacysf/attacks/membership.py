@@ -75,7 +75,9 @@ def membership_attacks(
     target_in = pair_features(server, members.images[chosen], members.masks[chosen])
     out_chosen = rng.choice(len(nonmembers.images), n, replace=False)
     target_out = pair_features(server, nonmembers.images[out_chosen], nonmembers.masks[out_chosen])
-    results = {"loss_threshold": auc_with_interval(-target_in[:, 0], -target_out[:, 0], cfg.attack.bootstrap)}
+    results: dict[str, object] = {
+        "loss_threshold": auc_with_interval(-target_in[:, 0], -target_out[:, 0], cfg.attack.bootstrap)
+    }
     half = len(val.images) // 2
     if half < 2:
         results["shadow_model"] = {

@@ -153,6 +153,7 @@ def key_attacks(scene: Scene, ks: tuple[int, ...], seed: int) -> tuple[dict, np.
 
     Returns the scores and the pair-free (jigsaw) order, which the shadow attack then uses.
     """
+    assert scene.true_order is not None, "key attacks need a permuted setting"
     out: dict = {}
     for k in ks:
         pick = leaked_indices(len(scene.pool), k, seed)
@@ -168,7 +169,7 @@ def key_attacks(scene: Scene, ks: tuple[int, ...], seed: int) -> tuple[dict, np.
             }
     every_code = np.r_[scene.pool_codes.images, scene.query_codes.images]
     jig = jigsaw.jigsaw(every_code, scene.grid, true_order=scene.true_order)
-    jig_order = jig.pop("order")
+    jig_order = np.asarray(jig.pop("order"))
     jig.pop("embedding")  # (L, 2) coordinates: a picture's worth, not a figure for results.json
     out["pair-free jigsaw"] = {**jig, "codes": len(every_code)}
     return out, jig_order

@@ -161,7 +161,8 @@ def attack_setting(
     train, val, test = (received(center, part) for part in (data.train, data.val, data.test))
     pool = SliceSet.concatenate([data.train, data.val], cfg.data.size)
     pool_codes = Received(np.r_[train.images, val.images], np.r_[train.masks, val.masks], pool.case_ids)
-    permuted = center.key is not None and center.key.cfg.permute_tokens
+    key = center.key
+    true_order = key.inverse_permutation if key is not None and key.cfg.permute_tokens else None
     scene = Scene(
         pool,
         pool_codes,
@@ -169,7 +170,7 @@ def attack_setting(
         test,
         center.grid,
         data.info.num_classes,
-        center.key.inverse_permutation if permuted else None,
+        true_order,
     )
     width = a.decoder_width or cfg.codec.width
     recipe = DecoderRecipe(width, cfg.codec.downsample, a.attacker_steps, cfg.train.lr, seed=cfg.train.seed)
@@ -179,7 +180,7 @@ def attack_setting(
         "linkage": linkage(scene),
     }
     jigsaw_order = None
-    if permuted:
+    if true_order is not None:
         results["key"], jigsaw_order = key_attacks(scene, a.leaked_pairs, cfg.train.seed)
     results["image"], image_panels = image_attacks(scene, a, recipe, shadow, device, jigsaw_order)
     results["mask"], mask_panels = mask_attacks(scene, a, recipe, shadow, device)

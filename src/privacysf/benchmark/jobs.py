@@ -9,16 +9,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from privacysf.benchmark.latency import query_latency
 from privacysf.benchmark.suites import BenchSuite
+from privacysf.center.pipeline import Mapper
 from privacysf.config import ExperimentConfig
 from privacysf.reference.run import run_reference, untrained_reference
 from privacysf.workflows.fit import run_fit
-from privacysf.workflows.inprocess import payload_bytes, untrained_pipeline
+from privacysf.workflows.inprocess import QueryClient, payload_bytes, untrained_pipeline
 
 PRIVACYSF = "Privacy-SF"
 UNET = "raw U-Net"
@@ -32,7 +34,7 @@ class Job:
     id: str
     kind: str
     """``accuracy``, ``payload``, ``latency`` or ``scaling``."""
-    params: dict = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class JobContext:
 def plan(suite: BenchSuite) -> list[Job]:
     """Every job of a suite, cheapest kinds first so a partial run already has them."""
     jobs = [Job("payload", "payload", {"size": suite.payload_size})]
+    params: dict[str, Any]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
         for method in ("privacysf", "reference"):
@@ -166,18 +169,22 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
 def run_payload(job: Job, ctx: JobContext) -> list[dict]:
     size = job.params["size"]
     image = np.zeros((1, size, size), np.float32)
-    rows = []
-    center, server = untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, size)
-    rows.append({"method": PRIVACYSF, "size": size, **payload_bytes(center, server, image)})
-    center, server = untrained_reference(CLASSES_FOR_SIZES, size, torch.device("cpu"))
-    rows.append({"method": REFERENCE, "size": size, **payload_bytes(center, server, image)})
-    return rows
+    pipelines: dict[str, tuple[QueryClient, Mapper]] = {
+        PRIVACYSF: untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, size),
+        REFERENCE: untrained_reference(CLASSES_FOR_SIZES, size, torch.device("cpu")),
+    }
+    return [
+        {"method": method, "size": size, **payload_bytes(center, server, image)}
+        for method, (center, server) in pipelines.items()
+    ]
 
 
 def run_latency(job: Job, ctx: JobContext) -> list[dict]:
     p, suite = job.params, ctx.suite
     torch.set_num_threads(suite.threads)
     device = torch.device(p["device"])
+    center: QueryClient
+    server: Mapper
     if p["method"] == "privacysf":
         center, server = untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, p["size"], p["device"])
         method = PRIVACYSF

@@ -8,9 +8,11 @@ read, so the times are of finished work.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -20,8 +22,10 @@ from privacysf.workflows.inprocess import QueryClient
 
 STAGES = ("encode", "map", "decode")
 
+T = TypeVar("T")
 
-def _timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+
+def _timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -43,8 +47,8 @@ def query_latency(
     times: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for run in range(warmup + repeats):
         encode_ms, up = _timed(lambda: center.image_message(images), device)
-        map_ms, down = _timed(lambda up=up: server.map(up), device)
-        decode_ms, _ = _timed(lambda down=down: center.decode_message(down), device)
+        map_ms, down = _timed(functools.partial(server.map, up), device)
+        decode_ms, _ = _timed(functools.partial(center.decode_message, down), device)
         if run >= warmup:
             for stage, ms in zip(STAGES, (encode_ms, map_ms, decode_ms), strict=True):
                 times[stage].append(ms)

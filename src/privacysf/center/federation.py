@@ -37,6 +37,7 @@ from privacysf.center.pipeline import (
 from privacysf.common.torchutil import resolve_device, save_checkpoint, seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.data.centers import CenterData, prepare_centers
+from privacysf.errors import FederationError
 from privacysf.exchange import flower
 from privacysf.metrics.evaluation import score_test
 from privacysf.nets.unet import build_unet, predict_labels, train_unet
@@ -78,7 +79,7 @@ def round_config(cfg: ExperimentConfig, task: ConfigRecord) -> ExperimentConfig:
     Each round restarts the training loop, so the learning-rate schedule across rounds is set here; the
     seed moves with the round so batches are not drawn in the same order every round.
     """
-    rounds, current = cfg.federation.rounds, int(task["round"])
+    rounds, current = cfg.federation.rounds, flower.field(task, "round", int)
     lr = cfg.train.lr * 0.5 * (1 + math.cos(math.pi * (current - 1) / rounds))
     return cfg.override(
         [
@@ -191,14 +192,15 @@ def save_prediction(s: Site, mode: str, pred: np.ndarray) -> None:
 def evaluate_codes(message: Message, s: Site) -> Message:
     """Decode the mapped test codes of every mode with this center's codecs; score; keep predictions."""
     started = time.perf_counter()
-    codecs = str(message.content.config_records["task"]["codecs"])
+    codecs = flower.field(message.content.config_records["task"], "codecs", str)
     center = load_center(s.cfg, s.classes, s.folder / codecs, s.device)
     scores = {}
-    for mode, mapped in message.content.config_records["codes"].items():
-        pred = center.decode_message(mapped)
+    codes = message.content.config_records["codes"]
+    for mode in codes:
+        pred = center.decode_message(flower.field(codes, mode, bytes))
         save_prediction(s, mode, pred)
         scores[mode] = json.dumps(score_test(pred, s.center.data))
-    return reply(message, started, len(s.center.data.test), scores=ConfigRecord(scores))
+    return reply(message, started, len(s.center.data.test), scores=flower.config_record(scores))
 
 
 def unet_round(message: Message, s: Site) -> Message:
@@ -219,10 +221,13 @@ def unet_round(message: Message, s: Site) -> Message:
 def evaluate_unet(message: Message, s: Site) -> Message:
     started = time.perf_counter()
     model = build_unet(s.cfg.unet, s.classes)
-    model.load_state_dict(initial_weights(message)["model"])
+    weights = initial_weights(message)
+    if weights is None:
+        raise FederationError("evaluate.unet carries no U-Net weights")
+    model.load_state_dict(weights["model"])
     pred = predict_labels(model.to(s.device), s.center.data.test.images, s.device)
     save_prediction(s, "unet-fedavg", pred)
-    scores = ConfigRecord({"unet-fedavg": json.dumps(score_test(pred, s.center.data))})
+    scores = flower.config_record({"unet-fedavg": json.dumps(score_test(pred, s.center.data))})
     return reply(message, started, len(s.center.data.test), scores=scores)
 
 

@@ -47,7 +47,7 @@ def overlay_grid(
                     np.rot90(labels[i], rotations),
                     cmap=cmap,
                     vmin=0,
-                    vmax=len(cmap.colors) - 1,
+                    vmax=cmap.N - 1,
                     alpha=0.45,
                     interpolation="nearest",
                 )

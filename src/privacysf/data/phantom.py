@@ -20,14 +20,23 @@ def phantom_case(rng: np.random.Generator, size: int, case_id: str) -> Case:
     mask = np.zeros((size, size), np.int64)
     centre = size / 2 + rng.uniform(-0.08, 0.08, 2) * size
     radii = rng.uniform(0.28, 0.42, 2) * size
-    rr, cc = ellipse(*centre, *radii, shape=mask.shape, rotation=rng.uniform(0, np.pi))
+    rr, cc = ellipse(
+        centre[0], centre[1], radii[0], radii[1], shape=mask.shape, rotation=rng.uniform(0, np.pi)
+    )
     mask[rr, cc] = 1
     for _ in range(rng.integers(1, 4)):
         angle = rng.uniform(0, 2 * np.pi)
         distance = rng.uniform(0, 0.5) * min(radii)
         lesion_centre = centre + distance * np.array([np.cos(angle), np.sin(angle)])
         lesion_radii = rng.uniform(0.05, 0.12, 2) * size
-        rr, cc = ellipse(*lesion_centre, *lesion_radii, shape=mask.shape, rotation=rng.uniform(0, np.pi))
+        rr, cc = ellipse(
+            lesion_centre[0],
+            lesion_centre[1],
+            lesion_radii[0],
+            lesion_radii[1],
+            shape=mask.shape,
+            rotation=rng.uniform(0, np.pi),
+        )
         inside = mask[rr, cc] > 0
         mask[rr[inside], cc[inside]] = 2
     levels = np.array([0.1, rng.uniform(0.45, 0.6), rng.uniform(0.8, 0.95)])

@@ -124,7 +124,7 @@ def prepare_cases(cases: list[Case], info: DatasetInfo, cfg: DataConfig) -> Prep
             name: [s for c, s in zip(cases, sliced, strict=True) if c.case_id in assignment[name]]
             for name in SPLITS
         }
-        split = {"kind": "case", "cases": assignment}
+        split: dict[str, object] = {"kind": "case", "cases": assignment}
     else:
         parts = {name: [] for name in SPLITS}
         for s in sliced:

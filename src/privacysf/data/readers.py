@@ -115,6 +115,7 @@ def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
     image = nib.load(str(path))
+    assert isinstance(image, nib.spatialimages.SpatialImage)  # what nib.load returns for a volume
     array = np.asarray(image.dataobj)
     if array.ndim == 4:  # multi-channel (e.g. MSD multi-sequence): use the first channel
         array = array[..., 0]
@@ -141,7 +142,8 @@ def _read_tiff(path: Path) -> Volume:
 
     with tifffile.TiffFile(str(path)) as tif:
         array = tif.asarray()
-        rgb = tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+        first = tif.pages[0]  # always a full page (frames only follow it)
+        rgb = isinstance(first, tifffile.TiffPage) and first.photometric == tifffile.PHOTOMETRIC.RGB
     stored = str(array.dtype)
     if rgb:
         array = array[..., :3].mean(axis=-1)
@@ -153,9 +155,8 @@ def _read_tiff(path: Path) -> Volume:
 def _read_picture(path: Path) -> Volume:
     from PIL import Image
 
-    with Image.open(path) as picture:
-        if picture.mode in {"RGB", "RGBA"}:
-            picture = picture.convert("L")
+    with Image.open(path) as opened:
+        picture = opened.convert("L") if opened.mode in {"RGB", "RGBA"} else opened
         array = np.asarray(picture)
     return Volume(
         _as_3d(array, path), (1.0, 1.0, 1.0), path, spacing_known=False, stored_dtype=str(array.dtype)

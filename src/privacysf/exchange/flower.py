@@ -17,9 +17,16 @@ every record it holds, which is what Flower transfers (before gRPC framing).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from privacysf.errors import FederationError
+
+T = TypeVar("T")
 
 HELLO = "query.hello"
 """Server -> center: who are you? Reply: center index and name, slices per split."""
@@ -82,5 +89,34 @@ def message_bytes(message: Message) -> int:
     while pending:
         item = pending.pop()
         total += len(item.deflate())
-        pending.extend((item.children or {}).values())
+        pending.extend((item.children or {}).values())  # type: ignore[arg-type]  # records deflate too
     return total
+
+
+def field(record: ConfigRecord | MetricRecord, key: str, kind: type[T]) -> T:
+    """``record[key]`` checked to be a ``kind``: a malformed message fails here, naming the field.
+
+    Flower types every entry as the union of all record values, so a reader must say what it expects.
+    """
+    value = record[key]
+    if not isinstance(value, kind):
+        raise FederationError(
+            f"message field {key!r} holds a {type(value).__name__}, expected {kind.__name__}"
+        )
+    return value
+
+
+def config_record(values: Mapping[str, Any]) -> ConfigRecord:
+    """A ConfigRecord of str/bytes/number entries (Flower's constructor wants its exact value union)."""
+    return ConfigRecord(dict(values))
+
+
+def records(**parts: ArrayRecord | ConfigRecord | MetricRecord) -> RecordDict:
+    """A message's content from named records."""
+    return RecordDict(parts)
+
+
+def upload_parts(bundle: Mapping[str, bytes]) -> tuple[bytes, bytes, bytes, bytes]:
+    """A center's code bundle in ``MappingServer.fit``'s order (:data:`UPLOAD_PARTS`)."""
+    train_images, train_masks, val_images, val_masks = (bundle[part] for part in UPLOAD_PARTS)
+    return train_images, train_masks, val_images, val_masks

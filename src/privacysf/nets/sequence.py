@@ -53,6 +53,7 @@ class SequenceMapper(nn.Module):
         super().__init__()
         self.grid = grid
         self.use_position = use_position
+        self.position: torch.Tensor
         rows, cols = torch.meshgrid(
             torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij"
         )

@@ -96,7 +96,7 @@ def latent_grids(size: int) -> list[tuple[int, int]]:
 def latents_to_messages(latents: list[torch.Tensor], kind: str) -> bytes:
     """One float32 wire message per scale, back to back."""
     return b"".join(
-        encode_codes(CodeBatch(grid_to_tokens(z).cpu().numpy(), tuple(z.shape[2:]), kind), WIRE_DTYPE)
+        encode_codes(CodeBatch(grid_to_tokens(z).cpu().numpy(), (z.shape[2], z.shape[3]), kind), WIRE_DTYPE)
         for z in latents
     )
 

@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from privacysf.common.runs import atomic_write, write_json
+from privacysf.common.runs import write_bytes, write_json
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.errors import FederationError
@@ -90,7 +90,8 @@ class Federation:
         replies = self.grid.send_and_receive(messages.values(), timeout=self.cfg.federation.round_timeout)
         received = {r.metadata.src_node_id: r for r in replies}
         seconds = time.perf_counter() - started
-        entry = {"phase": phase, "round": round_, "seconds": round(seconds, 3), "centers": {}}
+        centers: dict[str, dict[str, float]] = {}
+        entry = {"phase": phase, "round": round_, "seconds": round(seconds, 3), "centers": centers}
         answers: dict[int, RecordDict] = {}
         lost = []
         for m in self.members:
@@ -100,15 +101,15 @@ class Federation:
                 lost.append((m, reason))
                 continue
             answers[m.node_id] = r.content
-            metrics = r.content.metric_records.get("metrics", {})
-            entry["centers"][m.name] = {
+            metrics = r.content.metric_records.get("metrics")
+            centers[m.name] = {
                 "bytes_down": down[m.node_id],
                 "bytes_up": flower.message_bytes(r),
-                "center_seconds": round(float(metrics.get("seconds", 0.0)), 3),
+                "center_seconds": round(flower.field(metrics, "seconds", float), 3) if metrics else 0.0,
             }
         self.traffic.append(entry)
         if self.cfg.train.progress:  # long runs show where they are
-            up = sum(c["bytes_up"] for c in entry["centers"].values())
+            up = sum(c["bytes_up"] for c in centers.values())
             print(
                 f"privacysf federate: {phase} round {round_}: {len(answers)}/{len(self.members)} centers "
                 f"answered in {seconds:.1f} s, {up} bytes up",
@@ -152,29 +153,31 @@ class Federation:
         for node, answer in self.exchange(flower.HELLO, "hello", lambda m: RecordDict()).items():
             info = answer.config_records["center"]
             member = next(m for m in self.members if m.node_id == node)
-            member.index, member.name = int(info["index"]), str(info["name"])
+            member.index, member.name = flower.field(info, "index", int), flower.field(info, "name", str)
         self.members.sort(key=lambda m: m.index)
 
     def collect_codes(
         self, codecs: str, content: Callable[[Member], RecordDict], action: str
-    ) -> dict[str, dict]:
+    ) -> dict[str, dict[str, bytes]]:
         """Ask every center for its code bundle; store each one as it arrives."""
         bundles = {}
         for node, answer in self.exchange(action, f"codes-{codecs}", content).items():
             member = next(m for m in self.members if m.node_id == node)
             codes = answer.config_records["codes"]
-            bundle = {part: bytes(codes[part]) for part in (*flower.UPLOAD_PARTS, flower.TEST_IMAGES)}
+            bundle = {
+                part: flower.field(codes, part, bytes) for part in (*flower.UPLOAD_PARTS, flower.TEST_IMAGES)
+            }
             path = self.folder / "codes" / f"{codecs}-{member.name}.psfc"
-            atomic_write(path, lambda tmp, b=bundle: tmp.write_bytes(b"".join(b.values())))
+            write_bytes(path, b"".join(bundle.values()))
             bundles[member.name] = bundle
         return bundles
 
     def train_mappers(
-        self, codecs: str, bundles: dict[str, dict], modes: list[str]
+        self, codecs: str, bundles: dict[str, dict[str, bytes]], modes: list[str]
     ) -> dict[str, dict[str, bytes]]:
         """Train each mode's mapper(s) on the codes and map every center's test image codes."""
         names = [m.name for m in self.members if m.name in bundles]
-        uploads = [tuple(bundles[n][p] for p in flower.UPLOAD_PARTS) for n in names]
+        uploads = [flower.upload_parts(bundles[n]) for n in names]
         fed = self.cfg.federation
         mapped: dict[str, dict[str, bytes]] = {n: {} for n in names}
         for mode in modes:
@@ -198,7 +201,10 @@ class Federation:
     def evaluate_codes(self, codecs: str, mapped: dict[str, dict[str, bytes]]) -> None:
         def content(m: Member) -> RecordDict:
             return RecordDict(
-                {"task": ConfigRecord({"codecs": codecs}), "codes": ConfigRecord(mapped.get(m.name, {}))}
+                {
+                    "task": ConfigRecord({"codecs": codecs}),
+                    "codes": flower.config_record(mapped.get(m.name, {})),
+                }
             )
 
         self.record_scores(self.exchange(flower.EVALUATE_CODES, f"evaluate-{codecs}", content))
@@ -206,8 +212,9 @@ class Federation:
     def record_scores(self, answers: dict[int, RecordDict]) -> None:
         for node, answer in answers.items():
             member = next(m for m in self.members if m.node_id == node)
-            for mode, scores in answer.config_records["scores"].items():
-                self.results.setdefault(mode, {})[member.name] = json.loads(str(scores))
+            scores = answer.config_records["scores"]
+            for mode in scores:
+                self.results.setdefault(mode, {})[member.name] = json.loads(flower.field(scores, mode, str))
         self.save_status("running")
 
     def fedavg(
@@ -247,13 +254,13 @@ class Federation:
         if "fedavg-codecs" in modes:
             codec = self.fedavg(flower.MASK_CODEC_ROUND, "mask_codec")
             encoder = self.fedavg(flower.IMAGE_ENCODER_ROUND, "image_encoder", lambda: {"mask_codec": codec})
-            shared = {"mask_codec": codec, "image_encoder": encoder}
-            bundles = self.collect_codes(flower.SHARED, lambda m: RecordDict(shared), flower.SHARED_CODES)
+            shared = flower.records(mask_codec=codec, image_encoder=encoder)
+            bundles = self.collect_codes(flower.SHARED, lambda m: shared, flower.SHARED_CODES)
             self.evaluate_codes(flower.SHARED, self.train_mappers(flower.SHARED, bundles, ["fedavg-codecs"]))
         if "unet-fedavg" in modes:
             unet = self.fedavg(flower.UNET_ROUND, "unet")
             self.record_scores(
-                self.exchange(flower.EVALUATE_UNET, "evaluate-unet", lambda m: RecordDict({"weights": unet}))
+                self.exchange(flower.EVALUATE_UNET, "evaluate-unet", lambda m: flower.records(weights=unet))
             )
         self.save_status("finished")
 

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from privacysf.center.pipeline import train_center
-from privacysf.common.runs import atomic_write, write_json
+from privacysf.common.runs import write_json, write_text
 from privacysf.common.torchutil import seed_everything
 from privacysf.config import AUGMENTATIONS as SWITCHES
 from privacysf.config import AugmentConfig, ExperimentConfig
@@ -69,5 +69,5 @@ def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
             f"| {name} | {r['dice']['mean']:.4f} ± {r['dice']['std']:.4f} | "
             f"{r['dice']['mean'] - reference:+.4f} | {r['best_val_mse']:.5f} |"
         )
-    atomic_write(run_dir / "ablation.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_text(run_dir / "ablation.md", "\n".join(lines) + "\n")
     return run_dir, summary

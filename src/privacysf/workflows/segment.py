@@ -67,9 +67,9 @@ def _write_mask(tmp: Path, name: str, labels: np.ndarray, volume: Volume) -> Non
 
         import nibabel as nib
 
-        image = nib.Nifti1Image(labels, affine)
-        image.set_data_dtype(np.uint8)
-        raw = image.to_bytes()
+        nifti = nib.Nifti1Image(labels, affine)
+        nifti.set_data_dtype(np.uint8)
+        raw = nifti.to_bytes()
         tmp.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
     elif name.endswith((".nrrd", ".mha")):
         import SimpleITK as sitk

@@ -12,7 +12,7 @@ target_metadata = Base.metadata
 def run_migrations() -> None:
     connection = config.attributes.get("connection")
     if connection is None:  # the alembic command line: take the URL from the ini file
-        with create_engine(config.get_main_option("sqlalchemy.url")).connect() as conn:
+        with create_engine(config.get_main_option("sqlalchemy.url", "")).connect() as conn:
             context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
             with context.begin_transaction():
                 context.run_migrations()
