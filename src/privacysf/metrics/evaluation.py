@@ -8,12 +8,12 @@ import numpy as np
 
 from privacysf.common.figures import overlay_grid, pick_rows
 from privacysf.data.prepare import PreparedData
-from privacysf.metrics import segmentation_scores, summarize
+from privacysf.metrics.segmentation import Summary, segmentation_scores, summarize
 
 OVERLAY_ROWS = 6
 
 
-def score_test(pred: np.ndarray, data: PreparedData) -> dict:
+def score_test(pred: np.ndarray, data: PreparedData) -> Summary:
     """Dice/IoU/HD95/ASSD of test predictions: per class and mean, mean ± std over test slices."""
     test = data.test
     scores = segmentation_scores(pred, test.masks, data.info.num_classes, test.spacing)

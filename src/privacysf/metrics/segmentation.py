@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -81,13 +82,35 @@ def segmentation_scores(
     return SegmentationScores(dice.astype(float), iou.astype(float), hd95, assd)
 
 
-def summarize(scores: SegmentationScores, class_names: list[str], case_ids: list[str] | None = None) -> dict:
+class MeanStd(TypedDict):
+    mean: float
+    std: float
+
+
+class Summary(TypedDict, total=False):
+    """What :func:`summarize` returns (and ``metrics.json`` stores under ``test``)."""
+
+    n_images: int
+    per_class: dict[str, dict[str, MeanStd]]
+    """Foreground class name -> metric -> mean ± std over images."""
+    mean: dict[str, MeanStd]
+    """Metric -> mean ± std over images of the per-image foreground-class mean."""
+    over_cases: dict[str, Any]
+    """``n_cases`` and, per metric, mean ± std over cases of each case's image mean."""
+    n_cases: int
+    unit: str
+    distance_unit: str
+
+
+def summarize(
+    scores: SegmentationScores, class_names: list[str], case_ids: list[str] | None = None
+) -> Summary:
     """Mean ± std over images per foreground class, and of the per-image class mean, with n.
 
     With ``case_ids`` (one per image) it also gives ``over_cases``: each case's images averaged first,
     then mean ± std over cases, so a patient with many slices does not outweigh one with few.
     """
-    summary: dict = {"n_images": int(len(scores.dice)), "per_class": {}, "mean": {}}
+    summary: Summary = {"n_images": int(len(scores.dice)), "per_class": {}, "mean": {}}
     foreground = class_names[1:]
     for k, name in enumerate(foreground):
         summary["per_class"][name] = {
@@ -124,7 +147,7 @@ class SegmentationMetric:
             raise ValueError("no batch was scored")
         return SegmentationScores(*(np.concatenate([p.get(m) for p in self._parts]) for m in METRICS))
 
-    def aggregate(self) -> dict:
+    def aggregate(self) -> Summary:
         return summarize(self.scores(), self.class_names)
 
     def reset(self) -> None:

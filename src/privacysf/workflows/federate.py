@@ -17,6 +17,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tomli_w
@@ -30,6 +31,7 @@ from privacysf.data.prepare import PreparedData, describe
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, PrivacySFError
 from privacysf.metrics.evaluation import score_test
+from privacysf.metrics.segmentation import Summary
 from privacysf.nets.unet import predict_labels, train_unet
 
 MODE_LABELS = {
@@ -64,7 +66,7 @@ def simulate(settings: dict, centers: int) -> None:
     from privacysf.center.federation import make_app as make_client_app
     from privacysf.server.federation import make_app as make_server_app
 
-    backend = {
+    backend: dict[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": 1, "include_dashboard": False, "log_to_driver": True},
     }
@@ -98,7 +100,7 @@ def deploy(settings: dict, superlink: str, flwr_home: Path) -> None:
         raise PrivacySFError(f"flwr run exited with status {done.returncode}; see the SuperLink's log")
 
 
-def pooled_unet(cfg: ExperimentConfig, centers: list[CenterData], run_dir: Path) -> dict[str, dict]:
+def pooled_unet(cfg: ExperimentConfig, centers: list[CenterData], run_dir: Path) -> dict[str, Summary]:
     """The raw U-Net on every center's training slices at once (needs pooled images: upper bound only)."""
     size = cfg.data.size
     pooled = PreparedData(

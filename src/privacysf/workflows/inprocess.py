@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 import numpy as np
 import torch
@@ -36,7 +36,15 @@ class QueryClient(Protocol):
     def decode_message(self, message: bytes) -> np.ndarray: ...
 
 
-def payload_bytes(center: QueryClient, server: Mapper, image: np.ndarray) -> dict[str, int]:
+class Payload(TypedDict):
+    """Bytes of one query, wire headers included."""
+
+    up: int
+    down: int
+    total: int
+
+
+def payload_bytes(center: QueryClient, server: Mapper, image: np.ndarray) -> Payload:
     """Bytes of one single-image query: image code up, mask code down, headers included."""
     up = center.image_message(image[None])
     down = server.map(up)
@@ -66,7 +74,7 @@ def untrained_pipeline(
     return center, server
 
 
-def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> dict[str, int]:
+def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> Payload:
     """Bytes of one query at ``size``² with the config's codec: real messages from real networks."""
     center, server = untrained_pipeline(cfg, num_classes, size)
     return payload_bytes(center, server, np.zeros((1, size, size), np.float32))
