@@ -271,4 +271,4 @@ def test_bad_job_settings_are_refused_with_the_field_named(api, change, where):
 
 def test_a_job_on_datasets_of_different_shapes_is_refused(api):
     other = api.upload("A", bundle(grid=(2, 8)), name="other-grid").json()
-    refused(api.train("A", [api.dataset_id, other["id"]]), 400, "different shapes")
+    refused(api.train("A", [api.dataset_id, other["id"]]), 400, "different code spaces")
