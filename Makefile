@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test test-server-install lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check src tests tools
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
+
+# `pip install privacysf[server]` alone in a fresh venv: imports, serves, and holds no image reader
+test-server-install:
+	tools/check_server_install.sh $(PYTHON)
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests tools

@@ -22,19 +22,21 @@ TINY_TRAIN = {"epochs": 2, "batch_size": 8}
 TINY_MAPPER = {"width": 8, "cycles": 1}
 
 
-def codes(n: int, kind: str, channels: int = 4, seed: int = 0, grid=GRID, dtype="int8") -> bytes:
+def codes(
+    n: int, kind: str, channels: int = 4, seed: int = 0, grid=GRID, dtype="int8", scan="row-major"
+) -> bytes:
     tokens = np.random.default_rng(seed).uniform(-1, 1, (n, grid[0] * grid[1], channels)).astype(np.float32)
-    return encode_codes(CodeBatch(tokens, grid, kind), dtype)
+    return encode_codes(CodeBatch(tokens, grid, kind, scan=scan), dtype)
 
 
-def bundle(n_train: int = 16, n_val: int = 4, seed: int = 0, grid=GRID) -> bytes:
+def bundle(n_train: int = 16, n_val: int = 4, seed: int = 0, grid=GRID, scan="row-major") -> bytes:
     """A valid dataset upload: train image, train mask, val image, val mask codes."""
     return b"".join(
         [
-            codes(n_train, "image", seed=seed, grid=grid),
-            codes(n_train, "mask", seed=seed + 1, grid=grid),
-            codes(n_val, "image", seed=seed + 2, grid=grid),
-            codes(n_val, "mask", seed=seed + 3, grid=grid),
+            codes(n_train, "image", seed=seed, grid=grid, scan=scan),
+            codes(n_train, "mask", seed=seed + 1, grid=grid, scan=scan),
+            codes(n_val, "image", seed=seed + 2, grid=grid, scan=scan),
+            codes(n_val, "mask", seed=seed + 3, grid=grid, scan=scan),
         ]
     )
 

@@ -205,6 +205,12 @@ BAD_UPLOADS = {
         400,
         "one grid",
     ),
+    "two scan orders": (
+        codes(2, "image") + codes(2, "mask") + codes(1, "image", scan="keyed") + codes(1, "mask"),
+        None,
+        400,
+        "scan order",
+    ),
 }
 BAD_UPLOADS["wrong dtype"] = (
     _with_header(codes(16, "image"), dtype="float64") + GOOD[len(codes(16, "image")) :],
@@ -269,6 +275,15 @@ def test_bad_job_settings_are_refused_with_the_field_named(api, change, where):
     assert where in str(response.json()["detail"])
 
 
-def test_a_job_on_datasets_of_different_shapes_is_refused(api):
-    other = api.upload("A", bundle(grid=(2, 8)), name="other-grid").json()
-    refused(api.train("A", [api.dataset_id, other["id"]]), 400, "different shapes")
+@pytest.mark.parametrize(
+    ("other", "difference"),
+    [({"grid": (2, 8)}, "grid 2x8"), ({"scan": "keyed"}, "keyed scan")],
+    ids=["grid", "scan order"],
+)
+def test_a_job_mixing_code_spaces_is_refused_before_it_is_queued(api, other, difference):
+    second = api.upload("A", bundle(**other), name="other-space").json()
+    jobs_before = api.client.get("/jobs", headers=api.auth("A")).json()
+    response = api.train("A", [api.dataset_id, second["id"]])
+    refused(response, 400, "different code spaces")
+    assert difference in response.json()["detail"]
+    assert api.client.get("/jobs", headers=api.auth("A")).json() == jobs_before

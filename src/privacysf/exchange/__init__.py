@@ -1,5 +1,14 @@
 """What crosses the trust boundary: token-sequence codes in a versioned wire format, nothing else."""
 
+from privacysf.exchange.dataset import (
+    DATASET_PARTS,
+    CodeDataset,
+    CodeSpace,
+    merge_datasets,
+    one_code_space,
+    read_dataset,
+    split_dataset,
+)
 from privacysf.exchange.wire import (
     FORMAT_VERSION,
     WIRE_DTYPES,
@@ -12,12 +21,19 @@ from privacysf.exchange.wire import (
 )
 
 __all__ = [
+    "DATASET_PARTS",
     "FORMAT_VERSION",
     "WIRE_DTYPES",
     "CodeBatch",
+    "CodeDataset",
+    "CodeSpace",
     "decode_codes",
     "encode_codes",
     "grid_to_tokens",
+    "merge_datasets",
+    "one_code_space",
+    "read_dataset",
+    "split_dataset",
     "split_messages",
     "tokens_to_grid",
 ]

@@ -15,33 +15,27 @@ import numpy as np
 
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
 from privacysf.errors import PrivacySFError
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes, split_messages
+from privacysf.exchange import DATASET_PARTS, merge_datasets, split_dataset, split_messages
 from privacysf.server.mapping import MappingServer
-from privacysf.server.store import DATASET_PARTS, PART_KINDS, Store
+from privacysf.server.store import Store
 from privacysf.server.tables import JobRow
 
 BEST = "best.pt"
 RESUME = "resume.pt"
 
 
-def training_messages(store: Store, job_id: int) -> list[bytes]:
+def training_messages(store: Store, job_id: int) -> tuple[bytes, bytes, bytes, bytes]:
     """The four messages MappingServer.fit takes, over all of the job's datasets.
 
-    One dataset is passed through untouched; several are concatenated code by code and re-encoded as
-    float32, which represents every wire dtype's values exactly.
+    One dataset is passed through untouched; several are read with the upload rule, merged code by
+    code in their shared code space (grid, channels and scan order: keyed codes stay keyed) and
+    re-encoded as float32, which represents every wire dtype's values exactly.
     """
-    bundles = [
-        split_messages(store.dataset_path(row).read_bytes(), len(DATASET_PARTS))
-        for row in store.job_datasets(job_id)
-    ]
-    if len(bundles) == 1:
-        return bundles[0]
-    merged = []
-    for part, kind in enumerate(PART_KINDS):
-        batches = [decode_codes(bundle[part], expect_kind=kind) for bundle in bundles]
-        tokens = np.concatenate([b.tokens for b in batches])
-        merged.append(encode_codes(CodeBatch(tokens, batches[0].grid, kind), "float32"))
-    return merged
+    payloads = [store.files.dataset(row.file).read_bytes() for row in store.job_datasets(job_id)]
+    if len(payloads) == 1:
+        x, y, vx, vy = split_messages(payloads[0], len(DATASET_PARTS))
+        return x, y, vx, vy
+    return merge_datasets([split_dataset(payload) for payload in payloads]).messages("float32")
 
 
 class JobRunner:
@@ -90,7 +84,7 @@ class JobRunner:
         settings = job.settings
         train = TrainConfig(**settings["train"], device="cpu", progress=False)
         server = MappingServer(MapperConfig(**settings["mapper"]), AugmentConfig(), train)
-        folder = self.store.job_dir(job.id)
+        folder = self.store.files.job_dir(job.id)
         folder.mkdir(parents=True, exist_ok=True)
         resuming = (folder / RESUME).is_file()
         self.store.log(job.id, f"attempt {job.attempts}: {'resuming' if resuming else 'starting'} training")
@@ -120,7 +114,7 @@ class JobRunner:
             on_epoch=on_epoch,
         )
         model_file = f"job-{job.id}.pt"
-        server.save(self.store.root / "models" / model_file)
+        server.save(self.store.files.model(model_file))
         model = self.store.add_model(job, model_file, server.signature)
         self.store.update_job(job.id, best_score=result.best_score)
         self.store.log(

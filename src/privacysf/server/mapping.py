@@ -23,7 +23,7 @@ from privacysf.config import (
     TrainConfig,
 )
 from privacysf.errors import ConfigError, WireFormatError
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
 from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.nets.mappers import build_mapper
 from privacysf.server.augment import augment_pairs, pipeline
@@ -109,24 +109,17 @@ class MappingServer:
         Center ``i`` is the ``i``-th upload; with ``mapper.center_embedding`` the mapper learns one
         embedding per center and :meth:`map` must then be told which center a request comes from.
         """
-        pairs = [_decode_upload(*upload) for upload in uploads]
-        first = pairs[0][0]
-        if any(
-            (x.grid, x.scan, x.shape[1:], y.shape[1:])
-            != (first.grid, first.scan, first.shape[1:], pairs[0][1].shape[1:])
-            for x, y, _, _ in pairs
-        ):
-            raise ConfigError(
-                "the centers' codes differ in grid, scan order or shape; one mapper cannot pool them"
-            )
-        grid = first.grid
-        model = self.initialise(grid, first.shape[2], pairs[0][1].shape[2], first.scan, len(pairs))
+        datasets = [read_dataset(upload) for upload in uploads]
+        space = one_code_space([d.space for d in datasets], "the centers' uploads")
+        grid = space.grid
+        model = self.initialise(grid, space.image_channels, space.mask_channels, space.scan, len(datasets))
         device = self.device
         cfg = replace(self.train_cfg, lr=self.mapper_cfg.learning_rate(self.train_cfg.lr))
 
         def stack(part: int) -> tuple[torch.Tensor, torch.Tensor]:
-            tokens = torch.from_numpy(np.concatenate([p[part].tokens for p in pairs]))
-            centers = torch.cat([torch.full((len(p[part].tokens),), i) for i, p in enumerate(pairs)])
+            batches = [d.parts[part] for d in datasets]
+            tokens = torch.from_numpy(np.concatenate([b.tokens for b in batches]))
+            centers = torch.cat([torch.full((len(b.tokens),), i) for i, b in enumerate(batches)])
             return tokens, centers
 
         (tx, tc), (ty, _), (vtx, vc), (vty, _) = (stack(part) for part in range(4))
@@ -249,24 +242,3 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
     if not cfg.center_embedding:
         del settings["center_embedding"]
     return settings
-
-
-def _decode_upload(
-    train_images: bytes, train_masks: bytes, val_images: bytes, val_masks: bytes
-) -> tuple[CodeBatch, CodeBatch, CodeBatch, CodeBatch]:
-    """One center's four upload messages, checked to pair up one to one on one grid and scan order."""
-    x = decode_codes(train_images, expect_kind="image")
-    y = decode_codes(train_masks, expect_kind="mask")
-    vx = decode_codes(val_images, expect_kind="image", expect_tokens=x.shape[1:])
-    vy = decode_codes(val_masks, expect_kind="mask", expect_tokens=y.shape[1:])
-    if (
-        x.shape[0] != y.shape[0]
-        or vx.shape[0] != vy.shape[0]
-        or len({x.grid, y.grid, vx.grid, vy.grid}) > 1
-        or len({x.scan, y.scan, vx.scan, vy.scan}) > 1
-    ):
-        raise ConfigError(
-            f"image codes {x.shape} and mask codes {y.shape} do not pair up one to one on one grid "
-            "and scan order"
-        )
-    return x, y, vx, vy

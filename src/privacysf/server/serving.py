@@ -25,7 +25,7 @@ class ModelCache:
                 self.loaded.move_to_end(row.id)
                 return self.loaded[row.id]
         server = MappingServer(MapperConfig(**row.mapper), AugmentConfig(), TrainConfig(device="cpu"))
-        server.load(self.store.model_path(row), tuple(row.grid), row.in_channels, row.out_channels)
+        server.load(self.store.files.model(row.file), tuple(row.grid), row.in_channels, row.out_channels)
         with self.lock:
             self.loaded[row.id] = server
             while len(self.loaded) > self.store.cfg.model_cache:

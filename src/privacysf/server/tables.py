@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from privacysf.exchange import CodeSpace
+
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -48,11 +50,18 @@ class DatasetRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)
     grid: Mapped[list] = mapped_column(JSON)
+    scan: Mapped[str] = mapped_column(String(16))
+    """Token order of the codes: ``row-major``, or ``keyed`` (the center's secret permutation)."""
     image_channels: Mapped[int] = mapped_column(Integer)
     mask_channels: Mapped[int] = mapped_column(Integer)
     train_count: Mapped[int] = mapped_column(Integer)
     val_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @property
+    def space(self) -> CodeSpace:
+        """The code space of the dataset: what every dataset of one job must share."""
+        return CodeSpace((self.grid[0], self.grid[1]), self.scan, self.image_channels, self.mask_channels)
 
 
 class JobRow(Base):

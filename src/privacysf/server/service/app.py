@@ -8,15 +8,16 @@ with a message saying what was wrong.
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import torch
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from privacysf.errors import AuthError, NotFoundError, PayloadTooLargeError, PrivacySFError
@@ -37,7 +38,8 @@ from privacysf.server.service.schemas import (
 from privacysf.server.serving import ModelCache
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Caller, Store
-from privacysf.server.tables import JobRow
+from privacysf.server.store.records import Row
+from privacysf.server.tables import DatasetRow, JobRow, ModelRow
 
 log = logging.getLogger("privacysf.service")
 CODES = "application/octet-stream"
@@ -48,6 +50,7 @@ BINARY_BODY = {
     }
 }
 STATUS = {AuthError: 401, NotFoundError: 404, PayloadTooLargeError: 413}
+Out = TypeVar("Out", bound=BaseModel)
 bearer = HTTPBearer(auto_error=False, description="a center's API token (privacysf server create-center)")
 
 
@@ -100,7 +103,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     def ready(_center: Center, response: Response) -> Readiness:
         """Readiness: the database answers, the store folder is writable and the job runner runs."""
         state = Readiness(
-            database=_database_ok(store), store=os.access(store.root, os.W_OK), job_runner=runner.alive
+            database=_database_ok(store), store=os.access(store.files.root, os.W_OK), job_runner=runner.alive
         )
         if not all(state.model_dump().values()):
             response.status_code = 503
@@ -148,15 +151,37 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             upload.abort()
             raise
         row = await run_in_threadpool(upload.commit)
-        return DatasetOut.model_validate(row, from_attributes=True)
+        return _from_row(DatasetOut)(row)
 
-    @app.get("/datasets", response_model=list[DatasetOut], tags=["datasets"], responses=unauthorised)
-    def list_datasets(center: Center) -> list[DatasetOut]:
-        return [DatasetOut.model_validate(r, from_attributes=True) for r in store.datasets(center)]
+    def list_and_get(
+        kind: str, table: type[Row], out: type[BaseModel], show: Callable[[Row], BaseModel], about: str
+    ) -> None:
+        """``GET /<kind>s`` and ``GET /<kind>s/{<kind>_id}``: the rows of ``table`` the caller may see."""
+        common = {"tags": [f"{kind}s"], "responses": unauthorised}
 
-    @app.get("/datasets/{dataset_id}", response_model=DatasetOut, tags=["datasets"], responses=unauthorised)
-    def get_dataset(center: Center, dataset_id: Annotated[Id, Path()]) -> DatasetOut:
-        return DatasetOut.model_validate(store.dataset(center, dataset_id), from_attributes=True)
+        @app.get(f"/{kind}s", response_model=list[out], name=f"list_{kind}s", description=about, **common)
+        def list_rows(center: Center) -> list[BaseModel]:
+            return [show(row) for row in store.visible_rows(table, center)]
+
+        @app.get(
+            f"/{kind}s/{{{kind}_id}}", response_model=out, name=f"get_{kind}", description=about, **common
+        )
+        def get_row(center: Center, row_id: Annotated[Id, Path(alias=f"{kind}_id")]) -> BaseModel:
+            return show(store.visible_row(table, center, row_id))
+
+    list_and_get(
+        "dataset", DatasetRow, DatasetOut, _from_row(DatasetOut), "Code datasets this center uploaded."
+    )
+    list_and_get(
+        "job",
+        JobRow,
+        JobOut,
+        lambda job: _job_out(store, job),
+        "Training jobs of this center: status and progress (last finished epoch, best validation score).",
+    )
+    list_and_get(
+        "model", ModelRow, ModelOut, _from_row(ModelOut), "Model versions trained on data of this center."
+    )
 
     @app.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"], responses=unauthorised)
     def create_job(center: Center, body: JobIn) -> JobOut:
@@ -164,28 +189,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         settings = {"train": body.train.model_dump(), "mapper": body.mapper.model_dump()}
         return _job_out(store, store.create_job(center, body.name, body.datasets, settings))
 
-    @app.get("/jobs", response_model=list[JobOut], tags=["jobs"], responses=unauthorised)
-    def list_jobs(center: Center) -> list[JobOut]:
-        return [_job_out(store, job) for job in store.jobs(center)]
-
-    @app.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=unauthorised)
-    def get_job(center: Center, job_id: Annotated[Id, Path()]) -> JobOut:
-        """Status and progress (last finished epoch, best validation score)."""
-        return _job_out(store, store.job(center, job_id))
-
     @app.get("/jobs/{job_id}/log", response_model=list[LogLine], tags=["jobs"], responses=unauthorised)
     def job_log(center: Center, job_id: Annotated[Id, Path()]) -> list[LogLine]:
-        store.job(center, job_id)
+        store.visible_row(JobRow, center, job_id)
         return [LogLine(at=r.at, message=r.message) for r in store.job_log(job_id)]
-
-    @app.get("/models", response_model=list[ModelOut], tags=["models"], responses=unauthorised)
-    def list_models(center: Center) -> list[ModelOut]:
-        """Model versions trained on data of this center."""
-        return [ModelOut.model_validate(r, from_attributes=True) for r in store.models(center)]
-
-    @app.get("/models/{model_id}", response_model=ModelOut, tags=["models"], responses=unauthorised)
-    def get_model(center: Center, model_id: Annotated[Id, Path()]) -> ModelOut:
-        return ModelOut.model_validate(store.model(center, model_id), from_attributes=True)
 
     @app.post(
         "/models/{model_id}/map",
@@ -205,7 +212,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         dtype: Annotated[WireDtype | None, Query(description="wire dtype of the reply")] = None,
     ) -> Response:
         """Image codes in (one wire message, any batch size), mask codes out, in the same order."""
-        row = store.model(center, model_id)
+        row = store.visible_row(ModelRow, center, model_id)
         body = await _read_limited(request, cfg.max_map_bytes)
         mapper = await run_in_threadpool(cache.get, row)
         return Response(await run_in_threadpool(mapper.map, body, dtype), media_type=CODES)
@@ -220,6 +227,11 @@ def _database_ok(store: Store) -> bool:
         log.exception("database check failed")
         return False
     return True
+
+
+def _from_row(out: type[Out]) -> Callable[[object], Out]:
+    """``out`` read from a database row's attributes of the same names."""
+    return lambda row: out.model_validate(row, from_attributes=True)
 
 
 def _job_out(store: Store, job: JobRow) -> JobOut:

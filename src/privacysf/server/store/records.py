@@ -1,0 +1,163 @@
+"""What the database records about datasets, jobs and models, each seen only by the centers it belongs to.
+
+A center sees its own datasets and jobs, and the models trained on any of its datasets. That rule is
+one query, :func:`visible`, behind every list and lookup: another center's id reads exactly like a
+missing one.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from sqlalchemy import Select, func, select, update
+
+from privacysf.errors import ConfigError, NotFoundError
+from privacysf.exchange import CodeDataset, one_code_space
+from privacysf.server.store.accounts import Caller
+from privacysf.server.store.database import Database
+from privacysf.server.tables import DatasetRow, JobDatasetRow, JobLogRow, JobRow, ModelRow
+
+Row = TypeVar("Row", DatasetRow, JobRow, ModelRow)
+MISSING = {
+    DatasetRow: "dataset {id} does not exist or belongs to another center",
+    JobRow: "job {id} does not exist or belongs to another center",
+    ModelRow: "model {id} does not exist or this center took no part in it",
+}
+"""What a lookup of a row the caller may not see says (the same whether it exists or not)."""
+
+
+def visible(table: type[Row], center_id: int) -> Select[tuple[Row]]:
+    """The rows of ``table`` a center may see: its datasets and jobs, and models trained on its data."""
+    if table is ModelRow:
+        return (
+            select(ModelRow)
+            .join(JobDatasetRow, JobDatasetRow.job_id == ModelRow.job_id)
+            .join(DatasetRow, DatasetRow.id == JobDatasetRow.dataset_id)
+            .where(DatasetRow.center_id == center_id)
+            .distinct()
+        )
+    return select(table).where(table.center_id == center_id)
+
+
+class Records(Database):
+    """Datasets, jobs (with their datasets and log) and model versions."""
+
+    # lookups scoped to the caller ---------------------------------------------------------------
+
+    def visible_rows(self, table: type[Row], caller: Caller) -> list[Row]:
+        with self.session() as s:
+            return list(s.scalars(visible(table, caller.center_id).order_by(table.id)))
+
+    def visible_row(self, table: type[Row], caller: Caller, row_id: int) -> Row:
+        with self.session() as s:
+            row = s.scalar(visible(table, caller.center_id).where(table.id == row_id))
+        if row is None:
+            raise NotFoundError(MISSING[table].format(id=row_id))
+        return row
+
+    # datasets ----------------------------------------------------------------------------------
+
+    def add_dataset(
+        self, caller: Caller, name: str, file: str, sha256: str, size_bytes: int, dataset: CodeDataset
+    ) -> DatasetRow:
+        space = dataset.space
+        with self.session() as s:
+            row = DatasetRow(
+                center_id=caller.center_id,
+                name=name,
+                file=file,
+                sha256=sha256,
+                size_bytes=size_bytes,
+                grid=list(space.grid),
+                scan=space.scan,
+                image_channels=space.image_channels,
+                mask_channels=space.mask_channels,
+                train_count=dataset.train_count,
+                val_count=dataset.val_count,
+            )
+            s.add(row)
+        return row
+
+    def dataset_files(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(DatasetRow.file)))
+
+    # jobs --------------------------------------------------------------------------------------
+
+    def create_job(self, caller: Caller, name: str, dataset_ids: list[int], settings: dict) -> JobRow:
+        """Queue a job on some of the caller's datasets, which must all lie in one code space."""
+        rows = [self.visible_row(DatasetRow, caller, i) for i in dict.fromkeys(dataset_ids)]
+        if not rows:
+            raise ConfigError("a training job needs at least one dataset id")
+        one_code_space([row.space for row in rows], f"datasets {[row.id for row in rows]}")
+        with self.session() as s:
+            job = JobRow(
+                center_id=caller.center_id,
+                name=name,
+                settings=settings,
+                epochs=settings["train"]["epochs"],
+            )
+            s.add(job)
+            s.flush()
+            s.add_all([JobDatasetRow(job_id=job.id, dataset_id=r.id) for r in rows])
+            s.add(JobLogRow(job_id=job.id, message=f"queued on datasets {[r.id for r in rows]}"))
+        return self.visible_row(JobRow, caller, job.id)
+
+    def job_log(self, job_id: int) -> list[JobLogRow]:
+        with self.session() as s:
+            return list(s.scalars(select(JobLogRow).where(JobLogRow.job_id == job_id).order_by(JobLogRow.id)))
+
+    def log(self, job_id: int, message: str) -> None:
+        with self.session() as s:
+            s.add(JobLogRow(job_id=job_id, message=message))
+
+    def job_datasets(self, job_id: int) -> list[DatasetRow]:
+        with self.session() as s:
+            query = select(DatasetRow).join(JobDatasetRow).where(JobDatasetRow.job_id == job_id)
+            return list(s.scalars(query.order_by(DatasetRow.id)))
+
+    def requeue_interrupted_jobs(self) -> list[int]:
+        """Jobs left ``running`` by a killed process go back to the queue (they resume from checkpoints)."""
+        with self.session() as s:
+            ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "running")))
+            s.execute(update(JobRow).where(JobRow.id.in_(ids)).values(status="queued"))
+            s.add_all(
+                [JobLogRow(job_id=i, message="interrupted by a server stop; queued again") for i in ids]
+            )
+        return ids
+
+    def claim_next_job(self) -> JobRow | None:
+        with self.session() as s:
+            job = s.scalar(select(JobRow).where(JobRow.status == "queued").order_by(JobRow.id).limit(1))
+            if job is not None:
+                job.status, job.attempts = "running", job.attempts + 1
+            return job
+
+    def update_job(self, job_id: int, **values) -> None:
+        with self.session() as s:
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+
+    # models ------------------------------------------------------------------------------------
+
+    def add_model(self, job: JobRow, file: str, signature: dict) -> ModelRow:
+        """Record a finished job's mapper as the next version of its name and mark the job done."""
+        with self.session() as s:
+            latest = s.scalar(
+                select(func.max(ModelRow.version))
+                .join(JobRow, JobRow.id == ModelRow.job_id)
+                .where(ModelRow.name == job.name, JobRow.center_id == job.center_id)
+            )
+            model = ModelRow(
+                job_id=job.id,
+                name=job.name,
+                version=(latest or 0) + 1,
+                file=file,
+                grid=signature["grid"],
+                in_channels=signature["in_channels"],
+                out_channels=signature["out_channels"],
+                mapper=job.settings["mapper"],
+            )
+            s.add(model)
+            s.flush()
+            s.execute(update(JobRow).where(JobRow.id == job.id).values(status="done", model_id=model.id))
+            return model

@@ -1,0 +1,100 @@
+"""Code datasets (train/val image and mask codes): one rule for every path that takes one in, and
+jobs that merge several in their own code space.
+
+Regression: a job's merge used to re-encode the codes as row-major, so a job over keyed uploads (codes
+in a center's secret token order) was trained as if the tokens were in raster order; and the upload
+check ignored the scan order that the mapper's check enforced.
+"""
+
+import numpy as np
+import pytest
+from servicekit import bundle, codes, sha
+from sqlalchemy import update
+
+from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
+from privacysf.errors import ConfigError, WireFormatError
+from privacysf.exchange import decode_codes, merge_datasets, split_dataset, split_messages
+from privacysf.server.jobs import training_messages
+from privacysf.server.mapping import MappingServer
+from privacysf.server.settings import ServiceConfig
+from privacysf.server.store import Store
+from privacysf.server.tables import DatasetRow
+
+SETTINGS = {"train": {"epochs": 1}, "mapper": {}}
+BAD_DATASETS = {
+    "scan orders": (
+        codes(2, "image") + codes(2, "mask") + codes(1, "image", scan="keyed") + codes(1, "mask"),
+        "scan order",
+    ),
+    "grids": (
+        codes(2, "image") + codes(2, "mask", grid=(2, 8)) + codes(1, "image") + codes(1, "mask"),
+        "grid",
+    ),
+    "channels": (
+        codes(2, "image") + codes(2, "mask") + codes(1, "image", channels=3) + codes(1, "mask"),
+        "channel",
+    ),
+    "pairs": (codes(3, "image") + codes(2, "mask") + codes(1, "image") + codes(1, "mask"), "pair up"),
+    "kinds": (codes(2, "image") + codes(2, "image") + codes(1, "image") + codes(1, "mask"), "expected mask"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATASETS))
+def test_the_store_and_the_mapper_refuse_a_bad_dataset_with_the_same_error(tmp_path, case):
+    payload, words = BAD_DATASETS[case]
+    store = Store(ServiceConfig(store=tmp_path / "store"))
+    upload = store.dataset_upload(
+        store.authenticate(store.create_center("hospital")[1]), "codes", sha(payload)
+    )
+    upload.write(payload)
+    with pytest.raises(WireFormatError, match=words) as stored:
+        upload.commit()
+    mapper = MappingServer(MapperConfig(width=8), AugmentConfig(), TrainConfig(epochs=1, progress=False))
+    with pytest.raises(WireFormatError) as trained:
+        mapper.fit(*split_messages(payload, 4))
+    assert str(trained.value) == str(stored.value)
+
+
+def test_datasets_of_different_code_spaces_are_not_merged():
+    keyed, plain = split_dataset(bundle(scan="keyed")), split_dataset(bundle())
+    assert merge_datasets([keyed, keyed]).space.scan == "keyed"
+    with pytest.raises(ConfigError, match="different code spaces.*keyed scan"):
+        merge_datasets([plain, keyed])
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(ServiceConfig(store=tmp_path / "store"))
+
+
+def _upload(store: Store, caller, payload: bytes) -> int:
+    upload = store.dataset_upload(caller, "codes", sha(payload))
+    upload.write(payload)
+    return upload.commit().id
+
+
+def test_a_job_over_keyed_datasets_trains_on_keyed_codes_in_upload_order(store):
+    _, token = store.create_center("hospital")
+    caller = store.authenticate(token)
+    payloads = [bundle(n_train=6, n_val=2, seed=10 * i, scan="keyed") for i in range(2)]
+    ids = [_upload(store, caller, p) for p in payloads]
+    job = store.create_job(caller, "mapper", ids, SETTINGS)
+    merged = [decode_codes(m) for m in training_messages(store, job.id)]
+    assert [b.scan for b in merged] == ["keyed"] * 4
+    assert [b.kind for b in merged] == ["image", "mask", "image", "mask"]
+    for part, batch in enumerate(merged):
+        uploaded = [decode_codes(split_messages(p, 4)[part]).tokens for p in payloads]
+        np.testing.assert_array_equal(batch.tokens, np.concatenate(uploaded))
+
+
+def test_a_job_whose_files_disagree_on_scan_order_is_not_merged(store):
+    """A dataset stored before datasets recorded their scan order reads as row-major in the database
+    (migration 0002); the runner reads the real order from the codes and refuses to mix them."""
+    _, token = store.create_center("hospital")
+    caller = store.authenticate(token)
+    ids = [_upload(store, caller, bundle(scan=scan)) for scan in ("row-major", "keyed")]
+    with store.session() as s:
+        s.execute(update(DatasetRow).values(scan="row-major"))
+    job = store.create_job(caller, "mapper", ids, SETTINGS)
+    with pytest.raises(ConfigError, match="different code spaces.*keyed scan"):
+        training_messages(store, job.id)
