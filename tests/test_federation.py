@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -85,7 +84,7 @@ def _center_codes(sign: float, n: int, seed: int) -> tuple[bytes, bytes, bytes, 
 def _pooled_error(embedding: int) -> float:
     torch.manual_seed(0)
     cfg = ExperimentConfig().override(["train.epochs=12", "train.progress=false", "train.batch_size=16"])
-    server = MappingServer(replace(cfg.mapper, width=16, center_embedding=embedding), cfg.augment, cfg.train)
+    server = MappingServer(cfg.mapper.updated(width=16, center_embedding=embedding), cfg.augment, cfg.train)
     uploads = [_center_codes(1.0, 40, 0), _center_codes(-1.0, 40, 1)]
     server.fit_pooled(uploads)
     errors = []

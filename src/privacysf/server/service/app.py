@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import ClientDisconnect
 
+from privacysf.config import WireDtype
 from privacysf.errors import AuthError, NotFoundError, PayloadTooLargeError, PrivacySFError
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service.schemas import (
@@ -32,7 +33,6 @@ from privacysf.server.service.schemas import (
     ModelOut,
     Name,
     Readiness,
-    WireDtype,
 )
 from privacysf.server.serving import ModelCache
 from privacysf.server.settings import ServiceConfig
