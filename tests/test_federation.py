@@ -64,7 +64,8 @@ def test_brain_3c_centers_are_three_distinct_built_in_sources_with_the_same_clas
 def test_federate_refuses_a_single_center_with_a_clear_message(capsys):
     assert main(["federate", "--dataset", "phantom", "--centers", "1"]) == 2
     assert (
-        "privacysf: error: invalid configuration: federation.centers must be >= 2" in capsys.readouterr().err
+        "privacysf: error: invalid configuration: federation.centers must be greater than or equal to 2"
+        in capsys.readouterr().err
     )
 
 
