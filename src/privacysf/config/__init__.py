@@ -6,17 +6,14 @@ any bad value raises :class:`~privacysf.errors.ConfigError` naming the field and
 """
 
 from privacysf.config.experiment import ExperimentConfig
-from privacysf.config.model import ConfigModel
 from privacysf.config.sections import (
     AUGMENTATIONS,
     IMAGE_MODES,
-    ORDER_AUGMENTATIONS,
     TRANSFORMER_LR,
     WIRE_DTYPE_NAMES,
     AugmentConfig,
     CodecConfig,
     DataConfig,
-    ImageMode,
     KeyConfig,
     MapperConfig,
     TrainConfig,
@@ -38,17 +35,14 @@ __all__ = [
     "FEDERATION_MODES",
     "IMAGE_MODES",
     "KEY_SETTINGS",
-    "ORDER_AUGMENTATIONS",
     "TRANSFORMER_LR",
     "WIRE_DTYPE_NAMES",
     "AttackConfig",
     "AugmentConfig",
     "CodecConfig",
-    "ConfigModel",
     "DataConfig",
     "ExperimentConfig",
     "FederationConfig",
-    "ImageMode",
     "KeyConfig",
     "MapperConfig",
     "TrainConfig",
