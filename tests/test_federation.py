@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -65,7 +64,8 @@ def test_brain_3c_centers_are_three_distinct_built_in_sources_with_the_same_clas
 def test_federate_refuses_a_single_center_with_a_clear_message(capsys):
     assert main(["federate", "--dataset", "phantom", "--centers", "1"]) == 2
     assert (
-        "privacysf: error: invalid configuration: federation.centers must be >= 2" in capsys.readouterr().err
+        "privacysf: error: invalid configuration: federation.centers must be greater than or equal to 2"
+        in capsys.readouterr().err
     )
 
 
@@ -85,7 +85,7 @@ def _center_codes(sign: float, n: int, seed: int) -> tuple[bytes, bytes, bytes, 
 def _pooled_error(embedding: int) -> float:
     torch.manual_seed(0)
     cfg = ExperimentConfig().override(["train.epochs=12", "train.progress=false", "train.batch_size=16"])
-    server = MappingServer(replace(cfg.mapper, width=16, center_embedding=embedding), cfg.augment, cfg.train)
+    server = MappingServer(cfg.mapper.updated(width=16, center_embedding=embedding), cfg.augment, cfg.train)
     uploads = [_center_codes(1.0, 40, 0), _center_codes(-1.0, 40, 1)]
     server.fit_pooled(uploads)
     errors = []

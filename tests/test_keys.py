@@ -9,7 +9,7 @@ from keykit import assert_no_secret, secret_forms
 
 from privacysf.center.keys import KEY_FILE_MODE, CenterKey, KeyedTransform
 from privacysf.common.runs import write_json
-from privacysf.config import ExperimentConfig, KeyConfig
+from privacysf.config import KeyConfig
 from privacysf.errors import ConfigError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER
@@ -23,7 +23,9 @@ def _tokens(n=5, length=64, c=4, seed=0):
 
 @pytest.mark.parametrize("permute", [False, True])
 def test_keyed_transform_inverts_exactly_and_stays_in_the_int8_range(permute):
-    transform = KeyedTransform(CenterKey.create(), KeyConfig(True, True, permute), 64, CHANNELS)
+    transform = KeyedTransform(
+        CenterKey.create(), KeyConfig(enabled=True, permute_tokens=permute), 64, CHANNELS
+    )
     for kind, c in CHANNELS.items():
         plain = _tokens(c=c)
         keyed = transform.forward(plain, kind)
@@ -34,7 +36,7 @@ def test_keyed_transform_inverts_exactly_and_stays_in_the_int8_range(permute):
 
 
 def test_keyed_codes_survive_the_wire_and_keep_their_scan():
-    transform = KeyedTransform(CenterKey.create(), KeyConfig(True, True, True), 64, CHANNELS)
+    transform = KeyedTransform(CenterKey.create(), KeyConfig(enabled=True, permute_tokens=True), 64, CHANNELS)
     keyed = transform.forward(_tokens(), "image")
     batch = decode_codes(encode_codes(CodeBatch(keyed, (8, 8), "image", scan=transform.scan), "int8"))
     assert batch.scan == KEYED_SCAN
@@ -42,7 +44,7 @@ def test_keyed_codes_survive_the_wire_and_keep_their_scan():
 
 
 def test_two_keys_give_different_transforms_and_one_key_is_reproducible(tmp_path):
-    cfg = KeyConfig(True, True, True)
+    cfg = KeyConfig(enabled=True, permute_tokens=True)
     key = CenterKey.create()
     key.save(tmp_path / "key.json")
     again = KeyedTransform(CenterKey.load(tmp_path / "key.json"), cfg, 64, CHANNELS)
@@ -68,20 +70,20 @@ def test_the_key_file_is_private_by_its_own_chmod_not_by_the_umask(tmp_path):
 
 def test_secret_forms_cover_every_derived_part_and_skip_identities():
     key = CenterKey(bytes(range(32)))
-    full = secret_forms(key, KeyedTransform(key, KeyConfig(True, True, True), 256, CHANNELS))
+    full = secret_forms(key, KeyedTransform(key, KeyConfig(enabled=True, permute_tokens=True), 256, CHANNELS))
     for name in ["secret/HEX", "secret/urlsafe-base64-unpadded", "secret/key-file", "inverse/json-compact"]:
         assert name in full
     assert "mixing/mask/q.T/float16-be" in full and "mixing/image/q/scale/float64-le" in full
     assert "permutation/uint8-le" in full and "permutation/int8-le" not in full  # 255 overflows int8
-    short = secret_forms(key, KeyedTransform(key, KeyConfig(True, True, True), 8, CHANNELS))
+    short = secret_forms(key, KeyedTransform(key, KeyConfig(enabled=True, permute_tokens=True), 8, CHANNELS))
     assert "inverse/uint8-be" not in short and "inverse/int16-be" in short  # 8 bytes: too short to search
-    bare = secret_forms(key, KeyedTransform(key, KeyConfig(True, False, False), 256, CHANNELS))
+    bare = secret_forms(key, KeyedTransform(key, KeyConfig(enabled=True, mix_channels=False), 256, CHANNELS))
     assert all(name.startswith("secret/") for name in bare)  # identity matrices and arange are no secret
 
 
 def test_assert_no_secret_finds_a_planted_form_and_passes_clean_bytes():
     key = CenterKey(bytes(range(32)))
-    transform = KeyedTransform(key, KeyConfig(True, True, True), 64, CHANNELS)
+    transform = KeyedTransform(key, KeyConfig(enabled=True, permute_tokens=True), 64, CHANNELS)
     forms = secret_forms(key, transform)
     noise = np.random.default_rng(0).bytes(4096)
     assert_no_secret([noise, b""], forms)
@@ -101,18 +103,6 @@ def test_missing_or_broken_keys_are_clear_errors(tmp_path):
     (tmp_path / "bad.json").write_text('{"secret": "abcd"}')
     with pytest.raises(ConfigError, match="holds 2 bytes"):
         CenterKey.load(tmp_path / "bad.json")
-
-
-def test_permutation_needs_an_order_blind_mapper_and_no_order_augmentation():
-    with pytest.raises(ConfigError, match="needs mapper.kind=transformer"):
-        ExperimentConfig().override(["key.enabled=true", "key.permute_tokens=true"])
-    with pytest.raises(ConfigError, match="need the token order"):
-        ExperimentConfig().override(
-            ["key.enabled=true", "key.permute_tokens=true", "mapper.kind=transformer", "augment.flip=0.5"]
-        )
-    ExperimentConfig().override(
-        ["key.enabled=true", "key.permute_tokens=true", "mapper.kind=transformer", "augment.mixup=0.5"]
-    )
 
 
 def test_the_transformer_mapper_gets_its_own_smaller_learning_rate_unless_one_is_set():

@@ -13,8 +13,6 @@ and code pairs.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
@@ -90,7 +88,7 @@ def membership_attacks(
     def message(tokens: np.ndarray, kind: str) -> bytes:
         return encode_codes(CodeBatch(tokens, grid, kind, scan=scan), "float32")
 
-    shadow = MappingServer(cfg.mapper, cfg.augment, replace(cfg.train, progress=False))
+    shadow = MappingServer(cfg.mapper, cfg.augment, cfg.train.updated(progress=False))
     shadow_in = (message(val.images[inside], "image"), message(val.masks[inside], "mask"))
     shadow.fit(*shadow_in, *shadow_in)
     classifier = shadow_classifier(

@@ -112,7 +112,7 @@ def _public_data(cfg: ExperimentConfig, victim: PreparedData) -> PreparedData:
     if name == cfg.data.dataset and name != "phantom":
         raise ConfigError("attack.public_dataset must differ from the victim's dataset")
     seed = cfg.data.seed + 1 if name == cfg.data.dataset else cfg.data.seed
-    public = prepare(replace(cfg.data, dataset=name, seed=seed, num_classes=None))
+    public = prepare(cfg.data.updated(dataset=name, seed=seed, num_classes=None))
     if name == "phantom":  # a fresh draw: rename its subjects so none is mistaken for a victim's
         for part in public.splits().values():
             part.case_ids = [f"public-{c}" for c in part.case_ids]

@@ -64,7 +64,7 @@ def prepare_centers(data: DataConfig, federation: FederationConfig) -> list[Cent
     """Every center's prepared data, in a fixed order (center index = position in the list)."""
     if data.dataset in MULTI_CENTER_TASKS:
         names = MULTI_CENTER_TASKS[data.dataset]
-        centers = [CenterData(name, prepare(replace(data, dataset=name))) for name in names]
+        centers = [CenterData(name, prepare(data.updated(dataset=name))) for name in names]
     else:
         cases, info = load_cases(data)
         groups = partition_cases(cases, federation.centers, federation.partition, data.seed)

@@ -17,7 +17,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +195,8 @@ class Federation:
         return mapped
 
     def mapping_server(self, embedding: int) -> MappingServer:
-        mapper = replace(self.cfg.mapper, center_embedding=embedding)
-        return MappingServer(mapper, self.cfg.augment, replace(self.cfg.train, progress=False))
+        mapper = self.cfg.mapper.updated(center_embedding=embedding)
+        return MappingServer(mapper, self.cfg.augment, self.cfg.train.updated(progress=False))
 
     def evaluate_codes(self, codecs: str, mapped: dict[str, dict[str, bytes]]) -> None:
         def content(m: Member) -> RecordDict:

@@ -7,7 +7,6 @@ that importing this package loads no such module.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,7 @@ import torch
 
 from privacysf.common.torchutil import load_checkpoint, resolve_device, save_checkpoint
 from privacysf.common.training import EpochHook, FitResult, fit
-from privacysf.config import (
-    ORDER_AUGMENTATIONS,
-    ORDER_BLIND_MAPPERS,
-    AugmentConfig,
-    MapperConfig,
-    TrainConfig,
-)
+from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
 from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
 from privacysf.exchange.wire import SCAN_ORDER
@@ -54,16 +47,8 @@ class MappingServer:
 
         ``centers`` matters only with ``mapper.center_embedding``: the number of code spaces to tell apart.
         """
-        if scan != SCAN_ORDER and self.mapper_cfg.kind not in ORDER_BLIND_MAPPERS:
-            raise ConfigError(
-                f"codes arrive in a secret ({scan}) token order, which the {self.mapper_cfg.kind} mapper "
-                "cannot learn through; use mapper.kind=transformer"
-            )
-        if scan != SCAN_ORDER and any(getattr(self.augment_cfg, n) > 0 for n in ORDER_AUGMENTATIONS):
-            raise ConfigError(
-                f"augment.{'/'.join(ORDER_AUGMENTATIONS)} need the token order, which the center's "
-                "secret permutation hides: set them to 0"
-            )
+        if scan != SCAN_ORDER and (problems := permutation_conflicts(self.mapper_cfg, self.augment_cfg)):
+            raise ConfigError(f"codes arrive in a secret ({scan}) token order: " + "; ".join(problems))
         self.signature = {
             "role": "server-mapper",
             "grid": list(grid),
@@ -114,7 +99,7 @@ class MappingServer:
         grid = space.grid
         model = self.initialise(grid, space.image_channels, space.mask_channels, space.scan, len(datasets))
         device = self.device
-        cfg = replace(self.train_cfg, lr=self.mapper_cfg.learning_rate(self.train_cfg.lr))
+        cfg = self.train_cfg.updated(lr=self.mapper_cfg.learning_rate(self.train_cfg.lr))
 
         def stack(part: int) -> tuple[torch.Tensor, torch.Tensor]:
             batches = [d.parts[part] for d in datasets]
@@ -237,7 +222,7 @@ class MappingServer:
 def _mapper_settings(cfg: MapperConfig) -> dict:
     """The mapper settings a checkpoint records; the center embedding only when on, so checkpoints
     made before the option existed still load."""
-    settings = asdict(cfg)
+    settings = cfg.model_dump()
     del settings["lr"]  # how it was trained, not what shape it has
     if not cfg.center_embedding:
         del settings["center_embedding"]

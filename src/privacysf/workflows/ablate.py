@@ -7,7 +7,6 @@ so every row differs from its reference in one switch only.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from privacysf.center.pipeline import train_center
@@ -23,13 +22,13 @@ PROBABILITY = 0.5
 
 
 def variants(default: AugmentConfig) -> dict[str, AugmentConfig]:
-    off = dataclasses.replace(default, **{name: 0.0 for name in SWITCHES})
+    off = default.updated(**{name: 0.0 for name in SWITCHES})
     rows = {"none": off}
-    rows.update({f"+{name}": dataclasses.replace(off, **{name: PROBABILITY}) for name in SWITCHES})
+    rows.update({f"+{name}": off.updated(**{name: PROBABILITY}) for name in SWITCHES})
     enabled = [name for name in SWITCHES if getattr(default, name) > 0]
     if enabled:
         rows["default"] = default
-        rows.update({f"default -{name}": dataclasses.replace(default, **{name: 0.0}) for name in enabled})
+        rows.update({f"default -{name}": default.updated(**{name: 0.0}) for name in enabled})
     return rows
 
 
@@ -41,7 +40,7 @@ def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
     for name, augment in variants(cfg.augment).items():
         seed_everything(cfg.train.seed, cfg.train.threads)
         server, fit_result, _ = fit_server(
-            dataclasses.replace(cfg, augment=augment),
+            cfg.updated(augment=augment),
             center,
             data.train,
             data.val,
@@ -49,7 +48,7 @@ def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
         )
         test = score_test(center.segment(server, data.test.images), data)
         results[name] = {
-            "augment": dataclasses.asdict(augment),
+            "augment": augment.model_dump(),
             "dice": test["mean"]["dice"],
             "hd95": test["mean"]["hd95"],
             "best_val_mse": -fit_result.best_score,

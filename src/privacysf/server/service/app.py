@@ -20,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
+from privacysf.config import WireDtype
 from privacysf.errors import AuthError, NotFoundError, PayloadTooLargeError, PrivacySFError
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service.schemas import (
@@ -33,7 +34,6 @@ from privacysf.server.service.schemas import (
     ModelOut,
     Name,
     Readiness,
-    WireDtype,
 )
 from privacysf.server.serving import ModelCache
 from privacysf.server.settings import ServiceConfig

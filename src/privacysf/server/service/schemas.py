@@ -7,51 +7,61 @@ refused with a 422 naming the field, instead of reaching the database or the tra
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from privacysf.config import MapperConfig, TrainConfig
 
 Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
-WireDtype = Literal["float32", "float16", "int8"]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class TrainSettings(Strict):
-    """The subset of TrainConfig a center may choose; device and threads are the server's business."""
+def center_settings(name: str, config: type[BaseModel], limits: dict[str, Any], doc: str) -> type[BaseModel]:
+    """The fields of ``config`` a center may set, as a request body.
 
-    epochs: int = Field(30, ge=1, le=1000)
-    batch_size: int = Field(8, ge=1, le=1024)
-    lr: float = Field(3e-3, gt=0, le=1, allow_inf_nan=False)
-    patience: int = Field(10, ge=1, le=1000)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    Each field keeps the config's default, description, bounds and validators, so a value the config
+    refuses is refused here too; ``limits`` adds only the service's tighter caps (one job may not ask
+    for an absurd network or budget). Fields left out are the server's business.
+    """
+    fields: dict[str, Any] = {}
+    for field, limit in limits.items():
+        info = config.model_fields[field]
+        annotated = Annotated[(info.annotation, limit, *info.metadata)]
+        fields[field] = (annotated, Field(info.default, description=info.description))
+    return create_model(name, __base__=Strict, __doc__=doc, **fields)
 
 
-class MapperSettings(Strict):
-    """MapperConfig, bounded so one job cannot ask for an absurd network."""
-
-    width: int = Field(128, ge=8, le=512, multiple_of=8)
-    cycles: int = Field(2, ge=1, le=8)
-    kernel: int = Field(3, ge=1, le=15)
-    use_position: bool = True
-
-    @field_validator("kernel")
-    @classmethod
-    def odd(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise ValueError("kernel must be odd")
-        return value
+TrainSettings = center_settings(
+    "TrainSettings",
+    TrainConfig,
+    {
+        "epochs": Field(le=1000),
+        "batch_size": Field(le=1024),
+        "lr": Field(le=1),
+        "patience": Field(le=1000),
+        "seed": Field(le=2**31 - 1),
+    },
+    "The subset of TrainConfig a center may choose; device and threads are the server's business.",
+)
+MapperSettings = center_settings(
+    "MapperSettings",
+    MapperConfig,
+    {"width": Field(le=512), "cycles": Field(le=8), "kernel": Field(le=15), "use_position": Field()},
+    "The cnn mapper's settings of MapperConfig, capped so one job cannot ask for an absurd network.",
+)
 
 
 class JobIn(Strict):
     datasets: list[Id] = Field(min_length=1, max_length=100)
     name: Name = "mapper"
     """Model name: each finished job of this name adds a version."""
-    train: TrainSettings = TrainSettings()
-    mapper: MapperSettings = MapperSettings()
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    mapper: MapperSettings = Field(default_factory=MapperSettings)
 
 
 class CenterOut(BaseModel):

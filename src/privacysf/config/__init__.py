@@ -1,0 +1,52 @@
+"""One typed configuration object for every run, saved beside its results.
+
+:class:`ExperimentConfig` is the entry point: ``ExperimentConfig.load(path).override(["train.lr=1e-3"])``.
+Its sections are pydantic models (:mod:`~privacysf.config.sections`, :mod:`~privacysf.config.studies`);
+any bad value raises :class:`~privacysf.errors.ConfigError` naming the field and what it allows.
+"""
+
+from privacysf.config.experiment import ExperimentConfig
+from privacysf.config.sections import (
+    AUGMENTATIONS,
+    IMAGE_MODES,
+    TRANSFORMER_LR,
+    WIRE_DTYPE_NAMES,
+    AugmentConfig,
+    CodecConfig,
+    DataConfig,
+    KeyConfig,
+    MapperConfig,
+    TrainConfig,
+    UNetConfig,
+    WireDtype,
+    permutation_conflicts,
+)
+from privacysf.config.studies import (
+    CENTER_PARTITIONS,
+    FEDERATION_MODES,
+    KEY_SETTINGS,
+    AttackConfig,
+    FederationConfig,
+)
+
+__all__ = [
+    "AUGMENTATIONS",
+    "CENTER_PARTITIONS",
+    "FEDERATION_MODES",
+    "IMAGE_MODES",
+    "KEY_SETTINGS",
+    "TRANSFORMER_LR",
+    "WIRE_DTYPE_NAMES",
+    "AttackConfig",
+    "AugmentConfig",
+    "CodecConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "FederationConfig",
+    "KeyConfig",
+    "MapperConfig",
+    "TrainConfig",
+    "UNetConfig",
+    "WireDtype",
+    "permutation_conflicts",
+]

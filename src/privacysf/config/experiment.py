@@ -1,0 +1,104 @@
+"""The whole configuration of a run: its sections, the rules across them, and how it is read and written.
+
+Every command builds an :class:`ExperimentConfig` from defaults, an optional JSON/YAML file and
+``--set section.key=value`` overrides, then writes it into the run folder, so a result can always be
+traced back to exactly what produced it. Unknown keys are errors rather than silently ignored, because
+a typo in a privacy or size setting would otherwise produce a run that looks valid but is not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+from pydantic import Field, model_validator
+
+from privacysf.config.model import ConfigModel
+from privacysf.config.sections import (
+    AugmentConfig,
+    CodecConfig,
+    DataConfig,
+    KeyConfig,
+    MapperConfig,
+    TrainConfig,
+    UNetConfig,
+    permutation_conflicts,
+)
+from privacysf.config.studies import AttackConfig, FederationConfig
+from privacysf.errors import ConfigError
+
+
+class ExperimentConfig(ConfigModel):
+    """Everything a run needs; written to ``config.json`` in its run folder."""
+
+    is_root: ClassVar[bool] = True
+    name: str = "run"
+    output_dir: str = "runs"
+    compare_unet: bool = True
+    """``privacysf fit`` also trains the raw U-Net on the same split and budget, for the report."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    unet: UNetConfig = Field(default_factory=UNetConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+    key: KeyConfig = Field(default_factory=KeyConfig)
+    mapper: MapperConfig = Field(default_factory=MapperConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+
+    @model_validator(mode="after")
+    def _sections_fit_together(self) -> ExperimentConfig:
+        """Refuse combinations that would only fail (or silently mislead) minutes into training."""
+        size, downsample, stride = self.data.size, self.codec.downsample, math.prod(self.unet.strides)
+        problems = []
+        if size % downsample:
+            problems.append(f"data.size {size} must be a multiple of codec.downsample {downsample}")
+        if size % stride:
+            problems.append(f"data.size {size} must be divisible by the U-Net's total stride {stride}")
+        if self.key.enabled and self.key.permute_tokens:
+            problems += [f"key.permute_tokens: {p}" for p in permutation_conflicts(self.mapper, self.augment)]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values (lists as tuples) that :meth:`from_dict` turns back into an equal config."""
+        return self.model_dump()
+
+    def save(self, path: Path) -> None:
+        from privacysf.common.runs import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; pass an existing JSON or YAML file")
+        try:
+            text = path.read_text()
+            values = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
+        except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid JSON/YAML: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        return cls.from_dict(values)
+
+    def override(self, assignments: list[str]) -> ExperimentConfig:
+        """Apply ``section.key=value`` strings (values parsed as YAML scalars/lists), then check all."""
+        values = self.to_dict()
+        for assignment in assignments:
+            key, sep, raw = assignment.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {assignment!r}: expected section.key=value")
+            *sections, name = key.strip().split(".")
+            target = values
+            for section in sections:
+                if not isinstance(target.get(section), dict):
+                    raise ConfigError(f"--set {assignment!r}: no config section {section!r}")
+                target = target[section]
+            target[name] = yaml.safe_load(raw)
+        return self.from_dict(values)

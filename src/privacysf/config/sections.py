@@ -1,0 +1,265 @@
+"""The sections every run uses: data, training, networks, the key and the server's augmentations.
+
+Each option set is a ``Literal`` (the one list of allowed names; the tuples exported beside some are
+read from it) and each rule sits in the section it concerns. Rules across sections are in
+:mod:`privacysf.config.experiment`; the rule between a token permutation and the server's mapper and
+augmentations is :func:`permutation_conflicts`, used by the config and the server alike.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, get_args
+
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
+
+from privacysf.config.model import ConfigModel
+
+
+def _odd(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError("must be odd (a centred kernel)")
+    return value
+
+
+def _device(name: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+    return name
+
+
+def _power_of_two(value: int) -> int:
+    if value < 2 or value & (value - 1):
+        raise ValueError("must be 2, 4, 8, … (each halving of the image side is one stride-2 stage)")
+    return value
+
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+ImageMode = Literal["autoencoder", "task", "private"]
+IMAGE_MODES = get_args(ImageMode)
+"""Image-encoder training modes; each has an objective in ``privacysf.center.codecs.IMAGE_MODES``."""
+WireDtype = Literal["float32", "float16", "int8"]
+WIRE_DTYPE_NAMES = get_args(WireDtype)
+"""Value types of codes on the wire (``privacysf.exchange.wire`` maps each to its numpy dtype)."""
+ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice")
+"""Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
+AUGMENTATIONS = (*ORDER_AUGMENTATIONS, "mixup", "token_dropout", "noise")
+"""The server-side code augmentations, each a probability field of :class:`AugmentConfig`."""
+TRANSFORMER_LR = 5e-4
+"""Default learning rate of the transformer mapper: at the shared 3e-3 its training diverged on
+icbm152-tissue task-mode keyed codes (Dice 0.043); at 5e-4 the same setting reached Dice 0.762
+(docs/threat-model.md, attack runs 3 and 4)."""
+
+
+class DataConfig(ConfigModel):
+    """Which data to load and how to turn it into 2-D training slices."""
+
+    dataset: str = "phantom"
+    """A built-in dataset name (``privacysf data list``) or a folder in MSD/nnU-Net or plain layout."""
+    layout: Literal["auto", "msd", "plain"] = "auto"
+    """Folder layout: ``auto``, ``msd`` (imagesTr/labelsTr/dataset.json) or ``plain`` (images/masks)."""
+    axis: int = Field(2, ge=0, le=2)
+    """Array axis along which 3-D volumes are sliced (arrays are in x, y, z order)."""
+    size: int = Field(128, gt=0)
+    """Working size: every slice is resized to ``size``×``size`` (masks by nearest neighbour)."""
+    normalization: Literal["auto", "mr", "ct", "minmax"] = "auto"
+    """``auto`` (from the dataset's modality), ``mr`` (percentile clip + z-score), ``ct`` (HU window)
+    or ``minmax``."""
+    ct_window: tuple[float, float] = (-160.0, 240.0)
+    num_classes: int | None = Field(None, ge=2)
+    """Number of classes including background; read from dataset.json or the registry when unset."""
+    drop_empty: bool = True
+    """Drop slices whose mask has no foreground (they still count for nothing in a 2-D Dice)."""
+    val_fraction: float = 0.15
+    """Share of the cases held out for validation: every network early-stops on it, so never 0."""
+    test_fraction: float = 0.2
+    """Share of the cases held out for the test scores, so never 0."""
+    seed: int = Field(0, ge=0)
+    """Seed of the case split; the split is a function of (case ids, fractions, seed) only."""
+    train_fraction: float = Field(1.0, gt=0, le=1)
+    """Share of the training slices kept, drawn with ``seed`` after the split (validation and test
+    untouched): for learning curves and for measuring how cost grows with the dataset's size."""
+    phantom_cases: int = Field(60, ge=3)
+    """Number of cases the synthetic ``phantom`` dataset generates (at least one per split)."""
+
+    @field_validator("ct_window")
+    @classmethod
+    def _window_is_an_interval(cls, window: tuple[float, float]) -> tuple[float, float]:
+        if window[0] >= window[1]:
+            raise ValueError("must be [low, high] with low < high")
+        return window
+
+    @field_validator("val_fraction", "test_fraction")
+    @classmethod
+    def _split_is_not_empty(cls, fraction: float, info: ValidationInfo) -> float:
+        if not 0 < fraction < 1:
+            raise ValueError(
+                "must lie in (0, 1), 0 excluded: every network early-stops on the validation split "
+                "and is scored on the test split, so neither may be empty"
+            )
+        if info.field_name == "test_fraction" and fraction + info.data.get("val_fraction", 0) >= 1:
+            raise ValueError("plus data.val_fraction must stay below 1, leaving cases to train on")
+        return fraction
+
+
+class TrainConfig(ConfigModel):
+    """Optimisation settings shared by every trained network of a run."""
+
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    patience: int = Field(10, ge=1)
+    """Early stopping: epochs without a better validation score before stopping."""
+    augment: bool = True
+    """Random flips and intensity jitter of raw images (only ever on the center / raw baseline)."""
+    device: Annotated[str, AfterValidator(_device)] = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda`` (``cuda:N`` for one of several GPUs)."""
+    seed: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1)
+    """CPU threads for torch; ``None`` keeps torch's default."""
+    progress: bool = True
+
+
+class UNetConfig(ConfigModel):
+    """The raw-image MONAI U-Net, the privacy-agnostic upper bound."""
+
+    channels: tuple[Annotated[int, Field(ge=1)], ...] = Field((16, 32, 64, 128), min_length=2)
+    strides: tuple[Annotated[int, Field(ge=1)], ...] = (2, 2, 2)
+    """One stride per step down, so one fewer than ``channels``."""
+    num_res_units: int = Field(2, ge=0)
+
+    @field_validator("strides")
+    @classmethod
+    def _one_stride_per_step(cls, strides: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        channels = info.data.get("channels")
+        if channels is not None and len(strides) != len(channels) - 1:
+            raise ValueError(f"must hold one stride fewer than unet.channels ({len(channels)} values)")
+        return strides
+
+
+class CodecConfig(ConfigModel):
+    """Center-side networks: the mask codec and the image encoder (both stay in the hospital)."""
+
+    downsample: Annotated[int, AfterValidator(_power_of_two)] = 4
+    """Image side / token-grid side: 128² images give a 32×32 grid of 1024 tokens."""
+    image_channels: int = Field(4, ge=1)
+    """Values per image-code token."""
+    mask_channels: int = Field(4, ge=1)
+    """Values per mask-code token."""
+    width: int = Field(32, ge=1)
+    """Feature width of the first encoder stage (doubles at each downsampling)."""
+    code_noise: float = Field(0.1, ge=0)
+    """Gaussian noise on mask codes while the codec trains, so its decoder tolerates mapping errors."""
+    image_mode: ImageMode = "task"
+    """How the image encoder is trained: ``autoencoder`` (image decoder), ``task`` (mask-code head) or
+    ``private`` (``task`` plus an in-the-loop attacker decoder whose reconstruction it must spoil)."""
+    private_weight: float = Field(1.0, ge=0)
+    """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
+    wire_dtype: WireDtype = "int8"
+    """dtype of codes on the wire: ``float32``, ``float16`` or ``int8`` (codes are bounded in [-1, 1])."""
+
+
+class KeyConfig(ConfigModel):
+    """The center's secret keyed transform of its codes (the key itself never leaves the center)."""
+
+    enabled: bool = False
+    mix_channels: bool = True
+    """Multiply every token by a secret orthogonal matrix (separately for image and mask codes)."""
+    permute_tokens: bool = False
+    """Shuffle token positions with a secret permutation; needs an order-blind mapper (transformer)."""
+
+
+class MapperConfig(ConfigModel):
+    """The server's mapping network over the token sequence.
+
+    ``cnn`` is a residual dilated 1-D CNN (it relies on raster token order); ``transformer`` has
+    learned position embeddings, so a fixed secret permutation of the tokens costs it nothing.
+    """
+
+    kind: Literal["cnn", "transformer"] = "cnn"
+    width: int = Field(128, ge=8, multiple_of=8)
+    """Channels per token; a multiple of 8 because the cnn normalises in groups of 8 (GroupNorm)."""
+    cycles: int = Field(2, ge=1)
+    """Repeats of the dilation cycle 1, 2, 4, …, grid width (the last reaches the token one row up)."""
+    kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3
+    """Taps of each 1-D convolution of the cnn; odd, so the window is centred on its token."""
+    use_position: bool = True
+    """Append each token's (row, column) on the grid, so the mapper knows where a token sits."""
+    depth: int = Field(2, ge=1)
+    """Transformer layers (``kind=transformer`` only)."""
+    heads: int = Field(4, ge=1)
+    """Attention heads (``kind=transformer`` only); they split ``width`` evenly."""
+    center_embedding: int = Field(0, ge=0)
+    """Size of a learned per-center vector appended to every input token when one mapper serves
+    several centers whose codecs differ (0 = off: the mapper cannot tell the code spaces apart)."""
+    lr: float | None = Field(None, gt=0)
+    """Learning rate of the mapper; unset: ``train.lr`` for the cnn, :data:`TRANSFORMER_LR` for the
+    transformer (attention needs a smaller step than the convolutions)."""
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_split_the_width(cls, heads: int, info: ValidationInfo) -> int:
+        width = info.data.get("width")
+        if width is not None and width % heads:
+            raise ValueError(f"must divide mapper.width ({width}): each head takes an equal share")
+        return heads
+
+    @property
+    def order_blind(self) -> bool:
+        """Whether this mapper can learn through a secret permutation of the token positions."""
+        return self.kind == "transformer"
+
+    def learning_rate(self, train_lr: float) -> float:
+        if self.lr is not None:
+            return self.lr
+        return TRANSFORMER_LR if self.kind == "transformer" else train_lr
+
+
+class AugmentConfig(ConfigModel):
+    """Server-side augmentation of code pairs; each value is the probability per batch (0 = off).
+
+    Image and mask codes are always transformed together, except the input-only ``token_dropout``
+    and ``noise``. All are off by default: the ablation in docs/results.md found none that helps
+    on both datasets it was run on.
+    """
+
+    reverse: Probability = 0.0
+    """Reverse the token order of both codes (a 180° turn of the token grid)."""
+    flip: Probability = 0.0
+    """Flip the token grid of both codes left-right or up-down."""
+    shift: Probability = 0.0
+    """Cyclic shift of both token grids by up to ``max_shift`` whole tokens per axis."""
+    max_shift: int = Field(2, ge=0)
+    splice: Probability = 0.0
+    """Cut a contiguous token segment from another pair and splice it into both codes."""
+    mixup: Probability = 0.0
+    """Convex mix of two pairs, both codes with the same weight ~ Beta(alpha, alpha)."""
+    mixup_alpha: float = Field(0.4, gt=0)
+    token_dropout: Probability = 0.0
+    """Zero 10% of the input tokens (image code only)."""
+    noise: Probability = 0.0
+    """Gaussian noise (std 0.05) on the input code only."""
+
+    def order_dependent(self) -> list[str]:
+        """The switched-on augmentations that need to know which token sits where."""
+        return [name for name in ORDER_AUGMENTATIONS if getattr(self, name) > 0]
+
+
+def permutation_conflicts(mapper: MapperConfig, augment: AugmentConfig) -> list[str]:
+    """Why a server with these settings cannot train on codes whose token order is a center's secret.
+
+    The one statement of the rule: the config refuses ``key.permute_tokens`` with these problems, and
+    the server refuses a keyed upload with them, so the two can never disagree.
+    """
+    problems = []
+    if not mapper.order_blind:
+        problems.append(
+            f"a secret token permutation needs mapper.kind=transformer (the {mapper.kind} mapper "
+            "relies on token order)"
+        )
+    if order_dependent := augment.order_dependent():
+        problems.append(
+            f"augment.{'/'.join(order_dependent)} need the token order, which a secret permutation "
+            "hides from the server: set them to 0"
+        )
+    return problems

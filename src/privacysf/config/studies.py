@@ -1,0 +1,76 @@
+"""The sections of the two studies built on runs: multi-center federation and the attack suite."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field
+
+from privacysf.config.model import ConfigModel
+from privacysf.config.sections import IMAGE_MODES, ImageMode
+
+CenterPartition = Literal["iid", "size-skew", "label-skew"]
+CENTER_PARTITIONS = get_args(CenterPartition)
+"""How ``privacysf federate`` deals one dataset's cases to centers (see ``privacysf.data.centers``)."""
+FederationMode = Literal["alone", "pooled", "pooled-noembed", "fedavg-codecs", "unet-fedavg", "unet-pooled"]
+FEDERATION_MODES = get_args(FederationMode)
+"""Multi-center modes compared on each center's own test set (``docs/multicenter.md`` explains each)."""
+KeySetting = Literal["none", "mix", "mix+perm"]
+KEY_SETTINGS = get_args(KeySetting)
+"""Key settings the attack suite compares: no key, secret channel mixing, mixing + token permutation."""
+
+
+class FederationConfig(ConfigModel):
+    """Multi-center runs (``privacysf federate``): who the centers are and how they collaborate."""
+
+    centers: int = Field(2, ge=2)
+    """Centers one dataset is split into, by case; a multi-center task such as ``brain-3c`` names its own."""
+    partition: CenterPartition = "iid"
+    """``iid`` (cases dealt at random), ``size-skew`` (cases sorted by foreground fraction, dealt in
+    contiguous blocks) or ``label-skew`` (sorted by the share of the last class in the foreground)."""
+    modes: tuple[FederationMode, ...] = Field(FEDERATION_MODES, min_length=1)
+    rounds: int = Field(10, ge=1)
+    """Federated-averaging rounds of each shared network (mask codec, image encoder, raw U-Net)."""
+    local_epochs: int = Field(1, ge=1)
+    """Epochs each center trains per round before the server averages the weights."""
+    on_dropout: Literal["continue", "fail"] = "continue"
+    """A center that does not answer: ``continue`` with the others while ``min_centers`` remain, or
+    ``fail`` the run cleanly (what is already stored is kept either way)."""
+    min_centers: int = Field(1, ge=1)
+    center_embedding: int = Field(16, ge=1)
+    """``mapper.center_embedding`` of the pooled mappers (``pooled``, ``fedavg-codecs``); the
+    ``pooled-noembed`` mode is the same mapper without it."""
+    round_timeout: float = Field(86400.0, gt=0)
+    """Seconds the server waits for replies in one round before counting silent centers as dropped.
+    It must cover the slowest round: in simulation the centers train one after another, so a round
+    takes the sum of their times. Set it a little above that to notice a dead center sooner."""
+
+
+class AttackConfig(ConfigModel):
+    """The attack suite (``privacysf attack``): which settings to train and how strong the attacker is."""
+
+    modes: tuple[ImageMode, ...] = IMAGE_MODES
+    private_weights: tuple[Annotated[float, Field(ge=0)], ...] = (0.3, 1.0)
+    """λ values tried in ``private`` mode (each is one point of the privacy–utility curve)."""
+    keys: tuple[KeySetting, ...] = KEY_SETTINGS
+    leaked_pairs: tuple[Annotated[int, Field(ge=0)], ...] = (10, 100, 0)
+    """k of the inversion attacks: pairs leaked from the center's training + validation data (0 = all)."""
+    public_dataset: str = ""
+    """Public data for the shadow attack: a built-in dataset of the same modality, ``leaked-subjects``
+    (the non-query subjects of the victim's own dataset) or "" for the dataset's default."""
+    attacker_steps: int = Field(300, ge=1)
+    """Optimiser steps of every attacker decoder (batch 8) except the inversion curve below."""
+    decoder_width: int = Field(0, ge=0)
+    """Width of every attacker decoder (0 = the centers' own ``codec.width``). A decoder step at 128²
+    costs about 1.5 s at width 32 on two CPU cores and a quarter of that at 16."""
+    curve_steps: tuple[Annotated[int, Field(ge=1)], ...] = (100, 300, 1000, 3000)
+    """The image inversion from the most leaked pairs is trained this long and scored at each step
+    count: its figure is a curve, not one budget, and the table shows its best point."""
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] = Field((0,), min_length=1)
+    """Each seed is one split and one training of every setting (``data.seed`` and ``train.seed``);
+    intervals pool the attacked queries of all seeds. On ``brain-3subjects`` seeds 0, 1 and 5 hold out
+    ICBM152, the ITK T1 and Colin27 in turn."""
+    candidates: int = Field(50, ge=2)
+    """Re-identification: candidate images a code is matched against."""
+    bootstrap: int = Field(1000, ge=1)
+    """Bootstrap resamples for the membership-inference AUC interval."""
