@@ -32,7 +32,7 @@ def test_blocks_are_separated_by_one_blank_line_and_empty_lists_add_nothing(tmp_
     doc = (
         Markdown()
         .heading("Run", 1)
-        .paragraph("Status: ", "finished.")
+        .paragraph("Status: finished.")
         .bullets([])
         .extend(Markdown().banner("Partial run").bullets(["seed 0", "seed 1"]))
         .figure("curves", "figures/curves.png")

@@ -143,7 +143,7 @@ def detail_table(results: dict, part: str) -> Markdown:
     for setting in settings(results):
         rows = rows_of(results, setting)
         table = [[n, entry(rows, part, n)["kind"], _ci(pooled(rows, part, n))] for n in names(rows, part)]
-        out.paragraph(f"**{setting}**").table(["attack", "kind", f"{metric} [95% CI]"], table)
+        out.banner(setting).table(["attack", "kind", f"{metric} [95% CI]"], table)
     return out
 
 

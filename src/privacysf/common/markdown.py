@@ -46,13 +46,12 @@ class Markdown:
         self.blocks.append(f"{'#' * level} {text}")
         return self
 
-    def paragraph(self, *parts: str) -> Markdown:
-        """One paragraph from ``parts`` joined as they are (so long sentences can be split in code)."""
-        self.blocks.append("".join(parts))
+    def paragraph(self, text: str) -> Markdown:
+        self.blocks.append(text)
         return self
 
     def banner(self, text: str) -> Markdown:
-        """A bold note the reader must not miss (a partial run, a best case that is no privacy figure)."""
+        """A bold line that labels what follows or that the reader must not miss."""
         return self.paragraph(f"**{text}**")
 
     def bullets(self, items: Iterable[str]) -> Markdown:
