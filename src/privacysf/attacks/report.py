@@ -1,125 +1,69 @@
 """The attack suite's outputs people read: tables over seeds, the curves, and what the split allows.
 
-Everything here is computed from ``results.json`` alone, so a stopped run, or several runs merged, is
-reported by the same code. Each figure is pooled over the attacked queries of every seed, with a 95%
-bootstrap interval; every table shows each attack's strongest variant beside the code-free baselines
-(the mean leaked image) and the oracle best leaked image, the ceiling of any lookup.
+Everything here is computed from ``results.json`` alone (through :mod:`privacysf.attacks.summary`),
+so a stopped run, or several runs merged, is reported by the same code. Every table shows each
+attack's strongest variant beside the code-free baselines (the mean leaked image) and the oracle best
+leaked image, the ceiling of any lookup.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from privacysf.attacks.measures import mean_interval
 from privacysf.attacks.setting import planned_rows
+from privacysf.attacks.summary import (
+    cross_subject,
+    entry,
+    inversion_curves,
+    largest,
+    mean,
+    membership_auc,
+    names,
+    per_seed,
+    pooled,
+    reidentification,
+    rows_of,
+    settings,
+    strongest,
+)
 from privacysf.common.figures import lines, scatter_labelled
-from privacysf.common.runs import atomic_write
+from privacysf.common.markdown import Markdown, interval
 from privacysf.config import ExperimentConfig
 
 DICE_FRACTION = 0.90
 """A setting is counted as usable when its Dice is at least this fraction of the raw U-Net's."""
 
-
-def settings(results: dict) -> list[str]:
-    return list(dict.fromkeys(r["setting"] for r in results["settings"]))
-
-
-def rows_of(results: dict, setting: str) -> list[dict]:
-    return [r for r in results["settings"] if r["setting"] == setting]
+BASELINES = ("nearest-code lookup", "mean image", "oracle best leaked")
+"""The image entries shown beside the strongest attack, each at its most leaked pairs."""
 
 
-def pooled(rows: list[dict], part: str, name: str) -> dict | None:
-    """An attack's per-query score pooled over the seeds that ran it, with its 95% interval."""
-    values = [v for r in rows if name in r["attacks"][part] for v in r["attacks"][part][name]["per_query"]]
-    return mean_interval(np.array(values)) if values else None
+def _ci(score: dict | None, digits: int = 3) -> str | None:
+    return None if score is None else interval(score["mean"], score["ci_low"], score["ci_high"], digits)
 
 
-def _entry(rows: list[dict], part: str, name: str) -> dict:
-    """The first seed's entry of an attack (its kind and leaked pairs are the same in every seed)."""
-    return next(r["attacks"][part][name] for r in rows if name in r["attacks"][part])
-
-
-def _names(rows: list[dict], part: str, kind: str | None = None) -> list[str]:
-    names = dict.fromkeys(n for r in rows for n in r["attacks"][part])
-    return [n for n in names if kind is None or _entry(rows, part, n)["kind"] == kind]
-
-
-def strongest(rows: list[dict], part: str) -> tuple[str, dict]:
-    """The real attack (not a baseline, not an oracle) with the highest pooled score.
-
-    Picking the best of several variants on the same queries favours it a little; every variant's
-    own figure is in the detail tables.
-    """
-    scored = {n: pooled(rows, part, n) for n in _names(rows, part, "attack")}
-    name = max(scored, key=lambda n: scored[n]["mean"])
-    return name, scored[name]
-
-
-def per_seed(rows: list[dict], part: str, name: str, metric: str) -> str:
-    """An attack's mean per seed (each seed holds out other subjects): the spread intervals miss."""
-    return ", ".join(f"{r['attacks'][part][name][metric]:.2f}" for r in rows if name in r["attacks"][part])
-
-
-def _largest(rows: list[dict], part: str, prefix: str) -> str:
-    """The entry name of ``prefix`` with the most leaked pairs (k=all when run)."""
-    names = [n for n in _names(rows, part) if n.startswith(prefix)]
-    return max(names, key=lambda n: _entry(rows, part, n).get("leaked_pairs", 0))
-
-
-def _ci(entry: dict | None, digits: int = 3) -> str:
-    if entry is None:
-        return "–"
-    return f"{entry['mean']:.{digits}f} [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
-
-
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
-
-
-def reidentification(rows: list[dict]) -> tuple[str, float, float]:
-    """Strongest re-identification: from the code norms or from any attack's reconstructions."""
-    candidates = {"code norms": _mean([r["attacks"]["encoded"]["reid_top1"] for r in rows])}
-    for name in _names(rows, "image", "attack"):
-        candidates[f"{name} output"] = _mean(
-            [r["attacks"]["image"][name]["reid_top1"] for r in rows if name in r["attacks"]["image"]]
-        )
-    best = max(candidates, key=candidates.get)
-    return best, candidates[best], _mean([r["attacks"]["encoded"]["reid_chance"] for r in rows])
-
-
-def membership_auc(rows: list[dict]) -> float:
-    """max(AUC, 1 − AUC) of the stronger membership attack, averaged over seeds."""
-    per_seed = [
-        max(max(e["auc"], 1 - e["auc"]) for e in r["attacks"]["membership"].values() if "auc" in e)
-        for r in rows
-    ]
-    return _mean(per_seed)
-
-
-def missing_rows(cfg: ExperimentConfig, results: dict) -> list[str]:
+def missing_rows(cfg: ExperimentConfig, results: dict) -> Markdown:
     """A banner naming the (setting, seed) rows the configuration plans but the results lack."""
     done = {(r["setting"], r["seed"]) for r in results["settings"]}
     missing = [f"{name}, seed {seed}" for name, seed in planned_rows(cfg) if (name, seed) not in done]
     if not missing:
-        return []
-    return [f"**Partial run**: no results yet for {'; '.join(missing)}. Every row shown is complete.", ""]
+        return Markdown()
+    return Markdown().paragraph(
+        f"**Partial run**: no results yet for {'; '.join(missing)}. Every row shown is complete."
+    )
 
 
-def split_summary(results: dict) -> list[str]:
+def split_summary(results: dict) -> Markdown:
     """What the split allows: cross-subject (well posed) or the attacker's best case."""
-    lines_out = []
+    seeds = []
     for seed in results["seeds"]:
         split = seed["split"]
         cases = split.get("cases", {})
-        lines_out.append(
-            f"- seed {seed['seed']}: split by {split.get('kind')}; train {cases.get('train')}, val "
+        seeds.append(
+            f"seed {seed['seed']}: split by {split.get('kind')}; train {cases.get('train')}, val "
             f"{cases.get('val')}, test {cases.get('test')}; shadow data: {seed['public']}; raw U-Net "
             f"Dice {seed['raw_unet']['test']['mean']['dice']['mean']:.3f}"
         )
-    posed = [r["attacks"]["well_posed"]["cross_subject"] for r in results["settings"]]
-    if posed and all(posed):
+    if cross_subject(results):
         verdict = (
             "**Cross-subject (well posed):** no attacked query comes from a subject that any leaked pair "
             "or the shadow data contains."
@@ -130,10 +74,36 @@ def split_summary(results: dict) -> list[str]:
             "leaked pairs or the shadow data (a single-subject slab split gives every query a "
             "near-duplicate leaked slice), so a lookup already scores what an inversion does."
         )
-    return [verdict, "", *lines_out]
+    return Markdown().paragraph(verdict).bullets(seeds)
 
 
-def headline_table(results: dict, candidates: int) -> list[str]:
+def _headline_row(setting: str, rows: list[dict]) -> list[str | None]:
+    name, best = strongest(rows, "image")
+    mask_name, mask_best = strongest(rows, "mask")
+    reid_name, reid, chance = reidentification(rows)
+    link_top1 = mean([r["attacks"]["linkage"]["top1"] for r in rows])
+    link_chance = mean([r["attacks"]["linkage"]["chance"] for r in rows])
+    linked = (
+        f"{link_top1:.2f} ({link_chance:.2f}; pool {rows[0]['attacks']['linkage']['pool']})"
+        if link_chance > 0
+        else "n/a (no other slice of the subject)"
+    )
+    majority = pooled(rows, "mask", largest(rows, "mask", "majority label"))["mean"]
+    return [
+        f"{setting} ({len(rows)} seed{'s' if len(rows) > 1 else ''})",
+        f"{mean([r['dice'] for r in rows]):.3f} ({mean([r['dice_ratio_vs_unet'] for r in rows]):.2f})",
+        name,
+        _ci(best),
+        per_seed(rows, "image", name, "ssim"),
+        *(_ci(pooled(rows, "image", largest(rows, "image", k))) for k in BASELINES),
+        f"{reid:.2f} ({reid_name}; {chance:.2f})",
+        linked,
+        f"{mask_best['mean']:.3f} {mask_name} ({majority:.3f})",
+        f"{membership_auc(rows):.2f}",
+    ]
+
+
+def headline_table(results: dict, candidates: int) -> Markdown:
     head = [
         "setting",
         "Dice (× U-Net)",
@@ -148,160 +118,118 @@ def headline_table(results: dict, candidates: int) -> list[str]:
         "strongest mask attack Dice (majority label)",
         "MIA max(AUC, 1−AUC)",
     ]
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for setting in settings(results):
-        rows = rows_of(results, setting)
-        dice = _mean([r["dice"] for r in rows])
-        ratio = _mean([r["dice_ratio_vs_unet"] for r in rows])
-        name, best = strongest(rows, "image")
-        mask_name, mask_best = strongest(rows, "mask")
-        reid_name, reid, chance = reidentification(rows)
-        link = rows[0]["attacks"]["linkage"]
-        link_top1 = _mean([r["attacks"]["linkage"]["top1"] for r in rows])
-        link_chance = _mean([r["attacks"]["linkage"]["chance"] for r in rows])
-        linked = (
-            f"{link_top1:.2f} ({link_chance:.2f}; pool {link['pool']})"
-            if link_chance > 0
-            else "n/a (no other slice of the subject)"
+    rows = [_headline_row(s, rows_of(results, s)) for s in settings(results)]
+    return (
+        Markdown()
+        .table(head, rows)
+        .paragraph(
+            "SSIM and Dice: mean over the attacked queries of every seed, [95% bootstrap interval over "
+            "queries]. Slices of one subject are correlated and each seed holds out few subjects, so the "
+            "interval understates the spread across subjects: the per-seed column shows it. Lookup, mean "
+            "image and oracle use the most leaked pairs (k = all). Re-identification: which of up to "
+            f"{candidates} query images a code or a reconstruction belongs to (chance 1 / that number). "
+            "Linkage: whether a query code's nearest code among everything the server holds, less the "
+            "query's own neighbouring slices, belongs to the same subject (different scanners make this "
+            "easier). Membership: members are training pairs, non-members the test subjects' pairs, so on "
+            "a split by subject the AUC also measures the shift between subjects."
         )
-        out.append(
-            "| "
-            + " | ".join(
-                [
-                    f"{setting} ({len(rows)} seed{'s' if len(rows) > 1 else ''})",
-                    f"{dice:.3f} ({ratio:.2f})",
-                    name,
-                    _ci(best),
-                    per_seed(rows, "image", name, "ssim"),
-                    _ci(pooled(rows, "image", _largest(rows, "image", "nearest-code lookup"))),
-                    _ci(pooled(rows, "image", _largest(rows, "image", "mean image"))),
-                    _ci(pooled(rows, "image", _largest(rows, "image", "oracle best leaked"))),
-                    f"{reid:.2f} ({reid_name}; {chance:.2f})",
-                    linked,
-                    f"{mask_best['mean']:.3f} {mask_name} "
-                    f"({pooled(rows, 'mask', _largest(rows, 'mask', 'majority label'))['mean']:.3f})",
-                    f"{membership_auc(rows):.2f}",
-                ]
-            )
-            + " |"
-        )
-    return out + [
-        "",
-        "SSIM and Dice: mean over the attacked queries of every seed, [95% bootstrap interval over "
-        "queries]. Slices of one subject are correlated and each seed holds out few subjects, so the "
-        "interval understates the spread across subjects: the per-seed column shows it. Lookup, mean "
-        "image and oracle use the most leaked pairs (k = all). Re-identification: which of up to "
-        f"{candidates} query images a code or a reconstruction belongs to (chance 1 / that number). "
-        "Linkage: whether a query code's nearest code among everything the server holds, less the "
-        "query's own neighbouring slices, belongs to the same subject (different scanners make this "
-        "easier). Membership: members are training pairs, non-members the test subjects' pairs, so on "
-        "a split by subject the AUC also measures the shift between subjects.",
-    ]
+    )
 
 
-def detail_table(results: dict, part: str) -> list[str]:
+def detail_table(results: dict, part: str) -> Markdown:
     """Every variant of every attack on ``part`` (image or mask), per setting."""
     metric = "SSIM" if part == "image" else "Dice"
-    out = []
+    out = Markdown()
     for setting in settings(results):
         rows = rows_of(results, setting)
-        out += [f"**{setting}**", "", f"| attack | kind | {metric} [95% CI] |", "|---|---|---|"]
-        for name in _names(rows, part):
-            kind = _entry(rows, part, name)["kind"]
-            out.append(f"| {name} | {kind} | {_ci(pooled(rows, part, name))} |")
-        out.append("")
+        table = [[n, entry(rows, part, n)["kind"], _ci(pooled(rows, part, n))] for n in names(rows, part)]
+        out.banner(setting).table(["attack", "kind", f"{metric} [95% CI]"], table)
     return out
 
 
-def key_table(results: dict) -> list[str]:
+def _key_row(setting: str, name: str, entries: list[dict]) -> list[str]:
+    exact, within = mean([e["exact"] for e in entries]), mean([e["within_one"] for e in entries])
+    if name != "pair-free jigsaw":
+        return [
+            setting,
+            name,
+            f"{exact:.3f}",
+            f"{within:.3f}",
+            f"{mean([e['median_error_cells'] for e in entries]):.1f}",
+        ]
+    recovery = (
+        f"pair-free jigsaw over {entries[0]['codes']} codes (up to a grid symmetry); neighbour precision "
+        f"{mean([e['neighbour_precision'] for e in entries]):.3f} (chance "
+        f"{mean([e['chance'] for e in entries]):.4f}), layout distance correlation "
+        f"{mean([e['layout_distance_corr'] for e in entries]):.2f}"
+    )
+    return [setting, recovery, f"{exact:.3f}", f"{within:.3f}", None]
+
+
+def key_table(results: dict) -> Markdown:
     """Permutation recovery (with pairs) and the pair-free jigsaw, scored against the true key."""
-    keyed_settings = [s for s in settings(results) if "key" in rows_of(results, s)[0]["attacks"]]
-    if not keyed_settings:
-        return ["No setting with a token permutation was run."]
-    out = [
-        "| setting | recovery | exact | within one cell | median error (cells) |",
-        "|---|---|---|---|---|",
-    ]
-    for setting in keyed_settings:
+    keyed = [s for s in settings(results) if "key" in rows_of(results, s)[0]["attacks"]]
+    if not keyed:
+        return Markdown().paragraph("No setting with a token permutation was run.")
+    table = []
+    for setting in keyed:
         rows = rows_of(results, setting)
         for name in rows[0]["attacks"]["key"]:
             entries = [r["attacks"]["key"][name] for r in rows if name in r["attacks"]["key"]]
-            if name == "pair-free jigsaw":
-                precision = _mean([e["neighbour_precision"] for e in entries])
-                chance = _mean([e["chance"] for e in entries])
-                layout = _mean([e["layout_distance_corr"] for e in entries])
-                out.append(
-                    f"| {setting} | pair-free jigsaw over {entries[0]['codes']} codes (up to a grid "
-                    f"symmetry); neighbour precision {precision:.3f} (chance {chance:.4f}), layout distance "
-                    f"correlation {layout:.2f} | {_mean([e['exact'] for e in entries]):.3f} | "
-                    f"{_mean([e['within_one'] for e in entries]):.3f} | – |"
-                )
-            else:
-                out.append(
-                    f"| {setting} | {name} | {_mean([e['exact'] for e in entries]):.3f} | "
-                    f"{_mean([e['within_one'] for e in entries]):.3f} | "
-                    f"{_mean([e['median_error_cells'] for e in entries]):.1f} |"
-                )
-    return out + [
-        "",
-        "Chance for exact placement is 1 / tokens (1/1024 at 128² with the default codec); the jigsaw "
-        "is scored at the best of the grid's 8 rotations and reflections, which no pair-free attack "
-        "can tell apart, so its chance is up to 8 / tokens.",
-    ]
+            table.append(_key_row(setting, name, entries))
+    return (
+        Markdown()
+        .table(["setting", "recovery", "exact", "within one cell", "median error (cells)"], table)
+        .paragraph(
+            "Chance for exact placement is 1 / tokens (1/1024 at 128² with the default codec); the jigsaw "
+            "is scored at the best of the grid's 8 rotations and reflections, which no pair-free attack "
+            "can tell apart, so its chance is up to 8 / tokens."
+        )
+    )
 
 
-def curve_table(results: dict) -> tuple[list[str], dict[str, tuple[list[float], list[float]]]]:
-    """Image inversion SSIM over decoder training steps (most leaked pairs), mean over seeds."""
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for setting in settings(results):
-        rows = rows_of(results, setting)
-        name = _largest(rows, "image", "inversion")
-        curves = [r["attacks"]["image"][name]["curve"] for r in rows if name in r["attacks"]["image"]]
-        steps = sorted({int(s) for c in curves for s in c})
-        series[setting] = (steps, [_mean([c[str(s)] for c in curves if str(s) in c]) for s in steps])
+def curve_table(series: dict[str, tuple[list[int], list[float]]]) -> Markdown:
     all_steps = sorted({s for x, _ in series.values() for s in x})
-    out = [
-        "| setting | " + " | ".join(f"{s} steps" for s in all_steps) + " |",
-        "|---|" + "---|" * len(all_steps),
-    ]
+    table = []
     for setting, (steps, values) in series.items():
         by_step = dict(zip(steps, values, strict=True))
-        out.append(
-            f"| {setting} | " + " | ".join(f"{by_step.get(s, float('nan')):.3f}" for s in all_steps) + " |"
-        )
-    return out, series
+        table.append([setting, *(by_step.get(s) for s in all_steps)])
+    return Markdown().table(
+        ["setting", *(f"{s} steps" for s in all_steps)], table, ["", *[".3f"] * len(all_steps)]
+    )
 
 
-def mask_and_membership(results: dict) -> list[str]:
-    out = ["| setting | MIA loss threshold AUC [95% CI] | MIA shadow model AUC [95% CI] |", "|---|---|---|"]
+def membership_table(results: dict) -> Markdown:
+    table = []
     for setting in settings(results):
         for r in rows_of(results, setting):
             m = r["attacks"]["membership"]
             cells = [
-                f"{e['auc']:.2f} [{e['ci_low']:.2f}, {e['ci_high']:.2f}]" if "auc" in e else e["skipped"]
+                interval(e["auc"], e["ci_low"], e["ci_high"], 2) if "auc" in e else e["skipped"]
                 for e in (m["loss_threshold"], m["shadow_model"])
             ]
-            out.append(f"| {setting}, seed {r['seed']} | " + " | ".join(cells) + " |")
-    return out
+            table.append([f"{setting}, seed {r['seed']}", *cells])
+    head = ["setting", "MIA loss threshold AUC [95% CI]", "MIA shadow model AUC [95% CI]"]
+    return Markdown().table(head, table)
 
 
 def save_curve(path: Path, results: dict) -> None:
     """Privacy–utility: Dice against the strongest image attack's SSIM, with the lookup's ceiling."""
-    names = settings(results)
-    points = [strongest(rows_of(results, s), "image")[1]["mean"] for s in names]
-    dice = [_mean([r["dice"] for r in rows_of(results, s)]) for s in names]
-    unet = _mean([seed["raw_unet"]["test"]["mean"]["dice"]["mean"] for seed in results["seeds"]])
-    first = rows_of(results, names[0])
+    shown = settings(results)
+    points = [strongest(rows_of(results, s), "image")[1]["mean"] for s in shown]
+    dice = [mean([r["dice"] for r in rows_of(results, s)]) for s in shown]
+    unet = mean([seed["raw_unet"]["test"]["mean"]["dice"]["mean"] for seed in results["seeds"]])
+    first = rows_of(results, shown[0])
     references = {
-        "mean image": pooled(first, "image", _largest(first, "image", "mean image"))["mean"],
-        "oracle best leaked": pooled(first, "image", _largest(first, "image", "oracle best leaked"))["mean"],
+        name: pooled(first, "image", largest(first, "image", name))["mean"]
+        for name in ("mean image", "oracle best leaked")
     }
     scatter_labelled(
         path,
         points,
         dice,
-        [s.replace(" / key ", "\n") for s in names],
-        [rows_of(results, s)[0]["key"] for s in names],
+        [s.replace(" / key ", "\n") for s in shown],
+        [rows_of(results, s)[0]["key"] for s in shown],
         xlabel="strongest image attack SSIM (lower = more private)",
         ylabel="Dice through Privacy-SF",
         title=f"privacy–utility on {results['dataset']}",
@@ -315,7 +243,7 @@ def write_attack_report(run_dir: Path, cfg: ExperimentConfig, results: dict) -> 
     if not results["settings"]:
         return
     save_curve(run_dir / "privacy_utility.png", results)
-    curve, series = curve_table(results)
+    series = inversion_curves(results)
     lines(
         run_dir / "inversion_curve.png",
         series,
@@ -323,46 +251,42 @@ def write_attack_report(run_dir: Path, cfg: ExperimentConfig, results: dict) -> 
         ylabel="image inversion SSIM (most leaked pairs)",
         title=f"inversion over training on {results['dataset']}",
     )
-    seeds = [s["seed"] for s in results["seeds"]]
-    report = [
-        f"# Attacks on Privacy-SF: {results['dataset']}",
-        "",
-        f"{cfg.data.size}² images, up to {cfg.train.epochs} epochs per network, seeds {seeds}. Attacker "
-        f"decoders (width {cfg.attack.decoder_width or cfg.codec.width}): {cfg.attack.attacker_steps} Adam "
-        "steps of batch 8, and a curve up to "
-        f"{max(cfg.attack.curve_steps)} steps for the image inversion from the most leaked pairs. Leaked "
-        f"pairs k = {' and '.join(str(k) if k else 'all' for k in cfg.attack.leaked_pairs)} from the "
-        "training and validation subjects. Config: `config.json`; every figure below is in `results.json`.",
-        "",
-        *missing_rows(cfg, results),
-        "## Split",
-        *split_summary(results),
-        "",
-        "## Strongest attacks and their baselines",
-        *headline_table(results, cfg.attack.candidates),
-        "",
-        "## Attacks on the key's permutation",
-        *key_table(results),
-        "",
-        "## Image inversion over training steps",
-        "![inversion curve](inversion_curve.png)",
-        "",
-        *curve,
-        "",
-        "## Privacy–utility curve",
-        "![privacy-utility](privacy_utility.png)",
-        "",
-        "## Every image attack",
-        *detail_table(results, "image"),
-        "## Every mask attack",
-        *detail_table(results, "mask"),
-        "## Membership inference (true non-members: the test subjects)",
-        *mask_and_membership(results),
-        "",
-        "## Reconstructions",
-        *[
-            f"### {r['setting']}, seed {r['seed']}\n![{r['folder']}]({r['folder']}/attacks.png)\n"
-            for r in results["settings"]
-        ],
-    ]
-    atomic_write(run_dir / "attacks.md", lambda tmp: tmp.write_text("\n".join(report)))
+    attack = cfg.attack
+    leaked = " and ".join(str(k) if k else "all" for k in attack.leaked_pairs)
+    report = (
+        Markdown()
+        .heading(f"Attacks on Privacy-SF: {results['dataset']}", 1)
+        .paragraph(
+            f"{cfg.data.size}² images, up to {cfg.train.epochs} epochs per network, seeds "
+            f"{[s['seed'] for s in results['seeds']]}. Attacker decoders (width "
+            f"{attack.decoder_width or cfg.codec.width}): {attack.attacker_steps} Adam steps of batch 8, "
+            f"and a curve up to {max(attack.curve_steps)} steps for the image inversion from the most "
+            f"leaked pairs. Leaked pairs k = {leaked} "
+            "from the training and validation subjects. Config: `config.json`; every figure below is in "
+            "`results.json`."
+        )
+        .extend(missing_rows(cfg, results))
+        .heading("Split")
+        .extend(split_summary(results))
+        .heading("Strongest attacks and their baselines")
+        .extend(headline_table(results, attack.candidates))
+        .heading("Attacks on the key's permutation")
+        .extend(key_table(results))
+        .heading("Image inversion over training steps")
+        .figure("inversion curve", "inversion_curve.png")
+        .extend(curve_table(series))
+        .heading("Privacy–utility curve")
+        .figure("privacy-utility", "privacy_utility.png")
+        .heading("Every image attack")
+        .extend(detail_table(results, "image"))
+        .heading("Every mask attack")
+        .extend(detail_table(results, "mask"))
+        .heading("Membership inference (true non-members: the test subjects)")
+        .extend(membership_table(results))
+        .heading("Reconstructions")
+    )
+    for r in results["settings"]:
+        report.heading(f"{r['setting']}, seed {r['seed']}", 3).figure(
+            r["folder"], f"{r['folder']}/attacks.png"
+        )
+    report.write(run_dir / "attacks.md")

@@ -23,6 +23,7 @@ import numpy as np
 import tomli_w
 
 from privacysf.common.figures import dice_bars, overlay_grid, pick_rows
+from privacysf.common.markdown import Markdown
 from privacysf.common.runs import new_run_dir, write_json
 from privacysf.common.torchutil import resolve_device, seed_everything
 from privacysf.config import ExperimentConfig
@@ -240,30 +241,35 @@ def _center_overlays(path: Path, folder: Path, center: CenterData) -> None:
     )
 
 
+def dice_section(dice: dict[str, dict[str, float]], centers: list[str], digits: int = 3) -> Markdown:
+    """Mean test Dice of every mode (rows) at each center, and their mean over centers."""
+    rows = [
+        [MODE_LABELS.get(mode, mode), *(row.get(c) for c in [*centers, "mean"])] for mode, row in dice.items()
+    ]
+    return Markdown().table(["mode", *centers, "mean"], rows, ["", *[f".{digits}f"] * (len(centers) + 1)])
+
+
 def report(cfg: ExperimentConfig, metrics: dict) -> str:
     """Markdown: per-center test Dice of every mode, then bytes and time per round of each phase."""
-    names = metrics["centers"]
-    lines = [
-        f"# Multi-center run on {metrics['dataset']} ({metrics['engine']})",
-        "",
-        f"Status: {metrics['status']}. Dropped centers: {metrics['dropped'] or 'none'}.",
-        "",
-        "| mode | " + " | ".join(names) + " | mean |",
-        "|---|" + "---|" * (len(names) + 1),
+    traffic = [
+        [
+            phase,
+            t["rounds"],
+            t["bytes_down_per_center_per_round"],
+            t["bytes_up_per_center_per_round"],
+            t["seconds_per_round"],
+        ]
+        for phase, t in metrics["traffic"].items()
     ]
-    for mode, row in metrics["dice"].items():
-        cells = [f"{row[n]:.3f}" if n in row else "—" for n in [*names, "mean"]]
-        lines.append(f"| {MODE_LABELS.get(mode, mode)} | " + " | ".join(cells) + " |")
-    for name, value in metrics["targets"].items():
-        lines.append(f"\nTarget `{name}`: {value}.")
-    lines += [
-        "",
-        "| phase | rounds | bytes down / center / round | bytes up / center / round | s / round |",
-        "|---|---|---|---|---|",
-    ]
-    for phase, t in metrics["traffic"].items():
-        lines.append(
-            f"| {phase} | {t['rounds']} | {t['bytes_down_per_center_per_round']} | "
-            f"{t['bytes_up_per_center_per_round']} | {t['seconds_per_round']} |"
+    return (
+        Markdown()
+        .heading(f"Multi-center run on {metrics['dataset']} ({metrics['engine']})", 1)
+        .paragraph(f"Status: {metrics['status']}. Dropped centers: {metrics['dropped'] or 'none'}.")
+        .extend(dice_section(metrics["dice"], metrics["centers"]))
+        .bullets(f"Target `{name}`: {value}." for name, value in metrics["targets"].items())
+        .table(
+            ["phase", "rounds", "bytes down / center / round", "bytes up / center / round", "s / round"],
+            traffic,
         )
-    return "\n".join(lines) + "\n"
+        .text()
+    )

@@ -8,7 +8,7 @@ import numpy as np
 
 from privacysf.center.pipeline import Center
 from privacysf.common.figures import image_grid, pick_rows
-from privacysf.common.runs import atomic_write
+from privacysf.common.markdown import Markdown, plus_minus
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData
 from privacysf.exchange import decode_codes
@@ -45,59 +45,63 @@ def save_code_pictures(path: Path, center: Center, data: PreparedData) -> None:
     )
 
 
-def _row(name: str, test: dict) -> str:
+def _scores(name: str, test: dict) -> list[str]:
     m = test["mean"]
-    return (
-        f"| {name} | {m['dice']['mean']:.3f} ± {m['dice']['std']:.3f} | {m['iou']['mean']:.3f} | "
-        f"{m['hd95']['mean']:.2f} ± {m['hd95']['std']:.2f} | "
-        f"{m['assd']['mean']:.2f} ± {m['assd']['std']:.2f} |"
-    )
+    return [
+        name,
+        plus_minus(m["dice"]["mean"], m["dice"]["std"], 3),
+        f"{m['iou']['mean']:.3f}",
+        plus_minus(m["hd95"]["mean"], m["hd95"]["std"], 2),
+        plus_minus(m["assd"]["mean"], m["assd"]["std"], 2),
+    ]
+
+
+def _facts(metrics: dict) -> list[str]:
+    """The figures beside the table: codec ceiling, per-case Dice, ratio, payload, training time."""
+    p = metrics["privacysf"]
+    facts = [f"Mask-codec ceiling (round-trip Dice of true test masks): {p['mask_codec_ceiling_dice']:.3f}"]
+    cases = p["test"]["over_cases"]
+    if cases["n_cases"] > 1:
+        facts.append(
+            f"Privacy-SF Dice over {cases['n_cases']} test cases (each case averaged first): "
+            + plus_minus(cases["dice"]["mean"], cases["dice"]["std"], 3)
+        )
+    if "dice_ratio_vs_unet" in metrics:
+        facts.append(f"Privacy-SF / raw U-Net mean Dice: {metrics['dice_ratio_vs_unet']:.3f}")
+    pay = p["payload_bytes_per_query"]
+    seconds = ", ".join(f"{stage.replace('_', ' ')} {s} s" for stage, s in p["training_seconds"].items())
+    return [
+        *facts,
+        f"Payload per query: {pay['up']} B up + {pay['down']} B down = {pay['total']} B; the raw image "
+        f"is {p['raw_image_bytes']} B ({p['raw_image_dtype']})",
+        f"Training seconds: {seconds}",
+    ]
 
 
 def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
     p = metrics["privacysf"]
     unit = p["test"].get("distance_unit", "mm")
-    lines = [
-        f"# Privacy-SF on {metrics['dataset']}",
-        "",
-        f"Image-encoder mode `{p['mode']}`, {cfg.data.size}² images, codes on a "
-        f"{cfg.data.size // cfg.codec.downsample}² token grid ({cfg.codec.image_channels} values per image "
-        f"token, {cfg.codec.mask_channels} per mask token, sent as {p['wire_dtype']}), "
-        f"{cfg.train.epochs} epochs per network, seed {cfg.train.seed}. Split: {metrics['split']['kind']} "
-        f"({metrics['split']['slices']['test']} test slices). Config: `config.json`.",
-        "",
-        f"| method | Dice | IoU | HD95 ({unit}) | ASSD ({unit}) |",
-        "|---|---|---|---|---|",
-        _row("Privacy-SF", p["test"]),
-    ]
+    scores = [_scores("Privacy-SF", p["test"])]
     if "raw_unet" in metrics:
-        lines.append(_row("raw U-Net (sees pixels)", metrics["raw_unet"]["test"]))
-    lines += [
-        "",
-        f"- Mask-codec ceiling (round-trip Dice of true test masks): {p['mask_codec_ceiling_dice']:.3f}",
-    ]
-    cases = p["test"]["over_cases"]
-    if cases["n_cases"] > 1:
-        lines.append(
-            f"- Privacy-SF Dice over {cases['n_cases']} test cases (each case averaged first): "
-            f"{cases['dice']['mean']:.3f} ± {cases['dice']['std']:.3f}"
+        scores.append(_scores("raw U-Net (sees pixels)", metrics["raw_unet"]["test"]))
+    (
+        Markdown()
+        .heading(f"Privacy-SF on {metrics['dataset']}", 1)
+        .paragraph(
+            f"Image-encoder mode `{p['mode']}`, {cfg.data.size}² images, codes on a "
+            f"{cfg.data.size // cfg.codec.downsample}² token grid ({cfg.codec.image_channels} values per "
+            f"image token, {cfg.codec.mask_channels} per mask token, sent as {p['wire_dtype']}), "
+            f"{cfg.train.epochs} epochs per network, seed {cfg.train.seed}. Split: "
+            f"{metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
+            "Config: `config.json`."
         )
-    if "dice_ratio_vs_unet" in metrics:
-        lines.append(f"- Privacy-SF / raw U-Net mean Dice: {metrics['dice_ratio_vs_unet']:.3f}")
-    pay = p["payload_bytes_per_query"]
-    lines += [
-        f"- Payload per query: {pay['up']} B up + {pay['down']} B down = {pay['total']} B; the raw image "
-        f"is {p['raw_image_bytes']} B ({p['raw_image_dtype']})",
-        f"- Training seconds: {p['training_seconds']}",
-        "",
-        "## Test overlays (image | truth | predictions)",
-        "![overlays](figures/overlays.png)",
-        "",
-        "## What the server receives (codes on their token grid)",
-        "![codes](figures/codes.png)",
-        "",
-        "## Training curves",
-        "![curves](figures/curves.png)",
-        "",
-    ]
-    atomic_write(run_dir / "report.md", lambda tmp: tmp.write_text("\n".join(lines)))
+        .table(["method", "Dice", "IoU", f"HD95 ({unit})", f"ASSD ({unit})"], scores)
+        .bullets(_facts(metrics))
+        .heading("Test overlays (image | truth | predictions)")
+        .figure("overlays", "figures/overlays.png")
+        .heading("What the server receives (codes on their token grid)")
+        .figure("codes", "figures/codes.png")
+        .heading("Training curves")
+        .figure("curves", "figures/curves.png")
+        .write(run_dir / "report.md")
+    )

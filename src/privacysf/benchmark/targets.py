@@ -1,0 +1,146 @@
+"""The benchmark's targets and the accuracy summary they are judged on, from result rows alone.
+
+The report's "Targets" table and the README's generated block both come from :func:`targets`, so a
+verdict and the constant it is judged against are written in one place.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from privacysf.benchmark.jobs import PRIVACYSF, REFERENCE, UNET
+
+DICE_RATIO_TARGET = 0.95
+PAYLOAD_SHARE_TARGET = 0.25
+LATENCY_TARGET_MS = 19.0
+LATENCY_TARGET = {"size": 256, "batch": 1, "device": "cpu", "threads": 2}
+TRAINING_TARGET_SECONDS = 600.0
+TRAINING_TARGET = {"dataset": "icbm152-tissue", "size": 128}
+DEFAULT_MODE = f"{PRIVACYSF} task"
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    met: bool
+    miss: str
+    """By how much it was missed (shown only when it was)."""
+
+    @property
+    def verdict(self) -> str:
+        return "**met**" if self.met else f"**missed** ({self.miss})"
+
+
+def accuracy_summary(rows: list[dict]) -> dict[tuple[str, str], dict]:
+    """Per (dataset, method): the seeds' test scores, pooled as mean ± std over seeds."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["kind"] == "accuracy":
+            groups[(row["dataset"], row["method"])].append(row)
+    return {
+        key: {
+            "seeds": sorted(r["seed"] for r in members),
+            "dice": [r["dice"] for r in members],
+            "iou": [r["iou"] for r in members],
+            "hd95": [r["hd95"] for r in members],
+            "assd": [r["assd"] for r in members],
+            "unit": members[0]["distance_unit"],
+            "runs": sorted({r["run"] for r in members}),
+            "rows": members,
+        }
+        for key, members in sorted(groups.items())
+    }
+
+
+def _accuracy_targets(summary: dict) -> list[Target]:
+    out = []
+    for dataset in sorted({d for d, _ in summary}):
+        ours, unet, ref = (summary.get((dataset, m)) for m in (DEFAULT_MODE, UNET, REFERENCE))
+        if not ours:
+            continue
+        dice = float(np.mean(ours["dice"]))
+        if unet:
+            base = float(np.mean(unet["dice"]))
+            ratio = dice / base
+            out.append(
+                Target(
+                    f"{dataset}: Dice ≥ {DICE_RATIO_TARGET} × raw U-Net",
+                    f"{dice:.3f} vs {base:.3f} (× {ratio:.3f})",
+                    ratio >= DICE_RATIO_TARGET,
+                    f"by {DICE_RATIO_TARGET - ratio:.3f}",
+                )
+            )
+        if ref:
+            base = float(np.mean(ref["dice"]))
+            out.append(
+                Target(
+                    f"{dataset}: Dice above the reference",
+                    f"{dice:.3f} vs {base:.3f}",
+                    dice > base,
+                    f"by {base - dice:.3f}",
+                )
+            )
+    return out
+
+
+def _payload_targets(rows: list[dict]) -> list[Target]:
+    payload = {r["method"]: r for r in rows if r["kind"] == "payload"}
+    if PRIVACYSF not in payload:
+        return []
+    dtypes = {r["dataset"]: r["raw_image_dtype"] for r in rows if r.get("raw_image_dtype")}
+    if not dtypes:  # no dataset measured yet: the allowance for the common stored dtypes
+        dtypes = {f"raw image stored as {dtype}": dtype for dtype in ("uint8", "int16", "float32")}
+    p = payload[PRIVACYSF]
+    out = []
+    for dataset, dtype in sorted(dtypes.items()):
+        raw = p["size"] ** 2 * np.dtype(dtype).itemsize
+        share = p["total"] / raw
+        out.append(
+            Target(
+                f"{dataset}: payload per {p['size']}² query ≤ {PAYLOAD_SHARE_TARGET:g} of the raw image "
+                f"({dtype}, {raw} B)",
+                f"{p['total']} B ({share:.3f} of it)",
+                share <= PAYLOAD_SHARE_TARGET,
+                f"{share / PAYLOAD_SHARE_TARGET:.2f} × the allowance",
+            )
+        )
+    return out
+
+
+def _cost_targets(rows: list[dict], summary: dict, settings: dict) -> list[Target]:
+    out = []
+    t = LATENCY_TARGET
+    for r in rows:
+        if r["kind"] == "latency" and r["method"] == PRIVACYSF and all(r[k] == v for k, v in t.items()):
+            ms = r["total_ms"]
+            out.append(
+                Target(
+                    f"encode + map + decode ≤ {LATENCY_TARGET_MS:g} ms per {t['size']}² image, batch "
+                    f"{t['batch']}, {t['threads']} CPU threads",
+                    f"{ms:.1f} ms",
+                    ms <= LATENCY_TARGET_MS,
+                    f"by {ms - LATENCY_TARGET_MS:.1f} ms",
+                )
+            )
+    dataset, size = TRAINING_TARGET["dataset"], TRAINING_TARGET["size"]
+    timed = [r["pipeline_seconds"] for r in summary.get((dataset, DEFAULT_MODE), {}).get("rows", [])]
+    if timed and settings["size"] == size:
+        median = float(np.median(timed))
+        out.append(
+            Target(
+                f"full pipeline training on {dataset} at {size}² ≤ {TRAINING_TARGET_SECONDS / 60:g} min",
+                f"{median / 60:.1f} min (median of {len(timed)} seed(s))",
+                median <= TRAINING_TARGET_SECONDS,
+                f"by {(median - TRAINING_TARGET_SECONDS) / 60:.1f} min",
+            )
+        )
+    return out
+
+
+def targets(rows: list[dict], summary: dict, settings: dict) -> list[Target]:
+    """Every target the results can judge: accuracy per dataset, payload per dtype, latency, training."""
+    return [*_accuracy_targets(summary), *_payload_targets(rows), *_cost_targets(rows, summary, settings)]
