@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy.stats import mannwhitneyu
 
 from privacysf.attacks import lookup
 from privacysf.attacks.encoded import encoded_data_analysis, pool_to_grid
@@ -32,23 +33,43 @@ def _images(n=12, size=32, seed=0):
     return np.kron(coarse, np.ones((1, 1, size // GRID[0], size // GRID[1]), np.float32))
 
 
+def _psnr(x: np.ndarray, y: np.ndarray, data_range: float) -> float:
+    """Mean over images of each image's PSNR, written out."""
+    mse = np.square(x - y).reshape(len(x), -1).mean(axis=1)
+    return float(np.mean(10 * np.log10(data_range**2 / mse)))
+
+
 def test_image_similarity_known_answers():
-    images = _images()
-    same = image_similarity(images, images, 1.0)
+    images = 2 * _images()  # intensities in [0, 2]: the data range must be used, not assumed to be 1
+    same = image_similarity(images, images, 2.0)
     assert same["ssim"] == pytest.approx(1.0, abs=1e-5) and same["psnr"] == 100.0
-    mean = image_similarity(np.broadcast_to(images.mean(0), images.shape), images, 1.0)
-    assert mean["ssim"] < 0.5 and mean["psnr"] < 20
-    noisy = image_similarity(images + np.random.default_rng(1).normal(0, 0.1, images.shape), images, 1.0)
-    assert mean["ssim"] < noisy["ssim"] < 1.0 and noisy["psnr"] == pytest.approx(20.0, abs=0.5)
+    assert same["per_query"] == [1.0] * len(images)
+    mean = np.broadcast_to(images.mean(0), images.shape)
+    noisy = images + np.random.default_rng(1).normal(0, 0.2, images.shape)
+    for candidate in (mean, noisy):
+        scores = image_similarity(candidate, images, 2.0)
+        assert scores["psnr"] == pytest.approx(_psnr(candidate, images, 2.0), abs=1e-3)
+        np.testing.assert_allclose(scores["per_query"], per_image_ssim(candidate, images, 2.0), atol=1e-4)
+    assert image_similarity(noisy, images, 2.0)["psnr"] == pytest.approx(20.0, abs=0.5)  # 10·log10(4/0.04)
+    assert image_similarity(mean, images, 2.0)["ssim"] < image_similarity(noisy, images, 2.0)["ssim"] < 1.0
 
 
 def test_auc_known_answers():
     separated = auc_with_interval(np.array([3.0, 4, 5]), np.array([0.0, 1, 2]), resamples=200)
     assert separated["auc"] == 1.0 and separated["ci_low"] == 1.0
     assert auc_with_interval(np.array([0.0, 1]), np.array([2.0, 3]), resamples=10)["auc"] == 0.0
+    # one tie between a member and a non-member counts one half: (1 + 1.5 + 2) / 6 pairs
+    assert auc_with_interval(np.array([1.0, 2, 3]), np.array([0.0, 2]), resamples=10)["auc"] == 0.75
     rng = np.random.default_rng(0)
-    chance = auc_with_interval(rng.normal(size=400), rng.normal(size=400), resamples=200)
-    assert abs(chance["auc"] - 0.5) < 0.06 and chance["ci_low"] < 0.5 < chance["ci_high"]
+    members, nonmembers = rng.normal(size=400), rng.normal(size=400)
+    chance = auc_with_interval(members, nonmembers, resamples=400)
+    u = mannwhitneyu(members, nonmembers).statistic  # AUC is the Mann-Whitney U over the pairs
+    assert chance["auc"] == pytest.approx(u / 400**2)
+    # the 95% interval spans about ±1.96 standard errors of the AUC under no signal (Hanley & McNeil)
+    standard_error = np.sqrt((400 + 400 + 1) / (12 * 400 * 400))
+    width = chance["ci_high"] - chance["ci_low"]
+    assert width == pytest.approx(2 * 1.96 * standard_error, rel=0.1)
+    assert chance["ci_low"] < chance["auc"] < chance["ci_high"]
 
 
 def test_reidentification_known_answers():
@@ -160,11 +181,14 @@ def test_ssim_matrix_equals_monai_pair_by_pair():
     assert list(matrix.argmax(axis=1)) == [1, 2, 0]  # each truth's own noisy copy scores best
 
 
-def test_mean_interval_covers_the_mean_and_narrows_with_more_queries():
-    rng = np.random.default_rng(0)
-    small, large = mean_interval(rng.normal(size=20)), mean_interval(rng.normal(size=2000))
-    assert small["ci_low"] < small["mean"] < small["ci_high"]
-    assert large["ci_high"] - large["ci_low"] < (small["ci_high"] - small["ci_low"]) / 5
+def test_mean_interval_is_the_95_percent_interval_of_the_mean():
+    """On many normal values the bootstrap interval is the textbook mean ± 1.96 standard errors."""
+    values = np.random.default_rng(0).normal(3.0, 2.0, size=2000)
+    result = mean_interval(values)
+    assert result["mean"] == pytest.approx(values.mean()) and result["n"] == 2000
+    standard_error = values.std() / np.sqrt(len(values))
+    assert result["ci_low"] == pytest.approx(values.mean() - 1.96 * standard_error, abs=0.2 * standard_error)
+    assert result["ci_high"] == pytest.approx(values.mean() + 1.96 * standard_error, abs=0.2 * standard_error)
 
 
 def test_attack_suite_end_to_end_is_cross_subject_and_the_key_keeps_what_a_lookup_sees(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import time
 from pathlib import Path
 
@@ -76,16 +77,160 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
     assert slices[0.5] == round(slices[1.0] / 2)
 
 
-def test_report_has_every_section_and_only_numbers_from_the_results(quick, tmp_path):
+def _tables(markdown: str) -> dict[str, list[dict[str, str]]]:
+    """The table under each ``## `` heading of a Markdown report, as rows of column header → cell."""
+    tables: dict[str, list[dict[str, str]]] = {}
+    heading, header = None, None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            heading, header = line[3:].strip(), None
+        elif heading and line.startswith("|"):
+            cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+            if header is None:
+                header = cells
+            elif not set(line) <= set("|-: "):
+                tables.setdefault(heading, []).append(dict(zip(header, cells, strict=True)))
+    return tables
+
+
+def _numbers(cell: str) -> list[str]:
+    """The numbers a cell shows; links (to run folders) are not figures."""
+    return re.findall(r"-?\d+(?:\.\d+)?", re.sub(r"\[[^\]]*\]\([^)]*\)", "", cell))
+
+
+def _shows(cell: str, expected) -> bool:
+    """Whether ``cell`` shows ``expected``: the same text, or the same numbers at the cell's precision."""
+    if isinstance(expected, str):
+        return cell == expected
+    values = list(expected) if isinstance(expected, tuple) else [expected]
+    shown = _numbers(cell)
+    return len(shown) == len(values) and all(
+        abs(float(text) - value) <= 0.5 * 10.0 ** -len(text.partition(".")[2]) + 1e-9
+        for text, value in zip(shown, values, strict=True)
+    )
+
+
+def _check_table(rows: list[dict[str, str]], expected: list[dict]) -> None:
+    """Each expected row is shown by exactly one table row and the table has no other row; columns are
+    found by the start of their header. Every column that shows a number is one of those checked."""
+    assert len(rows) == len(expected), (rows, expected)
+    for want in expected:
+        columns = {key: next(h for h in rows[0] if h.lower().startswith(key.lower())) for key in want}
+        matches = [row for row in rows if all(_shows(row[columns[k]], v) for k, v in want.items())]
+        assert len(matches) == 1, (want, rows)
+        unchecked = {h for h, cell in matches[0].items() if _numbers(cell)} - set(columns.values())
+        assert not unchecked, f"numbers that come from no result: {unchecked} in {matches[0]}"
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _expected_accuracy(rows: list[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """Accuracy, per-seed and training-cost table rows, computed here from the result rows."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if row["kind"] == "accuracy":
+            groups.setdefault((row["dataset"], row["method"]), []).append(row)
+    accuracy, per_seed, cost = [], [], []
+    seeds = sorted({r["seed"] for members in groups.values() for r in members})
+    for (dataset, method), members in groups.items():
+        unet = statistics.mean(r["dice"] for r in groups[(dataset, UNET)])
+        accuracy.append(
+            {
+                "dataset": dataset,
+                "method": method,
+                "seeds": len(members),
+                **{m: _mean_std([r[m] for r in members]) for m in ("dice", "iou", "hd95", "assd")},
+                "× raw U-Net": statistics.mean(r["dice"] for r in members) / unet,
+            }
+        )
+        by_seed = {r["seed"]: r["dice"] for r in members}
+        per_seed.append(
+            {"dataset": dataset, "method": method, **{f"seed {k}": by_seed.get(k, "–") for k in seeds}}
+        )
+        for stage in members[0]["training_cost"]:
+            costs = [r["training_cost"][stage] for r in members]
+            cost.append(
+                {
+                    "dataset": dataset,
+                    "method": method,
+                    "stage": stage.replace("_", " "),
+                    **{
+                        column: statistics.mean(c[field] for c in costs)
+                        for column, field in (
+                            ("seconds", "seconds"),
+                            ("s / epoch", "seconds_per_epoch"),
+                            ("peak RSS", "peak_rss_mb"),
+                            ("RSS growth", "rss_growth_mb"),
+                        )
+                    },
+                }
+            )
+    return accuracy, per_seed, cost
+
+
+def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
+    """Every row of every results table in benchmarks.md is a result row (or the mean ± std over seeds
+    of result rows, computed again here), every result row is in its table, and no table column shows a
+    number that does not come from results.json."""
     run_dir, results = quick
     text = (run_dir / "benchmarks.md").read_text()
-    headings = ("## Targets", "## Accuracy", "## Dice per seed", "## Payload per query", "## Latency")
-    for heading in (*headings, "## Training cost"):
-        assert heading in text
     assert "Partial run" not in text
-    ours = next(r for r in results["rows"] if r["method"] == f"{PRIVACYSF} task" and r["kind"] == "accuracy")
-    assert f"{ours['dice']:.3f} ± 0.000" in text
-    assert str(next(r["total"] for r in results["rows"] if r["kind"] == "payload")) in text
+    tables = _tables(text)
+    assert {"Targets", "Accuracy", "Dice per seed", "Payload per query", "Latency", "Training cost"} <= set(
+        tables
+    )
+    rows = json.loads((run_dir / RESULTS).read_text())["rows"]
+    accuracy, per_seed, cost = _expected_accuracy(rows)
+    _check_table(tables["Accuracy"], accuracy)
+    _check_table(tables["Dice per seed"], per_seed)
+    _check_table(tables["Training cost"], cost)
+    of_kind = {kind: [r for r in rows if r["kind"] == kind] for kind in ("payload", "latency", "scaling")}
+    _check_table(
+        tables["Payload per query"],
+        [
+            {
+                "method": r["method"],
+                "image size": r["size"],
+                "up": r["up"],
+                "down": r["down"],
+                "total": r["total"],
+            }
+            for r in of_kind["payload"]
+        ],
+    )
+    _check_table(
+        tables["Latency"],
+        [
+            {
+                "method": r["method"],
+                "device": r["device"],
+                "threads": r["threads"] or "–",
+                "size": r["size"],
+                "batch": r["batch"],
+                **{f"{stage} ms": r[f"{stage}_ms"] for stage in ("encode", "map", "decode", "total")},
+                "ms/image": r["per_image_ms"],
+            }
+            for r in of_kind["latency"]
+        ],
+    )
+    scaling = next(title for title in tables if title.startswith("Growth with image size"))
+    _check_table(
+        tables[scaling],
+        [
+            {
+                "size": r["size"],
+                "train share": r["train_fraction"],
+                "train slices": r["train_slices"],
+                "stage": r["stage"].replace("_", " "),
+                "s / epoch": r["seconds_per_epoch"],
+                "peak RSS": r["peak_rss_mb"],
+                "RSS growth": r["rss_growth_mb"],
+            }
+            for r in of_kind["scaling"]
+        ],
+    )
     for name in ("dice.png", "latency.png", "scaling_size.png", "scaling_data.png"):
         assert (run_dir / "figures" / name).read_bytes()[:4] == b"\x89PNG"
 

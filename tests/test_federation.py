@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 from flowerkit import Deployment
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
 
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig, MapperConfig
@@ -18,7 +21,7 @@ from privacysf.data.centers import MULTI_CENTER_TASKS, partition_cases
 from privacysf.data.phantom import phantom_cases
 from privacysf.data.registry import REGISTRY
 from privacysf.errors import ConfigError, FederationError, PrivacySFError
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes, split_messages
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes, flower, split_messages
 from privacysf.server import MappingServer
 from privacysf.server.federation import Federation, Member
 from privacysf.workflows.federate import run_federate
@@ -106,18 +109,124 @@ def test_a_center_embedding_lets_one_mapper_serve_centers_whose_code_spaces_disa
         server.map(_center_codes(1.0, 9, 0)[2])
 
 
-def test_a_dropout_fails_the_run_cleanly_when_configured_and_keeps_what_is_stored(tmp_path):
-    cfg = ExperimentConfig().override(["federation.on_dropout=fail"])
+class ScriptedGrid:
+    """Stands in for Flower's Grid: each center answers from the test's script, or stays silent."""
+
+    def __init__(self, answer: Callable[[Message], RecordDict | None]) -> None:
+        self.answer = answer
+
+    def send_and_receive(self, messages, timeout: float) -> list[Message]:
+        return [Message(content, reply_to=m) for m in messages if (content := self.answer(m)) is not None]
+
+
+@pytest.fixture
+def flower_task(monkeypatch):
+    """Flower builds messages from the ids of the run it is in; outside a run they are set here."""
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def test_a_dropout_fails_the_run_cleanly_when_configured_and_keeps_what_is_stored(tmp_path, flower_task):
+    """Both centers send codes and a first FedAvg round; center b is silent in round 2. The run stops
+    with its message, and the bundles and round 1's average it received stay on disk as they came."""
+    cfg = ExperimentConfig().override(
+        ["federation.on_dropout=fail", "federation.rounds=3", "train.progress=false"]
+    )
+    bundles = {1: _center_codes(1.0, 20, 0), 2: _center_codes(-1.0, 20, 1)}
+    test_codes = encode_codes(CodeBatch(np.zeros((3, 16, 2), np.float32), (4, 4), "image"), "float32")
+    weights = {1: torch.full((3,), 1.0), 2: torch.full((3,), 4.0)}
+
+    def answer(message: Message) -> RecordDict | None:
+        node = message.metadata.dst_node_id
+        metrics = MetricRecord({"num-examples": node})  # center a trained on 1 example, b on 2
+        if message.metadata.message_type == flower.LOCAL_CODES:
+            codes = {
+                **dict(zip(flower.UPLOAD_PARTS, bundles[node], strict=True)),
+                flower.TEST_IMAGES: test_codes,
+            }
+            return RecordDict({"codes": ConfigRecord(codes), "metrics": metrics})
+        if node == 2 and message.content.config_records["task"]["round"] == 2:
+            return None  # center b's SuperNode is gone
+        return RecordDict(
+            {"weights": flower.weights_record({"model": {"w": weights[node]}}), "metrics": metrics}
+        )
+
     folder = tmp_path / "server"
-    stored = folder / "codes" / "local-a.psfc"
-    stored.parent.mkdir(parents=True)
-    stored.write_bytes(b"PSFC-bundle")
-    federation = Federation(None, cfg, folder, 2, [Member(1, 0, "a"), Member(2, 1, "b")])
-    with pytest.raises(FederationError, match="center 'b' dropped out in unet round 2"):
-        federation.drop(federation.members[1], "unet", 2, "no reply in time")
+    federation = Federation(ScriptedGrid(answer), cfg, folder, 2, [Member(1, 0, "a"), Member(2, 1, "b")])
+    federation.collect_codes(flower.LOCAL, lambda m: RecordDict(), flower.LOCAL_CODES)
+    with pytest.raises(FederationError, match="center 'b' dropped out in mask_codec round 2"):
+        federation.fedavg(flower.MASK_CODEC_ROUND, "mask_codec")
+
     status = json.loads((folder / "status.json").read_text())
-    assert status["status"] == "failed" and status["dropped"][0]["center"] == "b"
-    assert stored.read_bytes() == b"PSFC-bundle"
+    assert status["status"] == "failed" and "center 'b' dropped out" in status["error"]
+    assert status["dropped"] == [
+        {"center": "b", "phase": "mask_codec", "round": 2, "reason": "no reply in time"}
+    ]
+    assert [(t["phase"], t["round"], sorted(t["centers"])) for t in status["traffic"]] == [
+        ("codes-local", 0, ["a", "b"]),
+        ("mask_codec", 1, ["a", "b"]),
+        ("mask_codec", 2, ["a"]),
+    ]
+    for node, name in ((1, "a"), (2, "b")):  # each bundle as it arrived, center b's included
+        stored = (folder / "codes" / f"local-{name}.psfc").read_bytes()
+        assert split_messages(stored, 5) == [*bundles[node], test_codes]
+    averaged = torch.load(folder / "fedavg" / "mask_codec.pt", weights_only=True)
+    assert averaged["round"] == 1  # the last round every center finished, weighted by examples
+    torch.testing.assert_close(averaged["model"]["w"], torch.full((3,), 3.0))  # (1·1 + 2·4) / 3
+
+
+SHARED_WEIGHTS = {
+    "fedavg/mask_codec.pt": "fedavg-codecs",
+    "fedavg/image_encoder.pt": "fedavg-codecs",
+    "fedavg/unet.pt": "unet-fedavg",
+}
+"""Averaged weights the server keeps, by the mode that shares them (docs/multicenter.md)."""
+DECODER_ON_THE_SERVER = {"fedavg/mask_codec.pt"}
+"""The one documented exception to "no decoder on the server": ``fedavg-codecs`` shares the mask
+codec, its decoder included (docs/multicenter.md, "Privacy cost of shared codecs")."""
+IMAGE_READERS_ON_THE_SERVER = {"fedavg/image_encoder.pt", "fedavg/unet.pt"}
+"""Networks that read images, documented as shared: the image encoder of ``fedavg-codecs`` and the raw
+U-Net of ``unet-fedavg``. No mapper or code file may hold one."""
+
+
+def _tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint, by its path of keys (``model/decoder.net.0.weight``)."""
+    found = {}
+    for key, value in state.items():
+        if isinstance(value, dict):
+            found.update(_tensors(value, f"{prefix}{key}/"))
+        elif isinstance(value, torch.Tensor):
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+def _check_server_folder(server, modes, size=32) -> None:
+    """What the server keeps, read from the files: code bundles (tokens, not pixels), mappers, and the
+    averaged weights of the modes run that share weights; a decoder or image reader only where documented.
+
+    A network that reads an image has a convolution over one input channel; one that writes an image
+    has a convolution to one output channel (the masks here have two classes, the codes 4 channels).
+    """
+    for path in (p for p in server.rglob("*") if p.is_file()):
+        name = path.relative_to(server).as_posix()
+        if name == "status.json":
+            continue
+        if path.suffix == ".psfc":
+            assert path.parent.name == "codes", name
+            batches = [decode_codes(m) for m in split_messages(path.read_bytes(), 5)]
+            assert [b.kind for b in batches] == ["image", "mask", "image", "mask", "image"], name
+            assert all(b.tokens.shape[1] * 4 <= size * size for b in batches), name  # tokens, not pixels
+            continue
+        assert path.suffix == ".pt", name
+        tensors = _tensors(torch.load(path, weights_only=True))
+        if name.startswith("mappers/"):
+            assert {k.partition("/")[0] for k in tensors} == {"model"}, name  # the mapper's weights alone
+        else:
+            assert SHARED_WEIGHTS.get(name) in modes, f"{name} is stored but no mode run shares it"
+        decoders = [k for k, t in tensors.items() if "decoder" in k or (t.ndim == 4 and t.shape[0] == 1)]
+        assert not decoders or name in DECODER_ON_THE_SERVER, (name, decoders[:3])
+        readers = [k for k, t in tensors.items() if t.ndim == 4 and t.shape[1] == 1]
+        assert not readers or name in IMAGE_READERS_ON_THE_SERVER, (name, readers[:3])
 
 
 def _check_run(run_dir, metrics, modes, centers=("phantom-c0", "phantom-c1")):
@@ -127,17 +236,16 @@ def _check_run(run_dir, metrics, modes, centers=("phantom-c0", "phantom-c1")):
         assert all(0.0 <= v <= 1.0 for v in metrics["dice"][mode].values())
     for name in ("config.json", "metrics.json", "report.md", "figures/dice_per_center.png"):
         assert (run_dir / name).is_file()
-    # the server's folder holds codes, mappers and averaged weights only: no image, mask or decoder
-    server_files = {
-        p.relative_to(run_dir / "server").parts[0] for p in (run_dir / "server").rglob("*") if p.is_file()
-    }
-    assert server_files <= {"codes", "mappers", "fedavg", "status.json"}
 
 
 def test_simulation_runs_every_mode_on_each_centers_test_set(tmp_path):
     run_dir, metrics = run_federate(tiny(tmp_path))
     modes = ExperimentConfig().federation.modes
     _check_run(run_dir, metrics, modes)
+    _check_server_folder(run_dir / "server", modes)
+    assert {
+        p.relative_to(run_dir / "server").as_posix() for p in (run_dir / "server" / "fedavg").iterdir()
+    } == set(SHARED_WEIGHTS)
     traffic = metrics["traffic"]
     for phase in ("codes-local", "mask_codec", "image_encoder", "codes-shared", "unet"):
         assert traffic[phase]["bytes_up_per_center_per_round"] > 0
@@ -195,6 +303,7 @@ def test_a_superlink_and_two_supernodes_run_a_job_to_the_end_when_one_center_dro
     run_dir, metrics = outcome["result"]
     assert metrics["engine"].startswith("flower deployment")
     _check_run(run_dir, metrics, ["pooled"])
+    _check_server_folder(run_dir / "server", cfg.federation.modes)
     assert [d["center"] for d in metrics["dropped"]] == ["phantom-c1"]
     assert metrics["dropped"][0]["phase"] == "unet" and metrics["dropped"][0]["round"] == 2
     assert set(metrics["dice"]["unet-fedavg"]) == {"phantom-c0", "mean"}

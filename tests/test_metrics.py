@@ -1,4 +1,4 @@
-"""The metric rule of DESIGN.md §7 against hand-computed answers."""
+"""The metric definitions of docs/metrics.md against hand-computed answers."""
 
 import numpy as np
 import pytest

@@ -48,8 +48,7 @@ from privacysf.center.codecs import (
     train_image_encoder,
     train_mask_codec,
 )
-from privacysf.center.keys import CenterKey
-from privacysf.center.pipeline import KEY, Center, keyed_transform
+from privacysf.center.pipeline import Center, draw_key
 from privacysf.common.figures import image_grid, pick_rows
 from privacysf.common.runs import new_run_dir, write_json
 from privacysf.common.torchutil import resolve_device, seed_everything
@@ -242,12 +241,7 @@ def run_seed(cfg: ExperimentConfig, run_dir: Path, device: torch.device, results
             started = time.perf_counter()
             setting_cfg = mode_cfg.override(KEY_OVERRIDES[key])
             folder = seed_dir / _slug(mode, weight, key)
-            transform = None
-            if setting_cfg.key.enabled:
-                secret = CenterKey.create()
-                secret.save(folder / KEY)
-                transform = keyed_transform(setting_cfg, secret)
-            center = Center(setting_cfg, codec, encoder, grid, device, transform)
+            center = Center(setting_cfg, codec, encoder, grid, device, draw_key(setting_cfg, folder))
             seed_everything(cfg.train.seed, cfg.train.threads)
             server, _, _ = fit_server(setting_cfg, center, data.train, data.val, folder)
             test = score_test(center.segment(server, data.test.images), data)

@@ -56,6 +56,15 @@ class MaskCodec(nn.Module):
         return self.decoder(code)
 
 
+def build_image_encoder(cfg: CodecConfig) -> ConvEncoder:
+    """The center's image encoder: one grey-level channel in, ``image_channels`` values per token out.
+
+    Training, loading and the untrained networks of size/latency measurements all build it here, so a
+    change of its shape reaches every one of them.
+    """
+    return ConvEncoder(1, cfg.image_channels, cfg.width, cfg.downsample)
+
+
 def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
     """What a center checkpoint must agree on with the run that loads it."""
     c = cfg.codec
@@ -259,7 +268,7 @@ def train_image_encoder(
     """
     mode = cfg.codec.image_mode  # checked against config.IMAGE_MODES when the config was built
     c = cfg.codec
-    encoder = ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device)
+    encoder = build_image_encoder(c).to(device)
     objective = IMAGE_MODES[mode](cfg, encoder, codec, device)
     if initial:
         for name, module in {"model": encoder, **objective.modules()}.items():

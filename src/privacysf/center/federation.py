@@ -24,12 +24,11 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from privacysf.center.codecs import MaskCodec, codec_signature, train_image_encoder, train_mask_codec
-from privacysf.center.keys import CenterKey
 from privacysf.center.pipeline import (
     IMAGE_ENCODER,
-    KEY,
     MASK_CODEC,
     Center,
+    draw_key,
     load_center,
     train_center,
     upload_messages,
@@ -172,8 +171,7 @@ def shared_codes(message: Message, s: Site) -> Message:
     save_checkpoint(
         folder / IMAGE_ENCODER, {"signature": _signature(s, "image-encoder"), "model": encoder_state}
     )
-    if s.cfg.key.enabled:
-        CenterKey.create().save(folder / KEY)
+    draw_key(s.cfg, folder)  # the center's own key, never sent: loaded back with the codecs
     center = load_center(s.cfg, s.classes, folder, s.device)
     return reply(message, started, len(s.center.data.train), codes=codes_record(center, s))
 

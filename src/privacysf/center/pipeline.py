@@ -16,6 +16,7 @@ import torch
 
 from privacysf.center.codecs import (
     MaskCodec,
+    build_image_encoder,
     codec_signature,
     decode_masks,
     encode_images,
@@ -99,13 +100,19 @@ def train_center(
     """
     codec, codec_fit = train_mask_codec(cfg, train, val, num_classes, device, run_dir / MASK_CODEC)
     encoder, encoder_fit, _ = train_image_encoder(cfg, train, val, codec, device, run_dir / IMAGE_ENCODER)
-    key = None
-    if cfg.key.enabled:
-        secret = CenterKey.create()
-        secret.save(run_dir / KEY)
-        key = keyed_transform(cfg, secret)
+    key = draw_key(cfg, run_dir)
     center = Center(cfg, codec, encoder, token_grid(cfg.data.size, cfg.codec), device, key)
     return center, {"mask_codec": codec_fit, "image_encoder": encoder_fit}
+
+
+def draw_key(cfg: ExperimentConfig, run_dir: Path) -> KeyedTransform | None:
+    """With ``key.enabled``, a fresh secret key saved in the center's folder only, as the transform it
+    drives; without, None (codes go out unmixed, in row-major order)."""
+    if not cfg.key.enabled:
+        return None
+    secret = CenterKey.create()
+    secret.save(run_dir / KEY)
+    return keyed_transform(cfg, secret)
 
 
 def keyed_transform(cfg: ExperimentConfig, key: CenterKey) -> KeyedTransform:
@@ -136,7 +143,7 @@ def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) 
         load_checkpoint(run_dir / MASK_CODEC, codec_signature(cfg, num_classes, "mask-codec"))["model"]
     )
     c = cfg.codec
-    encoder = ConvEncoder(1, c.image_channels, c.width, c.downsample)
+    encoder = build_image_encoder(c)
     encoder.load_state_dict(
         load_checkpoint(run_dir / IMAGE_ENCODER, codec_signature(cfg, num_classes, "image-encoder"))["model"]
     )

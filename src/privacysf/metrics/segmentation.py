@@ -1,6 +1,6 @@
 """Dice, IoU, HD95 and ASSD (mm) per class, on MONAI's metric functions, with one empty-mask rule.
 
-The rule (DESIGN.md §7), applied per image and per foreground class:
+The rule (docs/metrics.md), applied per image and per foreground class:
 
 - prediction and truth both empty: Dice = IoU = 1 and HD95 = ASSD = 0;
 - exactly one empty: Dice = IoU = 0 and HD95 = ASSD = the image diagonal in mm;

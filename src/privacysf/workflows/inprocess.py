@@ -14,11 +14,10 @@ from typing import Protocol, TypedDict
 import numpy as np
 import torch
 
-from privacysf.center.codecs import MaskCodec, token_grid
+from privacysf.center.codecs import MaskCodec, build_image_encoder, token_grid
 from privacysf.center.pipeline import Center, Mapper, upload_messages
 from privacysf.config import ExperimentConfig
 from privacysf.data.preprocess import SliceSet
-from privacysf.nets.conv import ConvEncoder
 from privacysf.server import MappingServer
 
 MAPPER = Path("server") / "mapper.pt"
@@ -65,7 +64,7 @@ def untrained_pipeline(
     center = Center(
         sized,
         MaskCodec(num_classes, c).to(device).eval(),
-        ConvEncoder(1, c.image_channels, c.width, c.downsample).to(device).eval(),
+        build_image_encoder(c).to(device).eval(),
         token_grid(size, c),
         device,
     )
