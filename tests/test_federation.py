@@ -15,6 +15,7 @@ from flowerkit import Deployment
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from privacysf.center.federation import LOCAL_PARTS
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig, MapperConfig
 from privacysf.data.centers import MULTI_CENTER_TASKS, partition_cases
@@ -256,6 +257,22 @@ def test_simulation_runs_every_mode_on_each_centers_test_set(tmp_path):
     )
     bundle = (run_dir / "server" / "codes" / "local-phantom-c0.psfc").read_bytes()
     assert len(split_messages(bundle, 5)) == 5
+
+
+@pytest.mark.parametrize("image_mode", ["autoencoder", "private"])
+def test_fedavg_codecs_never_sends_an_image_decoder_to_the_server(tmp_path, image_mode):
+    """In modes whose encoder trains beside a decoder (an image decoder, or the attacker of ``private``),
+    only the encoder is averaged: the decoder stays in each center's folder across rounds."""
+    modes = ["fedavg-codecs"]
+    cfg = tiny(tmp_path, f"codec.image_mode={image_mode}", f"federation.modes={modes}", "federation.rounds=2")
+    run_dir, metrics = run_federate(cfg)
+    _check_run(run_dir, metrics, modes)
+    _check_server_folder(run_dir / "server", modes)
+    averaged = torch.load(run_dir / "server" / "fedavg" / "image_encoder.pt", weights_only=True)
+    assert set(averaged) == {"round", "model"}
+    for center in (run_dir / "centers").iterdir():
+        kept = torch.load(center / LOCAL_PARTS, weights_only=True)
+        assert any("decoder" in part for part in kept), sorted(kept)
 
 
 @pytest.fixture

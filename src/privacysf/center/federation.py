@@ -33,13 +33,17 @@ from privacysf.center.pipeline import (
     train_center,
     upload_messages,
 )
-from privacysf.common.torchutil import resolve_device, save_checkpoint, seed_everything
+from privacysf.common.torchutil import load_checkpoint, resolve_device, save_checkpoint, seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.data.centers import CenterData, prepare_centers
 from privacysf.errors import FederationError
 from privacysf.exchange import flower
 from privacysf.metrics.evaluation import score_test
 from privacysf.nets.unet import build_unet, predict_labels, train_unet
+
+LOCAL_PARTS = Path("fedavg") / "image_encoder_parts.pt"
+"""The image-encoder mode's own parts (image decoder, attacker, mask-code head) between FedAvg rounds:
+kept in the center's folder, never sent."""
 
 
 @dataclass
@@ -150,11 +154,24 @@ def image_encoder_round(message: Message, s: Site) -> Message:
     cfg = round_config(s.cfg, message.content.config_records["task"])
     torch.manual_seed(s.cfg.train.seed + 1)
     data = s.center.data
-    encoder, result, parts = train_image_encoder(
-        cfg, data.train, data.val, _shared_codec(message, s), s.device, None, initial_weights(message)
+    averaged = initial_weights(message)
+    # round 1 starts every part from the seed; later rounds start the encoder from the server's average
+    # and the mode's own parts (decoder, attacker, head) from this center's last round
+    initial = (
+        {**averaged, **load_checkpoint(s.folder / LOCAL_PARTS, _signature(s, "image-parts"))}
+        if averaged
+        else None
     )
-    states = {"model": encoder.state_dict(), **{k: m.state_dict() for k, m in parts.items()}}
-    response = reply(message, started, len(data.train), weights=flower.weights_record(states))
+    encoder, result, parts = train_image_encoder(
+        cfg, data.train, data.val, _shared_codec(message, s), s.device, None, initial
+    )
+    save_checkpoint(
+        s.folder / LOCAL_PARTS,
+        {"signature": _signature(s, "image-parts"), **{k: m.state_dict() for k, m in parts.items()}},
+    )
+    # only the encoder is averaged: an image decoder or attacker decoder never leaves the center
+    weights = flower.weights_record({"model": encoder.state_dict()})
+    response = reply(message, started, len(data.train), weights=weights)
     response.content.metric_records["metrics"]["val-score"] = result.best_score
     return response
 
