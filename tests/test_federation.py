@@ -328,3 +328,13 @@ def test_a_superlink_and_two_supernodes_run_a_job_to_the_end_when_one_center_dro
     bundle = run_dir / "server" / "codes" / "local-phantom-c1.psfc"  # stored before the dropout
     assert len(split_messages(bundle.read_bytes(), 5)) == 5
     assert (run_dir / "centers" / "1" / "local" / "center" / "mask_codec.pt").is_file()
+
+
+def test_a_malformed_flower_message_fails_naming_the_field():
+    record = ConfigRecord({"round": "two"})
+    with pytest.raises(FederationError, match="'round' holds a str, expected int"):
+        flower.field(record, "round", int)
+    with pytest.raises(FederationError, match="no field 'codes'"):
+        flower.field(record, "codes", bytes)
+    assert flower.field(MetricRecord({"num-examples": 1}), "seconds", float, 0.0) == 0.0
+    assert flower.field(ConfigRecord({"round": 2}), "round", int) == 2

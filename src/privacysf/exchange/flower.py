@@ -93,16 +93,20 @@ def message_bytes(message: Message) -> int:
     return total
 
 
-def field(record: ConfigRecord | MetricRecord, key: str, kind: type[T]) -> T:
+def field(record: ConfigRecord | MetricRecord, key: str, kind: type[T], default: T | None = None) -> T:
     """``record[key]`` checked to be a ``kind``: a malformed message fails here, naming the field.
 
     Flower types every entry as the union of all record values, so a reader must say what it expects.
+    A missing entry is ``default`` when one is given, else a :class:`FederationError` too.
     """
+    if key not in record:
+        if default is not None:
+            return default
+        raise FederationError(f"message has no field {key!r}")
     value = record[key]
     if not isinstance(value, kind):
-        raise FederationError(
-            f"message field {key!r} holds a {type(value).__name__}, expected {kind.__name__}"
-        )
+        found = type(value).__name__
+        raise FederationError(f"message field {key!r} holds a {found}, expected {kind.__name__}")
     return value
 
 

@@ -105,7 +105,7 @@ class Federation:
             centers[m.name] = {
                 "bytes_down": down[m.node_id],
                 "bytes_up": flower.message_bytes(r),
-                "center_seconds": round(flower.field(metrics, "seconds", float), 3) if metrics else 0.0,
+                "center_seconds": round(flower.field(metrics, "seconds", float, 0.0), 3) if metrics else 0.0,
             }
         self.traffic.append(entry)
         if self.cfg.train.progress:  # long runs show where they are
