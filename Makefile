@@ -21,6 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests tools
 	$(BIN)/ruff format --check src tests tools
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # `pip install privacysf[server]` alone in a fresh venv: imports, serves, and holds no image reader

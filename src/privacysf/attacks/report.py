@@ -37,8 +37,8 @@ BASELINES = ("nearest-code lookup", "mean image", "oracle best leaked")
 """The image entries shown beside the strongest attack, each at its most leaked pairs."""
 
 
-def _ci(score: dict | None, digits: int = 3) -> str | None:
-    return None if score is None else interval(score["mean"], score["ci_low"], score["ci_high"], digits)
+def _ci(score: dict[str, float], digits: int = 3) -> str:
+    return interval(score["mean"], score["ci_low"], score["ci_high"], digits)
 
 
 def missing_rows(cfg: ExperimentConfig, results: dict) -> Markdown:
@@ -147,7 +147,7 @@ def detail_table(results: dict, part: str) -> Markdown:
     return out
 
 
-def _key_row(setting: str, name: str, entries: list[dict]) -> list[str]:
+def _key_row(setting: str, name: str, entries: list[dict]) -> list[str | None]:
     exact, within = mean([e["exact"] for e in entries]), mean([e["within_one"] for e in entries])
     if name != "pair-free jigsaw":
         return [

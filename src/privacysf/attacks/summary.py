@@ -23,10 +23,12 @@ def mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def pooled(rows: list[dict], part: str, name: str) -> dict | None:
+def pooled(rows: list[dict], part: str, name: str) -> dict[str, float]:
     """An attack's per-query score pooled over the seeds that ran it, with its 95% interval."""
     values = [v for r in rows if name in r["attacks"][part] for v in r["attacks"][part][name]["per_query"]]
-    return mean_interval(np.array(values)) if values else None
+    if not values:
+        raise ValueError(f"no per-query scores of {part} attack {name!r} in these results")
+    return mean_interval(np.array(values))
 
 
 def entry(rows: list[dict], part: str, name: str) -> dict:
@@ -68,7 +70,7 @@ def reidentification(rows: list[dict]) -> tuple[str, float, float]:
         candidates[f"{name} output"] = mean(
             [r["attacks"]["image"][name]["reid_top1"] for r in rows if name in r["attacks"]["image"]]
         )
-    best = max(candidates, key=candidates.get)
+    best = max(candidates, key=lambda n: candidates[n])
     return best, candidates[best], mean([r["attacks"]["encoded"]["reid_chance"] for r in rows])
 
 

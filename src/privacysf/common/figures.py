@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -177,7 +178,11 @@ def stacked_bars(
 
 
 def lines(
-    path: Path, series: dict[str, tuple[list[float], list[float]]], xlabel: str, ylabel: str, title: str
+    path: Path,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
 ) -> None:
     """Named (x, y) series with markers: how a cost grows with a size."""
     fig, ax = plt.subplots(figsize=(6.5, 4))

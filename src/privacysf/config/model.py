@@ -73,5 +73,7 @@ def _path(loc: tuple[int | str, ...]) -> list[str]:
 def _fields(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     """The keys of the section at ``loc`` (a path of section names from ``model``)."""
     for part in loc:
-        model = model.model_fields[str(part)].annotation
+        section = model.model_fields[str(part)].annotation
+        assert isinstance(section, type) and issubclass(section, BaseModel), loc
+        model = section
     return list(model.model_fields)

@@ -54,7 +54,8 @@ class CodeBatch:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.tokens.shape)  # type: ignore[return-value]
+        n, length, channels = self.tokens.shape
+        return n, length, channels
 
 
 def grid_to_tokens(code: torch.Tensor) -> torch.Tensor:

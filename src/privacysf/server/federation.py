@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,7 @@ class Federation:
         return bundles
 
     def train_mappers(
-        self, codecs: str, bundles: dict[str, dict[str, bytes]], modes: list[str]
+        self, codecs: str, bundles: dict[str, dict[str, bytes]], modes: Sequence[str]
     ) -> dict[str, dict[str, bytes]]:
         """Train each mode's mapper(s) on the codes and map every center's test image codes."""
         names = [m.name for m in self.members if m.name in bundles]

@@ -10,7 +10,8 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from enum import Enum
+from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
@@ -92,7 +93,9 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         return store.authenticate(credentials.credentials if credentials else None)
 
     Center = Annotated[Caller, Depends(caller)]
-    unauthorised = {401: {"description": "missing, unknown or revoked token"}}
+    unauthorised: dict[int | str, dict[str, Any]] = {
+        401: {"description": "missing, unknown or revoked token"}
+    }
 
     @app.get("/health", response_model=Health, tags=["service"])
     def health() -> Health:
@@ -157,14 +160,27 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         kind: str, table: type[Row], out: type[BaseModel], show: Callable[[Row], BaseModel], about: str
     ) -> None:
         """``GET /<kind>s`` and ``GET /<kind>s/{<kind>_id}``: the rows of ``table`` the caller may see."""
-        common = {"tags": [f"{kind}s"], "responses": unauthorised}
+        tags: list[str | Enum] = [f"{kind}s"]
+        many = list[out]  # type: ignore[valid-type]  # a response model built per kind
 
-        @app.get(f"/{kind}s", response_model=list[out], name=f"list_{kind}s", description=about, **common)
+        @app.get(
+            f"/{kind}s",
+            response_model=many,
+            name=f"list_{kind}s",
+            description=about,
+            tags=tags,
+            responses=unauthorised,
+        )
         def list_rows(center: Center) -> list[BaseModel]:
             return [show(row) for row in store.visible_rows(table, center)]
 
         @app.get(
-            f"/{kind}s/{{{kind}_id}}", response_model=out, name=f"get_{kind}", description=about, **common
+            f"/{kind}s/{{{kind}_id}}",
+            response_model=out,
+            name=f"get_{kind}",
+            description=about,
+            tags=tags,
+            responses=unauthorised,
         )
         def get_row(center: Center, row_id: Annotated[Id, Path(alias=f"{kind}_id")]) -> BaseModel:
             return show(store.visible_row(table, center, row_id))

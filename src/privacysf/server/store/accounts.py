@@ -60,7 +60,9 @@ class Accounts(Database):
             if row is None:
                 raise NotFoundError(f"no token with id {token_id}")
             row.revoked_at = row.revoked_at or datetime.now(timezone.utc)
-            return s.get(CenterRow, row.center_id).name
+            center = s.get(CenterRow, row.center_id)
+            assert center is not None  # a token's center row is never deleted
+            return center.name
 
     def list_tokens(self) -> list[dict]:
         with self.session() as s:

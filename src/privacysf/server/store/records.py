@@ -7,7 +7,7 @@ missing one.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select, update
 
@@ -26,9 +26,9 @@ MISSING = {
 """What a lookup of a row the caller may not see says (the same whether it exists or not)."""
 
 
-def visible(table: type[Row], center_id: int) -> Select[tuple[Row]]:
+def visible(table: type[Row], center_id: int) -> Select[Any]:
     """The rows of ``table`` a center may see: its datasets and jobs, and models trained on its data."""
-    if table is ModelRow:
+    if issubclass(table, ModelRow):
         return (
             select(ModelRow)
             .join(JobDatasetRow, JobDatasetRow.job_id == ModelRow.job_id)
