@@ -143,3 +143,11 @@ def test_the_service_job_settings_are_the_config_fields_with_tighter_caps():
             model(**values)
     with pytest.raises(ValidationError, match="finite number"):
         JobIn.model_validate({"datasets": [1], "train": {"lr": float("nan")}})
+
+
+def test_a_boolean_is_not_a_number():
+    """Pydantic would read ``true`` as 1: a typo that must not become a one-epoch run."""
+    for setting in ("train.epochs=true", "train.lr=false", "mapper.lr=true", "train.threads=true"):
+        with pytest.raises(ConfigError, match=r"must be a number, not true or false"):
+            ExperimentConfig().override([setting])
+    assert ExperimentConfig().override(["key.enabled=true"]).key.enabled is True

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from typing_extensions import Self
 
@@ -28,6 +28,16 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True, use_attribute_docstrings=True)
     is_root: ClassVar[bool] = False
     """Whether error locations start at the section names (the whole config) or in this section."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        """Pydantic reads ``true`` as 1 for a number; in a config that is a typo, not a count."""
+        kind = cls.model_fields[str(info.field_name)].annotation
+        numeric = {int, float} & {kind, *get_args(kind)}
+        if isinstance(value, bool) and numeric and bool not in get_args(kind):
+            raise ValueError("must be a number, not true or false")
+        return value
 
     @classmethod
     def from_dict(cls, values: Any) -> Self:
