@@ -7,51 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from privacysf.cli.options import add_config_options, build_config, section_overrides
 from privacysf.cli.service import add_commands as add_service_commands
-from privacysf.config import CENTER_PARTITIONS, FEDERATION_MODES, IMAGE_MODES, KEY_SETTINGS, ExperimentConfig
+from privacysf.config import CENTER_PARTITIONS, FEDERATION_MODES, IMAGE_MODES, KEY_SETTINGS
 from privacysf.errors import PrivacySFError
-
-
-def _add_config_options(parser: argparse.ArgumentParser, default_dataset: str | None = None) -> None:
-    parser.add_argument("--config", help="JSON or YAML file with config sections (data, train, ...)")
-    parser.add_argument("--dataset", default=default_dataset, help="built-in name or folder")
-    parser.add_argument("--size", type=int, help="working image size (default 128)")
-    parser.add_argument("--epochs", type=int, help="training epochs per network")
-    parser.add_argument("--seed", type=int, help="seed of the split and of training")
-    parser.add_argument("--device", help="auto (default), cpu or cuda")
-    parser.add_argument("--out", help="folder that receives the run folder (default runs/)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any config value, e.g. --set train.lr=3e-4 (repeatable)",
-    )
-
-
-def build_config(args: argparse.Namespace) -> ExperimentConfig:
-    cfg = ExperimentConfig.load(args.config) if args.config else ExperimentConfig()
-    sets = []
-    for key, value in (
-        ("data.dataset", args.dataset),
-        ("data.size", args.size),
-        ("train.epochs", args.epochs),
-        ("data.seed", args.seed),
-        ("train.seed", args.seed),
-        ("train.device", args.device),
-        ("output_dir", args.out),
-    ):
-        if value is not None:
-            sets.append(f"{key}={json.dumps(value)}")
-    if args.quiet:
-        sets.append("train.progress=false")
-    return cfg.override(sets + args.set)
-
-
-def section_overrides(section: str, options: dict[str, object]) -> list[str]:
-    """``--set``-style overrides of one config section for the command-line options that were given."""
-    return [f"{section}.{name}={json.dumps(value)}" for name, value in options.items() if value]
 
 
 def cmd_data_list(args: argparse.Namespace) -> None:
@@ -223,13 +182,13 @@ def make_parser() -> argparse.ArgumentParser:
     data.add_parser("list", help="list the built-in datasets").set_defaults(func=cmd_data_list)
     show = data.add_parser("show", help="counts, shapes, spacing, classes and a montage")
     show.add_argument("name", help="built-in name or folder")
-    _add_config_options(show)
+    add_config_options(show)
     show.set_defaults(func=cmd_data_show)
 
     baseline = commands.add_parser("baseline", help="raw-image MONAI U-Net (upper bound)")
     base_cmds = baseline.add_subparsers(dest="action", required=True)
     train = base_cmds.add_parser("train", help="train and evaluate on the test split")
-    _add_config_options(train)
+    add_config_options(train)
     train.set_defaults(func=cmd_baseline_train)
     evaluate = base_cmds.add_parser("eval", help="re-evaluate a trained run folder")
     evaluate.add_argument("run", help="run folder written by baseline train")
@@ -237,25 +196,25 @@ def make_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_baseline_eval)
 
     fit = commands.add_parser("fit", help="train center codecs + server mapper, evaluate, write a report")
-    _add_config_options(fit)
+    add_config_options(fit)
     fit.add_argument("--mode", choices=IMAGE_MODES, help="image-encoder training mode")
     fit.set_defaults(func=cmd_fit)
 
     demo = commands.add_parser(
         "demo", help="Privacy-SF vs raw U-Net on icbm152-tissue (about 5 min on 2 cores)"
     )
-    _add_config_options(demo, default_dataset="icbm152-tissue")
+    add_config_options(demo, default_dataset="icbm152-tissue")
     demo.set_defaults(func=cmd_demo)
 
     ablate = commands.add_parser("ablate", help="Dice with each server-side code augmentation on/off")
-    _add_config_options(ablate)
+    add_config_options(ablate)
     ablate.set_defaults(func=cmd_ablate)
 
     attack = commands.add_parser(
         "attack",
         help="run every attack against each mode × key setting; attack table and privacy–utility curve",
     )
-    _add_config_options(attack)
+    add_config_options(attack)
     attack.add_argument("--modes", nargs="+", choices=IMAGE_MODES, help="image-encoder modes to attack")
     attack.add_argument("--lambdas", nargs="+", type=float, help="private-mode weights λ to try")
     attack.add_argument("--keys", nargs="+", choices=KEY_SETTINGS, help="key settings to compare")
@@ -269,7 +228,7 @@ def make_parser() -> argparse.ArgumentParser:
     attack.set_defaults(func=cmd_attack)
 
     payload = commands.add_parser("payload", help="bytes per query (image code up + mask code down)")
-    _add_config_options(payload)
+    add_config_options(payload)
     payload.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     payload.add_argument("--classes", type=int, default=3, help="mask classes incl. background")
     payload.set_defaults(func=cmd_payload)
@@ -286,7 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="multi-center modes (alone, pooled, FedAvg codecs, raw U-Net pooled/FedAvg) on each center's "
         "test set, on Flower",
     )
-    _add_config_options(federate, default_dataset="brain-3c")
+    add_config_options(federate, default_dataset="brain-3c")
     where = federate.add_mutually_exclusive_group()
     where.add_argument(
         "--simulate", action="store_true", help="run the Flower app in simulation on this machine (default)"
