@@ -39,6 +39,6 @@ def test_phantom_split_never_shares_a_case():
     assert train and test and not (train & test)
 
 
-def test_bad_fractions():
-    with pytest.raises(ConfigError, match="fractions"):
-        split_cases(["a", "b", "c"], 0.6, 0.5, seed=0)
+def test_too_few_units_for_the_fractions():
+    with pytest.raises(ConfigError, match="2 units are too few"):
+        split_cases(["a", "b"], 0.3, 0.3, seed=0)

@@ -20,11 +20,7 @@ SLAB_GUARD = 1
 
 
 def _counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int, int]:
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ConfigError(
-            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in (0, 1) "
-            "with a sum < 1 (every network early-stops on the validation split)"
-        )
+    """Units per split; the fractions themselves are checked once, by ``DataConfig``."""
     n_test = max(1, round(n * test_fraction))
     n_val = max(1, round(n * val_fraction))
     n_train = n - n_test - n_val
