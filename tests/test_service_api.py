@@ -287,3 +287,14 @@ def test_a_job_mixing_code_spaces_is_refused_before_it_is_queued(api, other, dif
     refused(response, 400, "different code spaces")
     assert difference in response.json()["detail"]
     assert api.client.get("/jobs", headers=api.auth("A")).json() == jobs_before
+
+
+def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
+    """A permuted (keyed) dataset needs ``mapper.kind=transformer``; the cnn is refused with the reason."""
+    keyed = api.upload("A", bundle(scan="keyed"), name="keyed").json()
+    assert api.wait("A", api.train("A", [keyed["id"]]).json()["id"])["error"].count("transformer") == 1
+    transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2}
+    job = api.wait("A", api.train("A", [keyed["id"]], mapper=transformer).json()["id"])
+    assert job["status"] == "done", job
+    mapped = decode_codes(api.map("A", job["model_id"], codes(3, "image", scan="keyed")).content)
+    assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"

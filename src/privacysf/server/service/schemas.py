@@ -56,8 +56,17 @@ else:
     MapperSettings = center_settings(
         "MapperSettings",
         MapperConfig,
-        {"width": Field(le=512), "cycles": Field(le=8), "kernel": Field(le=15), "use_position": Field()},
-        "The cnn mapper's settings of MapperConfig, capped so one job cannot ask for an absurd network.",
+        {
+            "kind": Field(),
+            "width": Field(le=512),
+            "cycles": Field(le=8),
+            "kernel": Field(le=15),
+            "use_position": Field(),
+            "depth": Field(le=8),
+            "heads": Field(le=16),
+        },
+        "MapperConfig's network settings, capped so one job cannot ask for an absurd network; "
+        "``kind=transformer`` learns through a secret token permutation (keyed uploads).",
     )
 
 
