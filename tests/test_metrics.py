@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from privacysf.metrics import SegmentationMetric, segmentation_scores
+from privacysf.data.cases import Case
+from privacysf.data.prepare import DatasetInfo, PreparedData
+from privacysf.data.preprocess import SliceSet, slice_case
+from privacysf.metrics import SegmentationMetric, case_volume_scores, segmentation_scores, summarize_cases
+from privacysf.metrics.evaluation import score_test
 
 
 def squares(shift: int):
@@ -79,3 +83,77 @@ def test_over_cases_weighs_each_case_once():
     assert summary["over_cases"]["n_cases"] == 2
     assert summary["over_cases"]["dice"]["mean"] == pytest.approx(0.5)  # over cases
     assert summary["over_cases"]["dice"]["std"] == pytest.approx(0.5)
+
+
+def two_case_test_split():
+    """Case "a": a 2x2 lesion on slice 0 and a 4x4 one on slice 1, predicted on slice 0 only.
+    Case "b": a 2x2 lesion on slice 2 of 6, missed entirely. Class "cyst" is in neither truth.
+    Slices are 2 mm apart, pixels 1 mm; rows are shuffled so a case's slices are not in order."""
+    truth = {"a": np.zeros((3, 8, 8), int), "b": np.zeros((6, 8, 8), int)}
+    truth["a"][0, 2:4, 2:4] = 1
+    truth["a"][1, 2:6, 2:6] = 1
+    truth["b"][2, 3:5, 3:5] = 1
+    pred = {"a": np.zeros((3, 8, 8), int), "b": np.zeros((6, 8, 8), int)}
+    pred["a"][0, 2:4, 2:4] = 1
+    rng = np.random.default_rng(0)
+    parts = [
+        slice_case(Case(c, rng.random(t.shape), t, (2.0, 1.0, 1.0)), 0, 8, "minmax", (0, 1), False)
+        for c, t in truth.items()
+    ]
+    order = rng.permutation(9)
+    test = SliceSet.concatenate(parts, 8).subset(order)
+    info = DatasetInfo("toy", ["background", "lesion", "cyst"], "minmax", True, 0)
+    return np.concatenate([pred["a"], pred["b"]])[order], PreparedData(info, test, test, test)
+
+
+def test_missed_lesion_slice_rule_foreground_only_and_3d():
+    pred, data = two_case_test_split()
+    summary = score_test(pred, data)
+    # Slices: case a scores lesion Dice 1, 0, 1; case b 1, 1, 0, 1, 1, 1 (empty slices count as 1).
+    assert summary["per_class"]["lesion"]["dice"]["mean"] == pytest.approx(7 / 9)
+    # Only the three slices holding the lesion: 1, 0, 0.
+    fg = summary["foreground_only"]
+    assert fg["per_class"]["lesion"]["dice"]["mean"] == pytest.approx(1 / 3)
+    assert fg["per_class"]["lesion"]["n"] == 3
+    assert fg["mean"]["dice"]["mean"] == pytest.approx(1 / 3)  # the absent cyst does not count
+    # 3-D: case a overlaps 4 of 20 true voxels with 4 predicted, 2*4/(20+4); case b none.
+    volume = summary["per_case_3d"]
+    assert volume["n_cases"] == 2
+    assert volume["cases"]["a"]["per_class"]["lesion"]["dice"] == pytest.approx(1 / 3)
+    assert volume["cases"]["b"]["per_class"]["lesion"]["dice"] == 0.0
+    assert volume["per_class"]["lesion"]["dice"]["mean"] == pytest.approx(1 / 6)
+    assert volume["per_class"]["lesion"]["dice"]["std"] == pytest.approx(1 / 6)
+    assert volume["foreground_only"]["mean"]["dice"]["mean"] == pytest.approx(1 / 6)
+    # A missed lesion's distance is the volume's diagonal, through-plane spacing included.
+    assert volume["cases"]["b"]["per_class"]["lesion"]["hd95"] == pytest.approx(np.sqrt(12**2 + 8**2 + 8**2))
+    assert [volume["cases"][c]["n_slices"] for c in "ab"] == [3, 6]
+    assert volume["cases"]["b"]["present"] == ["lesion"]
+
+
+def test_absent_class_is_flagged_not_scored_silently():
+    pred, data = two_case_test_split()
+    summary = score_test(pred, data)
+    for scored in (summary, summary["per_case_3d"]):
+        assert scored["absent_classes"] == ["cyst"]
+        assert scored["per_class"]["cyst"]["absent"] is True
+        assert "absent" not in scored["per_class"]["lesion"]
+        assert scored["foreground_only"]["per_class"]["cyst"] == {"n": 0, "absent": True}
+
+
+def test_case_volume_stacks_present_slices_in_order_with_mm_through_plane():
+    # One case, slices 0, 1, 5, 6 present (2, 3, 4 dropped), rows out of order. Truth: a 2x2 block on
+    # slices 0 and 1; prediction: the same block on slices 5 and 6. Stacked in slice order the
+    # volume is 0, 1, 5, 6: every voxel is 1 or 2 slices from the other side (the gap is closed).
+    slice_index = np.array([6, 0, 5, 1])
+    truth = np.zeros((4, 6, 6), int)
+    truth[np.isin(slice_index, [0, 1]), 2:4, 2:4] = 1
+    pred = np.zeros((4, 6, 6), int)
+    pred[np.isin(slice_index, [5, 6]), 2:4, 2:4] = 1
+    spacing = np.full((4, 2), 0.5)
+    rows, scores = case_volume_scores(pred, truth, 2, ["c"] * 4, slice_index, spacing, np.full(4, 3.0))
+    assert scores.hd95[0, 0] == pytest.approx(2 * 3.0)  # 2 slices of 3 mm
+    assert scores.assd[0, 0] == pytest.approx(1.5 * 3.0)  # half the voxels 1 slice away, half 2
+    assert scores.dice[0, 0] == 0.0
+    summary = summarize_cases(rows, slice_index, scores, ["background", "x"])
+    assert summary["cases"]["c"]["contiguous"] is False
+    assert summary["cases"]["c"]["n_slices"] == 4

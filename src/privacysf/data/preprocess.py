@@ -19,7 +19,9 @@ class SliceSet:
     """2-D slices ready for a network.
 
     ``images`` is (N, 1, S, S) float32, ``masks`` is (N, S, S) int64, ``spacing`` is (N, 2) mm per pixel
-    after resizing, so surface distances stay in millimetres.
+    after resizing, so surface distances stay in millimetres. ``slice_spacing`` is (N,) mm between
+    neighbouring slices of the case along the slicing axis, so a case's slices restacked into a volume
+    (3-D metrics) keep millimetre distances through the plane too.
     """
 
     images: np.ndarray
@@ -27,6 +29,7 @@ class SliceSet:
     spacing: np.ndarray
     case_ids: list[str]
     slice_index: np.ndarray
+    slice_spacing: np.ndarray
 
     def __len__(self) -> int:
         return len(self.images)
@@ -40,6 +43,7 @@ class SliceSet:
             self.spacing[index],
             [self.case_ids[i] for i in index],
             self.slice_index[index],
+            self.slice_spacing[index],
         )
 
     @staticmethod
@@ -51,6 +55,7 @@ class SliceSet:
                 np.zeros((0, 2), np.float32),
                 [],
                 np.zeros(0, np.int64),
+                np.zeros(0, np.float32),
             )
         return SliceSet(
             np.concatenate([p.images for p in parts]),
@@ -58,6 +63,7 @@ class SliceSet:
             np.concatenate([p.spacing for p in parts]),
             [c for p in parts for c in p.case_ids],
             np.concatenate([p.slice_index for p in parts]),
+            np.concatenate([p.slice_spacing for p in parts]),
         )
 
 
@@ -113,4 +119,5 @@ def slice_case(case: Case, axis: int, size: int, method: str, ct_window, drop_em
         spacing=spacing,
         case_ids=[case.case_id] * len(index),
         slice_index=index.astype(np.int64),
+        slice_spacing=np.full(len(index), case.spacing[axis], np.float32),
     )

@@ -1,13 +1,16 @@
 """Dice, IoU, HD95 and ASSD (mm) per class, on MONAI's metric functions, with one empty-mask rule.
 
-The rule (docs/metrics.md), applied per image and per foreground class:
+The rule (docs/metrics.md), applied per image (a 2-D slice or a 3-D case volume) and per foreground
+class:
 
 - prediction and truth both empty: Dice = IoU = 1 and HD95 = ASSD = 0;
 - exactly one empty: Dice = IoU = 0 and HD95 = ASSD = the image diagonal in mm;
-- otherwise MONAI's values, with distances in mm from the pixel spacing.
+- otherwise MONAI's values, with distances in mm from the pixel (voxel) spacing.
 
 MONAI would return NaN (and warn) for distances with an empty side; a silently dropped NaN flatters a
-model that misses structures, so the rule replaces it with the worst possible distance instead.
+model that misses structures, so the rule replaces it with the worst possible distance instead. The
+rule still scores "nothing predicted where nothing is" as perfect, so summaries also give the
+foreground-only figures (images whose truth holds the class) and name the classes the truth never holds.
 """
 
 from __future__ import annotations
@@ -31,15 +34,28 @@ METRICS = ("dice", "iou", "hd95", "assd")
 
 @dataclass
 class SegmentationScores:
-    """Per-image, per-foreground-class scores, each an (N, K-1) array."""
+    """Per-image, per-foreground-class scores, each an (N, K-1) array.
+
+    ``present`` is True where the image's truth holds the class: the rows a foreground-only figure
+    averages over.
+    """
 
     dice: np.ndarray
     iou: np.ndarray
     hd95: np.ndarray
     assd: np.ndarray
+    present: np.ndarray
 
     def get(self, name: str) -> np.ndarray:
         return getattr(self, name)
+
+    @staticmethod
+    def concatenate(parts: list[SegmentationScores]) -> SegmentationScores:
+        """The rows of several scorings, in order (batches, or one volume per case)."""
+        if not parts:
+            raise ValueError("no batch was scored")
+        fields = (*METRICS, "present")
+        return SegmentationScores(*(np.concatenate([p.get(f) for p in parts]) for f in fields))
 
 
 def segmentation_scores(
@@ -48,20 +64,28 @@ def segmentation_scores(
     num_classes: int,
     spacing: np.ndarray | None = None,
 ) -> SegmentationScores:
-    """Score label maps ``pred`` and ``truth`` of shape (N, H, W); ``spacing`` is (N, 2) mm/pixel."""
+    """Score label maps ``pred`` and ``truth`` of shape (N, H, W) or (N, D, H, W).
+
+    ``spacing`` is (N, 2) or (N, 3) mm per pixel or voxel along each spatial axis (1 when omitted).
+    """
     pred_t = torch.as_tensor(np.asarray(pred), dtype=torch.long)
     truth_t = torch.as_tensor(np.asarray(truth), dtype=torch.long)
-    if pred_t.shape != truth_t.shape or pred_t.ndim != 3:
-        raise ValueError(f"pred {tuple(pred_t.shape)} and truth {tuple(truth_t.shape)} must be (N, H, W)")
-    n, height, width = truth_t.shape
-    spacing = np.ones((n, 2)) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    if pred_t.shape != truth_t.shape or pred_t.ndim not in (3, 4):
+        raise ValueError(
+            f"pred {tuple(pred_t.shape)} and truth {tuple(truth_t.shape)} must be (N, H, W) or (N, D, H, W)"
+        )
+    n, *shape = truth_t.shape
+    spacing = np.ones((n, len(shape))) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (n, len(shape)):
+        raise ValueError(f"spacing {spacing.shape} must be (N, {len(shape)}) for {tuple(truth_t.shape)} maps")
     p = one_hot(pred_t[:, None], num_classes)[:, 1:]
     t = one_hot(truth_t[:, None], num_classes)[:, 1:]
     dice = compute_dice(p, t, include_background=True, ignore_empty=False).numpy()
     iou = compute_iou(p, t, include_background=True, ignore_empty=False).numpy()
-    p_empty = (p.sum(dim=(2, 3)) == 0).numpy()
-    t_empty = (t.sum(dim=(2, 3)) == 0).numpy()
-    diagonal = np.sqrt((height * spacing[:, 0]) ** 2 + (width * spacing[:, 1]) ** 2)
+    spatial_dims = tuple(range(2, p.ndim))
+    p_empty = (p.sum(dim=spatial_dims) == 0).numpy()
+    t_empty = (t.sum(dim=spatial_dims) == 0).numpy()
+    diagonal = np.sqrt(((np.asarray(shape) * spacing) ** 2).sum(axis=1))
     hd95 = np.where(p_empty & t_empty, 0.0, diagonal[:, None] * np.ones_like(dice))
     assd = hd95.copy()
     both = np.argwhere(~p_empty & ~t_empty)
@@ -79,7 +103,7 @@ def segmentation_scores(
             assd[rows, cols] = compute_average_surface_distance(
                 pairs_p, pairs_t, include_background=True, symmetric=True, spacing=pair_spacing
             )[:, 0].numpy()
-    return SegmentationScores(dice.astype(float), iou.astype(float), hd95, assd)
+    return SegmentationScores(dice.astype(float), iou.astype(float), hd95, assd, ~t_empty)
 
 
 class MeanStd(TypedDict):
@@ -87,45 +111,138 @@ class MeanStd(TypedDict):
     std: float
 
 
-class Summary(TypedDict, total=False):
+class ClassScores(TypedDict, total=False):
+    """One foreground class: each metric's mean ± std over images, and what the figures stand on."""
+
+    dice: MeanStd
+    iou: MeanStd
+    hd95: MeanStd
+    assd: MeanStd
+    n: int
+    """Images averaged over; in ``foreground_only``, those whose truth holds the class."""
+    absent: bool
+    """No image's truth holds the class: its empty-rule figures only measure false alarms."""
+
+
+class ForegroundOnly(TypedDict, total=False):
+    """Figures over the images whose truth holds a class, so empty images scored 1 cannot hide a miss."""
+
+    n_images: int
+    """Images whose truth holds at least one foreground class."""
+    per_class: dict[str, ClassScores]
+    mean: dict[str, MeanStd]
+    """Each such image's mean over the classes its truth holds, then mean ± std over those images
+    (left out when no image holds any class)."""
+
+
+class Scored(TypedDict, total=False):
+    """What a summary over slices and one over case volumes both hold."""
+
+    per_class: dict[str, ClassScores]
+    """Foreground class name -> metric -> mean ± std over images (empty-mask rule)."""
+    mean: dict[str, MeanStd]
+    """Metric -> mean ± std over images of the per-image foreground-class mean (empty-mask rule)."""
+    foreground_only: ForegroundOnly
+    absent_classes: list[str]
+    """Foreground classes no image's truth holds (flagged ``absent`` in ``per_class``)."""
+
+
+class CaseScores(TypedDict):
+    """One test case's volume: how it was stacked and each class's 3-D scores."""
+
+    n_slices: int
+    contiguous: bool
+    """False when slices are missing between the case's first and last test slice (stacked anyway)."""
+    present: list[str]
+    """Classes the case's truth holds."""
+    per_class: dict[str, dict[str, float]]
+
+
+class VolumeSummary(Scored, total=False):
+    """3-D figures: each test case's slices stacked into one volume, then mean ± std over cases."""
+
+    n_cases: int
+    cases: dict[str, CaseScores]
+
+
+class Summary(Scored, total=False):
     """What :func:`summarize` returns (and ``metrics.json`` stores under ``test``)."""
 
     n_images: int
-    per_class: dict[str, dict[str, MeanStd]]
-    """Foreground class name -> metric -> mean ± std over images."""
-    mean: dict[str, MeanStd]
-    """Metric -> mean ± std over images of the per-image foreground-class mean."""
     over_cases: dict[str, Any]
     """``n_cases`` and, per metric, mean ± std over cases of each case's image mean."""
     n_cases: int
     unit: str
     distance_unit: str
+    per_case_3d: VolumeSummary
+
+
+def _mean_std(values: np.ndarray) -> MeanStd:
+    return {"mean": float(values.mean()), "std": float(values.std())}
+
+
+def _class_scores(scores: SegmentationScores, column: int, rows: np.ndarray) -> ClassScores:
+    """A class's metrics over the images selected by the boolean ``rows``."""
+    pick = {m: _mean_std(scores.get(m)[rows, column]) for m in METRICS}
+    return {
+        "dice": pick["dice"],
+        "iou": pick["iou"],
+        "hd95": pick["hd95"],
+        "assd": pick["assd"],
+        "n": int(rows.sum()),
+    }
+
+
+def score_classes(scores: SegmentationScores, class_names: list[str]) -> Scored:
+    """Per class and mean, with the empty-mask rule and foreground-only, and the absent classes.
+
+    A foreground-only per-image mean averages the classes that image's truth holds, so an image with
+    one of three classes is judged on that class alone.
+    """
+    everywhere = np.ones(len(scores.dice), bool)
+    per_class: dict[str, ClassScores] = {}
+    foreground: dict[str, ClassScores] = {}
+    absent: list[str] = []
+    for k, name in enumerate(class_names[1:]):
+        per_class[name] = _class_scores(scores, k, everywhere)
+        if scores.present[:, k].any():
+            foreground[name] = _class_scores(scores, k, scores.present[:, k])
+        else:
+            absent.append(name)
+            per_class[name]["absent"] = True
+            foreground[name] = {"n": 0, "absent": True}
+    holding = scores.present.any(axis=1)
+    foreground_only: ForegroundOnly = {"n_images": int(holding.sum()), "per_class": foreground}
+    if holding.any():
+        weights = scores.present[holding]
+        foreground_only["mean"] = {
+            m: _mean_std((scores.get(m)[holding] * weights).sum(axis=1) / weights.sum(axis=1))
+            for m in METRICS
+        }
+    return {
+        "per_class": per_class,
+        "mean": {m: _mean_std(scores.get(m).mean(axis=1)) for m in METRICS},
+        "foreground_only": foreground_only,
+        "absent_classes": absent,
+    }
 
 
 def summarize(
     scores: SegmentationScores, class_names: list[str], case_ids: list[str] | None = None
 ) -> Summary:
-    """Mean ± std over images per foreground class, and of the per-image class mean, with n.
+    """:func:`score_classes` over images, with n.
 
     With ``case_ids`` (one per image) it also gives ``over_cases``: each case's images averaged first,
     then mean ± std over cases, so a patient with many slices does not outweigh one with few.
     """
-    summary: Summary = {"n_images": int(len(scores.dice)), "per_class": {}, "mean": {}}
-    foreground = class_names[1:]
-    for k, name in enumerate(foreground):
-        summary["per_class"][name] = {
-            m: {"mean": float(scores.get(m)[:, k].mean()), "std": float(scores.get(m)[:, k].std())}
-            for m in METRICS
-        }
+    summary: Summary = {"n_images": int(len(scores.dice)), **score_classes(scores, class_names)}
     if case_ids is not None:
         cases, owner = np.unique(np.asarray(case_ids), return_inverse=True)
         summary["over_cases"] = {"n_cases": len(cases)}
-    for m in METRICS:
-        per_image = scores.get(m).mean(axis=1)
-        summary["mean"][m] = {"mean": float(per_image.mean()), "std": float(per_image.std())}
-        if case_ids is not None:
+        for m in METRICS:
+            per_image = scores.get(m).mean(axis=1)
             per_case = np.bincount(owner, weights=per_image) / np.bincount(owner)
-            summary["over_cases"][m] = {"mean": float(per_case.mean()), "std": float(per_case.std())}
+            summary["over_cases"][m] = _mean_std(per_case)
     return summary
 
 
@@ -143,9 +260,7 @@ class SegmentationMetric:
         return scores
 
     def scores(self) -> SegmentationScores:
-        if not self._parts:
-            raise ValueError("no batch was scored")
-        return SegmentationScores(*(np.concatenate([p.get(m) for p in self._parts]) for m in METRICS))
+        return SegmentationScores.concatenate(self._parts)
 
     def aggregate(self) -> Summary:
         return summarize(self.scores(), self.class_names)
