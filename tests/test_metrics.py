@@ -8,6 +8,7 @@ from privacysf.data.prepare import DatasetInfo, PreparedData
 from privacysf.data.preprocess import SliceSet, slice_case
 from privacysf.metrics import SegmentationMetric, case_volume_scores, segmentation_scores, summarize_cases
 from privacysf.metrics.evaluation import score_test
+from privacysf.workflows.fit_report import scores_section
 
 
 def squares(shift: int):
@@ -157,3 +158,17 @@ def test_case_volume_stacks_present_slices_in_order_with_mm_through_plane():
     summary = summarize_cases(rows, slice_index, scores, ["background", "x"])
     assert summary["cases"]["c"]["contiguous"] is False
     assert summary["cases"]["c"]["n_slices"] == 4
+
+
+def test_fit_report_shows_3d_and_foreground_only_beside_slice_dice_and_names_absent_classes():
+    pred, data = two_case_test_split()
+    metrics = {
+        "privacysf": {"test": score_test(pred, data)},
+        "raw_unet": {"test": score_test(data.test.masks, data)},
+    }
+    text = scores_section(metrics).text()
+    privacysf, unet = (line for line in text.splitlines() if line.startswith(("| Privacy-SF", "| raw U-Net")))
+    # slice Dice (empty rule), foreground only, then 3-D per case: a missed lesion shows in the last two
+    assert "| 0.889 ± " in privacysf and "| 0.333 ± 0.471 |" in privacysf and "| 0.167 ± 0.167 |" in privacysf
+    assert privacysf.count("1.000 ± 0.000") == 0 and unet.count("1.000 ± 0.000") == 3
+    assert "Absent from the test split: cyst." in text

@@ -45,15 +45,66 @@ def save_code_pictures(path: Path, center: Center, data: PreparedData) -> None:
     )
 
 
-def _scores(name: str, test: dict) -> list[str]:
+def _mean_std(figures: dict | None, metric: str, digits: int) -> str | None:
+    """``mean ± std`` of one metric in a summary section, or None (a dash) where the section is missing."""
+    if not figures or metric not in figures:
+        return None
+    return plus_minus(figures[metric]["mean"], figures[metric]["std"], digits)
+
+
+def _scores(name: str, test: dict) -> list[str | None]:
     m = test["mean"]
+    volume = test.get("per_case_3d", {}).get("foreground_only", {}).get("mean")
     return [
         name,
-        plus_minus(m["dice"]["mean"], m["dice"]["std"], 3),
+        _mean_std(m, "dice", 3),
+        _mean_std(test.get("foreground_only", {}).get("mean"), "dice", 3),
         f"{m['iou']['mean']:.3f}",
-        plus_minus(m["hd95"]["mean"], m["hd95"]["std"], 2),
-        plus_minus(m["assd"]["mean"], m["assd"]["std"], 2),
+        _mean_std(m, "hd95", 2),
+        _mean_std(m, "assd", 2),
+        _mean_std(volume, "dice", 3),
+        _mean_std(volume, "hd95", 2),
     ]
+
+
+def scores_section(metrics: dict) -> Markdown:
+    """The test table: slice figures (empty-mask rule and foreground only) beside 3-D per-case ones,
+    for Privacy-SF and the raw U-Net, and the classes the test split lacks."""
+    test = metrics["privacysf"]["test"]
+    unit = test.get("distance_unit", "mm")
+    rows = [_scores("Privacy-SF", test)]
+    if "raw_unet" in metrics:
+        rows.append(_scores("raw U-Net (sees pixels)", metrics["raw_unet"]["test"]))
+    header = [
+        "method",
+        "slice Dice",
+        "slice Dice, foreground only",
+        "slice IoU",
+        f"slice HD95 ({unit})",
+        f"slice ASSD ({unit})",
+        "3-D Dice per case",
+        f"3-D HD95 per case ({unit})",
+    ]
+    section = (
+        Markdown()
+        .table(header, rows)
+        .paragraph(
+            f"Slice figures are mean ± std over {test['n_images']} test slices, each slice's mean over "
+            'foreground classes; "slice Dice" scores a class that is neither true nor predicted on a '
+            'slice as 1, "foreground only" averages only the classes each slice\'s truth holds. 3-D '
+            "figures stack each test case's slices into one volume and average the classes each case "
+            f"holds, then mean ± std over {test.get('per_case_3d', {}).get('n_cases', '–')} case(s) "
+            "(docs/metrics.md)."
+        )
+    )
+    absent = test.get("absent_classes")
+    if absent:
+        section.banner(
+            f"Absent from the test split: {', '.join(absent)}. No test slice holds these classes, so "
+            "they are left out of the foreground-only and 3-D figures; their slice-Dice share only "
+            "measures false alarms."
+        )
+    return section
 
 
 def _facts(metrics: dict) -> list[str]:
@@ -63,8 +114,8 @@ def _facts(metrics: dict) -> list[str]:
     cases = p["test"]["over_cases"]
     if cases["n_cases"] > 1:
         facts.append(
-            f"Privacy-SF Dice over {cases['n_cases']} test cases (each case averaged first): "
-            + plus_minus(cases["dice"]["mean"], cases["dice"]["std"], 3)
+            f"Privacy-SF slice Dice over {cases['n_cases']} test cases (each case's slices averaged "
+            "first): " + plus_minus(cases["dice"]["mean"], cases["dice"]["std"], 3)
         )
     if "dice_ratio_vs_unet" in metrics:
         facts.append(f"Privacy-SF / raw U-Net mean Dice: {metrics['dice_ratio_vs_unet']:.3f}")
@@ -80,10 +131,6 @@ def _facts(metrics: dict) -> list[str]:
 
 def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
     p = metrics["privacysf"]
-    unit = p["test"].get("distance_unit", "mm")
-    scores = [_scores("Privacy-SF", p["test"])]
-    if "raw_unet" in metrics:
-        scores.append(_scores("raw U-Net (sees pixels)", metrics["raw_unet"]["test"]))
     (
         Markdown()
         .heading(f"Privacy-SF on {metrics['dataset']}", 1)
@@ -95,7 +142,7 @@ def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
             f"{metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
             "Config: `config.json`."
         )
-        .table(["method", "Dice", "IoU", f"HD95 ({unit})", f"ASSD ({unit})"], scores)
+        .extend(scores_section(metrics))
         .bullets(_facts(metrics))
         .heading("Test overlays (image | truth | predictions)")
         .figure("overlays", "figures/overlays.png")
