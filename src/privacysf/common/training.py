@@ -65,9 +65,10 @@ class FitResult:
         For example ``center mask codec: 12 epochs (early stop), best validation score 0.8662 at
         epoch 3, 53 s``. Epochs are counted from 1 here, as a reader counts them.
         """
+        epochs = f"{self.epochs_trained} epoch{'' if self.epochs_trained == 1 else 's'}"
         stop = " (early stop)" if self.stopped_early else ""
         return (
-            f"{desc}: {self.epochs_trained} epochs{stop}, best validation score {self.best_score:.4f} "
+            f"{desc}: {epochs}{stop}, best validation score {self.best_score:.4f} "
             f"at epoch {self.best_epoch + 1}, {self.seconds:.0f} s"
         )
 

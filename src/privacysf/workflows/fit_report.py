@@ -113,7 +113,7 @@ def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
             f"{cfg.data.size // cfg.codec.downsample}² token grid ({cfg.codec.image_channels} values per "
             f"image token, {cfg.codec.mask_channels} per mask token, sent as {p['wire_dtype']}), "
             f"at most {cfg.train.epochs} epochs per network (early stopping after {cfg.train.patience} "
-            f"epochs without a better validation score), seed {cfg.train.seed}. Split: "
+            f"epoch(s) without a better validation score), seed {cfg.train.seed}. Split: "
             f"{metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
             "Config: `config.json`."
         )
