@@ -20,7 +20,9 @@ def add_config_options(parser: argparse.ArgumentParser, default_dataset: str | N
     parser.add_argument("--seed", type=int, help="seed of the split and of training")
     parser.add_argument("--device", help="auto (default), cpu or cuda")
     parser.add_argument("--out", help="folder that receives the run folder (default runs/)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (one line per network still prints)"
+    )
     parser.add_argument(
         "--set",
         action="append",

@@ -4,12 +4,17 @@ Every network of the project (raw U-Net, mask codec, image encoder, server mappe
 :func:`fit`, so early stopping, checkpointing and progress reporting behave the same everywhere. The
 loop only sees callables, which keeps it free of any data handling: the server uses it on codes, the
 center on images.
+
+Each call ends with one summary line on standard output, progress bars or not (``train.progress``
+only switches the bars off): a quiet run of half an hour still says which stage finished, after how
+many epochs and how well.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,12 +35,42 @@ EpochHook = Callable[[dict[str, float]], None]
 class FitResult:
     best_score: float
     best_epoch: int
+    """Index of the best epoch in ``history`` (counted from 0, as its ``epoch`` entries are)."""
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     memory: MemoryUse | None = None
     """Peak memory while this network trained (a published training cost, see ``privacysf bench``)."""
     epochs_run: int = 0
     """Epochs trained by this call (fewer than the history holds when it resumed)."""
+    stopped_early: bool = False
+    """Whether early stopping ended training before ``train.epochs``."""
+
+    @property
+    def epochs_trained(self) -> int:
+        """Epochs the network trained in all, resumed ones included (what a report must state)."""
+        return len(self.history)
+
+    def outcome(self) -> dict:
+        """How training ended, as published in metrics files beside :meth:`cost`."""
+        return {
+            "epochs_run": self.epochs_trained,
+            "stopped_early": self.stopped_early,
+            "best_epoch": self.best_epoch,
+            "best_val_score": self.best_score,
+        }
+
+    def summary(self, desc: str) -> str:
+        """The stage's one line: name, epochs trained, best validation score and its epoch, seconds.
+
+        For example ``center mask codec: 12 epochs (early stop), best validation score 0.8662 at
+        epoch 3, 53 s``. Epochs are counted from 1 here, as a reader counts them.
+        """
+        epochs = f"{self.epochs_trained} epoch{'' if self.epochs_trained == 1 else 's'}"
+        stop = " (early stop)" if self.stopped_early else ""
+        return (
+            f"{desc}: {epochs}{stop}, best validation score {self.best_score:.4f} "
+            f"at epoch {self.best_epoch + 1}, {self.seconds:.0f} s"
+        )
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -137,11 +172,15 @@ def fit(
                 break
         bar.close()
         seconds = time.perf_counter() - start
-    if cfg.progress:
-        tqdm.write(f"{desc}: best validation score {best_score:.4f} at epoch {best_epoch} ({seconds:.0f} s)")
     if best_state is not None:
         for k, m in parts.items():
             m.load_state_dict(best_state[k])
     for m in parts.values():
         m.eval()
-    return FitResult(best_score, best_epoch, history, seconds, peak.result, len(history) - epochs_before)
+    stopped_early = bool(history) and history[-1]["epoch"] < cfg.epochs - 1
+    result = FitResult(
+        best_score, best_epoch, history, seconds, peak.result, len(history) - epochs_before, stopped_early
+    )
+    tqdm.write(result.summary(desc), file=sys.stdout)
+    sys.stdout.flush()  # a run piped to a log file shows each stage as it ends
+    return result

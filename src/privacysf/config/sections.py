@@ -66,6 +66,7 @@ class DataConfig(ConfigModel):
     """``auto`` (from the dataset's modality), ``mr`` (percentile clip + z-score), ``ct`` (HU window)
     or ``minmax``."""
     ct_window: tuple[float, float] = (-160.0, 240.0)
+    """Hounsfield units kept by ``ct`` normalisation (clipped, scaled to [0, 1]): window 400, level 40."""
     num_classes: int | None = Field(None, ge=2)
     """Number of classes including background; read from dataset.json or the registry when unset."""
     drop_empty: bool = True
@@ -118,6 +119,7 @@ class TrainConfig(ConfigModel):
     threads: int | None = Field(None, ge=1)
     """CPU threads for torch; ``None`` keeps torch's default."""
     progress: bool = True
+    """Per-epoch progress bars; each trained network's one-line summary prints either way."""
 
 
 class UNetConfig(ConfigModel):

@@ -108,13 +108,13 @@ class Federation:
                 "center_seconds": round(flower.field(metrics, "seconds", float, 0.0), 3) if metrics else 0.0,
             }
         self.traffic.append(entry)
-        if self.cfg.train.progress:  # long runs show where they are
-            up = sum(c["bytes_up"] for c in centers.values())
-            print(
-                f"privacysf federate: {phase} round {round_}: {len(answers)}/{len(self.members)} centers "
-                f"answered in {seconds:.1f} s, {up} bytes up",
-                flush=True,
-            )
+        # One line per round, --quiet or not (it only hides progress bars): a long run shows where it is.
+        up = sum(c["bytes_up"] for c in centers.values())
+        print(
+            f"privacysf federate: {phase} round {round_}: {len(answers)}/{len(self.members)} centers "
+            f"answered in {seconds:.1f} s, {up} bytes up",
+            flush=True,
+        )
         for m, reason in lost:
             self.drop(m, phase, round_, reason)
         self.save_status("running")

@@ -27,13 +27,7 @@ def train_baseline(cfg: ExperimentConfig) -> tuple[Path, dict]:
         "method": "raw-unet",
         "dataset": data.info.name,
         "test": score_test(pred, data),
-        "training": {
-            "seconds": round(result.seconds, 2),
-            "best_epoch": result.best_epoch,
-            "epochs_run": len(result.history),
-            "best_val_dice": result.best_score,
-            "device": str(device),
-        },
+        "training": {"seconds": round(result.seconds, 2), **result.outcome(), "device": str(device)},
         "split": data.split,
     }
     write_json(run_dir / "metrics.json", metrics)

@@ -61,6 +61,11 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
                 "image_encoder": center_fits["image_encoder"].cost(),
                 "server_mapper": server_fit.cost(),
             },
+            "training": {
+                "mask_codec": center_fits["mask_codec"].outcome(),
+                "image_encoder": center_fits["image_encoder"].outcome(),
+                "server_mapper": server_fit.outcome(),
+            },
         },
     }
     histories = {
@@ -77,6 +82,7 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
             "test": score_test(unet_pred, data),
             "training_seconds": round(unet_fit.seconds, 2),
             "training_cost": unet_fit.cost(),
+            "training": unet_fit.outcome(),
         }
         metrics["dice_ratio_vs_unet"] = metrics["privacysf"]["test"]["mean"]["dice"]["mean"] / max(
             metrics["raw_unet"]["test"]["mean"]["dice"]["mean"], 1e-9

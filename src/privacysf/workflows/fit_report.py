@@ -8,7 +8,7 @@ import numpy as np
 
 from privacysf.center.pipeline import Center
 from privacysf.common.figures import image_grid, pick_rows
-from privacysf.common.markdown import Markdown, plus_minus
+from privacysf.common.markdown import Cell, Markdown, plus_minus
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData
 from privacysf.exchange import decode_codes
@@ -129,6 +129,27 @@ def _facts(metrics: dict) -> list[str]:
     ]
 
 
+def _training_rows(metrics: dict) -> list[list[Cell]]:
+    """Each network's epochs as trained (early stopping included), read from the run's metrics."""
+    p = metrics["privacysf"]
+    networks = {
+        stage.replace("_", " "): (p["training"][stage], p["training_cost"][stage]) for stage in p["training"]
+    }
+    if "raw_unet" in metrics:
+        networks["raw U-Net"] = (metrics["raw_unet"]["training"], metrics["raw_unet"]["training_cost"])
+    return [
+        [
+            name,
+            outcome["epochs_run"],
+            "yes" if outcome["stopped_early"] else "no",
+            outcome["best_epoch"] + 1,  # counted from 1, as a reader counts epochs
+            outcome["best_val_score"],
+            cost["seconds"],
+        ]
+        for name, (outcome, cost) in networks.items()
+    ]
+
+
 def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
     p = metrics["privacysf"]
     (
@@ -138,12 +159,24 @@ def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
             f"Image-encoder mode `{p['mode']}`, {cfg.data.size}² images, codes on a "
             f"{cfg.data.size // cfg.codec.downsample}² token grid ({cfg.codec.image_channels} values per "
             f"image token, {cfg.codec.mask_channels} per mask token, sent as {p['wire_dtype']}), "
-            f"{cfg.train.epochs} epochs per network, seed {cfg.train.seed}. Split: "
+            f"at most {cfg.train.epochs} epochs per network (early stopping after {cfg.train.patience} "
+            f"epoch(s) without a better validation score), seed {cfg.train.seed}. Split: "
             f"{metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
             "Config: `config.json`."
         )
         .extend(scores_section(metrics))
         .bullets(_facts(metrics))
+        .heading("Training (epochs actually run)")
+        .table(
+            ["network", "epochs run", "stopped early", "best epoch", "best validation score", "seconds"],
+            _training_rows(metrics),
+            ["", "d", "", "d", ".4f", ".1f"],
+        )
+        .paragraph(
+            "Validation scores (higher is better): mean Dice for the mask codec and the raw U-Net, the "
+            "image encoder's objective score for its mode, minus the mean squared error of mapped codes "
+            "for the server mapper. Epochs are counted from 1."
+        )
         .heading("Test overlays (image | truth | predictions)")
         .figure("overlays", "figures/overlays.png")
         .heading("What the server receives (codes on their token grid)")
