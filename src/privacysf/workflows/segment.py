@@ -1,7 +1,9 @@
 """``privacysf segment``: one image file in, one mask file out, through a trained run.
 
 The center preprocesses and encodes the image, the server maps the code, the center decodes the
-returned mask code and undoes the resizing, so the mask lands on the input's own voxel grid.
+returned mask code and undoes the resizing and the reorientation to RAS, so the mask is written in
+the input's own geometry: same shape, voxel order and affine/header (NIfTI) or spacing, origin and
+direction (NRRD/MHA) as the input, voxel for voxel.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from privacysf.common.runs import atomic_write
 from privacysf.data.cases import Case
 from privacysf.data.preprocess import restore_slices, slice_case
 from privacysf.data.readers import (
+    ITK_SUFFIXES,
     LPS_TO_RAS,
     NIFTI_SUFFIXES,
     PICTURE_SUFFIXES,
@@ -60,27 +63,12 @@ def segment_file(
 
 
 def _write_mask(tmp: Path, name: str, labels: np.ndarray, volume: Volume) -> None:
-    """Write labels (RAS voxel order, like every scan read here) in the input's physical space."""
-    affine = volume.affine if volume.affine is not None else np.diag([*volume.spacing, 1.0])
+    """Write ``labels`` (laid out like ``volume.array``) voxel for voxel on the input file's own grid."""
+    labels = volume.in_file_order(labels)
     if name.endswith(NIFTI_SUFFIXES):
-        import gzip
-
-        import nibabel as nib
-
-        nifti = nib.Nifti1Image(labels, affine)
-        nifti.set_data_dtype(np.uint8)
-        raw = nifti.to_bytes()
-        tmp.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+        _write_nifti(tmp, name, labels, volume)
     elif name.endswith((".nrrd", ".mha")):
-        import SimpleITK as sitk
-
-        lps = LPS_TO_RAS @ affine  # the flip is its own inverse
-        spacing = np.linalg.norm(lps[:3, :3], axis=0)
-        image = sitk.GetImageFromArray(np.transpose(labels, (2, 1, 0)))
-        image.SetSpacing([float(v) for v in spacing])
-        image.SetDirection([float(v) for v in (lps[:3, :3] / spacing).ravel()])
-        image.SetOrigin([float(v) for v in lps[:3, 3]])
-        sitk.WriteImage(image, str(tmp))
+        _write_itk(tmp, labels, volume)
     elif name.endswith(TIFF_SUFFIXES):
         import tifffile
 
@@ -91,3 +79,45 @@ def _write_mask(tmp: Path, name: str, labels: np.ndarray, volume: Volume) -> Non
         if labels.shape[-1] != 1:
             raise DataError("a PNG can hold one slice only; write a 3-D mask as .nii.gz")
         Image.fromarray(labels[..., 0]).save(tmp, format="PNG")
+
+
+def _write_nifti(tmp: Path, name: str, labels: np.ndarray, volume: Volume) -> None:
+    """A NIfTI input lends its own header (qform, sform, units, ...), so viewers overlay the two."""
+    import gzip
+
+    import nibabel as nib
+
+    if volume.path.name.lower().endswith(NIFTI_SUFFIXES):
+        source = nib.load(str(volume.path))
+        assert isinstance(source, nib.Nifti1Image)  # what nib.load returns for a NIfTI-1 or -2 file
+        nifti = nib.Nifti1Image(labels, source.affine, source.header)
+        nifti.header["cal_min"] = nifti.header["cal_max"] = 0  # the input's display window, not a label's
+    else:
+        nifti = nib.Nifti1Image(labels, volume.file_affine())
+    nifti.set_data_dtype(np.uint8)
+    raw = nifti.to_bytes()
+    tmp.write_bytes(gzip.compress(raw) if name.endswith(".gz") else raw)
+
+
+def _write_itk(tmp: Path, labels: np.ndarray, volume: Volume) -> None:
+    """An ITK input lends its spacing, origin and direction as stored; others convert their affine."""
+    import SimpleITK as sitk
+
+    if volume.path.name.lower().endswith(ITK_SUFFIXES):
+        source = sitk.ImageFileReader()
+        source.SetFileName(str(volume.path))
+        source.ReadImageInformation()  # the geometry only, not the voxels again
+        spacing, origin, direction = source.GetSpacing(), source.GetOrigin(), source.GetDirection()
+        if source.GetDimension() == 2:
+            labels = labels[..., 0]
+    else:
+        lps = LPS_TO_RAS @ volume.file_affine()  # the flip is its own inverse
+        norms = np.linalg.norm(lps[:3, :3], axis=0)
+        spacing = tuple(float(v) for v in norms)
+        origin = tuple(float(v) for v in lps[:3, 3])
+        direction = tuple(float(v) for v in (lps[:3, :3] / norms).ravel())
+    image = sitk.GetImageFromArray(labels.T)  # ITK's arrays are (z, y, x)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(tmp))
