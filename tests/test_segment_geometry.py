@@ -22,7 +22,7 @@ ORIENTATIONS = {
 
 
 def asymmetric_labels(shape=(7, 5, 6)) -> np.ndarray:
-    """An L-shaped label 1 off the centre and a single label-2 voxel in one corner: no flip maps it onto itself."""
+    """An off-centre L of label 1 and one label-2 voxel in a corner: no flip maps it onto itself."""
     labels = np.zeros(shape, np.uint8)
     labels[1:4, 1, 1:3] = 1
     labels[1, 1:4, 1] = 1
