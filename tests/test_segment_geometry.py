@@ -33,7 +33,9 @@ def asymmetric_labels(shape=(7, 5, 6)) -> np.ndarray:
 @pytest.fixture
 def stand_in_segmenter(monkeypatch):
     """Labels = the intensities, in whatever voxel order segment_file hands the volume over."""
-    monkeypatch.setattr(segment, "segment_volume", lambda run, volume, device, server: np.rint(volume.array))
+    monkeypatch.setattr(
+        segment, "load_segmenter", lambda run, device, server: lambda volume: np.rint(volume.array)
+    )
 
 
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
@@ -89,3 +91,22 @@ def test_dicom_series_mask_is_a_nifti_in_the_series_geometry(tmp_path, stand_in_
     np.testing.assert_array_equal(np.asarray(mask.dataobj), truth)  # (columns, rows, slices)
     # DICOM's LPS patient space with identity cosines: in RAS the column and row axes point L and P
     np.testing.assert_allclose(mask.affine, np.diag([-0.8, -0.6, 2.5, 1.0]), atol=1e-6)
+
+
+def test_a_folder_of_images_gives_one_mask_each_named_like_nnunet(tmp_path, stand_in_segmenter, capsys):
+    from privacysf.cli.main import main
+
+    images, first, second = tmp_path / "imagesTs", asymmetric_labels(), asymmetric_labels()[::-1]
+    images.mkdir()
+    nib.save(nib.Nifti1Image(first.astype(np.float32), ORIENTATIONS["RPS"]), str(images / "a_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(second.astype(np.float32), ORIENTATIONS["ASL"]), str(images / "b_0000.nii.gz"))
+    nib.save(nib.Nifti1Image(second.astype(np.float32), ORIENTATIONS["ASL"]), str(images / "b_0001.nii.gz"))
+    assert main(["segment", str(tmp_path), str(images), str(tmp_path / "predictions")]) == 0
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    for name, truth, orientation in [("a", first, "RPS"), ("b", second, "ASL")]:
+        mask = nib.load(str(tmp_path / "predictions" / f"{name}.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(mask.dataobj), truth)
+        np.testing.assert_allclose(mask.affine, ORIENTATIONS[orientation], atol=1e-6)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[1/2] a_0000.nii.gz -> ") and lines[1].startswith("[2/2] b_0000.nii.gz -> ")
+    assert "skipped 1 file(s) of other channels" in lines[2] and lines[3].startswith("2 masks written")
