@@ -68,7 +68,8 @@ def segment_file(
     """Segment one image file (or DICOM series folder) into the mask file ``output``."""
     if output.is_dir():
         raise DataError(f"{output} is a folder; give the mask file to write, e.g. {output / 'mask.nii.gz'}")
-    _check_writable(output)
+    if not output.name.lower().endswith(WRITABLE_SUFFIXES):
+        raise DataError(f"cannot write a mask to {output}: use .nii.gz, .nrrd, .mha, .png or .tif")
     return _segment_into(load_segmenter(run_dir, device, server), image, output)
 
 
@@ -90,6 +91,8 @@ def segment_folder(
     todo = [entry for entry in entries if _channel(entry) in (None, "0000")]
     if not todo:
         raise DataError(f"{images} holds no image files to segment")
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output} is a file; give a folder to write one mask per image into")
     output.mkdir(parents=True, exist_ok=True)
     segmenter = load_segmenter(run_dir, device, server)
     written = []
@@ -115,11 +118,6 @@ def _mask_name(image: Path) -> str:
         (s for s in kept if name.endswith(s)), ".png" if name.endswith(PICTURE_SUFFIXES) else ".nii.gz"
     )
     return CHANNEL_SUFFIX.sub("", file_stem(image)) + suffix
-
-
-def _check_writable(output: Path) -> None:
-    if not output.name.lower().endswith(WRITABLE_SUFFIXES):
-        raise DataError(f"cannot write a mask to {output}: use .nii.gz, .nrrd, .mha, .png or .tif")
 
 
 def _segment_into(segmenter: Segmenter, image: Path, output: Path) -> Path:
