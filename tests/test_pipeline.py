@@ -85,16 +85,16 @@ def test_server_files_hold_no_center_weights(fitted):
 def test_segment_a_nifti_file_onto_its_own_grid(fitted, tmp_path):
     run_dir, _ = fitted
     case = phantom_case(np.random.default_rng(99), 80, "new")
-    image = nib.Nifti1Image(case.image[:, :, :1].repeat(2, axis=2), np.diag([0.5, 0.5, 2.0, 1.0]))
-    nib.save(image, str(tmp_path / "new.nii.gz"))
+    # stored slice axis first, y flipped (S, R, P): segment reorients to RAS, then writes it back
+    in_file_order = lambda a: np.transpose(a[:, ::-1, :1].repeat(2, axis=2), (2, 0, 1))  # noqa: E731
+    affine = np.array([[0, 0.5, 0, -20.0], [0, 0, -0.5, 19.75], [2.0, 0, 0, 3.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(in_file_order(case.image), affine), str(tmp_path / "new.nii.gz"))
     out = segment_file(run_dir, tmp_path / "new.nii.gz", tmp_path / "new_mask.nii.gz", "cpu")
     mask = nib.load(str(out))
-    assert mask.shape == (80, 80, 2)
-    np.testing.assert_allclose(mask.header.get_zooms(), (0.5, 0.5, 2.0))
-    labels = np.asarray(mask.dataobj)
-    truth = case.mask[..., 0]
-    dice = 2 * ((labels[..., 0] > 0) & (truth > 0)).sum() / ((labels[..., 0] > 0).sum() + (truth > 0).sum())
-    assert dice > 0.85
+    assert mask.shape == (2, 80, 80) and nib.aff2axcodes(mask.affine) == ("S", "R", "P")
+    np.testing.assert_array_equal(mask.affine, nib.load(str(tmp_path / "new.nii.gz")).affine)
+    labels, truth = np.asarray(mask.dataobj) > 0, in_file_order(case.mask) > 0
+    assert 2 * (labels & truth).sum() / (labels.sum() + truth.sum()) > 0.85  # on the input's voxels
     # the same mask as MHA lands in the same physical space (read back in RAS order with its affine)
     mha = segment_file(run_dir, tmp_path / "new.nii.gz", tmp_path / "new_mask.mha", "cpu")
     from_nifti, from_mha = read_volume(out), read_volume(mha)

@@ -91,10 +91,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> None:
-    from privacysf.workflows.segment import segment_file
+    from privacysf.data.readers import is_image_entry
+    from privacysf.workflows.segment import segment_file, segment_folder
 
-    out = segment_file(Path(args.run), Path(args.image), Path(args.output), args.device)
-    print(f"mask written to {out}")
+    run, image, output = Path(args.run), Path(args.image), Path(args.output)
+    if image.is_dir() and not is_image_entry(image):  # a folder of images, not one DICOM series
+        written = segment_folder(run, image, output, args.device)
+        print(f"{len(written)} masks written to {output}")
+    else:
+        print(f"mask written to {segment_file(run, image, output, args.device)}")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
@@ -233,10 +238,14 @@ def make_parser() -> argparse.ArgumentParser:
     payload.add_argument("--classes", type=int, default=3, help="mask classes incl. background")
     payload.set_defaults(func=cmd_payload)
 
-    segment = commands.add_parser("segment", help="segment an image file through a trained run")
+    segment = commands.add_parser(
+        "segment", help="segment an image file (or a folder of them) through a trained run"
+    )
     segment.add_argument("run", help="run folder written by privacysf fit")
-    segment.add_argument("image", help="image file or DICOM folder")
-    segment.add_argument("output", help="mask file to write (.nii.gz, .nrrd, .mha, .png or .tif)")
+    segment.add_argument("image", help="image file, DICOM series folder, or folder of images (imagesTs/)")
+    segment.add_argument(
+        "output", help="mask file to write (.nii.gz, .nrrd, .mha, .png or .tif), or a folder for a folder"
+    )
     segment.add_argument("--device", help="auto, cpu or cuda")
     segment.set_defaults(func=cmd_segment)
 

@@ -36,7 +36,37 @@ class Volume:
     stored_dtype: str = "float32"
     """dtype of the values as stored in the file: the size a raw image would have on the wire."""
     affine: np.ndarray | None = None
-    """Voxel-to-world matrix of the (RAS-reoriented) array, where the format has one (NIfTI)."""
+    """Voxel-to-world (RAS) matrix of the RAS-reoriented array, where the format has one (scans)."""
+    orientation: np.ndarray | None = None
+    """nibabel orientation transform that took the file's voxel order to ``array``'s RAS order."""
+
+    def in_file_order(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (laid out like :attr:`array`) back in the file's voxel order.
+
+        Scans are reoriented to RAS for slicing; a result written next to the input must undo that
+        so it lines up with the input (and its labels) voxel for voxel.
+        """
+        if self.orientation is None:
+            return array
+        import nibabel as nib
+
+        return nib.orientations.apply_orientation(array, self._back_to_file())
+
+    def file_affine(self) -> np.ndarray:
+        """Voxel-to-world (RAS) matrix of the file's own voxel order (pixel spacing where unknown)."""
+        if self.affine is None:
+            return np.diag([*self.spacing, 1.0])
+        if self.orientation is None:
+            return self.affine
+        import nibabel as nib
+
+        return self.affine @ nib.orientations.inv_ornt_aff(self._back_to_file(), self.array.shape)
+
+    def _back_to_file(self) -> np.ndarray:
+        """The orientation transform from RAS voxel order back to the file's."""
+        import nibabel as nib
+
+        return nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), self.orientation)
 
 
 def file_stem(path: Path) -> str:
@@ -98,8 +128,8 @@ def scan_volume(array: np.ndarray, affine_ras: np.ndarray, path: Path, stored_dt
 
     array = _as_3d(array, path)
     orientation = nib.orientations.io_orientation(affine_ras)
+    affine = affine_ras @ nib.orientations.inv_ornt_aff(orientation, array.shape)  # the file's shape
     array = nib.orientations.apply_orientation(array, orientation)
-    affine = affine_ras @ nib.orientations.inv_ornt_aff(orientation, array.shape)
     spacing = tuple(float(s) for s in np.linalg.norm(affine[:3, :3], axis=0))
     return Volume(
         np.ascontiguousarray(array),
@@ -108,6 +138,7 @@ def scan_volume(array: np.ndarray, affine_ras: np.ndarray, path: Path, stored_dt
         display_rotations=1,
         stored_dtype=stored_dtype,
         affine=affine,
+        orientation=orientation,
     )
 
 
