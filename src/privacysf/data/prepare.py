@@ -201,8 +201,8 @@ def _keep_foreground(sets: dict[str, SliceSet]) -> list[str]:
     """``drop_empty`` in place; returns the splits that keep their empty slices, having no other."""
     kept_empty = []
     for name in SPLITS:
-        foreground = sets[name].masks.reshape(len(sets[name]), -1).any(axis=1)
-        if foreground.any():
+        foreground = np.flatnonzero(sets[name].masks.reshape(len(sets[name]), -1).any(axis=1))
+        if len(foreground):
             sets[name] = sets[name].subset(foreground)
         else:
             kept_empty.append(name)

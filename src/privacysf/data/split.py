@@ -107,16 +107,25 @@ def split_slabs(
     filled = np.zeros(len(SPLITS), bool)
     result = []
     for case_presence in presence:
-        best, best_score, best_cover, best_fill = None, None, covered, filled
-        for labels in _slab_candidates(len(case_presence), val_fraction, test_fraction, seed):
-            in_split = [labels == code for code in range(len(SPLITS))]
-            cover = covered | np.array([case_presence[s].any(axis=0) for s in in_split])
-            fill = filled | np.array([s.any() for s in in_split])
-            score = (int(fill.sum()), int(cover.sum()), int(cover[0].sum()), int(cover[2].sum()))
-            if best_score is None or score > best_score:
-                best, best_score, best_cover, best_fill = labels, score, cover, fill
-            if score[:2] == perfect:
+        candidates = _slab_candidates(len(case_presence), val_fraction, test_fraction, seed)
+        best = _coverage(next(candidates), case_presence, covered, filled)
+        for labels in candidates:
+            if best[0][:2] == perfect:
                 break
-        result.append(best)
-        covered, filled = best_cover, best_fill
+            draw = _coverage(labels, case_presence, covered, filled)
+            if draw[0] > best[0]:
+                best = draw
+        _, labels, covered, filled = best
+        result.append(labels)
     return result
+
+
+def _coverage(
+    labels: np.ndarray, presence: np.ndarray, covered: np.ndarray, filled: np.ndarray
+) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
+    """Score of one case's draw given earlier cases' (split, class) coverage and non-empty splits."""
+    in_split = [labels == code for code in range(len(SPLITS))]
+    cover = covered | np.array([presence[s].any(axis=0) for s in in_split])
+    fill = filled | np.array([s.any() for s in in_split])
+    score = (int(fill.sum()), int(cover.sum()), int(cover[0].sum()), int(cover[2].sum()))
+    return score, labels, cover, fill
