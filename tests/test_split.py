@@ -64,3 +64,12 @@ def test_slab_split_gives_train_a_class_too_short_for_three_splits():
     for seed in range(5):
         (labels,) = split_slabs([presence], 0.15, 0.2, seed)
         assert set(labels[presence[:, 1]].tolist()) - {-1} == {0}
+
+
+def test_slab_split_gives_train_and_test_a_class_too_short_for_three_splits():
+    presence = np.zeros((60, 2), bool)
+    presence[:, 0] = True
+    presence[30:34, 1] = True  # four slices: one guard gap inside leaves two splits at most
+    for seed in range(5):
+        (labels,) = split_slabs([presence], 0.15, 0.2, seed)
+        assert set(labels[presence[:, 1]].tolist()) - {-1} == {0, 2}
