@@ -14,6 +14,7 @@ the one whose train, test and validation slabs hold foreground of the most class
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +27,11 @@ SLICES_PER_BLOCK = 10
 MIN_SLICES_PER_BLOCK = 3
 """Smallest slab tried when stratifying: a slab between two of other splits keeps n - 2 slices."""
 DRAWS_PER_BLOCK_COUNT = 32
+ROUNDS = 2
+"""Passes over the cases of a slab split: in turn, then each again knowing all the others' slabs."""
+SHARE_STEP = 0.25
+"""Foreground shares are compared in steps of this part of the foreground slices: finer, and the
+best share would be one draw whatever the seed, leaving multi-seed runs a single split."""
 SLAB_GUARD = 1
 
 
@@ -64,8 +70,12 @@ def class_presence(masks: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _slab_labels(n_slices: int, n_blocks: int, block_split: np.ndarray) -> np.ndarray:
-    """Split code of each slice (in slice order) for the blocks' codes, guard gaps set to -1."""
-    labels = np.repeat(block_split, [len(b) for b in np.array_split(np.arange(n_slices), n_blocks)])
+    """Split code of each slice (in slice order) for the blocks' codes, guard gaps set to -1.
+
+    Blocks are sized as ``np.array_split`` sizes them: the longer ones first.
+    """
+    short, longer = divmod(n_slices, n_blocks)
+    labels = np.repeat(block_split, [short + 1] * longer + [short] * (n_blocks - longer))
     guarded = labels.copy()
     for offset in range(1, SLAB_GUARD + 1):
         guarded[:-offset][labels[:-offset] != labels[offset:]] = -1
@@ -78,7 +88,7 @@ def _slab_candidates(
 ) -> Iterator[np.ndarray]:
     """Slab draws, plain first: the default block count with ``seed`` itself, then finer slabs.
 
-    Finer slabs come later so that a draw with more guard losses is kept only when it covers more.
+    Finer slabs come later, so a draw with more guard losses is kept only when it scores higher.
     """
     default = int(np.clip(n_slices // SLICES_PER_BLOCK, MIN_SLAB_BLOCKS, MAX_SLAB_BLOCKS))
     for n_blocks in range(default, max(default, n_slices // MIN_SLICES_PER_BLOCK) + 1):
@@ -97,35 +107,76 @@ def split_slabs(
 
     ``presence[i]`` is :func:`class_presence` of case ``i``'s slices in slice order. Each case is cut
     into contiguous blocks assigned to splits at random; slices within ``SLAB_GUARD`` of a block of
-    another split are dropped, so no test slice has a direct neighbour in training. Cases are taken in
-    turn, each keeping the first draw that leaves the most splits non-empty, then covers the most
-    (split, class) pairs over all cases so far, then the most classes in train, then in test.
+    another split are dropped, so no test slice has a direct neighbour in training. Each case keeps
+    the first draw that, with the other cases' draws, leaves the most splits non-empty, then covers
+    the most (split, class) pairs, then the most classes in train, then in test, then shares the
+    slices with foreground out closest to the fractions (each one lost to a guard gap counting as
+    one off; in steps of ``SHARE_STEP``). Cases are chosen in turn, then once more knowing every
+    other case's choice, so a second patient can carry a class to the splits the first one cannot
+    reach without deep cuts.
     """
-    present = np.any([p.any(axis=0) for p in presence], axis=0)
-    perfect = (len(SPLITS), len(SPLITS) * int(present.sum()))
-    covered = np.zeros((len(SPLITS), len(present)), bool)
-    filled = np.zeros(len(SPLITS), bool)
-    result = []
-    for case_presence in presence:
-        candidates = _slab_candidates(len(case_presence), val_fraction, test_fraction, seed)
-        best = _coverage(next(candidates), case_presence, covered, filled)
-        for labels in candidates:
-            if best[0][:2] == perfect:
-                break
-            draw = _coverage(labels, case_presence, covered, filled)
-            if draw[0] > best[0]:
-                best = draw
-        _, labels, covered, filled = best
-        result.append(labels)
+    targets = np.array([1 - val_fraction - test_fraction, val_fraction, test_fraction])
+    draws = [list(_slab_candidates(len(p), val_fraction, test_fraction, seed)) for p in presence]
+    none = _Tally.empty(presence[0].shape[1])
+    chosen = [none] * len(presence)
+    result = [np.zeros(0, np.int64)] * len(presence)
+    for _ in range(ROUNDS):
+        for i, case_presence in enumerate(presence):
+            others = sum((t for j, t in enumerate(chosen) if j != i), start=none)
+            tallies = [_Tally.of(labels, case_presence) for labels in draws[i]]
+            best = max(range(len(tallies)), key=lambda k: (others + tallies[k]).score(targets))
+            chosen[i], result[i] = tallies[best], draws[i][best]
     return result
 
 
-def _coverage(
-    labels: np.ndarray, presence: np.ndarray, covered: np.ndarray, filled: np.ndarray
-) -> tuple[tuple[int, ...], np.ndarray, np.ndarray, np.ndarray]:
-    """Score of one case's draw given earlier cases' (split, class) coverage and non-empty splits."""
-    in_split = [labels == code for code in range(len(SPLITS))]
-    cover = covered | np.array([presence[s].any(axis=0) for s in in_split])
-    fill = filled | np.array([s.any() for s in in_split])
-    score = (int(fill.sum()), int(cover.sum()), int(cover[0].sum()), int(cover[2].sum()))
-    return score, labels, cover, fill
+@dataclass(frozen=True)
+class _Tally:
+    """What a draw gives each split (slices showing each class, slices, slices with foreground)
+    and how many slices with foreground it had in all, those lost to guard gaps included."""
+
+    class_slices: np.ndarray
+    slices: np.ndarray
+    foreground: np.ndarray
+    total_foreground: int
+
+    @staticmethod
+    def of(labels: np.ndarray, presence: np.ndarray) -> _Tally:
+        in_split = [labels == code for code in range(len(SPLITS))]
+        has_foreground = np.asarray(presence.any(axis=1))
+        return _Tally(
+            np.array([presence[s].sum(axis=0) for s in in_split]),
+            np.array([s.sum() for s in in_split]),
+            np.array([has_foreground[s].sum() for s in in_split]),
+            int(has_foreground.sum()),
+        )
+
+    @staticmethod
+    def empty(num_classes: int) -> _Tally:
+        return _Tally(
+            np.zeros((len(SPLITS), num_classes), np.int64),
+            np.zeros(len(SPLITS), np.int64),
+            np.zeros(len(SPLITS), np.int64),
+            0,
+        )
+
+    def __add__(self, other: _Tally) -> _Tally:
+        return _Tally(
+            self.class_slices + other.class_slices,
+            self.slices + other.slices,
+            self.foreground + other.foreground,
+            self.total_foreground + other.total_foreground,
+        )
+
+    def score(self, targets: np.ndarray) -> tuple[float, ...]:
+        """Higher is better, compared in order (see :func:`split_slabs`)."""
+        covered = self.class_slices > 0
+        lost = self.total_foreground - self.foreground.sum()
+        misshare = lost + float(np.abs(self.foreground - targets * self.total_foreground).sum())
+        steps = round(misshare / max(1.0, SHARE_STEP * self.total_foreground))
+        return (
+            int((self.slices > 0).sum()),
+            int(covered.sum()),
+            int(covered[0].sum()),
+            int(covered[2].sum()),
+            -steps,
+        )
