@@ -8,7 +8,8 @@ contiguous slabs with a guard gap, and the run metadata says so.
 A slab split is stratified: a lesion seen on ten slices of one patient lands in one random slab of
 ten unless the slabs are placed with it in mind, and a validation split without it makes early
 stopping reward predicting nothing. So among slab draws (deterministic in the seed) the split keeps
-the one whose train, test and validation slabs hold foreground of the most classes.
+the one whose train, test and validation slabs hold foreground of the most classes, and then the one
+that shares the slices with foreground out nearest the fractions.
 """
 
 from __future__ import annotations
@@ -117,15 +118,17 @@ def split_slabs(
     """
     targets = np.array([1 - val_fraction - test_fraction, val_fraction, test_fraction])
     draws = [list(_slab_candidates(len(p), val_fraction, test_fraction, seed)) for p in presence]
+    tallies = [
+        [_Tally.of(labels, p) for labels in case_draws] for p, case_draws in zip(presence, draws, strict=True)
+    ]
     none = _Tally.empty(presence[0].shape[1])
     chosen = [none] * len(presence)
     result = [np.zeros(0, np.int64)] * len(presence)
     for _ in range(ROUNDS):
-        for i, case_presence in enumerate(presence):
+        for i in range(len(presence)):
             others = sum((t for j, t in enumerate(chosen) if j != i), start=none)
-            tallies = [_Tally.of(labels, case_presence) for labels in draws[i]]
-            best = max(range(len(tallies)), key=lambda k: (others + tallies[k]).score(targets))
-            chosen[i], result[i] = tallies[best], draws[i][best]
+            best = max(range(len(draws[i])), key=lambda k: (others + tallies[i][k]).score(targets))
+            chosen[i], result[i] = tallies[i][best], draws[i][best]
     return result
 
 
