@@ -108,7 +108,9 @@ def fit(
     ``resume`` is a file holding the loop's whole state (weights, optimiser, schedule, best so far),
     rewritten after every epoch: when it exists at the start, training continues after the epoch it
     records, so a process killed mid-training loses at most one epoch. ``on_epoch`` receives each
-    epoch's history record (progress reporting for callers such as the service's job runner).
+    epoch's history record (progress reporting for callers such as the service's job runner, whose
+    output is its job log); without it one summary line is printed when training ends, with or without
+    progress bars.
     """
     parts = {"model": model, **(modules or {})}
     params = [p for m in parts.values() for p in m.parameters()]
@@ -181,6 +183,7 @@ def fit(
     result = FitResult(
         best_score, best_epoch, history, seconds, peak.result, len(history) - epochs_before, stopped_early
     )
-    tqdm.write(result.summary(desc), file=sys.stdout)
-    sys.stdout.flush()  # a run piped to a log file shows each stage as it ends
+    if on_epoch is None:  # a caller with a hook reports progress itself (the job runner: its job log)
+        tqdm.write(result.summary(desc), file=sys.stdout)
+        sys.stdout.flush()  # a run piped to a log file shows each stage as it ends
     return result
