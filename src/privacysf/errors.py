@@ -40,7 +40,3 @@ class ServiceError(PrivacySFError):
 
 class FederationError(PrivacySFError):
     """A multi-center run cannot go on: too few centers left, or a dropout with ``on_dropout=fail``."""
-
-
-class DataWarning(UserWarning):
-    """A dataset the run can use, but whose scores mean less than they seem (e.g. a split without a class)."""
