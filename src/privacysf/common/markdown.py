@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from privacysf.common.runs import atomic_write
+from privacysf.common.runs import write_text
 
 Cell = str | int | float | None
 MISSING = "–"
@@ -87,4 +87,4 @@ class Markdown:
 
     def write(self, path: Path) -> None:
         """Write atomically, so a report is never seen half written."""
-        atomic_write(path, lambda tmp: tmp.write_text(self.text()))
+        write_text(path, self.text())

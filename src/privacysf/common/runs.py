@@ -63,7 +63,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=_jsonable)))
+    write_text(path, json.dumps(payload, indent=2, default=_jsonable))
 
 
 def _jsonable(value: Any) -> Any:
