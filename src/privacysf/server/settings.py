@@ -28,6 +28,10 @@ class ServiceConfig:
     """How often the job runner looks for queued jobs."""
     model_cache: int = 4
     """Trained mappers kept loaded in memory for the mapping endpoint."""
+    stale_upload_seconds: float = 3600.0
+    """At ``serve`` start, unrecorded dataset files untouched this long are deleted as crash leftovers.
+    A live upload rewrites its file with every chunk and a kept one is recorded within seconds, so an
+    hour spares any upload in flight, even a slow one, or one of a server on another host."""
 
     @property
     def database_url(self) -> str:

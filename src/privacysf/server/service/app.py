@@ -63,9 +63,11 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(cfg.threads)
+        store.start_serving()  # the only place that deletes crash leftovers: operator commands never do
         runner.start()
         yield
         await run_in_threadpool(runner.stop)
+        store.stop_serving()
 
     app = FastAPI(
         title="Privacy-SF server",

@@ -6,29 +6,50 @@
 - :mod:`.accounts`: centers and tokens (random, shown once, stored as SHA-256 digests, revocable);
 - :mod:`.records`: datasets, jobs and models, each query scoped to the asking center;
 - :mod:`.files`: the store folder, written so that a crash leaves no half file;
-- :mod:`.uploads`: a streamed dataset upload, checked before it is kept and recorded.
+- :mod:`.uploads`: a streamed dataset upload, checked before it is kept and recorded;
+- :mod:`.cleanup`: the serving lock, and the removal of what a crash left, at ``serve`` start only.
 """
 
 from __future__ import annotations
 
+import logging
+
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store.accounts import Accounts, Caller
+from privacysf.server.store.cleanup import ServingLock, remove_stale
 from privacysf.server.store.files import Files
 from privacysf.server.store.records import Records
 from privacysf.server.store.uploads import DatasetUpload
+
+log = logging.getLogger("privacysf.service")
 
 
 class Store(Accounts, Records):
     """Database and files of one service instance; safe to share between threads.
 
-    Opening it migrates the database and deletes what a crash mid-upload can have left behind.
+    Opening it migrates the database and deletes nothing: operator commands open it beside a live
+    server. Only :meth:`start_serving` removes what a crash left behind.
     """
 
     def __init__(self, cfg: ServiceConfig) -> None:
         self.cfg = cfg
         self.files = Files(cfg.store)
+        self.serving = ServingLock(self.files.root)
         super().__init__(cfg.database_url)
-        self.files.remove_datasets_except(self.dataset_files())
+
+    def start_serving(self) -> None:
+        """Hold the serving lock until :meth:`stop_serving`; first, if no other server serves this
+        store, delete unrecorded dataset files older than ``cfg.stale_upload_seconds``."""
+
+        def clean() -> None:
+            removed = remove_stale(self.files.datasets, self.dataset_files(), self.cfg.stale_upload_seconds)
+            if removed:
+                log.info("removed %d leftover upload file(s): %s", len(removed), ", ".join(removed))
+
+        self.serving.acquire(clean)
+
+    def stop_serving(self) -> None:
+        self.serving.release()
 
     def dataset_upload(self, caller: Caller, name: str, sha256: str) -> DatasetUpload:
         return DatasetUpload(self, caller, name, sha256)

@@ -1,8 +1,8 @@
 """The store folder: dataset files, job checkpoints and model files, written so a crash leaves no half.
 
 A file becomes visible under its final name only once it is complete and on disk (fsync, rename,
-fsync of the folder); anything else found in the datasets folder at start-up is a leftover and is
-deleted.
+fsync of the folder); what a crash leaves in the datasets folder is removed at ``serve`` start
+(:mod:`.cleanup`).
 """
 
 from __future__ import annotations
@@ -45,9 +45,3 @@ class Files:
         finally:
             os.close(fd)
         return final
-
-    def remove_datasets_except(self, recorded: set[str]) -> None:
-        """Delete temporary uploads and dataset files without a database row: what a crash can leave."""
-        for path in self.datasets.iterdir():
-            if path.name not in recorded:
-                path.unlink()
