@@ -89,6 +89,13 @@ class ServiceClient:
     def me(self) -> dict[str, Any]:
         return self._request("GET", "/me").json()
 
+    def rotate_token(self) -> dict[str, Any]:
+        """Replace this client's token with a new one (``token``, ``expires_at``), used from now on;
+        the server keeps the old one working for a grace period (``previous_token_ends_at``)."""
+        rotated = self._request("POST", "/tokens/rotate").json()
+        self.http.headers["Authorization"] = f"Bearer {rotated['token']}"
+        return rotated
+
     def upload_dataset(self, name: str, payload: bytes) -> dict[str, Any]:
         """Stream a dataset bundle (four wire messages); the server checks the SHA-256 sent with it."""
 

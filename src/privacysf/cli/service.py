@@ -38,15 +38,22 @@ def cmd_server_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_server_create_center(args: argparse.Namespace) -> None:
-    token_id, token = _store(args).create_center(args.center)
-    print(f"center {args.center!r} created; token id {token_id}. The token (shown once, keep it secret):")
+    store = _store(args)
+    token_id, token = store.create_center(args.center, args.days)
+    print(f"center {args.center!r} created; token id {token_id}, {_expiry(store, token)}.")
+    print("The token (shown once, keep it secret):")
     print(token)
 
 
 def cmd_server_create_token(args: argparse.Namespace) -> None:
-    token_id, token = _store(args).create_token(args.center)
-    print(f"new token id {token_id} for {args.center!r} (shown once):")
+    store = _store(args)
+    token_id, token = store.create_token(args.center, args.days)
+    print(f"new token id {token_id} for {args.center!r}, {_expiry(store, token)} (shown once):")
     print(token)
+
+
+def _expiry(store, token: str) -> str:
+    return f"expires {store.authenticate(token).token_expires_at:%Y-%m-%d %H:%M} UTC"
 
 
 def cmd_server_revoke_token(args: argparse.Namespace) -> None:
@@ -56,8 +63,10 @@ def cmd_server_revoke_token(args: argparse.Namespace) -> None:
 
 def cmd_server_tokens(args: argparse.Namespace) -> None:
     for row in _store(args).list_tokens():
-        state = "revoked" if row["revoked"] else "active"
-        print(f"{row['id']:5d}  {row['center']:20s}  {state:8s}  created {row['created_at']:%Y-%m-%d %H:%M}")
+        print(
+            f"{row['id']:5d}  {row['center']:20s}  {row['state']:8s}  "
+            f"created {row['created_at']:%Y-%m-%d %H:%M}  expires {row['expires_at']:%Y-%m-%d %H:%M} UTC"
+        )
 
 
 def _client(args: argparse.Namespace):
@@ -69,10 +78,29 @@ def _client(args: argparse.Namespace):
 def cmd_center_login(args: argparse.Namespace) -> None:
     from privacysf.center.client import Profile, ServiceClient, default_profile
 
-    me = ServiceClient(args.url, args.token).me()
+    client = ServiceClient(args.url, args.token)
+    try:
+        me = client.me()
+    finally:
+        client.close()
     path = Path(args.profile) if args.profile else default_profile()
     Profile(args.url, args.token).save(path)
     print(f"logged in to {args.url} as center {me['name']!r}; login saved to {path}")
+
+
+def cmd_center_rotate_token(args: argparse.Namespace) -> None:
+    from privacysf.center.client import Profile, ServiceClient, default_profile
+
+    path = Path(args.profile) if args.profile else default_profile()
+    profile = Profile.load(path)
+    client = ServiceClient(profile.url, profile.token)
+    try:
+        rotated = client.rotate_token()
+    finally:
+        client.close()
+    Profile(profile.url, rotated["token"]).save(path)
+    print(f"new token id {rotated['id']} (expires {rotated['expires_at']}) saved to {path};")
+    print(f"the previous token stops working at {rotated['previous_token_ends_at']}")
 
 
 def cmd_center_upload(args: argparse.Namespace) -> None:
@@ -135,16 +163,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     serve.add_argument("--max-upload-mb", type=int, help="largest dataset upload (default 512)")
-    server_command("create-center", cmd_server_create_center, "add a center, print its token").add_argument(
-        "center", help="center name"
-    )
-    server_command("create-token", cmd_server_create_token, "another token for a center").add_argument(
-        "center", help="center name"
-    )
+    for name, func, help in [
+        ("create-center", cmd_server_create_center, "add a center, print its token"),
+        ("create-token", cmd_server_create_token, "another token for a center"),
+    ]:
+        issue = server_command(name, func, help)
+        issue.add_argument("center", help="center name")
+        issue.add_argument("--days", type=int, help="token lifetime in days (default 90)")
     server_command("revoke-token", cmd_server_revoke_token, "revoke a token by id").add_argument(
         "token_id", type=int
     )
-    server_command("tokens", cmd_server_tokens, "list tokens (ids, centers, state; never the tokens)")
+    server_command("tokens", cmd_server_tokens, "list tokens (ids, centers, state, expiry; never the tokens)")
 
     center = commands.add_parser("center", help="a center's client of the server service").add_subparsers(
         dest="action", required=True
@@ -159,6 +188,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     login = center_command("login", cmd_center_login, "check a token with the server and save the login")
     login.add_argument("url", help="server URL, e.g. http://127.0.0.1:8000")
     login.add_argument("token", help="the token printed by `privacysf server create-center`")
+    center_command(
+        "rotate-token", cmd_center_rotate_token, "replace the saved token with a new one (before it expires)"
+    )
     upload = center_command(
         "upload", cmd_center_upload, "encode a fit run's train/val data, upload the codes"
     )

@@ -28,6 +28,12 @@ class ServiceConfig:
     """How often the job runner looks for queued jobs."""
     model_cache: int = 4
     """Trained mappers kept loaded in memory for the mapping endpoint."""
+    token_days: int = 90
+    """Lifetime of a new token (``server create-token --days`` sets another); centers rotate theirs
+    before it ends with ``privacysf center rotate-token``."""
+    token_grace_seconds: float = 600.0
+    """How long a rotated token still works, so that a rotation whose reply was lost can be retried
+    and a process still holding the old token finishes its request; 0 ends it at once."""
     stale_upload_seconds: float = 3600.0
     """At ``serve`` start, unrecorded dataset files untouched this long are deleted as crash leftovers.
     A live upload rewrites its file with every chunk and a kept one is recorded within seconds, so an

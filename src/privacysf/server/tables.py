@@ -9,14 +9,37 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from privacysf.exchange import CodeSpace
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp written and read back as an aware UTC datetime on every engine.
+
+    SQLite keeps no time zone: a value read there is naive, and comparing it with an aware one (a
+    token's expiry with the clock) would fail. Values are converted to UTC on the way in, and a naive
+    value read back is UTC by this rule.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"a naive timestamp {value} cannot be stored: give it a time zone")
+        return None if value is None else value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -27,7 +50,7 @@ class CenterRow(Base):
     __tablename__ = "centers"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class TokenRow(Base):
@@ -36,8 +59,12 @@ class TokenRow(Base):
     center_id: Mapped[int] = mapped_column(ForeignKey("centers.id"), index=True)
     digest: Mapped[str] = mapped_column(String(64), unique=True)
     """SHA-256 of the token: the token itself is shown once and never stored."""
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    """After this the token is refused; a center rotates it before (``POST /tokens/rotate``)."""
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """When the token stopped or stops working: now for the operator's revoke, a grace period after
+    a rotation."""
 
 
 class DatasetRow(Base):
@@ -56,7 +83,7 @@ class DatasetRow(Base):
     mask_channels: Mapped[int] = mapped_column(Integer)
     train_count: Mapped[int] = mapped_column(Integer)
     val_count: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
     @property
     def space(self) -> CodeSpace:
@@ -81,8 +108,8 @@ class JobRow(Base):
     resumed_at_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 
 
 class JobDatasetRow(Base):
@@ -95,7 +122,7 @@ class JobLogRow(Base):
     __tablename__ = "job_log"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     message: Mapped[str] = mapped_column(Text)
 
 
@@ -111,4 +138,4 @@ class ModelRow(Base):
     in_channels: Mapped[int] = mapped_column(Integer)
     out_channels: Mapped[int] = mapped_column(Integer)
     mapper: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

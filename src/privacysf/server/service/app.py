@@ -35,6 +35,7 @@ from privacysf.server.service.schemas import (
     ModelOut,
     Name,
     Readiness,
+    RotatedToken,
 )
 from privacysf.server.serving import ModelCache
 from privacysf.server.settings import ServiceConfig
@@ -121,7 +122,15 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     @app.get("/me", response_model=CenterOut, tags=["centers"], responses=unauthorised)
     def me(center: Center) -> CenterOut:
         """The center this token belongs to (a client checks its login with it)."""
-        return CenterOut(id=center.center_id, name=center.name)
+        return CenterOut(id=center.center_id, name=center.name, token_expires_at=center.token_expires_at)
+
+    @app.post("/tokens/rotate", response_model=RotatedToken, tags=["centers"], responses=unauthorised)
+    def rotate_token(center: Center) -> RotatedToken:
+        """Replace this request's token: a new one of a full lifetime, while the old one keeps working
+        for the server's grace period (a lost reply can be retried with it), then stops."""
+        token_id, token, old_ends = store.rotate_token(center)
+        expires = store.authenticate(token).token_expires_at
+        return RotatedToken(id=token_id, token=token, expires_at=expires, previous_token_ends_at=old_ends)
 
     @app.post(
         "/datasets",

@@ -81,6 +81,17 @@ class JobIn(Strict):
 class CenterOut(BaseModel):
     id: int
     name: str
+    token_expires_at: datetime
+    """When the token of this request expires (UTC): rotate it before."""
+
+
+class RotatedToken(BaseModel):
+    id: int
+    token: str
+    """The new token: shown this once, never stored by the server."""
+    expires_at: datetime
+    previous_token_ends_at: datetime
+    """The token that asked for the rotation works until then (a grace period), then never again."""
 
 
 class DatasetOut(BaseModel):
