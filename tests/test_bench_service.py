@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from fastapi import FastAPI, Response
@@ -12,6 +14,7 @@ from test_bench import _check_table, _tables
 from privacysf.benchmark.runner import RESULTS, run_bench
 from privacysf.benchmark.service_load import Call, drive, summary
 from privacysf.benchmark.suites import get_suite
+from privacysf.common.resources import PeakMemory
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +96,16 @@ def test_replies_without_success_are_counted_as_errors_by_kind():
     assert failing["requests"] == 7 and failing["errors_5xx"] == 7 and failing["ok"] == 0
     nobody = summary(drive(f"http://127.0.0.1:{free_port()}", {}, Call("GET", "/"), 2, 5), expect=200)
     assert nobody["errors_transport"] == 5 and nobody["statuses"] == {"transport": 5}
+
+
+def test_peak_memory_meters_the_process_it_is_given():
+    """The server's memory figures are another process's: its growth, not the bench's, is measured."""
+    allocate = "import time; time.sleep(0.5); block = b'x' * (200 * 2**20); print(flush=True); time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", allocate], stdout=subprocess.PIPE)
+    try:
+        with PeakMemory(pid=child.pid) as peak:
+            assert child.stdout is not None and child.stdout.readline() == b"\n"  # the block is held
+    finally:
+        child.kill()
+        child.wait(10)
+    assert peak.result is not None and peak.result.rss_growth_mb >= 150
