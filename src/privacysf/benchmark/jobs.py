@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from privacysf.benchmark.latency import query_latency
+from privacysf.benchmark.service_load import large_upload_row, service_load_rows
 from privacysf.benchmark.suites import BenchSuite
 from privacysf.center.pipeline import Mapper
 from privacysf.config import ExperimentConfig
@@ -33,7 +34,7 @@ CLASSES_FOR_SIZES = 2
 class Job:
     id: str
     kind: str
-    """``accuracy``, ``payload``, ``latency`` or ``scaling``."""
+    """``accuracy``, ``payload``, ``latency``, ``scaling``, ``service_load`` or ``upload_memory``."""
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,6 +57,8 @@ def plan(suite: BenchSuite) -> list[Job]:
                 for batch in suite.latency_batches:
                     params = {"method": method, "size": size, "batch": batch, "device": device}
                     jobs.append(Job(f"latency/{device}/{method}/{size}/b{batch}", "latency", params))
+    jobs.append(Job("service/load", "service_load"))
+    jobs.append(Job("service/upload-memory", "upload_memory", {"megabytes": suite.service_large_upload_mb}))
     for dataset in suite.datasets:
         for seed in suite.seeds:
             for method in suite.methods:
@@ -236,9 +239,27 @@ def run_scaling(job: Job, ctx: JobContext) -> list[dict]:
     ]
 
 
+def run_service_load(job: Job, ctx: JobContext) -> list[dict]:
+    suite = ctx.suite
+    return service_load_rows(
+        ctx.runs_dir / "service-load",
+        suite.service_clients,
+        suite.latency_batches,
+        suite.service_requests,
+        suite.service_uploads,
+        suite.service_upload_mb,
+    )
+
+
+def run_upload_memory(job: Job, ctx: JobContext) -> list[dict]:
+    return [large_upload_row(ctx.runs_dir / "service-upload-memory", job.params["megabytes"])]
+
+
 RUNNERS: dict[str, Callable[[Job, JobContext], list[dict]]] = {
     "accuracy": run_accuracy,
     "payload": run_payload,
     "latency": run_latency,
     "scaling": run_scaling,
+    "service_load": run_service_load,
+    "upload_memory": run_upload_memory,
 }

@@ -92,6 +92,45 @@ def _latency_table(rows: list[dict]) -> Markdown:
     return Markdown().table(head, table, [""] * 5 + [".1f"] * 4 + [".2f"])
 
 
+def _service_table(rows: list[dict]) -> Markdown:
+    kinds = ("service_load", "upload_memory")
+    table = [
+        [
+            r["scenario"],
+            r["clients"],
+            r["requests"],
+            r["body_bytes"] / 1024,
+            r["p50_ms"],
+            r["p95_ms"],
+            r["p99_ms"],
+            r["throughput_rps"],
+            r["errors_5xx"],
+            r["errors_transport"],
+            r["idle_rss_mb"],
+            r["peak_above_idle_mb"],
+        ]
+        for r in rows
+        if r["kind"] in kinds
+    ]
+    head = [
+        "scenario",
+        "clients",
+        "requests",
+        "body KiB",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "req/s",
+        "5xx",
+        "transport errors",
+        "idle RSS MiB",
+        "peak above idle MiB",
+    ]
+    return Markdown().table(
+        head, table, ["", "", "", ".1f", ".1f", ".1f", ".1f", ".1f", "", "", ".0f", ".0f"]
+    )
+
+
 def _cost_table(summary: dict) -> Markdown:
     measures = ("seconds", "seconds_per_epoch", "peak_rss_mb", "rss_growth_mb")
     table = []
@@ -254,6 +293,16 @@ def write_benchmarks(
             "sum of the stage medians. Networks are untrained (the arithmetic does not depend on weights).",
             _latency_table(rows),
             ["latency.png"],
+        ),
+        (
+            "Service load",
+            "A `privacysf server serve` process on loopback with a tiny trained model, driven by concurrent "
+            "clients (threads on the same machine, one keep-alive connection each) after one warm-up call. "
+            "Latency is per request; req/s is requests over the wall time of the scenario; memory is the "
+            "server's RSS sampled every 50 ms, above its RSS just before the scenario. The large upload runs "
+            "alone on a fresh server.",
+            _service_table(rows),
+            [],
         ),
         (
             "Training cost",

@@ -38,6 +38,15 @@ class BenchSuite:
     """CPU threads for every job: the published CPU figures state it."""
     overrides: tuple[str, ...] = ()
     """``--set`` overrides applied to every job's config."""
+    service_clients: tuple[int, ...] = (1, 8)
+    """Concurrent clients of each service load scenario (``privacysf server serve`` over loopback)."""
+    service_requests: int = 400
+    """Requests of each map and ``GET /jobs`` scenario, at each client count."""
+    service_uploads: int = 40
+    """Uploads of the mid-size dataset at each client count."""
+    service_upload_mb: float = 4.0
+    service_large_upload_mb: float = 128.0
+    """One upload of this size on a fresh server: the server's peak memory above idle during it."""
     epochs_by_dataset: dict[str, int] = field(default_factory=dict)
     """Datasets whose accuracy jobs get more epochs than ``epochs`` (every method alike), so that a
     dataset with few training slices still gets a comparable number of optimiser steps."""
@@ -63,6 +72,11 @@ SUITES = {
         scaling_fractions=(0.5, 1.0),
         scaling_epochs=1,
         overrides=("data.phantom_cases=12",),
+        service_clients=(1, 4),
+        service_requests=24,
+        service_uploads=8,
+        service_upload_mb=0.25,
+        service_large_upload_mb=4.0,
     ),
     "full": BenchSuite(
         name="full",

@@ -35,11 +35,13 @@ class MemoryUse:
 
 
 class PeakMemory:
-    """``with PeakMemory(device) as peak: ...`` then ``peak.result`` holds the :class:`MemoryUse`."""
+    """``with PeakMemory(device) as peak: ...`` then ``peak.result`` holds the :class:`MemoryUse`.
 
-    def __init__(self, device: torch.device | None = None) -> None:
+    ``pid`` meters another process instead (the service's load bench samples the server's RSS)."""
+
+    def __init__(self, device: torch.device | None = None, pid: int | None = None) -> None:
         self.cuda = device is not None and device.type == "cuda"
-        self._process = psutil.Process()
+        self._process = psutil.Process(pid)
         self._stop = threading.Event()
         self._start_rss = self._peak_rss = 0
         self.result: MemoryUse | None = None
