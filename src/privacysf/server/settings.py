@@ -28,6 +28,12 @@ class ServiceConfig:
     """How often the job runner looks for queued jobs."""
     model_cache: int = 4
     """Trained mappers kept loaded in memory for the mapping endpoint."""
+    max_queued_jobs_per_center: int = 20
+    """Queued jobs one center may have; more are refused with 429 so one center cannot fill the queue."""
+    job_lease_seconds: float = 60.0
+    """A running job whose worker sent no heartbeat for this long is taken as lost and queued again."""
+    in_process_worker: bool = True
+    """``serve`` runs a job worker thread; off when separate ``privacysf server worker`` processes do."""
 
     @property
     def database_url(self) -> str:

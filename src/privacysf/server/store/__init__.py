@@ -5,6 +5,7 @@
 - :mod:`.database`: the engine, migrations and transactions;
 - :mod:`.accounts`: centers and tokens (random, shown once, stored as SHA-256 digests, revocable);
 - :mod:`.records`: datasets, jobs and models, each query scoped to the asking center;
+- :mod:`.queue`: the job queue shared by worker processes (fair claims, leases, cancel, quotas);
 - :mod:`.files`: the store folder, written so that a crash leaves no half file;
 - :mod:`.uploads`: a streamed dataset upload, checked before it is kept and recorded.
 """
@@ -14,11 +15,12 @@ from __future__ import annotations
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store.accounts import Accounts, Caller
 from privacysf.server.store.files import Files
+from privacysf.server.store.queue import JobQueue
 from privacysf.server.store.records import Records
 from privacysf.server.store.uploads import DatasetUpload
 
 
-class Store(Accounts, Records):
+class Store(Accounts, Records, JobQueue):
     """Database and files of one service instance; safe to share between threads.
 
     Opening it migrates the database and deletes what a crash mid-upload can have left behind.
