@@ -18,6 +18,7 @@ from privacysf.server.store import Caller, Store
 from privacysf.server.tables import JobRow
 
 SETTINGS = {"train": TINY_TRAIN, "mapper": TINY_MAPPER}
+SIGNATURE = {"grid": [4, 4], "in_channels": 4, "out_channels": 4}
 
 
 def database_url(request) -> str | None:
@@ -83,7 +84,7 @@ def test_a_job_is_claimed_once_and_an_expired_lease_requeues_it(store):
     assert store.heartbeat(job.id, "w1") is None  # w1, should it wake up, has lost the job
     again = store.claim_next_job("w2")
     assert again is not None and (again.worker, again.attempts) == ("w2", 2)
-    assert store.add_model(held, "late.pt", {}) is None  # w1's late result is not recorded
+    assert store.add_model(held, "late.pt", SIGNATURE) is None  # w1's late result is not recorded
     log = [row.message for row in store.job_log(job.id)]
     assert any("sent no heartbeat for 60 s; queued again" in m for m in log)
 

@@ -28,14 +28,13 @@ MISSING = {
 
 def visible(table: type[Row], center_id: int) -> Select[Any]:
     """The rows of ``table`` a center may see: its datasets and jobs, and models trained on its data."""
-    if issubclass(table, ModelRow):
-        return (
-            select(ModelRow)
-            .join(JobDatasetRow, JobDatasetRow.job_id == ModelRow.job_id)
+    if issubclass(table, ModelRow):  # IN, not JOIN + DISTINCT: PostgreSQL cannot compare JSON columns
+        own_jobs = (
+            select(JobDatasetRow.job_id)
             .join(DatasetRow, DatasetRow.id == JobDatasetRow.dataset_id)
             .where(DatasetRow.center_id == center_id)
-            .distinct()
         )
+        return select(ModelRow).where(ModelRow.job_id.in_(own_jobs))
     return select(table).where(table.center_id == center_id)
 
 
