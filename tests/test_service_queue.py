@@ -10,11 +10,12 @@ import time
 import httpx
 import pytest
 from servicekit import TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, sha
-from sqlalchemy import update
+from sqlalchemy import select, update
 
+from privacysf.server.jobs import JobRunner
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
-from privacysf.server.store import Caller, Store
+from privacysf.server.store import Caller, Store, queue
 from privacysf.server.tables import JobRow
 
 SETTINGS = {"train": TINY_TRAIN, "mapper": TINY_MAPPER}
@@ -70,12 +71,15 @@ def test_the_center_with_fewer_running_jobs_goes_first(store):
     assert store.claim_next_job("w2").id == ids[3]  # type: ignore[union-attr]
 
 
-def test_a_job_is_claimed_once_and_an_expired_lease_requeues_it(store):
+def test_a_job_is_claimed_once_and_an_expired_lease_requeues_it(store, monkeypatch):
     a, data = center(store, "A")
     job = store.create_job(a, "m", [data], SETTINGS)
     held = store.claim_next_job("w1")
     assert held is not None and held.id == job.id and held.attempts == 1
     assert store.claim_next_job("w2") is None  # running for w1: nobody else gets it
+    with monkeypatch.context() as m:  # nor a worker whose read is stale (w1 claimed the row since)
+        m.setattr(queue, "fair_order", lambda: select(JobRow).where(JobRow.id == job.id))
+        assert store.claim_next_job("w2") is None
     assert store.heartbeat(job.id, "w2") is None  # nor can refresh its lease
     assert store.requeue_expired_jobs(lease_seconds=60) == []  # w1's heartbeat is fresh
     with store.session() as s:  # w1 goes silent: its heartbeat ages past the lease
@@ -156,3 +160,22 @@ def test_quota_and_cancel_through_the_api(api):
     for job in a.get("/jobs").json():  # nothing left running on the way out
         if job["status"] in ("queued", "running"):
             a.post(f"/jobs/{job['id']}/cancel")
+
+
+def test_serve_without_a_worker_leaves_jobs_to_a_worker_of_its_own(tmp_path):
+    """``serve --no-worker`` queues jobs and stays ready; a separate worker on the store runs them."""
+    app = create_app(ServiceConfig(store=tmp_path / "store", poll_seconds=0.05, in_process_worker=False))
+    token = app.state.store.create_center("A")[1]
+    server = LoopbackServer(app).start()
+    try:
+        client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"})
+        job = client.post("/jobs", json={"datasets": [upload(client, bundle())], **SETTINGS}).json()
+        assert client.get("/ready").status_code == 200
+        time.sleep(0.5)  # ten polls of a worker, had serve started one
+        assert client.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+        worker = JobRunner(Store(app.state.store.cfg))
+        worker.start()
+        assert wait_for(client, job["id"], lambda j: j["status"] == "done")["attempts"] == 1
+        worker.stop()
+    finally:
+        server.stop()
