@@ -24,7 +24,7 @@ from privacysf.errors import ConfigError, ServiceError
 
 CODES = "application/octet-stream"
 CHUNK = 1024 * 1024
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
 
 
 def default_profile() -> Path:
