@@ -87,3 +87,6 @@ def write_plain_pair(
 @pytest.fixture
 def volume_pair():
     return ball_volume()
+
+
+from pgkit import postgres_server, postgres_url  # noqa: E402, F401  (fixtures of the PostgreSQL tests)

@@ -10,6 +10,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+from pgkit import fresh_database
 from servicekit import GRID, TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, codes, sha
 
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
@@ -23,10 +24,15 @@ MAP_LIMIT = 16 * 1024
 class Api:
     """A started service with two centers, A and B, and a small helper per request kind."""
 
-    def __init__(self, root):
+    def __init__(self, root, db_url: str | None = None):
         self.cfg = ServiceConfig(
-            store=root / "store", max_upload_bytes=UPLOAD_LIMIT, max_map_bytes=MAP_LIMIT, poll_seconds=0.05
+            store=root / "store",
+            db_url=db_url,
+            max_upload_bytes=UPLOAD_LIMIT,
+            max_map_bytes=MAP_LIMIT,
+            poll_seconds=0.05,
         )
+        self.postgres = db_url is not None
         self.app = create_app(self.cfg)
         self.store = self.app.state.store
         self.token_ids, self.tokens = {}, {}
@@ -60,9 +66,14 @@ class Api:
         )
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    api = Api(tmp_path_factory.mktemp("service"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def api(request, tmp_path_factory):
+    """The service on SQLite (the default) and on PostgreSQL: every test of this file runs on both."""
+    db_url = (
+        fresh_database(request.getfixturevalue("postgres_server")) if request.param == "postgresql" else None
+    )
+    api = Api(tmp_path_factory.mktemp("service"), db_url)
+    assert api.store.engine.dialect.name == request.param
     dataset = api.upload("A", bundle()).json()
     job = api.wait("A", api.train("A", [dataset["id"]]).json()["id"])
     assert job["status"] == "done", job
@@ -298,3 +309,15 @@ def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
     assert job["status"] == "done", job
     mapped = decode_codes(api.map("A", job["model_id"], codes(3, "image", scan="keyed")).content)
     assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"
+
+
+def test_the_service_really_runs_on_its_database(api):
+    """PostgreSQL runs keep their rows in the server, SQLite runs in the store folder's file."""
+    with api.store.engine.connect() as connection:
+        version = connection.exec_driver_sql(
+            "SELECT version()" if api.postgres else "SELECT sqlite_version()"
+        )
+        assert ("PostgreSQL" in version.scalar()) == api.postgres
+        jobs = connection.exec_driver_sql("SELECT count(*) FROM jobs WHERE status = 'done'").scalar()
+    assert jobs >= 1
+    assert (api.cfg.store / "service.db").exists() != api.postgres

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psycopg  # noqa: F401  (the PostgreSQL driver: several job workers share one database)
 
 import privacysf.server.federation  # noqa: F401  (the Flower server app)
 from privacysf.exchange import CodeBatch, encode_codes

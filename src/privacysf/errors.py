@@ -40,3 +40,11 @@ class ServiceError(PrivacySFError):
 
 class FederationError(PrivacySFError):
     """A multi-center run cannot go on: too few centers left, or a dropout with ``on_dropout=fail``."""
+
+
+class QuotaError(PrivacySFError):
+    """A request over a per-center limit of the service (too many queued jobs)."""
+
+
+class ConflictError(PrivacySFError):
+    """A request that does not fit the current state of what it names (cancel of a finished job)."""

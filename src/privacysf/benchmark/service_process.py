@@ -68,8 +68,8 @@ def free_port() -> int:
 class ServerProcess:
     """``privacysf server serve`` in a subprocess on a free loopback port (kill -9 is allowed)."""
 
-    def __init__(self, store: Path) -> None:
-        self.store, self.port = store, free_port()
+    def __init__(self, store: Path, *options: str) -> None:
+        self.store, self.options, self.port = store, options, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
 
@@ -82,9 +82,8 @@ class ServerProcess:
         command = [sys.executable, "-m", "privacysf.cli", "server", "serve", "--store", str(self.store)]
         self.log = (self.store.parent / f"server-{self.port}.log").open("ab")
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(
-            [*command, "--port", str(self.port)], stdout=self.log, stderr=subprocess.STDOUT, env=env
-        )
+        command += [*self.options, "--port", str(self.port)]
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, "the server process exited during start-up"

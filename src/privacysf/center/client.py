@@ -24,7 +24,7 @@ from privacysf.errors import ConfigError, ServiceError
 
 CODES = "application/octet-stream"
 CHUNK = 1024 * 1024
-FINISHED = ("done", "failed")
+FINISHED = ("done", "failed", "cancelled")
 
 
 def default_profile() -> Path:
@@ -122,6 +122,9 @@ class ServiceClient:
 
     def job(self, job_id: int) -> dict[str, Any]:
         return self._request("GET", f"/jobs/{job_id}").json()
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/cancel").json()
 
     def job_log(self, job_id: int) -> list[dict[str, Any]]:
         return self._request("GET", f"/jobs/{job_id}/log").json()

@@ -22,6 +22,9 @@ def _service_config(args: argparse.Namespace):
             setattr(cfg, key, getattr(args, key))
     if getattr(args, "max_upload_mb", None) is not None:
         cfg.max_upload_bytes = args.max_upload_mb * MiB
+    if getattr(args, "job_lease", None) is not None:
+        cfg.job_lease_seconds = args.job_lease
+    cfg.in_process_worker = not getattr(args, "no_worker", False)
     return cfg
 
 
@@ -35,6 +38,12 @@ def cmd_server_serve(args: argparse.Namespace) -> None:
     from privacysf.server.service.app import serve
 
     serve(_service_config(args))
+
+
+def cmd_server_worker(args: argparse.Namespace) -> None:
+    from privacysf.server.jobs import run_worker
+
+    run_worker(_service_config(args))
 
 
 def cmd_server_create_center(args: argparse.Namespace) -> None:
@@ -128,6 +137,12 @@ def cmd_center_status(args: argparse.Namespace) -> None:
     _print_job(client.job(args.job))
 
 
+def cmd_center_cancel(args: argparse.Namespace) -> None:
+    job = _client(args).cancel_job(args.job)
+    state = "cancelled" if job["status"] == "cancelled" else "stops after the epoch in flight"
+    print(f"job {job['id']} {state}")
+
+
 def _print_job(job: dict) -> None:
     print(json.dumps(job, indent=2))
 
@@ -163,6 +178,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     serve.add_argument("--max-upload-mb", type=int, help="largest dataset upload (default 512)")
+    serve.add_argument(
+        "--no-worker", action="store_true", help="run no job worker here (`privacysf server worker` does)"
+    )
+    worker = server_command(
+        "worker", cmd_server_worker, "run one job worker (any number, on any host sharing --db and --store)"
+    )
+    for parser in (serve, worker):
+        parser.add_argument(
+            "--job-lease", type=float, help="seconds without heartbeat before a job is re-queued (default 60)"
+        )
+    worker.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     for name, func, help in [
         ("create-center", cmd_server_create_center, "add a center, print its token"),
         ("create-token", cmd_server_create_token, "another token for a center"),
@@ -202,6 +228,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--name", default="mapper", help="model name (each job adds a version)")
     train.add_argument("--epochs", type=int, help="training epochs (server default 30)")
     train.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    center_command("cancel", cmd_center_cancel, "cancel a queued or running job").add_argument(
+        "job", type=int
+    )
     status = center_command("status", cmd_center_status, "a job's status and progress")
     status.add_argument("job", type=int)
     status.add_argument("--log", action="store_true", help="print the job's log first")

@@ -1,22 +1,28 @@
-"""Background training of mapping networks: one worker thread working through the job queue.
+"""Background training of mapping networks: job workers working through the shared job queue.
 
 A job trains :class:`~privacysf.server.mapping.MappingServer` (the same code the in-process pipeline
 uses) on the code datasets it names. The training loop rewrites a resume file after every epoch, so a
-job interrupted by a crash or a ``kill -9`` is queued again at the next start and continues after the
-last finished epoch instead of starting over.
+job whose worker crashed or was killed with ``kill -9`` is queued again once its lease expires
+(:mod:`privacysf.server.store.queue`) and continues after the last finished epoch, on any worker.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import signal
+import socket
 import threading
 import traceback
 
 import numpy as np
+import torch
 
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
 from privacysf.errors import PrivacySFError
 from privacysf.exchange import DATASET_PARTS, merge_datasets, split_dataset, split_messages
 from privacysf.server.mapping import MappingServer
+from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
 from privacysf.server.tables import JobRow
 
@@ -38,18 +44,32 @@ def training_messages(store: Store, job_id: int) -> tuple[bytes, bytes, bytes, b
     return merge_datasets([split_dataset(payload) for payload in payloads]).messages("float32")
 
 
+def worker_name() -> str:
+    """``host:pid:nonce``: which process holds a job, unique even when a pid is reused."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
 class JobRunner:
-    """Runs queued jobs one at a time in a daemon thread; :meth:`stop` waits for the current epoch."""
+    """One job worker: runs queued jobs one at a time in a daemon thread, holding each by a lease.
+
+    Any number of runners (threads of ``serve``, ``privacysf server worker`` processes) can share one
+    database and store folder. Each looks for expired leases before it claims the next job, so a job
+    of a killed worker is taken over by whichever worker looks first. :meth:`stop` waits for the
+    current epoch and hands the job back to the queue.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.worker = worker_name()
+        self.lease = store.cfg.job_lease_seconds
         self.stopping = threading.Event()
+        self.holding: int | None = None
         self.thread = threading.Thread(target=self._loop, name="privacysf-jobs", daemon=True)
+        self.heart = threading.Thread(target=self._beat, name="privacysf-heartbeat", daemon=True)
 
     def start(self) -> None:
-        for job_id in self.store.requeue_interrupted_jobs():
-            self.store.log(job_id, "will resume from its last checkpoint")
         self.thread.start()
+        self.heart.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping.set()
@@ -59,22 +79,36 @@ class JobRunner:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
+    def _beat(self) -> None:
+        """Refresh the lease of the job in hand several times per lease, whatever an epoch takes."""
+        while not self.stopping.wait(self.lease / 4):
+            if (job_id := self.holding) is not None:
+                self.store.heartbeat(job_id, self.worker)
+
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            job = self.store.claim_next_job()
+            self.store.requeue_expired_jobs(self.lease)
+            job = self.store.claim_next_job(self.worker)
             if job is None:
                 self.stopping.wait(self.store.cfg.poll_seconds)
                 continue
+            self.holding = job.id
             try:
                 self.run(job)
             except _Stopped:
-                self.store.update_job(job.id, status="queued")
-                self.store.log(job.id, "server stopping; queued again")
+                self.store.release_job(job.id, self.worker, "worker stopping; queued again")
+            except _Cancelled:
+                self.store.update_job(job.id, status="cancelled")
+                self.store.log(job.id, f"cancelled after epoch {job.epoch}")
+            except _LeaseLost:
+                pass  # another worker holds the job now and writes its log
             except PrivacySFError as exc:
                 self._fail(job, str(exc))
             except Exception as exc:  # a bug must fail the job, never kill the runner
                 traceback.print_exc()
                 self._fail(job, f"internal error ({type(exc).__name__}); the server log has the details")
+            finally:
+                self.holding = None
 
     def _fail(self, job: JobRow, message: str) -> None:
         self.store.update_job(job.id, status="failed", error=message)
@@ -87,7 +121,8 @@ class JobRunner:
         folder = self.store.files.job_dir(job.id)
         folder.mkdir(parents=True, exist_ok=True)
         resuming = (folder / RESUME).is_file()
-        self.store.log(job.id, f"attempt {job.attempts}: {'resuming' if resuming else 'starting'} training")
+        start = "resuming" if resuming else "starting"
+        self.store.log(job.id, f"attempt {job.attempts} on worker {self.worker}: {start} training")
         first_epoch = True
 
         def on_epoch(record: dict[str, float]) -> None:
@@ -98,12 +133,17 @@ class JobRunner:
                 values["resumed_at_epoch"] = epoch
                 self.store.log(job.id, f"resumed at epoch {epoch} from the checkpoint")
             first_epoch = False
-            job.best_score = values["best_score"]
+            job.best_score, job.epoch = values["best_score"], epoch
+            held = self.store.heartbeat(job.id, self.worker)
+            if held is None:
+                raise _LeaseLost
             self.store.update_job(job.id, **values)
             self.store.log(
                 job.id,
                 f"epoch {epoch}: train loss {record['train_loss']:.5f}, val score {record['val_score']:.5f}",
             )
+            if held.cancel_requested:
+                raise _Cancelled
             if self.stopping.is_set():
                 raise _Stopped
 
@@ -116,6 +156,8 @@ class JobRunner:
         model_file = f"job-{job.id}.pt"
         server.save(self.store.files.model(model_file))
         model = self.store.add_model(job, model_file, server.signature)
+        if model is None:
+            raise _LeaseLost
         self.store.update_job(job.id, best_score=result.best_score)
         self.store.log(
             job.id,
@@ -126,4 +168,28 @@ class JobRunner:
 
 
 class _Stopped(Exception):
-    """Raised from the epoch hook to leave training when the service shuts down."""
+    """Raised from the epoch hook to leave training when the worker shuts down."""
+
+
+class _Cancelled(Exception):
+    """Raised from the epoch hook when the job's center asked to cancel it."""
+
+
+class _LeaseLost(Exception):
+    """The worker's lease expired and another worker took the job over: leave it without a trace."""
+
+
+def run_worker(cfg: ServiceConfig) -> None:
+    """``privacysf server worker``: one job worker in the foreground until SIGTERM or Ctrl-C."""
+    torch.set_num_threads(cfg.threads)
+    runner = JobRunner(Store(cfg))
+    signal.signal(signal.SIGTERM, lambda *_: runner.stopping.set())
+    runner.start()
+    print(f"job worker {runner.worker} started", flush=True)
+    try:
+        while runner.alive:
+            runner.thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.stop()

@@ -38,6 +38,12 @@ class ServiceConfig:
     """At ``serve`` start, unrecorded dataset files untouched this long are deleted as crash leftovers.
     A live upload rewrites its file with every chunk and a kept one is recorded within seconds, so an
     hour spares any upload in flight, even a slow one, or one of a server on another host."""
+    max_queued_jobs_per_center: int = 20
+    """Queued jobs one center may have; more are refused with 429 so one center cannot fill the queue."""
+    job_lease_seconds: float = 60.0
+    """A running job whose worker sent no heartbeat for this long is taken as lost and queued again."""
+    in_process_worker: bool = True
+    """``serve`` runs a job worker thread; off when separate ``privacysf server worker`` processes do."""
 
     @property
     def database_url(self) -> str:

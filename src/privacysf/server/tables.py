@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -97,7 +97,7 @@ class JobRow(Base):
     center_id: Mapped[int] = mapped_column(ForeignKey("centers.id"), index=True)
     name: Mapped[str] = mapped_column(String(100))
     status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
-    """queued -> running -> done | failed; a running job found at start-up is queued again."""
+    """queued -> running -> done | failed | cancelled; a running job whose lease expired is queued again."""
     settings: Mapped[dict] = mapped_column(JSON)
     """``train`` and ``mapper`` sections, as accepted by TrainConfig and MapperConfig."""
     epochs: Mapped[int] = mapped_column(Integer)
@@ -108,6 +108,12 @@ class JobRow(Base):
     resumed_at_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    """The worker running the job (host:pid:nonce); it holds the job while its heartbeat is fresh."""
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Set by a cancel of a running job; its worker stops it after the epoch in flight."""
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow)
 

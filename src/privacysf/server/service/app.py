@@ -22,7 +22,14 @@ from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
 from privacysf.config import WireDtype
-from privacysf.errors import AuthError, NotFoundError, PayloadTooLargeError, PrivacySFError
+from privacysf.errors import (
+    AuthError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PrivacySFError,
+    QuotaError,
+)
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service.schemas import (
     CenterOut,
@@ -51,23 +58,25 @@ BINARY_BODY = {
         "content": {CODES: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
-STATUS = {AuthError: 401, NotFoundError: 404, PayloadTooLargeError: 413}
+STATUS = {AuthError: 401, NotFoundError: 404, ConflictError: 409, PayloadTooLargeError: 413, QuotaError: 429}
 Out = TypeVar("Out", bound=BaseModel)
 bearer = HTTPBearer(auto_error=False, description="a center's API token (privacysf server create-center)")
 
 
 def create_app(cfg: ServiceConfig) -> FastAPI:
     store = Store(cfg)
-    runner = JobRunner(store)
+    runner = JobRunner(store) if cfg.in_process_worker else None
     cache = ModelCache(store)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         torch.set_num_threads(cfg.threads)
         store.start_serving()  # the only place that deletes crash leftovers: operator commands never do
-        runner.start()
+        if runner:
+            runner.start()
         yield
-        await run_in_threadpool(runner.stop)
+        if runner:
+            await run_in_threadpool(runner.stop)
         store.stop_serving()
 
     app = FastAPI(
@@ -107,9 +116,12 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
 
     @app.get("/ready", response_model=Readiness, tags=["service"], responses=unauthorised)
     def ready(_center: Center, response: Response) -> Readiness:
-        """Readiness: the database answers, the store folder is writable and the job runner runs."""
+        """Readiness: the database answers, the store folder is writable and the job runner runs
+        (when ``serve`` runs one; with ``--no-worker`` separate worker processes do)."""
         state = Readiness(
-            database=_database_ok(store), store=os.access(store.files.root, os.W_OK), job_runner=runner.alive
+            database=_database_ok(store),
+            store=os.access(store.files.root, os.W_OK),
+            job_runner=runner is None or runner.alive,
         )
         if not all(state.model_dump().values()):
             response.status_code = 503
@@ -210,11 +222,30 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         "model", ModelRow, ModelOut, _from_row(ModelOut), "Model versions trained on data of this center."
     )
 
-    @app.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"], responses=unauthorised)
+    @app.post(
+        "/jobs",
+        response_model=JobOut,
+        status_code=201,
+        tags=["jobs"],
+        responses={**unauthorised, 429: {"description": "too many queued jobs"}},
+    )
     def create_job(center: Center, body: JobIn) -> JobOut:
         """Queue training of a mapping network on some of the center's datasets."""
+        store.check_quota(center, cfg.max_queued_jobs_per_center)
         settings = {"train": body.train.model_dump(), "mapper": body.mapper.model_dump()}
         return _job_out(store, store.create_job(center, body.name, body.datasets, settings))
+
+    @app.post(
+        "/jobs/{job_id}/cancel",
+        response_model=JobOut,
+        tags=["jobs"],
+        responses={**unauthorised, 409: {"description": "the job already ended"}},
+    )
+    def cancel_job(center: Center, job_id: Annotated[Id, Path()]) -> JobOut:
+        """Cancel a job: a queued one at once, a running one after the epoch in flight."""
+        store.visible_row(JobRow, center, job_id)
+        store.cancel_job(job_id)
+        return _job_out(store, store.visible_row(JobRow, center, job_id))
 
     @app.get("/jobs/{job_id}/log", response_model=list[LogLine], tags=["jobs"], responses=unauthorised)
     def job_log(center: Center, job_id: Annotated[Id, Path()]) -> list[LogLine]:

@@ -110,7 +110,9 @@ class DatasetOut(BaseModel):
 class JobOut(BaseModel):
     id: int
     name: str
-    status: Literal["queued", "running", "done", "failed"]
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    cancel_requested: bool
+    """A cancel of the running job was asked for; it stops after the epoch in flight."""
     epoch: int
     """Last finished epoch, counted from 0 (-1: none yet)."""
     epochs: int

@@ -5,6 +5,7 @@
 - :mod:`.database`: the engine, migrations and transactions;
 - :mod:`.accounts`: centers and tokens (random, shown once, stored as SHA-256 digests, revocable);
 - :mod:`.records`: datasets, jobs and models, each query scoped to the asking center;
+- :mod:`.queue`: the job queue shared by worker processes (fair claims, leases, cancel, quotas);
 - :mod:`.files`: the store folder, written so that a crash leaves no half file;
 - :mod:`.uploads`: a streamed dataset upload, checked before it is kept and recorded;
 - :mod:`.cleanup`: the serving lock, and the removal of what a crash left, at ``serve`` start only.
@@ -18,13 +19,14 @@ from privacysf.server.settings import ServiceConfig
 from privacysf.server.store.accounts import Accounts, Caller
 from privacysf.server.store.cleanup import ServingLock, remove_stale
 from privacysf.server.store.files import Files
+from privacysf.server.store.queue import JobQueue
 from privacysf.server.store.records import Records
 from privacysf.server.store.uploads import DatasetUpload
 
 log = logging.getLogger("privacysf.service")
 
 
-class Store(Accounts, Records):
+class Store(Accounts, Records, JobQueue):
     """Database and files of one service instance; safe to share between threads.
 
     Opening it migrates the database and deletes nothing: operator commands open it beside a live

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
@@ -26,9 +26,12 @@ class Database:
     """An engine on ``url`` whose schema is brought to the newest migration when it is opened."""
 
     def __init__(self, url: str) -> None:
-        sqlite = url.startswith("sqlite")
+        parsed = make_url(url)
+        if parsed.drivername == "postgresql":  # psycopg 3 is the driver the server extra installs
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        sqlite = parsed.get_backend_name() == "sqlite"
         self.engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30} if sqlite else {}
+            parsed, connect_args={"check_same_thread": False, "timeout": 30} if sqlite else {}
         )
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)

@@ -28,14 +28,13 @@ MISSING = {
 
 def visible(table: type[Row], center_id: int) -> Select[Any]:
     """The rows of ``table`` a center may see: its datasets and jobs, and models trained on its data."""
-    if issubclass(table, ModelRow):
-        return (
-            select(ModelRow)
-            .join(JobDatasetRow, JobDatasetRow.job_id == ModelRow.job_id)
+    if issubclass(table, ModelRow):  # IN, not JOIN + DISTINCT: PostgreSQL cannot compare JSON columns
+        own_jobs = (
+            select(JobDatasetRow.job_id)
             .join(DatasetRow, DatasetRow.id == JobDatasetRow.dataset_id)
             .where(DatasetRow.center_id == center_id)
-            .distinct()
         )
+        return select(ModelRow).where(ModelRow.job_id.in_(own_jobs))
     return select(table).where(table.center_id == center_id)
 
 
@@ -116,32 +115,23 @@ class Records(Database):
             query = select(DatasetRow).join(JobDatasetRow).where(JobDatasetRow.job_id == job_id)
             return list(s.scalars(query.order_by(DatasetRow.id)))
 
-    def requeue_interrupted_jobs(self) -> list[int]:
-        """Jobs left ``running`` by a killed process go back to the queue (they resume from checkpoints)."""
-        with self.session() as s:
-            ids = list(s.scalars(select(JobRow.id).where(JobRow.status == "running")))
-            s.execute(update(JobRow).where(JobRow.id.in_(ids)).values(status="queued"))
-            s.add_all(
-                [JobLogRow(job_id=i, message="interrupted by a server stop; queued again") for i in ids]
-            )
-        return ids
-
-    def claim_next_job(self) -> JobRow | None:
-        with self.session() as s:
-            job = s.scalar(select(JobRow).where(JobRow.status == "queued").order_by(JobRow.id).limit(1))
-            if job is not None:
-                job.status, job.attempts = "running", job.attempts + 1
-            return job
-
     def update_job(self, job_id: int, **values) -> None:
         with self.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
 
     # models ------------------------------------------------------------------------------------
 
-    def add_model(self, job: JobRow, file: str, signature: dict) -> ModelRow:
-        """Record a finished job's mapper as the next version of its name and mark the job done."""
+    def add_model(self, job: JobRow, file: str, signature: dict) -> ModelRow | None:
+        """Record a finished job's mapper as the next version of its name and mark the job done.
+
+        Only while ``job.worker`` still holds the job: a worker whose lease expired (another worker
+        took the job over) records nothing and gets None, so each job yields exactly one model.
+        """
         with self.session() as s:
+            held = (JobRow.id == job.id) & (JobRow.worker == job.worker) & (JobRow.status == "running")
+            done = update(JobRow).where(held).values(status="done")
+            if s.execute(done, execution_options={"synchronize_session": False}).rowcount == 0:  # type: ignore[attr-defined]
+                return None
             latest = s.scalar(
                 select(func.max(ModelRow.version))
                 .join(JobRow, JobRow.id == ModelRow.job_id)
@@ -159,5 +149,5 @@ class Records(Database):
             )
             s.add(model)
             s.flush()
-            s.execute(update(JobRow).where(JobRow.id == job.id).values(status="done", model_id=model.id))
+            s.execute(update(JobRow).where(JobRow.id == job.id).values(model_id=model.id))
             return model
