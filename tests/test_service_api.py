@@ -32,6 +32,7 @@ class Api:
             max_upload_bytes=UPLOAD_LIMIT,
             max_map_bytes=MAP_LIMIT,
             max_map_codes=MAP_CODES,
+            map_seconds=0.0,  # past at once: a batch of more than 64 codes is cut off after its first 64
             poll_seconds=0.05,
         )
         self.app = create_app(self.cfg)
@@ -256,8 +257,20 @@ def test_bad_upload_requests_are_refused(api):
         (codes(2, "image")[:4] + struct.pack("<H", 2) + codes(2, "image")[6:], 400, "version 2"),
         (codes(MAP_LIMIT // 64 + 1, "image", dtype="float32"), 413, "limit"),
         (codes(MAP_CODES + 1, "image"), 413, "split the batch"),
+        (codes(65, "image"), 413, "send at most 64 codes per request"),
     ],
-    ids=["channels", "grid", "kind", "nan", "truncated", "empty", "version", "oversized", "too many codes"],
+    ids=[
+        "channels",
+        "grid",
+        "kind",
+        "nan",
+        "truncated",
+        "empty",
+        "version",
+        "oversized",
+        "too many codes",
+        "past the time limit",
+    ],
 )
 def test_bad_mapping_requests_are_refused_and_serving_goes_on(api, payload, status, words):
     refused(api.map("A", api.model_id, payload), status, words)

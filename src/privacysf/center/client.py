@@ -26,8 +26,9 @@ from privacysf.exchange import CodeBatch, decode_codes, encode_codes, read_heade
 
 CODES = "application/octet-stream"
 CHUNK = 1024 * 1024
-MAP_BATCH_CODES = 1024
-"""Most codes sent in one mapping request: the server's default cap (``max_map_codes``)."""
+MAP_BATCH_CODES = 256
+"""Most codes sent in one mapping request: within the server's default caps on codes per request
+(``max_map_codes``) and on mapping time (``map_seconds``) for the default mapper."""
 FINISHED = ("done", "failed")
 
 

@@ -25,6 +25,10 @@ class ServiceConfig:
     max_map_codes: int = 1024
     """Most codes in one mapping request. Mapping costs CPU time per code, so this bounds how long one
     request holds a worker: a bigger batch is refused with 413 and the client sends it in parts."""
+    map_seconds: float = 60.0
+    """Longest a mapping request may compute (checked between batches of 64 codes): past it the rest
+    is refused with 413 saying how many codes fit, so no request holds a worker past its clients'
+    timeout (120 s), whatever the model's cost per code."""
     max_concurrent_uploads: int = 4
     """Uploads received at once; more are refused with 503 and Retry-After before anything is written,
     so many slow uploads cannot exhaust file descriptors, disk bandwidth or commit threads."""

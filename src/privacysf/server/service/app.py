@@ -8,6 +8,7 @@ with a message saying what was wrong.
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
@@ -246,7 +247,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         body = await read_limited(request, cfg.max_map_bytes, cfg.body_timeout_seconds)
         refuse_big_batch(body, cfg.max_map_codes)
         mapper = await run_in_threadpool(cache.get, row)
-        return Response(await run_in_threadpool(mapper.map, body, dtype), media_type=CODES)
+        deadline = time.monotonic() + cfg.map_seconds
+        return Response(await run_in_threadpool(mapper.map, body, dtype, deadline=deadline), media_type=CODES)
 
     return app
 
