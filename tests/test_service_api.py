@@ -331,6 +331,8 @@ def test_the_client_maps_a_batch_over_the_cap_in_parts(api, monkeypatch):
     payload = codes(8, "image", seed=4)
     whole = decode_codes(api.map("A", api.model_id, payload).content)
     parts = decode_codes(client.map(api.model_id, payload))
+    client.close()
+    transport.close()
     assert [decode_codes(r.content).shape[0] for r in sent] == [3, 3, 2]
     assert parts.shape == whole.shape and parts.wire_dtype == whole.wire_dtype
     np.testing.assert_allclose(parts.tokens, whole.tokens, atol=1e-3)
