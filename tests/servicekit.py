@@ -21,13 +21,14 @@ from privacysf.benchmark.service_process import (  # noqa: F401 (re-exported to 
 class LoopbackServer:
     """An app served by uvicorn in a thread of the test process: real HTTP, in-process state."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, **options) -> None:
+        """``options`` are more uvicorn settings (the service's bounds: ``uvicorn_options(cfg)``)."""
         import uvicorn
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", ws="none"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", ws="none", **options
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -6,6 +6,8 @@ in a center's secret token order) was trained as if the tokens were in raster or
 check ignored the scan order that the mapper's check enforced.
 """
 
+import io
+
 import numpy as np
 import pytest
 from servicekit import bundle, codes, sha
@@ -13,7 +15,15 @@ from sqlalchemy import update
 
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
 from privacysf.errors import ConfigError, WireFormatError
-from privacysf.exchange import decode_codes, merge_datasets, split_dataset, split_messages
+from privacysf.exchange import (
+    CodeBatch,
+    check_dataset_stream,
+    decode_codes,
+    encode_codes,
+    merge_datasets,
+    split_dataset,
+    split_messages,
+)
 from privacysf.server.jobs import training_messages
 from privacysf.server.mapping import MappingServer
 from privacysf.server.settings import ServiceConfig
@@ -53,6 +63,21 @@ def test_the_store_and_the_mapper_refuse_a_bad_dataset_with_the_same_error(tmp_p
     with pytest.raises(WireFormatError) as trained:
         mapper.fit(*split_messages(payload, 4))
     assert str(trained.value) == str(stored.value)
+
+
+def test_the_streamed_check_finds_a_nan_in_any_chunk_and_agrees_with_the_whole_check():
+    """An upload is checked chunk by chunk (never decoded whole); a NaN in its last chunk still counts."""
+    tokens = np.zeros((64, 16, 4), np.float32)
+    tokens[-1, -1, -1] = np.nan
+    nan_masks = encode_codes(CodeBatch(tokens, (4, 4), "mask"), "float16")
+    payload = codes(64, "image") + nan_masks + codes(1, "image") + codes(1, "mask")
+    with pytest.raises(WireFormatError, match="NaN") as whole:
+        split_dataset(payload)
+    with pytest.raises(WireFormatError, match="NaN") as streamed:
+        check_dataset_stream(io.BytesIO(payload), chunk_bytes=256)
+    assert str(streamed.value) == str(whole.value)
+    good = bundle()
+    assert check_dataset_stream(io.BytesIO(good), chunk_bytes=256) == split_dataset(good).layout
 
 
 def test_datasets_of_different_code_spaces_are_not_merged():

@@ -13,12 +13,15 @@ import pytest
 from pgkit import fresh_database
 from servicekit import GRID, TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, codes, sha
 
+from privacysf.center import client as client_module
+from privacysf.center.client import ServiceClient
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
 
 UPLOAD_LIMIT = 64 * 1024
 MAP_LIMIT = 16 * 1024
+MAP_CODES = 100
 
 
 class Api:
@@ -30,6 +33,8 @@ class Api:
             db_url=db_url,
             max_upload_bytes=UPLOAD_LIMIT,
             max_map_bytes=MAP_LIMIT,
+            max_map_codes=MAP_CODES,
+            map_seconds=0.0,  # past at once: a batch of more than 64 codes is cut off after its first 64
             poll_seconds=0.05,
         )
         self.postgres = db_url is not None
@@ -259,8 +264,21 @@ def test_bad_upload_requests_are_refused(api):
         (b"", 400, "too short"),
         (codes(2, "image")[:4] + struct.pack("<H", 2) + codes(2, "image")[6:], 400, "version 2"),
         (codes(MAP_LIMIT // 64 + 1, "image", dtype="float32"), 413, "limit"),
+        (codes(MAP_CODES + 1, "image"), 413, "split the batch"),
+        (codes(65, "image"), 413, "send at most 64 codes per request"),
     ],
-    ids=["channels", "grid", "kind", "nan", "truncated", "empty", "version", "oversized"],
+    ids=[
+        "channels",
+        "grid",
+        "kind",
+        "nan",
+        "truncated",
+        "empty",
+        "version",
+        "oversized",
+        "too many codes",
+        "past the time limit",
+    ],
 )
 def test_bad_mapping_requests_are_refused_and_serving_goes_on(api, payload, status, words):
     refused(api.map("A", api.model_id, payload), status, words)
@@ -309,6 +327,23 @@ def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
     assert job["status"] == "done", job
     mapped = decode_codes(api.map("A", job["model_id"], codes(3, "image", scan="keyed")).content)
     assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"
+
+
+def test_the_client_maps_a_batch_over_the_cap_in_parts(api, monkeypatch):
+    """A batch bigger than the server's cap on codes per request maps in several requests, in order."""
+    monkeypatch.setattr(client_module, "MAP_BATCH_CODES", 3)
+    sent = []
+    transport = httpx.HTTPTransport()
+    recording = httpx.MockTransport(lambda request: sent.append(request) or transport.handle_request(request))
+    client = ServiceClient(api.server.url, api.tokens["A"], transport=recording)
+    payload = codes(8, "image", seed=4)
+    whole = decode_codes(api.map("A", api.model_id, payload).content)
+    parts = decode_codes(client.map(api.model_id, payload))
+    client.close()
+    transport.close()
+    assert [decode_codes(r.content).shape[0] for r in sent] == [3, 3, 2]
+    assert parts.shape == whole.shape and parts.wire_dtype == whole.wire_dtype
+    np.testing.assert_allclose(parts.tokens, whole.tokens, atol=1e-3)
 
 
 def test_the_service_really_runs_on_its_database(api):

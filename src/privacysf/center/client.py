@@ -18,12 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from privacysf.common.runs import atomic_write
 from privacysf.errors import ConfigError, ServiceError
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes, read_header
 
 CODES = "application/octet-stream"
 CHUNK = 1024 * 1024
+MAP_BATCH_CODES = 256
+"""Most codes sent in one mapping request: within the server's default caps on codes per request
+(``max_map_codes``) and on mapping time (``map_seconds``) for the default mapper."""
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -141,6 +146,22 @@ class ServiceClient:
         return self._request("GET", "/models").json()
 
     def map(self, model_id: int, image_codes: bytes, dtype: str | None = None) -> bytes:
+        """Mask codes for ``image_codes``, sent in requests of at most :data:`MAP_BATCH_CODES` codes
+        (the server caps the codes of one request so that none holds it for long)."""
+        if read_header(image_codes).shape[0] <= MAP_BATCH_CODES:
+            return self._map_request(model_id, image_codes, dtype)
+        batch = decode_codes(image_codes)
+        parts = [
+            decode_codes(
+                self._map_request(model_id, encode_codes(part, batch.wire_dtype or "float32"), dtype)
+            )
+            for part in _slices(batch, MAP_BATCH_CODES)
+        ]
+        tokens = np.concatenate([part.tokens for part in parts])
+        reply = CodeBatch(tokens, parts[0].grid, parts[0].kind, scan=parts[0].scan)
+        return encode_codes(reply, parts[0].wire_dtype or "float32")
+
+    def _map_request(self, model_id: int, image_codes: bytes, dtype: str | None) -> bytes:
         params = {"dtype": dtype} if dtype else None
         headers = {"Content-Type": CODES}
         return self._request(
@@ -149,6 +170,12 @@ class ServiceClient:
 
     def mapper(self, model_id: int) -> RemoteMapper:
         return RemoteMapper(self, model_id)
+
+
+def _slices(batch: CodeBatch, size: int) -> Iterator[CodeBatch]:
+    """``batch`` in consecutive parts of at most ``size`` codes (same grid, kind and scan order)."""
+    for start in range(0, batch.shape[0], size):
+        yield CodeBatch(batch.tokens[start : start + size], batch.grid, batch.kind, scan=batch.scan)
 
 
 @dataclass

@@ -17,7 +17,8 @@ def _service_config(args: argparse.Namespace):
     from privacysf.server.settings import ServiceConfig
 
     cfg = ServiceConfig(store=Path(args.store), db_url=args.db)
-    for key in ("host", "port", "threads"):
+    bounds = ("max_map_codes", "map_seconds", "max_concurrent_uploads", "body_timeout_seconds")
+    for key in ("host", "port", "threads", *bounds):
         if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
     if getattr(args, "max_upload_mb", None) is not None:
@@ -178,6 +179,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     serve.add_argument("--max-upload-mb", type=int, help="largest dataset upload (default 512)")
+    serve.add_argument("--max-map-codes", type=int, help="most codes per mapping request (default 1024)")
+    serve.add_argument(
+        "--map-seconds", type=float, help="longest a mapping request may compute before 413 (default 60)"
+    )
+    serve.add_argument(
+        "--max-concurrent-uploads", type=int, help="uploads received at once; more get 503 (default 4)"
+    )
+    serve.add_argument(
+        "--body-timeout-seconds",
+        type=float,
+        help="longest wait for the next part of a request body before 408 (default 30)",
+    )
     serve.add_argument(
         "--no-worker", action="store_true", help="run no job worker here (`privacysf server worker` does)"
     )

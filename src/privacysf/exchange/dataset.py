@@ -4,23 +4,38 @@ A dataset is four wire messages, in this order: train image codes, train mask co
 codes, validation mask codes. They must pair up one image code to one mask code, and all four must
 live in one *code space*: one token grid, one scan order, one channel count per kind. Every path that
 takes a dataset in (the service's uploads, its jobs, the Flower app, the in-process pipeline) reads it
-with :func:`read_dataset`, so they accept and refuse exactly the same things with the same message.
+with :func:`read_dataset`, so they accept and refuse exactly the same things with the same message;
+an upload too big to hold is checked from its file by :func:`check_dataset_stream`, which applies the
+same header checks (:func:`~privacysf.exchange.wire.read_header`) and the same pairing rule
+(:func:`dataset_layout`) without decoding the codes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple, Protocol
 
 import numpy as np
 
 from privacysf.errors import ConfigError, WireFormatError
-from privacysf.exchange.wire import CodeBatch, decode_codes, encode_codes, split_messages
+from privacysf.exchange.wire import (
+    PREFIX_BYTES,
+    WIRE_DTYPES,
+    CodeBatch,
+    check_finite,
+    decode_codes,
+    encode_codes,
+    header_length,
+    read_header,
+    split_messages,
+)
 
 DATASET_PARTS = ("train image", "train mask", "val image", "val mask")
 """The four messages of a dataset, in the order they travel."""
 PART_KINDS = ("image", "mask", "image", "mask")
+STREAM_CHUNK_BYTES = 4 * 1024 * 1024
+"""How much of a streamed dataset's values is checked at a time (the memory a streamed check holds)."""
 
 
 class CodeSpace(NamedTuple):
@@ -46,17 +61,12 @@ class CodeDataset:
         return self.train_images, self.train_masks, self.val_images, self.val_masks
 
     @property
+    def layout(self) -> DatasetLayout:
+        return dataset_layout(self.parts)
+
+    @property
     def space(self) -> CodeSpace:
-        x, y = self.train_images, self.train_masks
-        return CodeSpace(x.grid, x.scan, x.shape[2], y.shape[2])
-
-    @property
-    def train_count(self) -> int:
-        return self.train_images.shape[0]
-
-    @property
-    def val_count(self) -> int:
-        return self.val_images.shape[0]
+        return self.layout.space
 
     def messages(self, dtype: str = "float32") -> tuple[bytes, bytes, bytes, bytes]:
         """The dataset as four wire messages again (float32 holds every wire dtype's values exactly)."""
@@ -64,34 +74,88 @@ class CodeDataset:
         return x, y, vx, vy
 
 
-def read_dataset(messages: Sequence[bytes]) -> CodeDataset:
-    """Decode a dataset's four messages and check that they form one: kinds, pairs, one code space."""
-    if len(messages) != len(DATASET_PARTS):
-        raise WireFormatError(f"a dataset is {len(DATASET_PARTS)} code messages, not {len(messages)}")
-    batches = [decode_codes(m, expect_kind=kind) for m, kind in zip(messages, PART_KINDS, strict=True)]
-    x, y, vx, vy = batches
+class DatasetLayout(NamedTuple):
+    """What a checked dataset holds, told from its four headers: its code space and its sizes."""
+
+    space: CodeSpace
+    train_count: int
+    val_count: int
+
+
+class _Part(Protocol):
+    """A dataset part as the layout rule sees it: a decoded batch or a message header alike."""
+
+    @property
+    def grid(self) -> tuple[int, int]: ...
+    @property
+    def scan(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+
+def dataset_layout(parts: Sequence[_Part]) -> DatasetLayout:
+    """The rule over the four parts: image and mask codes pair up, all in one code space."""
+    x, y, vx, vy = parts
     if (
-        len({b.grid for b in batches}) > 1
-        or len({b.scan for b in batches}) > 1
+        len({b.grid for b in parts}) > 1
+        or len({b.scan for b in parts}) > 1
         or x.shape[2] != vx.shape[2]
         or y.shape[2] != vy.shape[2]
     ):
         raise WireFormatError(
             "the four code messages of a dataset must share one grid, scan order and channel counts; "
-            f"got grids {[b.grid for b in batches]}, scans {[b.scan for b in batches]}, "
-            f"channels {[b.shape[2] for b in batches]}"
+            f"got grids {[b.grid for b in parts]}, scans {[b.scan for b in parts]}, "
+            f"channels {[b.shape[2] for b in parts]}"
         )
     if x.shape[0] != y.shape[0] or vx.shape[0] != vy.shape[0]:
         raise WireFormatError(
             f"image and mask codes must pair up: {x.shape[0]}/{y.shape[0]} train, "
             f"{vx.shape[0]}/{vy.shape[0]} validation"
         )
+    return DatasetLayout(CodeSpace(x.grid, x.scan, x.shape[2], y.shape[2]), x.shape[0], vx.shape[0])
+
+
+def read_dataset(messages: Sequence[bytes]) -> CodeDataset:
+    """Decode a dataset's four messages and check that they form one: kinds, pairs, one code space."""
+    if len(messages) != len(DATASET_PARTS):
+        raise WireFormatError(f"a dataset is {len(DATASET_PARTS)} code messages, not {len(messages)}")
+    batches = [decode_codes(m, expect_kind=kind) for m, kind in zip(messages, PART_KINDS, strict=True)]
+    dataset_layout(batches)
+    x, y, vx, vy = batches
     return CodeDataset(x, y, vx, vy)
 
 
 def split_dataset(payload: bytes) -> CodeDataset:
     """A dataset sent as one body: its four messages back to back."""
     return read_dataset(split_messages(payload, len(DATASET_PARTS)))
+
+
+def check_dataset_stream(stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES) -> DatasetLayout:
+    """Check a dataset read from ``stream`` (e.g. an uploaded file) by the same rule as
+    :func:`split_dataset`, message by message and its values chunk by chunk.
+
+    Memory stays at about ``chunk_bytes`` whatever the dataset's size: an upload is checked without
+    ever holding its codes, so a 512 MiB dataset costs the server no more than a small one.
+    """
+    headers = []
+    for index, kind in enumerate(PART_KINDS):
+        where = f"message {index + 1} of {len(DATASET_PARTS)} ({DATASET_PARTS[index]})"
+        prefix = stream.read(PREFIX_BYTES)
+        if len(prefix) < PREFIX_BYTES:
+            raise WireFormatError(f"the upload ends before {where}")
+        raw = prefix + stream.read(header_length(prefix))
+        header = read_header(raw, expect_kind=kind)
+        remaining, step = header.body_bytes, chunk_bytes - chunk_bytes % WIRE_DTYPES[header.dtype].itemsize
+        while remaining:
+            chunk = stream.read(min(step, remaining))
+            if not chunk:
+                raise WireFormatError(f"{where} is truncated: {remaining} bytes of its codes are missing")
+            check_finite(chunk, header.dtype)
+            remaining -= len(chunk)
+        headers.append(header)
+    if stream.read(1):
+        raise WireFormatError(f"bytes follow the last of {len(DATASET_PARTS)} messages")
+    return dataset_layout(headers)
 
 
 def one_code_space(spaces: Sequence[CodeSpace], what: str) -> CodeSpace:

@@ -37,6 +37,8 @@ WIRE_DTYPES = dict(zip(WIRE_DTYPE_NAMES, map(np.dtype, ("<f4", "<f2", "i1")), st
 INT8_SCALE = 127.0
 KINDS = ("image", "mask")
 _PREFIX = struct.Struct("<4sHI")
+PREFIX_BYTES = _PREFIX.size
+"""Magic, format version and header length: the fixed start of every message."""
 MAX_HEADER_BYTES = 64 * 1024
 
 
@@ -81,28 +83,50 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
         values = np.clip(np.rint(tokens * INT8_SCALE), -127, 127).astype(WIRE_DTYPES[dtype])
     else:
         values = tokens.astype(WIRE_DTYPES[dtype])
+    n, length, channels = tokens.shape
+    return encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan) + values.tobytes()
+
+
+def encode_header(
+    kind: str, dtype: str, shape: tuple[int, int, int], grid: tuple[int, int], scan: str
+) -> bytes:
+    """A message's prefix and header; its values follow (so a big message can be written in parts)."""
     header = json.dumps(
         {
             "version": FORMAT_VERSION,
-            "kind": batch.kind,
+            "kind": kind,
             "dtype": dtype,
-            "shape": list(tokens.shape),
-            "grid": list(batch.grid),
-            "scan": batch.scan,
+            "shape": list(shape),
+            "grid": list(grid),
+            "scan": scan,
         }
     ).encode()
-    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + values.tobytes()
+    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
 
 
-def decode_codes(
-    payload: bytes,
-    expect_kind: str | None = None,
-    expect_tokens: tuple[int, int] | None = None,
-) -> CodeBatch:
-    """Read a message, checking it against what the receiver expects: kind and (L, C) per code."""
-    if len(payload) < _PREFIX.size:
-        raise WireFormatError(f"payload of {len(payload)} bytes is too short to hold a code header")
-    magic, version, header_len = _PREFIX.unpack_from(payload)
+@dataclass(frozen=True)
+class MessageHeader:
+    """What a message's prefix and header announce, checked; the values follow at ``body_offset``."""
+
+    kind: str
+    dtype: str
+    shape: tuple[int, int, int]
+    grid: tuple[int, int]
+    scan: str
+    body_offset: int
+
+    @property
+    def body_bytes(self) -> int:
+        """How many bytes of values the header announces (Python ints: no overflow)."""
+        n, length, channels = self.shape
+        return n * length * channels * WIRE_DTYPES[self.dtype].itemsize
+
+
+def header_length(prefix: bytes) -> int:
+    """The header length a message's fixed prefix announces, once its magic and version check out."""
+    if len(prefix) < PREFIX_BYTES:
+        raise WireFormatError(f"payload of {len(prefix)} bytes is too short to hold a code header")
+    magic, version, header_len = _PREFIX.unpack_from(prefix)
     if magic != MAGIC:
         raise WireFormatError("payload is not a Privacy-SF code message (bad magic bytes)")
     if version != FORMAT_VERSION:
@@ -110,15 +134,31 @@ def decode_codes(
             f"code format version {version} is not supported (this build reads version "
             f"{FORMAT_VERSION}); encode with a matching privacysf release"
         )
-    if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
+    if header_len > MAX_HEADER_BYTES:
+        raise WireFormatError("code header length is inconsistent with the payload size")
+    return int(header_len)
+
+
+def read_header(
+    payload: bytes,
+    expect_kind: str | None = None,
+    expect_tokens: tuple[int, int] | None = None,
+) -> MessageHeader:
+    """Check a message's prefix and header against what the receiver expects: kind and (L, C) per code.
+
+    ``payload`` needs to hold only the prefix and the header, so a stream can be checked message by
+    message before (and without) reading its values into memory.
+    """
+    header_len = header_length(payload)
+    if PREFIX_BYTES + header_len > len(payload):
         raise WireFormatError("code header length is inconsistent with the payload size")
     try:
-        header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
+        header = json.loads(payload[PREFIX_BYTES : PREFIX_BYTES + header_len])
         dtype, shape, grid, kind = header["dtype"], header["shape"], header["grid"], header["kind"]
         scan = header["scan"]
     except (ValueError, KeyError, TypeError) as exc:
         raise WireFormatError(f"code header is malformed: {exc}") from None
-    if header.get("version") != version:
+    if header.get("version") != FORMAT_VERSION:
         raise WireFormatError("code header and prefix disagree on the format version")
     if dtype not in WIRE_DTYPES:
         raise WireFormatError(f"code dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
@@ -141,16 +181,32 @@ def decode_codes(
             f"codes have {shape[1]} tokens of {shape[2]} values, but this model takes "
             f"{expect_tokens[0]} tokens of {expect_tokens[1]} values; encode with the matching codec"
         )
-    body = payload[_PREFIX.size + header_len :]
-    expected = int(np.prod(shape)) * WIRE_DTYPES[dtype].itemsize
-    if len(body) != expected:
-        raise WireFormatError(f"code body has {len(body)} bytes, its header announces {expected}")
-    values = np.frombuffer(body, dtype=WIRE_DTYPES[dtype]).reshape(shape).astype(np.float32)
-    if dtype == "int8":
-        values /= INT8_SCALE
-    if not np.isfinite(values).all():
+    return MessageHeader(
+        kind, dtype, (shape[0], shape[1], shape[2]), (grid[0], grid[1]), scan, PREFIX_BYTES + header_len
+    )
+
+
+def check_finite(values: bytes | memoryview, dtype: str) -> None:
+    """Refuse NaN or infinite values among raw wire ``values`` (any whole number of items)."""
+    if dtype != "int8" and not np.isfinite(np.frombuffer(values, dtype=WIRE_DTYPES[dtype])).all():
         raise WireFormatError("codes contain NaN or infinite values")
-    return CodeBatch(values, (grid[0], grid[1]), kind, dtype, scan)
+
+
+def decode_codes(
+    payload: bytes,
+    expect_kind: str | None = None,
+    expect_tokens: tuple[int, int] | None = None,
+) -> CodeBatch:
+    """Read a message, checking it against what the receiver expects: kind and (L, C) per code."""
+    header = read_header(payload, expect_kind, expect_tokens)
+    body = memoryview(payload)[header.body_offset :]
+    if len(body) != header.body_bytes:
+        raise WireFormatError(f"code body has {len(body)} bytes, its header announces {header.body_bytes}")
+    check_finite(body, header.dtype)
+    values = np.frombuffer(body, dtype=WIRE_DTYPES[header.dtype]).reshape(header.shape).astype(np.float32)
+    if header.dtype == "int8":
+        values /= INT8_SCALE
+    return CodeBatch(values, header.grid, header.kind, header.dtype, header.scan)
 
 
 def split_messages(payload: bytes, count: int) -> list[bytes]:

@@ -7,6 +7,7 @@ that importing this package loads no such module.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from privacysf.common.torchutil import load_checkpoint, resolve_device, save_checkpoint
 from privacysf.common.training import EpochHook, FitResult, fit
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
-from privacysf.errors import ConfigError, WireFormatError
+from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
 from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.nets.mappers import build_mapper
@@ -144,34 +145,49 @@ class MappingServer:
 
     @torch.no_grad()
     def predict_tokens(
-        self, tokens: torch.Tensor, batch_size: int = 64, centers: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        batch_size: int = 64,
+        centers: torch.Tensor | None = None,
+        deadline: float | None = None,
     ) -> torch.Tensor:
         """Mapped (N, L, C_out) tokens for (N, L, C_in) tokens, in batches, without gradients.
 
         ``centers`` (N,) says which center each code came from (needed with a center embedding).
+        Past ``deadline`` (``time.monotonic()``) the rest is refused with a
+        :class:`PayloadTooLargeError` saying how many codes did fit, so one request cannot hold the
+        service's worker for longer than the service allows, whatever the model's cost per code.
         """
         assert self.model is not None
         self.model.eval()
         if centers is None:
             centers = torch.zeros(len(tokens), dtype=torch.long)
-        parts = [
-            self._forward(
-                self.model,
-                tokens[i : i + batch_size].to(self.device),
-                centers[i : i + batch_size].to(self.device),
-            )
-            for i in range(0, len(tokens), batch_size)
-        ]
+        parts = []
+        for i in range(0, len(tokens), batch_size):
+            if i and deadline is not None and time.monotonic() > deadline:
+                raise PayloadTooLargeError(
+                    f"mapping {len(tokens)} codes takes longer than this server allows per request "
+                    f"({i} were mapped in time); send at most {i} codes per request"
+                )
+            batch = tokens[i : i + batch_size].to(self.device)
+            parts.append(self._forward(self.model, batch, centers[i : i + batch_size].to(self.device)))
         return (
             torch.cat(parts)
             if parts
             else tokens.new_zeros((0, tokens.shape[1], self.signature["out_channels"]))
         )
 
-    def map(self, image_codes: bytes, dtype: str | None = None, center: int | None = None) -> bytes:
+    def map(
+        self,
+        image_codes: bytes,
+        dtype: str | None = None,
+        center: int | None = None,
+        deadline: float | None = None,
+    ) -> bytes:
         """Serve one request: image-code message in, mask-code message out (same wire dtype by default).
 
-        ``center`` is the requesting center's index when the mapper was trained with a center embedding.
+        ``center`` is the requesting center's index when the mapper was trained with a center embedding;
+        ``deadline`` bounds the time spent (see :meth:`predict_tokens`).
         """
         if self.model is None:
             raise ConfigError("the mapping network is not trained or loaded yet")
@@ -198,7 +214,8 @@ class MappingServer:
                 "order; encode with the same key setting as the training codes"
             )
         centers = torch.full((len(batch.tokens),), center or 0, dtype=torch.long)
-        out = self.predict_tokens(torch.from_numpy(batch.tokens), centers=centers).cpu().numpy()
+        tokens = torch.from_numpy(batch.tokens)
+        out = self.predict_tokens(tokens, centers=centers, deadline=deadline).cpu().numpy()
         reply_dtype = dtype or batch.wire_dtype or "float16"
         return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
 

@@ -22,6 +22,25 @@ class ServiceConfig:
     """Largest dataset upload; bigger bodies are cut off with 413 before they fill the disk."""
     max_map_bytes: int = 32 * MiB
     """Largest mapping request (a batch of image codes)."""
+    max_map_codes: int = 1024
+    """Most codes in one mapping request. Mapping costs CPU time per code, so this bounds how long one
+    request holds a worker: a bigger batch is refused with 413 and the client sends it in parts."""
+    map_seconds: float = 60.0
+    """Longest a mapping request may compute (checked between batches of 64 codes): past it the rest
+    is refused with 413 saying how many codes fit, so no request holds a worker past its clients'
+    timeout (120 s), whatever the model's cost per code."""
+    max_concurrent_uploads: int = 4
+    """Uploads received at once; more are refused with 503 and Retry-After before anything is written,
+    so many slow uploads cannot exhaust file descriptors, disk bandwidth or commit threads."""
+    body_timeout_seconds: float = 30.0
+    """Longest wait for the next piece of a request body; a stalled client is cut off with 408 (its
+    partial upload removed) instead of holding a connection and a temporary file forever."""
+    idle_timeout_seconds: int = 5
+    """How long a connection may stay open without sending a request (keep-alive included)."""
+    max_header_bytes: int = 64 * 1024
+    """Largest request head (request line and headers); a bigger one is refused with 400 unread."""
+    max_connections: int = 256
+    """Connections and requests in progress at once; past it uvicorn answers 503 at once."""
     threads: int = 1
     """torch CPU threads for training and mapping, so the service stays a polite neighbour."""
     poll_seconds: float = 0.5

@@ -8,6 +8,7 @@ with a message saying what was wrong.
 
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
@@ -31,6 +32,15 @@ from privacysf.errors import (
     QuotaError,
 )
 from privacysf.server.jobs import JobRunner
+from privacysf.server.service.limits import (
+    HeaderLimit,
+    UploadGate,
+    body_chunks,
+    read_limited,
+    refuse_big_batch,
+    refuse_declared_size,
+    uvicorn_options,
+)
 from privacysf.server.service.schemas import (
     CenterOut,
     DatasetOut,
@@ -67,6 +77,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     store = Store(cfg)
     runner = JobRunner(store) if cfg.in_process_worker else None
     cache = ModelCache(store)
+    uploads = UploadGate(cfg.max_concurrent_uploads)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -90,6 +101,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.store, app.state.runner = store, runner
+    app.add_middleware(HeaderLimit, limit=cfg.max_header_bytes)
 
     @app.exception_handler(PrivacySFError)
     async def client_error(_request: Request, exc: PrivacySFError) -> JSONResponse:
@@ -153,7 +165,9 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         responses={
             **unauthorised,
             400: {"description": "bad codes or checksum"},
+            408: {"description": "the body stalled"},
             413: {"description": "too big"},
+            503: {"description": "too many uploads at once; retry after Retry-After seconds"},
         },
     )
     async def upload_dataset(
@@ -164,19 +178,16 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     ) -> DatasetOut:
         """Stream a dataset: train image, train mask, val image, val mask codes, four wire messages back
         to back. Stored only once complete, checksum-verified and valid."""
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > cfg.max_upload_bytes:
-            raise PayloadTooLargeError(
-                f"the upload of {declared} bytes exceeds the limit of {cfg.max_upload_bytes}"
-            )
-        upload = store.dataset_upload(center, name, sha256)
-        try:
-            async for chunk in request.stream():
-                upload.write(chunk)
-        except BaseException:
-            upload.abort()
-            raise
-        row = await run_in_threadpool(upload.commit)
+        refuse_declared_size(request, cfg.max_upload_bytes)
+        with uploads.slot():
+            upload = store.dataset_upload(center, name, sha256)
+            try:
+                async for chunk in body_chunks(request, cfg.body_timeout_seconds):
+                    upload.write(chunk)
+            except BaseException:
+                upload.abort()
+                raise
+            row = await run_in_threadpool(upload.commit)
         return _from_row(DatasetOut)(row)
 
     def list_and_get(
@@ -261,6 +272,8 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             **unauthorised,
             200: {"content": {CODES: {"schema": {"type": "string", "format": "binary"}}}},
             400: {"description": "codes that do not fit the model"},
+            408: {"description": "the body stalled"},
+            413: {"description": "too many bytes or codes: split the batch"},
         },
     )
     async def map_codes(
@@ -269,11 +282,15 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         model_id: Annotated[Id, Path()],
         dtype: Annotated[WireDtype | None, Query(description="wire dtype of the reply")] = None,
     ) -> Response:
-        """Image codes in (one wire message, any batch size), mask codes out, in the same order."""
+        """Image codes in (one wire message of at most ``max_map_codes`` codes), mask codes out, in the
+        same order."""
+        refuse_declared_size(request, cfg.max_map_bytes)
         row = store.visible_row(ModelRow, center, model_id)
-        body = await _read_limited(request, cfg.max_map_bytes)
+        body = await read_limited(request, cfg.max_map_bytes, cfg.body_timeout_seconds)
+        refuse_big_batch(body, cfg.max_map_codes)
         mapper = await run_in_threadpool(cache.get, row)
-        return Response(await run_in_threadpool(mapper.map, body, dtype), media_type=CODES)
+        deadline = time.monotonic() + cfg.map_seconds
+        return Response(await run_in_threadpool(mapper.map, body, dtype, deadline=deadline), media_type=CODES)
 
     return app
 
@@ -298,24 +315,15 @@ def _job_out(store: Store, job: JobRow) -> JobOut:
     return JobOut.model_validate({**fields, "datasets": datasets})
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (never buffered beyond it)."""
-    parts, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"the request body exceeds this server's limit of {limit} bytes")
-        parts.append(chunk)
-    return b"".join(parts)
-
-
 def serve(cfg: ServiceConfig) -> None:
     """Run the service with uvicorn until interrupted (one process: SQLite and the job runner)."""
     import uvicorn
 
     # no WebSocket endpoints: ws="none" keeps uvicorn from loading the websockets package (which
     # Flower's uvicorn[standard] installs) and its deprecated legacy protocol
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", ws="none")
+    uvicorn.run(
+        create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", ws="none", **uvicorn_options(cfg)
+    )
 
 
 __all__ = ["create_app", "serve"]

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select, update
 
 from privacysf.errors import ConfigError, NotFoundError
-from privacysf.exchange import CodeDataset, one_code_space
+from privacysf.exchange import DatasetLayout, one_code_space
 from privacysf.server.store.accounts import Caller
 from privacysf.server.store.database import Database
 from privacysf.server.tables import DatasetRow, JobDatasetRow, JobLogRow, JobRow, ModelRow
@@ -57,9 +57,9 @@ class Records(Database):
     # datasets ----------------------------------------------------------------------------------
 
     def add_dataset(
-        self, caller: Caller, name: str, file: str, sha256: str, size_bytes: int, dataset: CodeDataset
+        self, caller: Caller, name: str, file: str, sha256: str, size_bytes: int, layout: DatasetLayout
     ) -> DatasetRow:
-        space = dataset.space
+        space = layout.space
         with self.session() as s:
             row = DatasetRow(
                 center_id=caller.center_id,
@@ -71,8 +71,8 @@ class Records(Database):
                 scan=space.scan,
                 image_channels=space.image_channels,
                 mask_channels=space.mask_channels,
-                train_count=dataset.train_count,
-                val_count=dataset.val_count,
+                train_count=layout.train_count,
+                val_count=layout.val_count,
             )
             s.add(row)
         return row

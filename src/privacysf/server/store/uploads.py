@@ -1,9 +1,10 @@
 """One streamed dataset upload: size-limited, checksummed, checked as a code dataset, then kept.
 
 The body goes to a temporary file chunk by chunk (never whole in memory); :meth:`DatasetUpload.commit`
-verifies the checksum, reads the file with :func:`~privacysf.exchange.split_dataset` (the same rule
-every dataset path uses), makes it durable under its final name and only then records it, so a crash
-at any point leaves either nothing or a complete, recorded dataset.
+verifies the checksum, checks the file with :func:`~privacysf.exchange.check_dataset_stream` (the
+rule every dataset path uses, applied message by message and chunk by chunk, so the server's memory
+does not grow with the upload's size), makes it durable under its final name and only then records
+it, so a crash at any point leaves either nothing or a complete, recorded dataset.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
-from privacysf.exchange import split_dataset
+from privacysf.exchange import check_dataset_stream
 from privacysf.server.store.accounts import Caller
 from privacysf.server.tables import DatasetRow
 
@@ -65,9 +66,10 @@ class DatasetUpload:
                     f"the upload's SHA-256 is {self.hash.hexdigest()}, the header announced {self.expected}: "
                     "the body was corrupted or truncated in transit; upload again"
                 )
-            dataset = split_dataset(self.tmp.read_bytes())
+            with self.tmp.open("rb") as stream:
+                layout = check_dataset_stream(stream)
             self.store.files.keep(self.tmp, self.file)
         except BaseException:
             self.abort()
             raise
-        return self.store.add_dataset(self.caller, self.name, self.file, self.expected, self.size, dataset)
+        return self.store.add_dataset(self.caller, self.name, self.file, self.expected, self.size, layout)

@@ -1,0 +1,148 @@
+"""Bounds on what one request may hold: its head, its body's size and pace, upload slots and codes.
+
+uvicorn bounds the head (with the h11 parser, whose limit it exposes) and idle connections, but it has
+no read timeout for a body: :func:`body_chunks` puts one on every read, so a client that stops sending
+is answered 408 and whatever it had started (an upload's temporary file) is cleaned up by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi import HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from privacysf.errors import PayloadTooLargeError
+from privacysf.exchange import read_header
+from privacysf.server.settings import ServiceConfig
+
+RETRY_AFTER_SECONDS = 5
+"""What a client refused for lack of an upload slot is told to wait before trying again."""
+
+
+class UploadGate:
+    """At most ``limit`` uploads in progress; one more is refused at once rather than queued.
+
+    Refusing (503 with Retry-After) keeps a burst of uploads from holding connections, temporary files
+    and commit threads; the center's client retries later. Used from the event loop only, so a plain
+    counter needs no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.active = limit, 0
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            raise HTTPException(
+                503,
+                detail=f"this server already receives {self.limit} uploads at once; "
+                f"retry in {RETRY_AFTER_SECONDS} s",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+def refuse_declared_size(request: Request, limit: int) -> None:
+    """413 before reading a byte when the declared ``Content-Length`` already passes ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"the request body of {declared} bytes exceeds this server's limit of {limit}"
+        )
+
+
+async def body_chunks(request: Request, timeout: float) -> AsyncIterator[bytes]:
+    """The body's chunks, each awaited at most ``timeout`` seconds (408 when the client stalls)."""
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), timeout)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise HTTPException(
+                408,
+                detail=f"no part of the request body arrived for {timeout:g} s; send it again",
+                headers={"Connection": "close"},
+            ) from None
+        yield chunk
+
+
+async def read_limited(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (never buffered beyond it)."""
+    parts, size = [], 0
+    async for chunk in body_chunks(request, timeout):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"the request body exceeds this server's limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def refuse_big_batch(body: bytes, max_codes: int) -> None:
+    """413 for a mapping batch of more than ``max_codes`` codes, told from its header before any work.
+
+    Mapping time grows with the codes, so a cap on codes is a cap on how long a request holds a worker.
+    """
+    codes = read_header(body).shape[0]
+    if codes > max_codes:
+        raise PayloadTooLargeError(
+            f"the batch holds {codes} codes, this server maps at most {max_codes} per request; "
+            "split the batch into several requests"
+        )
+
+
+class IdleClosingH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, whose idle timer also runs before a connection's first request.
+
+    uvicorn starts it only after a response, so a client that connects and sends nothing would hold
+    its connection (and a file descriptor) for ever.
+    """
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            self.timeout_keep_alive, self.timeout_keep_alive_handler
+        )
+
+
+def uvicorn_options(cfg: ServiceConfig) -> dict[str, Any]:
+    """uvicorn's settings for the service's bounds: head size, idle time, connections in progress.
+
+    The h11 parser is chosen because it bounds the request head (httptools, uvicorn's default when
+    installed, reads any size of header).
+    """
+    return {
+        "http": IdleClosingH11Protocol,
+        "h11_max_incomplete_event_size": cfg.max_header_bytes,
+        "timeout_keep_alive": cfg.idle_timeout_seconds,
+        "limit_concurrency": cfg.max_connections,
+    }
+
+
+class HeaderLimit:
+    """ASGI middleware: 431 for a request whose headers together pass ``limit`` bytes.
+
+    h11's limit (:func:`uvicorn_options`) bounds only a head still arriving, so a head that comes in
+    one read may pass it; this makes the same bound a rule for every request, before any handler runs.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) for k, v in scope["headers"]) > self.limit:
+            detail = f"the request's headers exceed this server's limit of {self.limit} bytes"
+            await JSONResponse({"detail": detail}, 431)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

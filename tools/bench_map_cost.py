@@ -1,0 +1,43 @@
+"""CPU time of one mapping request with the default mapper, by batch size (what ``map_seconds`` and
+the client's ``MAP_BATCH_CODES`` are sized from).
+
+The mapper is freshly initialised (its cost per code does not depend on training) for the default
+codec's codes: a 32×32 token grid (128-pixel slices, downsampling 4), 4 values per token, int8.
+
+    .venv/bin/python tools/bench_map_cost.py --codes 256 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
+from privacysf.exchange import CodeBatch, encode_codes
+from privacysf.server.mapping import MappingServer
+
+GRID, CHANNELS = (32, 32), 4
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--codes", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the service's default: 1)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    server = MappingServer(MapperConfig(), AugmentConfig(), TrainConfig(device="cpu", progress=False))
+    server.initialise(GRID, CHANNELS, CHANNELS)
+    rng = np.random.default_rng(0)
+    for n in args.codes:
+        tokens = rng.uniform(-1, 1, (n, GRID[0] * GRID[1], CHANNELS)).astype(np.float32)
+        body = encode_codes(CodeBatch(tokens, GRID, "image"), "int8")
+        start = time.process_time()
+        server.map(body)
+        print(f"{n} codes ({len(body) / 2**20:.1f} MiB): {time.process_time() - start:.1f} s CPU")
+
+
+if __name__ == "__main__":
+    main()
