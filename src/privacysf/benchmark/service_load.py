@@ -198,10 +198,13 @@ def service_load_rows(
     uploads: int,
     upload_mb: float,
 ) -> list[dict]:
-    """Every scenario at every client count, against one server with one trained model."""
+    """Every scenario at every client count, against one server with one trained model.
+
+    The server accepts as many uploads at once as there are clients: the figures measure its answers
+    under load, not the ``max_concurrent_uploads`` back-pressure (tested in the service's tests)."""
     fresh(folder)
     auth = center_auth(folder / "store")
-    with ServerProcess(folder / "store") as server:
+    with ServerProcess(folder / "store", "--max-concurrent-uploads", str(max(clients))) as server:
         scenarios = load_scenarios(trained_model(server, auth), batches, upload_mb, requests, uploads)
         return [
             measure(server, auth, name, call, count, n) for name, call, n in scenarios for count in clients
