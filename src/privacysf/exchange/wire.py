@@ -19,6 +19,7 @@ train and validation image and mask codes); :func:`split_messages` cuts such a b
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -36,8 +37,11 @@ SCAN_ORDERS = (SCAN_ORDER, KEYED_SCAN)
 WIRE_DTYPES = dict(zip(WIRE_DTYPE_NAMES, map(np.dtype, ("<f4", "<f2", "i1")), strict=True))
 INT8_SCALE = 127.0
 KINDS = ("image", "mask")
-_PREFIX = struct.Struct("<4sHI")
+PREFIX = struct.Struct("<4sHI")
 MAX_HEADER_BYTES = 64 * 1024
+MAX_DIM = 2**31 - 1
+"""The largest size a header may state for any dimension (a count of codes, tokens or values)."""
+HEADER_FIELDS = frozenset({"version", "kind", "dtype", "shape", "grid", "scan"})
 
 
 @dataclass
@@ -78,9 +82,13 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
     if tokens.ndim != 3 or tokens.shape[1] != batch.grid[0] * batch.grid[1]:
         raise WireFormatError(f"codes of shape {tokens.shape} do not fill a {batch.grid} token grid")
     if dtype == "int8":
+        finite = np.isfinite(tokens).all()
         values = np.clip(np.rint(tokens * INT8_SCALE), -127, 127).astype(WIRE_DTYPES[dtype])
     else:
         values = tokens.astype(WIRE_DTYPES[dtype])
+        finite = np.isfinite(values).all()
+    if not finite:  # the receiver would refuse them: say so here, where the values came from
+        raise WireFormatError(f"codes hold NaN or infinite values, or values beyond the range of {dtype}")
     header = json.dumps(
         {
             "version": FORMAT_VERSION,
@@ -91,7 +99,85 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
             "scan": batch.scan,
         }
     ).encode()
-    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + values.tobytes()
+    return PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header + values.tobytes()
+
+
+@dataclass(frozen=True)
+class Header:
+    """A message's header, every field checked: what :func:`decode_codes` and :func:`split_messages` read.
+
+    Sizes are Python ints (never a fixed-width NumPy product that can wrap around), so a shape whose
+    element count overflows 64 bits announces a huge body rather than an empty one.
+    """
+
+    dtype: str
+    shape: tuple[int, int, int]
+    grid: tuple[int, int]
+    kind: str
+    scan: str
+    size: int
+    """Bytes of the prefix and the header together: where the values start."""
+
+    @property
+    def body_bytes(self) -> int:
+        return math.prod(self.shape) * WIRE_DTYPES[self.dtype].itemsize
+
+
+def _dims(value: object, count: int) -> tuple[int, ...] | None:
+    """``count`` sizes as a tuple, or None unless each is a plain int in 1..MAX_DIM (a JSON ``true`` is
+    a Python bool, itself an int: refused)."""
+    if not isinstance(value, list) or len(value) != count:
+        return None
+    if not all(type(v) is int and 0 < v <= MAX_DIM for v in value):
+        return None
+    return tuple(value)
+
+
+def read_header(payload: bytes, offset: int = 0) -> Header:
+    """The header of the message starting at ``offset``, refused with a :class:`WireFormatError` unless
+    every field is well-formed; its values are not read (the body may be incomplete)."""
+    if len(payload) - offset < PREFIX.size:
+        raise WireFormatError(f"payload of {len(payload) - offset} bytes is too short to hold a code header")
+    magic, version, header_len = PREFIX.unpack_from(payload, offset)
+    if magic != MAGIC:
+        raise WireFormatError("payload is not a Privacy-SF code message (bad magic bytes)")
+    if version != FORMAT_VERSION:
+        raise WireFormatError(
+            f"code format version {version} is not supported (this build reads version "
+            f"{FORMAT_VERSION}); encode with a matching privacysf release"
+        )
+    start = offset + PREFIX.size
+    if header_len > MAX_HEADER_BYTES or start + header_len > len(payload):
+        raise WireFormatError("code header length is inconsistent with the payload size")
+    try:
+        header = json.loads(payload[start : start + header_len])
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+        raise WireFormatError(f"code header is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(header, dict) or not HEADER_FIELDS <= header.keys():
+        raise WireFormatError(f"code header must be a JSON object with the fields {sorted(HEADER_FIELDS)}")
+    dtype, kind, scan = header["dtype"], header["kind"], header["scan"]
+    if type(header["version"]) is not int or header["version"] != version:
+        raise WireFormatError("code header and prefix disagree on the format version")
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
+        raise WireFormatError(f"code dtype {_short(dtype)} is not one of {sorted(WIRE_DTYPES)}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise WireFormatError(f"code kind {_short(kind)} is not one of {KINDS}")
+    if not isinstance(scan, str) or scan not in SCAN_ORDERS:
+        raise WireFormatError(f"scan order {_short(scan)} is not supported (expected one of {SCAN_ORDERS})")
+    shape, grid = _dims(header["shape"], 3), _dims(header["grid"], 2)
+    if shape is None or grid is None or shape[1] != grid[0] * grid[1]:
+        raise WireFormatError(
+            f"code shape {_short(header['shape'])} does not match token grid {_short(header['grid'])} "
+            f"(sizes are positive integers up to {MAX_DIM})"
+        )
+    n, length, channels = shape
+    return Header(dtype, (n, length, channels), (grid[0], grid[1]), kind, scan, PREFIX.size + header_len)
+
+
+def _short(value: object) -> str:
+    """A header value for an error message, cut short (a hostile header can be 64 KiB of nesting)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def decode_codes(
@@ -100,79 +186,37 @@ def decode_codes(
     expect_tokens: tuple[int, int] | None = None,
 ) -> CodeBatch:
     """Read a message, checking it against what the receiver expects: kind and (L, C) per code."""
-    if len(payload) < _PREFIX.size:
-        raise WireFormatError(f"payload of {len(payload)} bytes is too short to hold a code header")
-    magic, version, header_len = _PREFIX.unpack_from(payload)
-    if magic != MAGIC:
-        raise WireFormatError("payload is not a Privacy-SF code message (bad magic bytes)")
-    if version != FORMAT_VERSION:
+    header = read_header(payload)
+    if expect_kind is not None and header.kind != expect_kind:
+        raise WireFormatError(f"expected {expect_kind} codes, got kind {header.kind!r}")
+    if expect_tokens is not None and header.shape[1:] != tuple(expect_tokens):
         raise WireFormatError(
-            f"code format version {version} is not supported (this build reads version "
-            f"{FORMAT_VERSION}); encode with a matching privacysf release"
-        )
-    if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len > len(payload):
-        raise WireFormatError("code header length is inconsistent with the payload size")
-    try:
-        header = json.loads(payload[_PREFIX.size : _PREFIX.size + header_len])
-        dtype, shape, grid, kind = header["dtype"], header["shape"], header["grid"], header["kind"]
-        scan = header["scan"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WireFormatError(f"code header is malformed: {exc}") from None
-    if header.get("version") != version:
-        raise WireFormatError("code header and prefix disagree on the format version")
-    if dtype not in WIRE_DTYPES:
-        raise WireFormatError(f"code dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
-    if kind not in KINDS or (expect_kind is not None and kind != expect_kind):
-        raise WireFormatError(f"expected {expect_kind or 'image/mask'} codes, got kind {kind!r}")
-    if scan not in SCAN_ORDERS:
-        raise WireFormatError(f"scan order {scan!r} is not supported (expected one of {SCAN_ORDERS})")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or not all(isinstance(v, int) and v > 0 for v in shape)
-        or not isinstance(grid, list)
-        or len(grid) != 2
-        or not all(isinstance(v, int) and v > 0 for v in grid)
-        or shape[1] != grid[0] * grid[1]
-    ):
-        raise WireFormatError(f"code shape {shape} does not match token grid {grid}")
-    if expect_tokens is not None and tuple(shape[1:]) != tuple(expect_tokens):
-        raise WireFormatError(
-            f"codes have {shape[1]} tokens of {shape[2]} values, but this model takes "
+            f"codes have {header.shape[1]} tokens of {header.shape[2]} values, but this model takes "
             f"{expect_tokens[0]} tokens of {expect_tokens[1]} values; encode with the matching codec"
         )
-    body = payload[_PREFIX.size + header_len :]
-    expected = int(np.prod(shape)) * WIRE_DTYPES[dtype].itemsize
-    if len(body) != expected:
-        raise WireFormatError(f"code body has {len(body)} bytes, its header announces {expected}")
-    values = np.frombuffer(body, dtype=WIRE_DTYPES[dtype]).reshape(shape).astype(np.float32)
-    if dtype == "int8":
+    body = payload[header.size :]
+    if len(body) != header.body_bytes:
+        raise WireFormatError(f"code body has {len(body)} bytes, its header announces {header.body_bytes}")
+    values = np.frombuffer(body, dtype=WIRE_DTYPES[header.dtype]).reshape(header.shape).astype(np.float32)
+    if header.dtype == "int8":
         values /= INT8_SCALE
     if not np.isfinite(values).all():
         raise WireFormatError("codes contain NaN or infinite values")
-    return CodeBatch(values, (grid[0], grid[1]), kind, dtype, scan)
+    return CodeBatch(values, header.grid, header.kind, header.dtype, header.scan)
 
 
 def split_messages(payload: bytes, count: int) -> list[bytes]:
     """Cut ``count`` messages sent back to back; each is checked later by :func:`decode_codes`."""
     messages, offset = [], 0
     for index in range(count):
-        if len(payload) - offset < _PREFIX.size:
+        if len(payload) - offset < PREFIX.size:
             raise WireFormatError(f"the upload ends before message {index + 1} of {count}")
-        magic, _, header_len = _PREFIX.unpack_from(payload, offset)
-        if magic != MAGIC:
-            raise WireFormatError(f"message {index + 1} of {count} is not a Privacy-SF code message")
-        start = offset + _PREFIX.size
-        if header_len > MAX_HEADER_BYTES or start + header_len > len(payload):
-            raise WireFormatError(f"message {index + 1} of {count} has an inconsistent header length")
         try:
-            header = json.loads(payload[start : start + header_len])
-            itemsize = WIRE_DTYPES[header["dtype"]].itemsize
-            values = int(np.prod(header["shape"], dtype=np.int64)) * itemsize
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            header = read_header(payload, offset)
+        except WireFormatError as exc:
             raise WireFormatError(f"message {index + 1} of {count} has a malformed header: {exc}") from None
-        end = start + header_len + values
-        if values < 0 or end > len(payload):
+        end = offset + header.size + header.body_bytes
+        if end > len(payload):
             raise WireFormatError(f"message {index + 1} of {count} is truncated or announces a wrong shape")
         messages.append(payload[offset:end])
         offset = end

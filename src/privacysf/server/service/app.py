@@ -24,6 +24,7 @@ from starlette.requests import ClientDisconnect
 from privacysf.config import WireDtype
 from privacysf.errors import AuthError, NotFoundError, PayloadTooLargeError, PrivacySFError
 from privacysf.server.jobs import JobRunner
+from privacysf.server.service.handlers import add_error_handlers
 from privacysf.server.service.schemas import (
     CenterOut,
     DatasetOut,
@@ -78,6 +79,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.store, app.state.runner = store, runner
+    add_error_handlers(app)
 
     @app.exception_handler(PrivacySFError)
     async def client_error(_request: Request, exc: PrivacySFError) -> JSONResponse:
