@@ -58,24 +58,38 @@ HUGE = np.full((2, 16, 4), 3e38, np.float32).tobytes()
 ONE_CODE = np.zeros((1, 16, 4), np.float32).tobytes()
 """The body a shape of ``[true, 16, 4]`` announces when ``true`` is read as 1."""
 ISSUE_INPUTS = [
-    ("map", "nested JSON header", _nested(), 400),
-    ("map", "bool in the shape", _with({"shape": [True, 16, 4]}, ONE_CODE), 400),
-    ("map", "shape overflowing int64", _with({"shape": [2**60, 16, 4]}, b""), 400),
-    ("map", "dtype as a list", _with({"dtype": ["int8"]}), 400),
-    ("map", "finite 3e38 codes", _with({}, HUGE), 400),
-    ("upload", "nested JSON header", _upload(_nested()), 400),
-    ("upload", "bool in the shape", _upload(_with({"shape": [True, 16, 4]}, ONE_CODE)), 400),
-    ("upload", "shape overflowing int64", _upload(_with({"shape": [2**56, 64, 4], "grid": [8, 8]}, b"")), 400),
-    ("upload", "dtype as a list", _upload(_with({"dtype": ["int8"]})), 400),
-    ("jobs", "NaN learning rate", b'{"datasets":[1],"train":{"lr":NaN}}', 422),
-    ("jobs", "infinite learning rate", b'{"datasets":[1],"train":{"lr":Infinity}}', 422),
+    ("map", "nested JSON header", _nested(), 400, "not valid JSON"),
+    ("map", "bool in the shape", _with({"shape": [True, 16, 4]}, ONE_CODE), 400, "positive integers"),
+    ("map", "shape overflowing int64", _with({"shape": [2**60, 16, 4]}, b""), 400, "positive integers"),
+    ("map", "dtype as a list", _with({"dtype": ["int8"]}), 400, "dtype ['int8']"),
+    ("map", "finite 3e38 codes", _with({}, HUGE), 400, "drive the mapper to NaN"),
+    ("upload", "nested JSON header", _upload(_nested()), 400, "not valid JSON"),
+    (
+        "upload",
+        "bool in the shape",
+        _upload(_with({"shape": [True, 16, 4]}, ONE_CODE)),
+        400,
+        "positive integers",
+    ),
+    (
+        "upload",
+        "shape overflowing int64",
+        _upload(_with({"shape": [2**56, 64, 4], "grid": [8, 8]}, b"")),
+        400,
+        "positive integers",
+    ),
+    ("upload", "dtype as a list", _upload(_with({"dtype": ["int8"]})), 400, "dtype ['int8']"),
+    ("jobs", "NaN learning rate", b'{"datasets":[1],"train":{"lr":NaN}}', 422, "finite number"),
+    ("jobs", "infinite learning rate", b'{"datasets":[1],"train":{"lr":Infinity}}', 422, "finite number"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("target", "what", "body", "status"), ISSUE_INPUTS, ids=[f"{t}: {w}" for t, w, *_ in ISSUE_INPUTS]
+    ("target", "what", "body", "status", "words"),
+    ISSUE_INPUTS,
+    ids=[f"{t}: {w}" for t, w, *_ in ISSUE_INPUTS],
 )
-def test_the_inputs_that_gave_500_are_refused_with_a_reason(live, target, what, body, status):
+def test_the_inputs_that_gave_500_are_refused_with_a_reason(live, target, what, body, status, words):
     _, client, model_id = live
     if target == "map":
         response = client.post(f"/models/{model_id}/map", content=body)
@@ -86,7 +100,8 @@ def test_the_inputs_that_gave_500_are_refused_with_a_reason(live, target, what, 
     else:
         response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
-    assert json.loads(response.text)["detail"], what  # strict JSON: no NaN in the body
+    detail = json.loads(response.text)["detail"]  # strict JSON: no NaN in the body
+    assert words in str(detail), (what, detail)
 
 
 def test_a_server_error_leaves_the_keep_alive_client_working(live, monkeypatch):

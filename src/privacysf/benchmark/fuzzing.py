@@ -196,7 +196,15 @@ class WireFuzzer:
             return "prefix:magic", message(raw, body, magic=self.rng.bytes(4))
         if choice == 1:
             return "prefix:version", message(raw, body, version=self.pick((0, 2, 65535)))
-        lengths = (0, 1, len(raw) - 1, len(raw) + 1, len(raw) + len(body) + 1, MAX_HEADER_BYTES + 1, 2**32 - 1)
+        lengths = (
+            0,
+            1,
+            len(raw) - 1,
+            len(raw) + 1,
+            len(raw) + len(body) + 1,
+            MAX_HEADER_BYTES + 1,
+            2**32 - 1,
+        )
         return "prefix:header-length", message(raw, body, header_len=self.pick(lengths))
 
     def _raw_header(self, body: bytes) -> tuple[str, bytes]:

@@ -85,7 +85,8 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
         finite = np.isfinite(tokens).all()
         values = np.clip(np.rint(tokens * INT8_SCALE), -127, 127).astype(WIRE_DTYPES[dtype])
     else:
-        values = tokens.astype(WIRE_DTYPES[dtype])
+        with np.errstate(over="ignore"):  # a value beyond float16 becomes inf, refused below
+            values = tokens.astype(WIRE_DTYPES[dtype])
         finite = np.isfinite(values).all()
     if not finite:  # the receiver would refuse them: say so here, where the values came from
         raise WireFormatError(f"codes hold NaN or infinite values, or values beyond the range of {dtype}")
@@ -153,7 +154,7 @@ def read_header(payload: bytes, offset: int = 0) -> Header:
         header = json.loads(payload[start : start + header_len])
     except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
         raise WireFormatError(f"code header is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(header, dict) or not HEADER_FIELDS <= header.keys():
+    if not isinstance(header, dict) or not header.keys() >= HEADER_FIELDS:
         raise WireFormatError(f"code header must be a JSON object with the fields {sorted(HEADER_FIELDS)}")
     dtype, kind, scan = header["dtype"], header["kind"], header["scan"]
     if type(header["version"]) is not int or header["version"] != version:

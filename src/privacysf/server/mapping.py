@@ -199,6 +199,11 @@ class MappingServer:
             )
         centers = torch.full((len(batch.tokens),), center or 0, dtype=torch.long)
         out = self.predict_tokens(torch.from_numpy(batch.tokens), centers=centers).cpu().numpy()
+        if not np.isfinite(out).all():  # finite input far outside [-1, 1] (3e38) can overflow the network
+            raise WireFormatError(
+                "these image codes drive the mapper to NaN or infinite values; a codec's codes lie in "
+                f"[-1, 1], these reach {float(np.abs(batch.tokens).max()):.3g}"
+            )
         reply_dtype = dtype or batch.wire_dtype or "float16"
         return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
 

@@ -31,7 +31,7 @@ async def invalid_request(_request: Request, exc: RequestValidationError) -> JSO
 
 def _safe_error(error: dict) -> dict:
     """``loc``, ``msg`` and ``type`` of a pydantic error, and its input when that is a short scalar."""
-    safe = {
+    safe: dict[str, object] = {
         "loc": [part if isinstance(part, int) else str(part) for part in error.get("loc", ())],
         "msg": str(error.get("msg", "")),
         "type": str(error.get("type", "")),
