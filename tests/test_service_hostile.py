@@ -10,9 +10,9 @@ import json
 import httpx
 import numpy as np
 import pytest
-from servicekit import TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, codes, sha
+from servicekit import LoopbackServer, bundle, codes, sha
 
-from privacysf.benchmark.fuzzing import fuzz_service, header_of, message
+from privacysf.benchmark.fuzzing import fuzz_service, header_of, message, prepare_model
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
 
@@ -27,13 +27,8 @@ def live(tmp_path_factory):
     _, token = app.state.store.create_center("hostile")
     server = LoopbackServer(app).start()
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    data = bundle()
-    client.post("/datasets", params={"name": "d"}, content=data, headers={"X-Content-SHA256": sha(data)})
-    job = client.post("/jobs", json={"datasets": [1], "train": TINY_TRAIN, "mapper": TINY_MAPPER}).json()
-    while (job := client.get(f"/jobs/{job['id']}").json())["status"] not in ("done", "failed"):
-        pass
-    assert job["status"] == "done", job
-    yield app, client, job["model_id"]
+    model_id = prepare_model(client)
+    yield app, client, model_id
     client.close()
     server.stop()
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from privacysf.benchmark.fuzzing import fuzz_server_process
 from privacysf.benchmark.latency import query_latency
 from privacysf.benchmark.suites import BenchSuite
 from privacysf.center.pipeline import Mapper
@@ -33,7 +34,7 @@ CLASSES_FOR_SIZES = 2
 class Job:
     id: str
     kind: str
-    """``accuracy``, ``payload``, ``latency`` or ``scaling``."""
+    """``accuracy``, ``payload``, ``service-fuzz``, ``latency`` or ``scaling``."""
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,7 +48,10 @@ class JobContext:
 
 def plan(suite: BenchSuite) -> list[Job]:
     """Every job of a suite, cheapest kinds first so a partial run already has them."""
-    jobs = [Job("payload", "payload", {"size": suite.payload_size})]
+    jobs = [
+        Job("payload", "payload", {"size": suite.payload_size}),
+        Job("service-fuzz", "service-fuzz", {"requests": suite.fuzz_requests, "seed": 0}),
+    ]
     params: dict[str, Any]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
@@ -236,9 +240,30 @@ def run_scaling(job: Job, ctx: JobContext) -> list[dict]:
     ]
 
 
+def run_service_fuzz(job: Job, ctx: JobContext) -> list[dict]:
+    """Hostile requests to ``privacysf server serve``: one row per endpoint and status, then the total."""
+    root = ctx.runs_dir / "service-fuzz"
+    root.mkdir(parents=True, exist_ok=True)
+    tally, seconds = fuzz_server_process(root, job.params["requests"], job.params["seed"])
+    rows: list[dict] = [
+        {"target": target, "status": status, "requests": count}
+        for (target, status), count in sorted(tally.statuses.items())
+    ]
+    total = {
+        "target": "all",
+        "status": None,
+        "requests": tally.sent,
+        "seconds": seconds,
+        "server_errors": tally.server_errors,
+        "violations": tally.violations[:20],
+    }
+    return [*rows, total]
+
+
 RUNNERS: dict[str, Callable[[Job, JobContext], list[dict]]] = {
     "accuracy": run_accuracy,
     "payload": run_payload,
+    "service-fuzz": run_service_fuzz,
     "latency": run_latency,
     "scaling": run_scaling,
 }
