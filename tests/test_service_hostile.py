@@ -8,11 +8,10 @@ dataset and one trained model, so map requests reach a real mapper.
 import json
 
 import httpx
-import numpy as np
 import pytest
-from servicekit import LoopbackServer, bundle, codes, sha
+from servicekit import LoopbackServer, codes
 
-from privacysf.benchmark.fuzzing import fuzz_service, header_of, message, prepare_model
+from privacysf.benchmark.fuzzing import FuzzRequest, fuzz_service, known_inputs, prepare_model, send
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
 
@@ -33,70 +32,16 @@ def live(tmp_path_factory):
     server.stop()
 
 
-def _with(header_change: dict, body: bytes | None = None, kind: str = "image") -> bytes:
-    """A valid float32 message of 2 image codes on the model's 4x4 grid, with its header changed."""
-    header, valid_body = header_of(codes(2, kind, dtype="float32"))
-    return message({**header, **header_change}, valid_body if body is None else body)
+KNOWN = known_inputs()
 
 
-def _nested(depth: int = 20_000) -> bytes:
-    """A header of JSON nested deeper than the parser's recursion limit."""
-    return message(b"[" * depth + b"]" * depth, b"")
-
-
-def _upload(first: bytes) -> bytes:
-    """A dataset upload whose first message (train image codes) is ``first``; the others are valid."""
-    return first + bundle()[len(codes(16, "image")) :]
-
-
-HUGE = np.full((2, 16, 4), 3e38, np.float32).tobytes()
-ONE_CODE = np.zeros((1, 16, 4), np.float32).tobytes()
-"""The body a shape of ``[true, 16, 4]`` announces when ``true`` is read as 1."""
-ISSUE_INPUTS = [
-    ("map", "nested JSON header", _nested(), 400, "not valid JSON"),
-    ("map", "bool in the shape", _with({"shape": [True, 16, 4]}, ONE_CODE), 400, "positive integers"),
-    ("map", "shape overflowing int64", _with({"shape": [2**60, 16, 4]}, b""), 400, "positive integers"),
-    ("map", "dtype as a list", _with({"dtype": ["int8"]}), 400, "dtype ['int8']"),
-    ("map", "finite 3e38 codes", _with({}, HUGE), 400, "drive the mapper to NaN"),
-    ("upload", "nested JSON header", _upload(_nested()), 400, "not valid JSON"),
-    (
-        "upload",
-        "bool in the shape",
-        _upload(_with({"shape": [True, 16, 4]}, ONE_CODE)),
-        400,
-        "positive integers",
-    ),
-    (
-        "upload",
-        "shape overflowing int64",
-        _upload(_with({"shape": [2**56, 64, 4], "grid": [8, 8]}, b"")),
-        400,
-        "positive integers",
-    ),
-    ("upload", "dtype as a list", _upload(_with({"dtype": ["int8"]})), 400, "dtype ['int8']"),
-    ("jobs", "NaN learning rate", b'{"datasets":[1],"train":{"lr":NaN}}', 422, "finite number"),
-    ("jobs", "infinite learning rate", b'{"datasets":[1],"train":{"lr":Infinity}}', 422, "finite number"),
-]
-
-
-@pytest.mark.parametrize(
-    ("target", "what", "body", "status", "words"),
-    ISSUE_INPUTS,
-    ids=[f"{t}: {w}" for t, w, *_ in ISSUE_INPUTS],
-)
-def test_the_inputs_that_gave_500_are_refused_with_a_reason(live, target, what, body, status, words):
+@pytest.mark.parametrize("known", KNOWN, ids=[f"{k.target}: {k.what}" for k in KNOWN])
+def test_the_inputs_that_gave_500_are_refused_with_a_reason(live, known):
     _, client, model_id = live
-    if target == "map":
-        response = client.post(f"/models/{model_id}/map", content=body)
-    elif target == "upload":
-        response = client.post(
-            "/datasets", params={"name": "x"}, content=body, headers={"X-Content-SHA256": sha(body)}
-        )
-    else:
-        response = client.post("/jobs", content=body, headers={"Content-Type": "application/json"})
-    assert response.status_code == status, response.text
+    response = send(client, model_id, FuzzRequest(known.target, known.what, known.body))
+    assert response.status_code == known.status, response.text
     detail = json.loads(response.text)["detail"]  # strict JSON: no NaN in the body
-    assert words in str(detail), (what, detail)
+    assert known.words in str(detail), (known.what, detail)
 
 
 def test_a_server_error_leaves_the_keep_alive_client_working(live, monkeypatch):

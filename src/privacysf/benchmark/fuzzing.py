@@ -289,6 +289,54 @@ class WireFuzzer:
                 yield FuzzRequest(target, case, body)
 
 
+@dataclass(frozen=True)
+class KnownInput:
+    """A hand-written hostile request and what it must get: a status and words of its ``detail``."""
+
+    target: str
+    what: str
+    body: bytes
+    status: int
+    words: str
+
+
+def known_inputs(grid: tuple[int, int] = (4, 4), channels: int = 4) -> list[KnownInput]:
+    """The inputs of issue 18 that gave a 500 (a model on ``grid`` with ``channels`` values per token)."""
+    tokens = grid[0] * grid[1]
+
+    def changed(change: dict, body: bytes | None = None) -> bytes:
+        header, valid_body = header_of(valid_codes(2, "image", grid, channels, "float32", 0))
+        return message({**header, **change}, valid_body if body is None else body)
+
+    def upload(first: bytes) -> bytes:
+        rest = [valid_codes(n, kind, grid, channels, "int8", 1) for n, kind in ((2, "mask"), (1, "image"))]
+        return first + rest[0] + rest[1] + valid_codes(1, "mask", grid, channels, "int8", 2)
+
+    nested = message(b"[" * 20_000 + b"]" * 20_000, b"")
+    one_code = np.zeros((1, tokens, channels), np.float32).tobytes()  # what [true, L, C] announces
+    huge = np.full((2, tokens, channels), 3e38, np.float32).tobytes()
+    bool_shape = changed({"shape": [True, tokens, channels]}, one_code)
+    past_int64 = changed({"shape": [2**56, 64, channels], "grid": [8, 8]}, b"")
+    dtype_list = changed({"dtype": ["int8"]})
+    map_past_int64 = changed({"shape": [2**60, tokens, channels]}, b"")
+    nan_lr, inf_lr = (b'{"datasets":[1],"train":{"lr":%s}}' % value for value in (b"NaN", b"Infinity"))
+    return [
+        KnownInput("map", "nested JSON header", nested, 400, "not valid JSON"),
+        KnownInput("map", "bool in the shape", bool_shape, 400, "positive integers"),
+        KnownInput("map", "shape past int64", map_past_int64, 400, "positive integers"),
+        KnownInput("map", "dtype as a list", dtype_list, 400, "dtype ['int8']"),
+        KnownInput("map", "finite 3e38 codes", changed({}, huge), 400, "drive the mapper to NaN"),
+        KnownInput("upload", "nested JSON header", upload(nested), 400, "not valid JSON"),
+        KnownInput("upload", "bool in the shape", upload(bool_shape), 400, "positive integers"),
+        KnownInput("upload", "shape past int64", upload(past_int64), 400, "positive integers"),
+        KnownInput("upload", "dtype as a list", upload(dtype_list), 400, "dtype ['int8']"),
+        KnownInput("jobs", "NaN learning rate", b'{"datasets":[1],"train":{"lr":NaN}}', 422, "finite number"),
+        KnownInput(
+            "jobs", "infinite learning rate", b'{"datasets":[1],"train":{"lr":Infinity}}', 422, "finite"
+        ),
+    ]
+
+
 def _without(header: dict, name: str) -> dict:
     return {key: value for key, value in header.items() if key != name}
 
@@ -353,9 +401,10 @@ def prepare_model(client: httpx.Client, seed: int = 0) -> int:
 
 
 @contextmanager
-def server_process(root: Path) -> Iterator[httpx.Client]:
+def server_process(root: Path, env: dict[str, str] | None = None) -> Iterator[httpx.Client]:
     """``privacysf server serve`` on a fresh store under ``root``, and a keep-alive client of its one
-    center; the server's output goes to ``root/server.log``."""
+    center; the server's output goes to ``root/server.log``. ``env`` replaces the server's environment
+    (to serve another source tree through ``PYTHONPATH``)."""
     store = root / "store"
     _, token = Store(ServiceConfig(store=store)).create_center("fuzz")
     with socket.socket() as probe:
@@ -363,7 +412,9 @@ def server_process(root: Path) -> Iterator[httpx.Client]:
         port = probe.getsockname()[1]
     command = [sys.executable, "-m", "privacysf.cli", "server", "serve", "--store", str(store)]
     with (root / "server.log").open("ab") as log:
-        process = subprocess.Popen([*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
     try:
         with httpx.Client(base_url=url, headers=auth, timeout=120) as client:
