@@ -66,8 +66,8 @@ EDGE_VALUES: tuple[object, ...] = (
 )
 """Values any JSON field may be set to: every JSON type, the numbers at the edges of int32/int64 and of
 float32, NaN and infinities (json.dumps writes them), and the valid values of other fields."""
-NOT_AN_ID = tuple(v for v in EDGE_VALUES if v != 1)
-"""Edge values for dataset ids, without the one id that exists (a valid body would start training)."""
+NOT_AN_ID = tuple(v for v in EDGE_VALUES if v != 1 and v != [1, 2])
+"""Edge values for dataset ids, without ids that exist (a valid body would start training)."""
 NUMBER_EDGES: tuple[object, ...] = (0, -1, 2**31 - 1, 2**31, 2**56, 2**63, 10**40, True, 1e309, 3e38)
 FLOAT_BODIES = {
     "nan": np.nan,
@@ -195,7 +195,8 @@ class WireFuzzer:
         name = self.pick(sorted(FLOAT_BODIES))
         dtype = self.pick(("float32", "float16"))
         n, length, channels = header["shape"]
-        values = np.full((n, length, channels), FLOAT_BODIES[name], np.float32).astype(dtype)
+        with np.errstate(over="ignore"):  # 3e38 as float16 is inf: one more value to refuse
+            values = np.full((n, length, channels), FLOAT_BODIES[name], np.float32).astype(dtype)
         return f"body:{name}-{dtype}", message({**header, "dtype": dtype}, values.tobytes())
 
     def _prefix(self, header: dict, body: bytes) -> tuple[str, bytes]:
