@@ -16,7 +16,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import httpx
+
 from privacysf.benchmark.fuzzing import (
+    NO_ANSWER,
     FuzzRequest,
     fuzz_service,
     known_inputs,
@@ -37,7 +40,11 @@ def main() -> None:
         model_id = prepare_model(client)
         print("| endpoint | input | status | detail (start) |\n|---|---|---|---|")
         for known in known_inputs():
-            response = send(client, model_id, FuzzRequest(known.target, known.what, known.body))
+            try:
+                response = send(client, model_id, FuzzRequest(known.target, known.what, known.body))
+            except httpx.TransportError as exc:
+                print(f"| {known.target} | {known.what} | no answer | `{exc!r}` |")
+                continue
             detail = response.text[:70].replace("|", "/")
             print(f"| {known.target} | {known.what} | {response.status_code} | `{detail}` |")
         tally = fuzz_service(client, model_id, args.requests, args.seed)
@@ -47,15 +54,19 @@ def main() -> None:
     )
     print("| endpoint | status | requests |\n|---|---|---|")
     for (target, status), count in sorted(tally.statuses.items()):
-        print(f"| {target} | {status} | {count} |")
+        print(f"| {target} | {_status(status)} | {count} |")
     families: Counter[tuple[str, int]] = Counter()
     for (case, status), count in tally.cases.items():
         families[case.split(":")[0], status] += count
     print("\n| mutation | status | requests |\n|---|---|---|")
     for (family, status), count in sorted(families.items()):
-        print(f"| {family} | {status} | {count} |")
+        print(f"| {family} | {_status(status)} | {count} |")
     for violation in tally.violations[:10]:
         print(f"- {violation}")
+
+
+def _status(status: int) -> str:
+    return "no answer (connection reset)" if status == NO_ANSWER else str(status)
 
 
 if __name__ == "__main__":

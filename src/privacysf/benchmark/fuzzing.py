@@ -35,6 +35,8 @@ from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
 
 TARGETS = ("map", "upload", "jobs")
+NO_ANSWER = 0
+"""The status tallied for a request that got no HTTP answer (a reset or closed connection)."""
 EDGE_VALUES: tuple[object, ...] = (
     True,
     False,
@@ -357,7 +359,13 @@ def fuzz_service(client: httpx.Client, model_id: int, count: int, seed: int) -> 
     """Send ``count`` generated requests; tally the answers and every 5xx or refusal without a reason."""
     tally = FuzzTally()
     for request in WireFuzzer(seed).requests(count):
-        response = send(client, model_id, request)
+        try:
+            response = send(client, model_id, request)
+        except httpx.TransportError as exc:  # e.g. a connection the server dropped after a 500
+            tally.statuses[request.target, NO_ANSWER] += 1
+            tally.cases[request.case, NO_ANSWER] += 1
+            tally.violations.append(f"{request.target} {request.case}: no answer ({exc!r})")
+            continue
         status = response.status_code
         tally.statuses[request.target, status] += 1
         tally.cases[request.case, status] += 1
