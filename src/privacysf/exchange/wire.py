@@ -82,14 +82,9 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
     if tokens.ndim != 3 or tokens.shape[1] != batch.grid[0] * batch.grid[1]:
         raise WireFormatError(f"codes of shape {tokens.shape} do not fill a {batch.grid} token grid")
     if dtype == "int8":
-        finite = np.isfinite(tokens).all()
         values = np.clip(np.rint(tokens * INT8_SCALE), -127, 127).astype(WIRE_DTYPES[dtype])
     else:
-        with np.errstate(over="ignore"):  # a value beyond float16 becomes inf, refused below
-            values = tokens.astype(WIRE_DTYPES[dtype])
-        finite = np.isfinite(values).all()
-    if not finite:  # the receiver would refuse them: say so here, where the values came from
-        raise WireFormatError(f"codes hold NaN or infinite values, or values beyond the range of {dtype}")
+        values = tokens.astype(WIRE_DTYPES[dtype])
     header = json.dumps(
         {
             "version": FORMAT_VERSION,
@@ -179,6 +174,15 @@ def _short(value: object) -> str:
     """A header value for an error message, cut short (a hostile header can be 64 KiB of nesting)."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def fits_wire(tokens: np.ndarray, dtype: str) -> bool:
+    """Whether ``tokens`` travel as ``dtype`` without NaN or infinity, which :func:`decode_codes` refuses
+    (float16 turns values past 65504 into infinity; int8 clips finite values)."""
+    if dtype == "int8":
+        return bool(np.isfinite(tokens).all())
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.asarray(tokens).astype(WIRE_DTYPES[dtype])).all())
 
 
 def decode_codes(

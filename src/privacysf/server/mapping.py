@@ -17,7 +17,7 @@ from privacysf.common.training import EpochHook, FitResult, fit
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
 from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
-from privacysf.exchange.wire import SCAN_ORDER
+from privacysf.exchange.wire import SCAN_ORDER, fits_wire
 from privacysf.nets.mappers import build_mapper
 from privacysf.server.augment import augment_pairs, pipeline
 
@@ -199,12 +199,12 @@ class MappingServer:
             )
         centers = torch.full((len(batch.tokens),), center or 0, dtype=torch.long)
         out = self.predict_tokens(torch.from_numpy(batch.tokens), centers=centers).cpu().numpy()
-        if not np.isfinite(out).all():  # finite input far outside [-1, 1] (3e38) can overflow the network
-            raise WireFormatError(
-                "these image codes drive the mapper to NaN or infinite values; a codec's codes lie in "
-                f"[-1, 1], these reach {float(np.abs(batch.tokens).max()):.3g}"
-            )
         reply_dtype = dtype or batch.wire_dtype or "float16"
+        if not fits_wire(out, reply_dtype):  # finite input far outside [-1, 1] (3e38) can overflow
+            raise WireFormatError(
+                f"these image codes drive the mapper to NaN or infinite values (as {reply_dtype}); a codec's "
+                f"codes lie in [-1, 1], these reach {float(np.abs(batch.tokens).max()):.3g}"
+            )
         return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
 
     def save(self, path: Path) -> None:
