@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import reprlib
 import struct
 from dataclasses import dataclass
 
@@ -171,9 +172,9 @@ def read_header(payload: bytes, offset: int = 0) -> Header:
 
 
 def _short(value: object) -> str:
-    """A header value for an error message, cut short (a hostile header can be 64 KiB of nesting)."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A header value for an error message, cut short in length and depth (a hostile header can nest
+    lists almost as deep as the JSON parser allows, and ``repr`` would recurse just as deep)."""
+    return reprlib.repr(value)
 
 
 def fits_wire(tokens: np.ndarray, dtype: str) -> bool:
