@@ -11,7 +11,8 @@ import httpx
 import pytest
 from servicekit import LoopbackServer, codes
 
-from privacysf.benchmark.fuzzing import FuzzRequest, fuzz_service, known_inputs, prepare_model, send
+from privacysf.benchmark.fuzzing import FuzzRequest, fuzz_service, known_inputs, send
+from privacysf.benchmark.liveserver import prepare_model
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
 

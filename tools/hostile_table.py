@@ -23,10 +23,9 @@ from privacysf.benchmark.fuzzing import (
     FuzzRequest,
     fuzz_service,
     known_inputs,
-    prepare_model,
     send,
-    server_process,
 )
+from privacysf.benchmark.liveserver import prepare_model, server_process
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from privacysf.benchmark.fuzzing import fuzz_server_process
 from privacysf.benchmark.latency import query_latency
+from privacysf.benchmark.liveserver import fuzz_server_process
 from privacysf.benchmark.suites import BenchSuite
 from privacysf.center.pipeline import Mapper
 from privacysf.config import ExperimentConfig
