@@ -61,6 +61,11 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
     assert 458_752 < payload[REFERENCE]["up"] < 458_752 + 1200
     assert payload[REFERENCE]["total"] == pytest.approx(0.918e6, rel=0.01)
 
+    *fuzz, total = [r for r in results["rows"] if r["kind"] == "service-fuzz"]
+    assert total["target"] == "all" and total["server_errors"] == 0 and total["violations"] == []
+    assert total["requests"] == sum(r["requests"] for r in fuzz) == get_suite("quick").fuzz_requests
+    assert {r["target"] for r in fuzz} == {"map", "upload", "jobs"} and max(r["status"] for r in fuzz) < 500
+
     latency = [r for r in results["rows"] if r["kind"] == "latency"]
     expected = {(m, b) for m in (PRIVACYSF, REFERENCE) for b in (1, 4)}
     assert {(r["method"], r["batch"]) for r in latency} == expected
@@ -178,9 +183,8 @@ def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
     text = (run_dir / "benchmarks.md").read_text()
     assert "Partial run" not in text
     tables = _tables(text)
-    assert {"Targets", "Accuracy", "Dice per seed", "Payload per query", "Latency", "Training cost"} <= set(
-        tables
-    )
+    sections = {"Targets", "Accuracy", "Dice per seed", "Payload per query", "Latency", "Training cost"}
+    assert sections | {"Service fuzzing"} <= set(tables)
     rows = json.loads((run_dir / RESULTS).read_text())["rows"]
     accuracy, per_seed, cost = _expected_accuracy(rows)
     _check_table(tables["Accuracy"], accuracy)
@@ -213,6 +217,18 @@ def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
                 "ms/image": r["per_image_ms"],
             }
             for r in of_kind["latency"]
+        ],
+    )
+    _check_table(
+        tables["Service fuzzing"],
+        [
+            {
+                "endpoint": r["target"],
+                "status": f"{r['server_errors']} × 5xx" if r["target"] == "all" else r["status"],
+                "requests": r["requests"],
+            }
+            for r in rows
+            if r["kind"] == "service-fuzz"
         ],
     )
     scaling = next(title for title in tables if title.startswith("Growth with image size"))

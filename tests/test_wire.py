@@ -1,4 +1,5 @@
 import json
+import re
 import struct
 
 import numpy as np
@@ -87,3 +88,67 @@ def test_messages_sent_back_to_back_split_apart_and_truncation_is_refused():
         split_messages(first + b"abc", 1)
     with pytest.raises(WireFormatError, match="malformed header"):
         split_messages(first[:10] + b"{" * (len(first) - 10), 1)
+
+
+def _hostile(change: dict, body: bytes = b"") -> bytes:
+    """A valid header with ``change`` applied, the body as given (the fuzzer builds the same way)."""
+    from privacysf.benchmark.fuzzing import header_of, message
+
+    header, _ = header_of(encode_codes(batch(1)))
+    return message({**header, **change}, body)
+
+
+BIG_GRID = [46_340, 46_340]
+"""2,147,395,600 tokens, just within the largest size a header may state: sizes multiply past int64."""
+HOSTILE_HEADERS = [
+    ({"shape": [True, 20, 6]}, "positive integers"),
+    ({"shape": [1, 20, False]}, "positive integers"),
+    ({"shape": [-1, 20, 6]}, "positive integers"),
+    ({"shape": [0, 20, 6]}, "positive integers"),
+    ({"shape": [2**56, 20, 6]}, "positive integers"),
+    ({"shape": [1.0, 20, 6]}, "positive integers"),
+    (
+        {"shape": [2**31 - 1, BIG_GRID[0] ** 2, 4], "grid": BIG_GRID},
+        "its header announces 36891975477118025600",
+    ),
+    ({"grid": [4, 5, 1]}, "positive integers"),
+    ({"dtype": ["int8"]}, "dtype ['int8']"),
+    ({"dtype": {"a": 1}}, "is not one of"),
+    ({"kind": ["image"]}, "kind ['image']"),
+    ({"scan": None}, "scan order None"),
+    ({"version": True}, "disagree on the format version"),
+]
+
+
+@pytest.mark.parametrize(("change", "words"), HOSTILE_HEADERS, ids=[str(c) for c, _ in HOSTILE_HEADERS])
+def test_hostile_header_values_are_refused_in_both_readers(change, words):
+    """A wire-format error, never a TypeError or a shape arithmetic that wraps around int64 (with an
+    empty body, a wrapped element count of 0 would match it)."""
+    from privacysf.exchange import split_messages
+
+    payload = _hostile(change)
+    with pytest.raises(WireFormatError, match=re.escape(words)):
+        decode_codes(payload)
+    with pytest.raises(WireFormatError):
+        split_messages(payload, 1)
+
+
+@pytest.mark.parametrize("raw", [b"[" * 20_000 + b"]" * 20_000, b"[1]", b"null", b"\xff\xfe"])
+def test_a_header_that_is_not_a_json_object_is_refused(raw):
+    from privacysf.benchmark.fuzzing import message
+
+    with pytest.raises(WireFormatError, match="JSON"):
+        decode_codes(message(raw, b""))
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "fits"),
+    [(np.nan, "float32", False), (np.inf, "int8", False), (1e5, "float16", False), (1e5, "float32", True)],
+)
+def test_values_the_receiver_would_refuse_do_not_fit_the_wire(value, dtype, fits):
+    from privacysf.exchange.wire import fits_wire
+
+    codes = batch(1)
+    assert fits_wire(codes.tokens, dtype)
+    codes.tokens[0, 0, 0] = value
+    assert fits_wire(codes.tokens, dtype) is fits

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from privacysf.benchmark.latency import query_latency
+from privacysf.benchmark.liveserver import fuzz_server_process
 from privacysf.benchmark.service_load import large_upload_row, service_load_rows
 from privacysf.benchmark.suites import BenchSuite
 from privacysf.center.pipeline import Mapper
@@ -34,7 +35,8 @@ CLASSES_FOR_SIZES = 2
 class Job:
     id: str
     kind: str
-    """``accuracy``, ``payload``, ``latency``, ``scaling``, ``service_load`` or ``upload_memory``."""
+    """``accuracy``, ``payload``, ``service-fuzz``, ``latency``, ``scaling``, ``service_load`` or
+    ``upload_memory``."""
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,7 +50,10 @@ class JobContext:
 
 def plan(suite: BenchSuite) -> list[Job]:
     """Every job of a suite, cheapest kinds first so a partial run already has them."""
-    jobs = [Job("payload", "payload", {"size": suite.payload_size})]
+    jobs = [
+        Job("payload", "payload", {"size": suite.payload_size}),
+        Job("service-fuzz", "service-fuzz", {"requests": suite.fuzz_requests, "seed": 0}),
+    ]
     params: dict[str, Any]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
@@ -255,9 +260,30 @@ def run_upload_memory(job: Job, ctx: JobContext) -> list[dict]:
     return [large_upload_row(ctx.runs_dir / "service-upload-memory", job.params["megabytes"])]
 
 
+def run_service_fuzz(job: Job, ctx: JobContext) -> list[dict]:
+    """Hostile requests to ``privacysf server serve``: one row per endpoint and status, then the total."""
+    root = ctx.runs_dir / "service-fuzz"
+    root.mkdir(parents=True, exist_ok=True)
+    tally, seconds = fuzz_server_process(root, job.params["requests"], job.params["seed"])
+    rows: list[dict] = [
+        {"target": target, "status": status, "requests": count}
+        for (target, status), count in sorted(tally.statuses.items())
+    ]
+    total = {
+        "target": "all",
+        "status": None,
+        "requests": tally.sent,
+        "seconds": seconds,
+        "server_errors": tally.server_errors,
+        "violations": tally.violations[:20],
+    }
+    return [*rows, total]
+
+
 RUNNERS: dict[str, Callable[[Job, JobContext], list[dict]]] = {
     "accuracy": run_accuracy,
     "payload": run_payload,
+    "service-fuzz": run_service_fuzz,
     "latency": run_latency,
     "scaling": run_scaling,
     "service_load": run_service_load,

@@ -63,6 +63,16 @@ def _per_seed_table(summary: dict, seeds: list[int]) -> Markdown:
     return Markdown().table(head, rows, ["", "", *[".3f"] * len(seeds)])
 
 
+def _fuzz_table(rows: list[dict]) -> Markdown:
+    """Answers to the structure-aware fuzzer per endpoint and status; the last row is the run's total."""
+    table = []
+    for r in rows:
+        if r["kind"] == "service-fuzz":
+            status = f"{r['server_errors']} × 5xx" if r["target"] == "all" else r["status"]
+            table.append([r["target"], status, r["requests"]])
+    return Markdown().table(["endpoint", "status", "requests"], table)
+
+
 def _payload_table(rows: list[dict]) -> Markdown:
     table = [
         [r["method"], f"{r['size']}²", r["up"], r["down"], r["total"]] for r in rows if r["kind"] == "payload"
@@ -287,6 +297,14 @@ def write_benchmarks(
             [],
         ),
         ("Payload per query", "Real wire messages, headers included.", _payload_table(rows), []),
+        (
+            "Service fuzzing",
+            "Structure-aware hostile requests (privacysf.benchmark.fuzzing, fixed seed) to `privacysf "
+            "server serve`: valid wire messages and job bodies with one field, prefix or body made hostile. "
+            "The last row counts every request and the answers of 500 or above.",
+            _fuzz_table(rows),
+            [],
+        ),
         (
             "Latency",
             "Median of the timed repetitions after warm-up, per stage, wire messages included; total is the "

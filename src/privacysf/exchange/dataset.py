@@ -147,9 +147,12 @@ def check_dataset_stream(stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES
         header = read_header(raw, expect_kind=kind)
         remaining, step = header.body_bytes, chunk_bytes - chunk_bytes % WIRE_DTYPES[header.dtype].itemsize
         while remaining:
-            chunk = stream.read(min(step, remaining))
-            if not chunk:
-                raise WireFormatError(f"{where} is truncated: {remaining} bytes of its codes are missing")
+            wanted = min(step, remaining)
+            chunk = stream.read(wanted)
+            if len(chunk) != wanted:  # a file read comes back short only at its end
+                raise WireFormatError(
+                    f"{where} is truncated: {remaining - len(chunk)} bytes of its codes are missing"
+                )
             check_finite(chunk, header.dtype)
             remaining -= len(chunk)
         headers.append(header)

@@ -19,6 +19,8 @@ train and validation image and mask codes); :func:`split_messages` cuts such a b
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import struct
 from dataclasses import dataclass
 
@@ -36,10 +38,13 @@ SCAN_ORDERS = (SCAN_ORDER, KEYED_SCAN)
 WIRE_DTYPES = dict(zip(WIRE_DTYPE_NAMES, map(np.dtype, ("<f4", "<f2", "i1")), strict=True))
 INT8_SCALE = 127.0
 KINDS = ("image", "mask")
-_PREFIX = struct.Struct("<4sHI")
-PREFIX_BYTES = _PREFIX.size
+PREFIX = struct.Struct("<4sHI")
+PREFIX_BYTES = PREFIX.size
 """Magic, format version and header length: the fixed start of every message."""
 MAX_HEADER_BYTES = 64 * 1024
+MAX_DIM = 2**31 - 1
+"""The largest size a header may state for any dimension (a count of codes, tokens or values)."""
+HEADER_FIELDS = frozenset({"version", "kind", "dtype", "shape", "grid", "scan"})
 
 
 @dataclass
@@ -101,32 +106,46 @@ def encode_header(
             "scan": scan,
         }
     ).encode()
-    return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
+    return PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
 
 
 @dataclass(frozen=True)
-class MessageHeader:
-    """What a message's prefix and header announce, checked; the values follow at ``body_offset``."""
+class Header:
+    """A message's header, every field checked: what :func:`decode_codes` and :func:`split_messages` read.
 
-    kind: str
+    Sizes are Python ints (never a fixed-width NumPy product that can wrap around), so a shape whose
+    element count overflows 64 bits announces a huge body rather than an empty one.
+    """
+
     dtype: str
     shape: tuple[int, int, int]
     grid: tuple[int, int]
+    kind: str
     scan: str
     body_offset: int
+    """Bytes of the prefix and the header together: where the values start."""
 
     @property
     def body_bytes(self) -> int:
-        """How many bytes of values the header announces (Python ints: no overflow)."""
-        n, length, channels = self.shape
-        return n * length * channels * WIRE_DTYPES[self.dtype].itemsize
+        return math.prod(self.shape) * WIRE_DTYPES[self.dtype].itemsize
 
 
-def header_length(prefix: bytes) -> int:
-    """The header length a message's fixed prefix announces, once its magic and version check out."""
-    if len(prefix) < PREFIX_BYTES:
-        raise WireFormatError(f"payload of {len(prefix)} bytes is too short to hold a code header")
-    magic, version, header_len = _PREFIX.unpack_from(prefix)
+def _dims(value: object, count: int) -> tuple[int, ...] | None:
+    """``count`` sizes as a tuple, or None unless each is a plain int in 1..MAX_DIM (a JSON ``true`` is
+    a Python bool, itself an int: refused)."""
+    if not isinstance(value, list) or len(value) != count:
+        return None
+    if not all(type(v) is int and 0 < v <= MAX_DIM for v in value):
+        return None
+    return tuple(value)
+
+
+def header_length(payload: bytes, offset: int = 0) -> int:
+    """The header length the fixed prefix at ``offset`` announces, once its magic and version check out
+    (a stream reads this many bytes more to hold the whole header)."""
+    if len(payload) - offset < PREFIX_BYTES:
+        raise WireFormatError(f"payload of {len(payload) - offset} bytes is too short to hold a code header")
+    magic, version, header_len = PREFIX.unpack_from(payload, offset)
     if magic != MAGIC:
         raise WireFormatError("payload is not a Privacy-SF code message (bad magic bytes)")
     if version != FORMAT_VERSION:
@@ -141,55 +160,63 @@ def header_length(prefix: bytes) -> int:
 
 def read_header(
     payload: bytes,
+    offset: int = 0,
     expect_kind: str | None = None,
     expect_tokens: tuple[int, int] | None = None,
-) -> MessageHeader:
-    """Check a message's prefix and header against what the receiver expects: kind and (L, C) per code.
-
-    ``payload`` needs to hold only the prefix and the header, so a stream can be checked message by
-    message before (and without) reading its values into memory.
-    """
-    header_len = header_length(payload)
-    if PREFIX_BYTES + header_len > len(payload):
+) -> Header:
+    """The header of the message starting at ``offset``, refused with a :class:`WireFormatError` unless
+    every field is well-formed and it is what the receiver expects: ``expect_kind`` and (L, C) per code
+    ``expect_tokens``. Its values are not read: ``payload`` may end after the header (a stream is
+    checked message by message without holding its values)."""
+    header_len = header_length(payload, offset)
+    start = offset + PREFIX_BYTES
+    if start + header_len > len(payload):
         raise WireFormatError("code header length is inconsistent with the payload size")
     try:
-        header = json.loads(payload[PREFIX_BYTES : PREFIX_BYTES + header_len])
-        dtype, shape, grid, kind = header["dtype"], header["shape"], header["grid"], header["kind"]
-        scan = header["scan"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WireFormatError(f"code header is malformed: {exc}") from None
-    if header.get("version") != FORMAT_VERSION:
+        header = json.loads(payload[start : start + header_len])
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
+        raise WireFormatError(f"code header is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(header, dict) or not header.keys() >= HEADER_FIELDS:
+        raise WireFormatError(f"code header must be a JSON object with the fields {sorted(HEADER_FIELDS)}")
+    dtype, kind, scan = header["dtype"], header["kind"], header["scan"]
+    if type(header["version"]) is not int or header["version"] != FORMAT_VERSION:
         raise WireFormatError("code header and prefix disagree on the format version")
-    if dtype not in WIRE_DTYPES:
-        raise WireFormatError(f"code dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
-    if kind not in KINDS or (expect_kind is not None and kind != expect_kind):
-        raise WireFormatError(f"expected {expect_kind or 'image/mask'} codes, got kind {kind!r}")
-    if scan not in SCAN_ORDERS:
-        raise WireFormatError(f"scan order {scan!r} is not supported (expected one of {SCAN_ORDERS})")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 3
-        or not all(isinstance(v, int) and v > 0 for v in shape)
-        or not isinstance(grid, list)
-        or len(grid) != 2
-        or not all(isinstance(v, int) and v > 0 for v in grid)
-        or shape[1] != grid[0] * grid[1]
-    ):
-        raise WireFormatError(f"code shape {shape} does not match token grid {grid}")
-    if expect_tokens is not None and tuple(shape[1:]) != tuple(expect_tokens):
+    if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
+        raise WireFormatError(f"code dtype {_short(dtype)} is not one of {sorted(WIRE_DTYPES)}")
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise WireFormatError(f"code kind {_short(kind)} is not one of {KINDS}")
+    if not isinstance(scan, str) or scan not in SCAN_ORDERS:
+        raise WireFormatError(f"scan order {_short(scan)} is not supported (expected one of {SCAN_ORDERS})")
+    shape, grid = _dims(header["shape"], 3), _dims(header["grid"], 2)
+    if shape is None or grid is None or shape[1] != grid[0] * grid[1]:
+        raise WireFormatError(
+            f"code shape {_short(header['shape'])} does not match token grid {_short(header['grid'])} "
+            f"(sizes are positive integers up to {MAX_DIM})"
+        )
+    if expect_kind is not None and kind != expect_kind:
+        raise WireFormatError(f"expected {expect_kind} codes, got kind {kind!r}")
+    if expect_tokens is not None and shape[1:] != tuple(expect_tokens):
         raise WireFormatError(
             f"codes have {shape[1]} tokens of {shape[2]} values, but this model takes "
             f"{expect_tokens[0]} tokens of {expect_tokens[1]} values; encode with the matching codec"
         )
-    return MessageHeader(
-        kind, dtype, (shape[0], shape[1], shape[2]), (grid[0], grid[1]), scan, PREFIX_BYTES + header_len
-    )
+    n, length, channels = shape
+    return Header(dtype, (n, length, channels), (grid[0], grid[1]), kind, scan, PREFIX_BYTES + header_len)
 
 
-def check_finite(values: bytes | memoryview, dtype: str) -> None:
-    """Refuse NaN or infinite values among raw wire ``values`` (any whole number of items)."""
-    if dtype != "int8" and not np.isfinite(np.frombuffer(values, dtype=WIRE_DTYPES[dtype])).all():
-        raise WireFormatError("codes contain NaN or infinite values")
+def _short(value: object) -> str:
+    """A header value for an error message, cut short in length and depth (a hostile header can nest
+    lists almost as deep as the JSON parser allows, and ``repr`` would recurse just as deep)."""
+    return reprlib.repr(value)
+
+
+def fits_wire(tokens: np.ndarray, dtype: str) -> bool:
+    """Whether ``tokens`` travel as ``dtype`` without NaN or infinity, which :func:`decode_codes` refuses
+    (float16 turns values past 65504 into infinity; int8 clips finite values)."""
+    if dtype == "int8":
+        return bool(np.isfinite(tokens).all())
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.asarray(tokens).astype(WIRE_DTYPES[dtype])).all())
 
 
 def decode_codes(
@@ -198,7 +225,7 @@ def decode_codes(
     expect_tokens: tuple[int, int] | None = None,
 ) -> CodeBatch:
     """Read a message, checking it against what the receiver expects: kind and (L, C) per code."""
-    header = read_header(payload, expect_kind, expect_tokens)
+    header = read_header(payload, expect_kind=expect_kind, expect_tokens=expect_tokens)
     body = memoryview(payload)[header.body_offset :]
     if len(body) != header.body_bytes:
         raise WireFormatError(f"code body has {len(body)} bytes, its header announces {header.body_bytes}")
@@ -209,26 +236,25 @@ def decode_codes(
     return CodeBatch(values, header.grid, header.kind, header.dtype, header.scan)
 
 
+def check_finite(values: bytes | memoryview, dtype: str) -> None:
+    """Refuse NaN or infinite values among raw wire ``values`` (any whole number of items; int8 holds
+    none)."""
+    if dtype != "int8" and not np.isfinite(np.frombuffer(values, dtype=WIRE_DTYPES[dtype])).all():
+        raise WireFormatError("codes contain NaN or infinite values")
+
+
 def split_messages(payload: bytes, count: int) -> list[bytes]:
     """Cut ``count`` messages sent back to back; each is checked later by :func:`decode_codes`."""
     messages, offset = [], 0
     for index in range(count):
-        if len(payload) - offset < _PREFIX.size:
+        if len(payload) - offset < PREFIX_BYTES:
             raise WireFormatError(f"the upload ends before message {index + 1} of {count}")
-        magic, _, header_len = _PREFIX.unpack_from(payload, offset)
-        if magic != MAGIC:
-            raise WireFormatError(f"message {index + 1} of {count} is not a Privacy-SF code message")
-        start = offset + _PREFIX.size
-        if header_len > MAX_HEADER_BYTES or start + header_len > len(payload):
-            raise WireFormatError(f"message {index + 1} of {count} has an inconsistent header length")
         try:
-            header = json.loads(payload[start : start + header_len])
-            itemsize = WIRE_DTYPES[header["dtype"]].itemsize
-            values = int(np.prod(header["shape"], dtype=np.int64)) * itemsize
-        except (ValueError, KeyError, TypeError, OverflowError) as exc:
+            header = read_header(payload, offset)
+        except WireFormatError as exc:
             raise WireFormatError(f"message {index + 1} of {count} has a malformed header: {exc}") from None
-        end = start + header_len + values
-        if values < 0 or end > len(payload):
+        end = offset + header.body_offset + header.body_bytes
+        if end > len(payload):
             raise WireFormatError(f"message {index + 1} of {count} is truncated or announces a wrong shape")
         messages.append(payload[offset:end])
         offset = end

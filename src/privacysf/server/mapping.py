@@ -18,7 +18,7 @@ from privacysf.common.training import EpochHook, FitResult, fit
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
-from privacysf.exchange.wire import SCAN_ORDER
+from privacysf.exchange.wire import SCAN_ORDER, fits_wire
 from privacysf.nets.mappers import build_mapper
 from privacysf.server.augment import augment_pairs, pipeline
 
@@ -217,6 +217,11 @@ class MappingServer:
         tokens = torch.from_numpy(batch.tokens)
         out = self.predict_tokens(tokens, centers=centers, deadline=deadline).cpu().numpy()
         reply_dtype = dtype or batch.wire_dtype or "float16"
+        if not fits_wire(out, reply_dtype):  # finite input far outside [-1, 1] (3e38) can overflow
+            raise WireFormatError(
+                f"these image codes drive the mapper to NaN or infinite values (as {reply_dtype}); a codec's "
+                f"codes lie in [-1, 1], these reach {float(np.abs(batch.tokens).max()):.3g}"
+            )
         return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
 
     def save(self, path: Path) -> None:

@@ -32,6 +32,7 @@ from privacysf.errors import (
     QuotaError,
 )
 from privacysf.server.jobs import JobRunner
+from privacysf.server.service.handlers import add_error_handlers
 from privacysf.server.service.limits import (
     HeaderLimit,
     UploadGate,
@@ -102,6 +103,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     )
     app.state.store, app.state.runner = store, runner
     app.add_middleware(HeaderLimit, limit=cfg.max_header_bytes)
+    add_error_handlers(app)
 
     @app.exception_handler(PrivacySFError)
     async def client_error(_request: Request, exc: PrivacySFError) -> JSONResponse:
