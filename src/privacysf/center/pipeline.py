@@ -168,7 +168,9 @@ def guard_empty_masks(center: Center) -> dict[str, float]:
             tokens = center.received_mask_tokens(center.mask_message(empty, dtype))
             logits = codec.decode(tokens_to_grid(torch.from_numpy(tokens).to(center.device), center.grid))[0]
             lead = torch.maximum(lead, logits[1:].amax(dim=0) - logits[0])
-        raise_by = torch.clamp(lead + EMPTY_MASK_SLACK, min=0.0)
+        # brought to a lead of -slack wherever it is above half that, so that float rounding of the
+        # raise cannot make a second run (on loading) raise again
+        raise_by = torch.where(lead > -EMPTY_MASK_SLACK / 2, lead + EMPTY_MASK_SLACK, 0.0)
         offset = codec.logit_offset.expand(codec.num_classes, size, size).clone()
         offset[0] += raise_by
         codec.logit_offset = offset
