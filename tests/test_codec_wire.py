@@ -17,6 +17,8 @@ from privacysf.data.preprocess import SliceSet
 from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.exchange.wire import INT8_SCALE
+from privacysf.metrics import score_classes, segmentation_scores
+from privacysf.workflows.fit_report import ceiling_section
 
 SIZE = 64
 SETTINGS = [
@@ -130,3 +132,24 @@ def test_mask_codec_trains_and_validates_on_codes_rounded_to_the_wire_dtype(monk
     train_mask_codec(cfg, data.train, data.val, data.info.num_classes, CPU, None)
     assert seen["train"] and set(seen["train"]) == {"int8"}
     assert seen["validate"] and set(seen["validate"]) == {"int8"}
+
+
+def test_report_gives_the_ceiling_per_class_and_wire_dtype_and_flags_absent_classes():
+    truth = np.zeros((2, 8, 8), np.int64)
+    truth[:, 2:6, 2:6] = 1  # "body" on both slices, "lesion" on none
+    decoded = {"float32": truth, "int8": np.where(truth == 1, 1, 2)}  # int8 puts lesion everywhere else
+    names = ["background", "body", "lesion"]
+    by_dtype = {d: score_classes(segmentation_scores(p, truth, 3), names) for d, p in decoded.items()}
+    guard = {"pixels_raised": 3, "largest_raise": 0.5, "val_ceiling_before": 0.5, "val_ceiling_after": 0.9}
+    metrics = {
+        "privacysf": {
+            "wire_dtype": "int8",
+            "mask_codec_ceiling_scores_by_wire_dtype": by_dtype,
+            "mask_codec_empty_guard": guard,
+        }
+    }
+    text = ceiling_section(metrics).text()
+    assert "| class | slice Dice, float32 | slice Dice, int8 | foreground only, int8 |" in text
+    assert "| body | 1.000 | 1.000 | 1.000 |" in text
+    assert "| lesion (absent from test) | 1.000 | 0.000 | – |" in text
+    assert "raised on 3 pixel(s)" in text and "0.500 before, 0.900 after" in text
