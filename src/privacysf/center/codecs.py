@@ -23,7 +23,8 @@ from privacysf.config import CodecConfig, ExperimentConfig
 from privacysf.data.loader import batched, slice_batches
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, DataError
-from privacysf.exchange import grid_to_tokens, tokens_to_grid
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes, grid_to_tokens, tokens_to_grid
+from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvDecoder, ConvEncoder
 from privacysf.nets.sequence import SequenceMapper
@@ -36,13 +37,23 @@ def token_grid(size: int, cfg: CodecConfig) -> tuple[int, int]:
 
 
 class MaskCodec(nn.Module):
-    """One-hot masks (K classes) <-> mask codes (C_m × h × w, bounded in [-1, 1])."""
+    """One-hot masks (K classes) <-> mask codes (C_m × h × w, bounded in [-1, 1]).
+
+    ``logit_offset`` (saved with the weights) is added to the decoder's logits: zero per class while
+    the codec trains, then a per-pixel map, (K, H, W), once
+    :func:`privacysf.center.pipeline.guard_empty_masks` has raised the background logit where an empty
+    mask's own code, sent over the wire, would otherwise decode foreground.
+    """
+
+    logit_offset: torch.Tensor
 
     def __init__(self, num_classes: int, cfg: CodecConfig) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.encoder = ConvEncoder(num_classes, cfg.mask_channels, cfg.width, cfg.downsample)
         self.decoder = ConvDecoder(cfg.mask_channels, num_classes, cfg.width, cfg.downsample)
+        self.register_buffer("logit_offset", torch.zeros(num_classes, 1, 1))
+        self.register_load_state_dict_pre_hook(_take_offset_shape)
 
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
         if int(labels.max()) >= self.num_classes or int(labels.min()) < 0:
@@ -53,7 +64,15 @@ class MaskCodec(nn.Module):
         return self.encoder(one_hot(labels[:, None], self.num_classes).float())
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
-        return self.decoder(code)
+        return self.decoder(code) + self.logit_offset
+
+
+def _take_offset_shape(module: MaskCodec, state: dict, prefix: str, *_) -> None:
+    """Load a guarded codec's per-pixel offset into a fresh codec, and a codec saved before the offset
+    existed with a zero one (its guard is run again where it is loaded)."""
+    key = prefix + "logit_offset"
+    state.setdefault(key, torch.zeros_like(module.logit_offset))
+    module.logit_offset = torch.zeros_like(state[key])
 
 
 def build_image_encoder(cfg: CodecConfig) -> ConvEncoder:
@@ -101,6 +120,11 @@ def decode_masks(
     return apply_in_batches(lambda t: codec.decode(tokens_to_grid(t, grid)).argmax(1), tokens, device).numpy()
 
 
+def through_wire(tokens: np.ndarray, grid: tuple[int, int], kind: str, dtype: str) -> np.ndarray:
+    """``tokens`` as the receiver reads them after one real trip over the wire in ``dtype``."""
+    return decode_codes(encode_codes(CodeBatch(tokens, grid, kind), dtype)).tokens
+
+
 def train_mask_codec(
     cfg: ExperimentConfig,
     train: SliceSet,
@@ -110,7 +134,12 @@ def train_mask_codec(
     checkpoint: Path | None,
     initial: dict[str, dict] | None = None,
 ) -> tuple[MaskCodec, FitResult]:
-    """Train on ground-truth masks; noise on the code teaches the decoder to absorb mapping errors.
+    """Train on ground-truth masks as they will be sent: codes rounded to ``codec.wire_dtype``.
+
+    The code is rounded as the wire rounds it (straight-through gradient), then noise is added so the
+    decoder also absorbs mapping errors; validation scores masks decoded from codes that made a real
+    trip over the wire, so early stopping keeps the epoch that works as sent, not the one that works in
+    float.
 
     ``initial`` (``{"model": state_dict}``) starts from given weights: a federated round starts from the
     averaged codec.
@@ -120,15 +149,16 @@ def train_mask_codec(
         codec.load_state_dict(initial["model"])
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     grid = token_grid(cfg.data.size, cfg.codec)
+    wire_dtype = cfg.codec.wire_dtype
 
     def step(batch):
         _, y = batch
-        code = codec.encode(y)
-        noisy = code + cfg.codec.code_noise * torch.randn_like(code)
+        sent = wire_rounding(codec.encode(y), wire_dtype)
+        noisy = sent + cfg.codec.code_noise * torch.randn_like(sent)
         return loss_fn(codec.decode(noisy), y[:, None])
 
     def validate() -> float:
-        tokens = encode_masks(codec, val.masks, device)
+        tokens = through_wire(encode_masks(codec, val.masks, device), grid, "mask", wire_dtype)
         return mean_dice(decode_masks(codec, tokens, grid, device), val.masks, num_classes)
 
     batches = slice_batches(train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed, device)

@@ -26,10 +26,10 @@ from privacysf.center.codecs import (
     train_mask_codec,
 )
 from privacysf.center.keys import CenterKey, KeyedTransform
-from privacysf.common.torchutil import load_checkpoint
+from privacysf.common.torchutil import load_checkpoint, save_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.data.preprocess import SliceSet
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes
+from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes, tokens_to_grid
 from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvEncoder
@@ -77,10 +77,13 @@ class Center:
     def mask_message(self, masks: np.ndarray, dtype: str | None = None) -> bytes:
         return self._message(encode_masks(self.mask_codec, masks, self.device), "mask", dtype)
 
-    def decode_message(self, message: bytes) -> np.ndarray:
+    def received_mask_tokens(self, message: bytes) -> np.ndarray:
+        """A mask-code message as the center's decoder reads it: checked, read and un-keyed."""
         batch = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens)
-        tokens = self.key.inverse(batch.tokens, "mask") if self.key else batch.tokens
-        return decode_masks(self.mask_codec, tokens, self.grid, self.device)
+        return self.key.inverse(batch.tokens, "mask") if self.key else batch.tokens
+
+    def decode_message(self, message: bytes) -> np.ndarray:
+        return decode_masks(self.mask_codec, self.received_mask_tokens(message), self.grid, self.device)
 
     @property
     def mask_tokens(self) -> tuple[int, int]:
@@ -102,7 +105,17 @@ def train_center(
     encoder, encoder_fit, _ = train_image_encoder(cfg, train, val, codec, device, run_dir / IMAGE_ENCODER)
     key = draw_key(cfg, run_dir)
     center = Center(cfg, codec, encoder, token_grid(cfg.data.size, cfg.codec), device, key)
-    return center, {"mask_codec": codec_fit, "image_encoder": encoder_fit}
+    val_before = mask_ceiling(center, val.masks, num_classes)
+    raised = guard_empty_masks(center)
+    checkpoint = run_dir / MASK_CODEC
+    saved = load_checkpoint(checkpoint, codec_signature(cfg, num_classes, "mask-codec"))
+    save_checkpoint(checkpoint, {**saved, "model": codec.state_dict()})
+    guard = {
+        **raised,
+        "val_ceiling_before": val_before,
+        "val_ceiling_after": mask_ceiling(center, val.masks, num_classes),
+    }
+    return center, {"mask_codec": codec_fit, "image_encoder": encoder_fit, "empty_mask_guard": guard}
 
 
 def draw_key(cfg: ExperimentConfig, run_dir: Path) -> KeyedTransform | None:
@@ -120,6 +133,48 @@ def keyed_transform(cfg: ExperimentConfig, key: CenterKey) -> KeyedTransform:
     grid = token_grid(cfg.data.size, cfg.codec)
     channels = {"image": cfg.codec.image_channels, "mask": cfg.codec.mask_channels}
     return KeyedTransform(key, cfg.key, grid[0] * grid[1], channels)
+
+
+EMPTY_MASK_SLACK = 1e-3
+"""Logits by which background must beat every class on an empty mask's decoded code once guarded, so
+float differences between batch sizes or devices in the decoder cannot flip a pixel back."""
+
+
+def guard_empty_masks(center: Center) -> dict[str, float]:
+    """Raise the decoder's background logit just enough that an empty mask's own code decodes empty.
+
+    Every empty mask of the run's size is the same label map, so the (deterministic) encoder gives it
+    one code and each wire dtype turns that code into one message: decoding those messages, through
+    the key when there is one, covers every empty mask exactly, not on average.
+
+    Guaranteed: an empty mask encoded by this center, sent in any wire dtype and decoded by this
+    center, is empty. Not guaranteed: a code the server's mapper predicts for an empty slice is not
+    that code, so a mapped prediction can still hold foreground.
+
+    The raise is made pixel by pixel and is the smallest that works (the foreground's lead over
+    background there, plus :data:`EMPTY_MASK_SLACK`), so pixels where the empty code already decodes
+    background, and every other class, are untouched; one raise for the whole background channel
+    would have to be as large as the worst pixel's lead, and on a codec that has barely seen empty
+    masks that swamps the foreground of every mask. It is added to ``mask_codec.logit_offset``. Run
+    again on loading, so it also holds on the device the codec is loaded on (zero raise when it already
+    does).
+    """
+    codec, size = center.mask_codec, center.cfg.data.size
+    empty = np.zeros((1, size, size), np.int64)
+    lead = torch.full((size, size), -torch.inf, device=center.device)
+    codec.eval()
+    with torch.no_grad():
+        for dtype in WIRE_DTYPES:
+            tokens = center.received_mask_tokens(center.mask_message(empty, dtype))
+            logits = codec.decode(tokens_to_grid(torch.from_numpy(tokens).to(center.device), center.grid))[0]
+            lead = torch.maximum(lead, logits[1:].amax(dim=0) - logits[0])
+        # brought to a lead of -slack wherever it is above half that, so that float rounding of the
+        # raise cannot make a second run (on loading) raise again
+        raise_by = torch.where(lead > -EMPTY_MASK_SLACK / 2, lead + EMPTY_MASK_SLACK, 0.0)
+        offset = codec.logit_offset.expand(codec.num_classes, size, size).clone()
+        offset[0] += raise_by
+        codec.logit_offset = offset
+    return {"pixels_raised": int((raise_by > 0).sum()), "largest_raise": float(raise_by.max())}
 
 
 def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str | None = None) -> float:
@@ -148,6 +203,8 @@ def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) 
         load_checkpoint(run_dir / IMAGE_ENCODER, codec_signature(cfg, num_classes, "image-encoder"))["model"]
     )
     key = keyed_transform(cfg, CenterKey.load(run_dir / KEY)) if cfg.key.enabled else None
-    return Center(
+    center = Center(
         cfg, codec.to(device).eval(), encoder.to(device).eval(), token_grid(cfg.data.size, c), device, key
     )
+    guard_empty_masks(center)
+    return center

@@ -11,14 +11,17 @@ import json
 import time
 from pathlib import Path
 
-from privacysf.center.pipeline import Center, load_center, mask_ceiling, train_center
+from privacysf.center.pipeline import Center, load_center, train_center
 from privacysf.common.figures import curves
 from privacysf.common.runs import write_json
 from privacysf.common.torchutil import resolve_device, seed_everything
 from privacysf.config import ExperimentConfig
+from privacysf.data.prepare import PreparedData
 from privacysf.errors import ConfigError
 from privacysf.exchange import WIRE_DTYPES
+from privacysf.metrics import score_classes, segmentation_scores
 from privacysf.metrics.evaluation import save_test_overlays, score_test
+from privacysf.metrics.segmentation import Scored
 from privacysf.nets.unet import predict_labels, train_unet
 from privacysf.workflows.fit_report import save_code_pictures, write_report
 from privacysf.workflows.inprocess import fit_server, load_server, payload_bytes
@@ -36,7 +39,8 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     server, server_fit, upload = fit_server(cfg, center, data.train, data.val, run_dir)
     pred = center.segment(server, data.test.images)
     payload = payload_bytes(center, server, data.test.images[0])
-    ceilings = {dtype: mask_ceiling(center, data.test.masks, k, dtype) for dtype in WIRE_DTYPES}
+    ceiling_scores = {dtype: ceiling_by_class(center, data, dtype) for dtype in WIRE_DTYPES}
+    ceilings = {dtype: scored["mean"]["dice"]["mean"] for dtype, scored in ceiling_scores.items()}
     metrics: dict = {
         "dataset": data.info.name,
         "split": data.split,
@@ -45,6 +49,8 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
             "test": score_test(pred, data),
             "mask_codec_ceiling_dice": ceilings[cfg.codec.wire_dtype],
             "mask_codec_ceiling_by_wire_dtype": ceilings,
+            "mask_codec_ceiling_scores_by_wire_dtype": ceiling_scores,
+            "mask_codec_empty_guard": center_fits["empty_mask_guard"],
             "payload_bytes_per_query": payload,
             "raw_image_bytes": data.raw_image_bytes,
             "raw_image_dtype": data.info.stored_dtype,
@@ -97,6 +103,15 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     save_code_pictures(figures / "codes.png", center, data)
     write_report(run_dir, cfg, metrics)
     return run_dir, metrics
+
+
+def ceiling_by_class(center: Center, data: PreparedData, dtype: str) -> Scored:
+    """The mask-codec ceiling (true test masks through the codec and the wire in ``dtype``) per class,
+    with the same empty-mask rule, foreground-only figures and absent-class flags as the test scores."""
+    test = data.test
+    decoded = center.decode_message(center.mask_message(test.masks, dtype))
+    scores = segmentation_scores(decoded, test.masks, data.info.num_classes, test.spacing)
+    return score_classes(scores, data.info.class_names)
 
 
 def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[ExperimentConfig, Center]:
