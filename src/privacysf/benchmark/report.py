@@ -67,7 +67,7 @@ def _fuzz_table(rows: list[dict]) -> Markdown:
     """Answers to the structure-aware fuzzer per endpoint and status; the last row is the run's total."""
     table = []
     for r in rows:
-        if r["kind"] == "service-fuzz":
+        if r["kind"] == "service_fuzz":
             status = f"{r['server_errors']} × 5xx" if r["target"] == "all" else r["status"]
             table.append([r["target"], status, r["requests"]])
     return Markdown().table(["endpoint", "status", "requests"], table)
