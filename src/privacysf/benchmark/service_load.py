@@ -247,6 +247,7 @@ def large_upload_row(folder: Path, megabytes: float) -> dict:
     timings = Timings([seconds * 1000], Counter([status]), seconds)
     return {
         "scenario": name,
+        "upload_mb": megabytes,
         "clients": 1,
         "body_bytes": size,
         **summary(timings, expect=201),
