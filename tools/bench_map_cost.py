@@ -2,7 +2,9 @@
 the client's ``MAP_BATCH_CODES`` are sized from).
 
 The mapper is freshly initialised (its cost per code does not depend on training) for the default
-codec's codes: a 32×32 token grid (128-pixel slices, downsampling 4), 4 values per token, int8.
+codec's codes: a 32×32 token grid (128-pixel slices, downsampling 4), 4 values per token, int8. It is a
+tool, not a bench job: it times the mapper in-process (no service around it), once, to size two
+settings, and its useful batches cost minutes of CPU each.
 
     .venv/bin/python tools/bench_map_cost.py --codes 256 1024
 """
