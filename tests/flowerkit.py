@@ -12,13 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from servicekit import free_port
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 60.0) -> None:

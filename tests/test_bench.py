@@ -61,7 +61,7 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
     assert 458_752 < payload[REFERENCE]["up"] < 458_752 + 1200
     assert payload[REFERENCE]["total"] == pytest.approx(0.918e6, rel=0.01)
 
-    *fuzz, total = [r for r in results["rows"] if r["kind"] == "service-fuzz"]
+    *fuzz, total = [r for r in results["rows"] if r["kind"] == "service_fuzz"]
     assert total["target"] == "all" and total["server_errors"] == 0 and total["violations"] == []
     assert total["requests"] == sum(r["requests"] for r in fuzz) == get_suite("quick").fuzz_requests
     assert {r["target"] for r in fuzz} == {"map", "upload", "jobs"} and max(r["status"] for r in fuzz) < 500
@@ -228,7 +228,7 @@ def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
                 "requests": r["requests"],
             }
             for r in rows
-            if r["kind"] == "service-fuzz"
+            if r["kind"] == "service_fuzz"
         ],
     )
     scaling = next(title for title in tables if title.startswith("Growth with image size"))

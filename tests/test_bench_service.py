@@ -14,13 +14,17 @@ from test_bench import _check_table, _tables
 from privacysf.benchmark.runner import RESULTS, run_bench
 from privacysf.benchmark.service_load import Call, drive, summary
 from privacysf.benchmark.suites import get_suite
+from privacysf.benchmark.targets import targets
 from privacysf.common.resources import PeakMemory
 
 
 @pytest.fixture(scope="module")
 def service_rows(tmp_path_factory):
     run_dir, results = run_bench(
-        "quick", tmp_path_factory.mktemp("bench"), only=["service/*"], progress=False
+        "quick",
+        tmp_path_factory.mktemp("bench"),
+        only=["service/load", "service/upload-memory"],
+        progress=False,
     )
     return run_dir, results["rows"]
 
@@ -109,3 +113,23 @@ def test_peak_memory_meters_the_process_it_is_given():
         child.kill()
         child.wait(10)
     assert peak.result is not None and peak.result.rss_growth_mb >= 150
+
+
+def _upload_row(megabytes: float, above_idle: float, status: str = "201") -> dict:
+    return {
+        "kind": "upload_memory",
+        "upload_mb": megabytes,
+        "statuses": {status: 1},
+        "idle_rss_mb": 250.0,
+        "peak_above_idle_mb": above_idle,
+    }
+
+
+def test_the_upload_memory_target_is_judged_at_512_mib_only():
+    def judged(*rows: dict) -> list[tuple[str, bool]]:
+        return [(t.measured, t.met) for t in targets(list(rows), {}, {"size": 128})]
+
+    assert judged(_upload_row(4.0, 500.0)) == []
+    assert judged(_upload_row(512.0, 7.2)) == [("7.2 MiB above idle (250 MiB)", True)]
+    assert judged(_upload_row(512.0, 100.5)) == [("100.5 MiB above idle (250 MiB)", False)]
+    assert judged(_upload_row(512.0, 7.2, status="503"))[0][1] is False

@@ -123,3 +123,15 @@ def test_a_job_whose_files_disagree_on_scan_order_is_not_merged(store):
     job = store.create_job(caller, "mapper", ids, SETTINGS)
     with pytest.raises(ConfigError, match="different code spaces.*keyed scan"):
         training_messages(store, job.id)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_an_upload_cut_mid_value_is_refused_as_truncated(dtype):
+    """Regression (found by the fuzzer): a last message whose body ends inside a value made the
+    streamed check decode a partial value and raise ValueError (a 500), not a refusal."""
+    last = codes(1, "mask", dtype=dtype)[:-1]
+    payload = codes(2, "image") + codes(2, "mask") + codes(1, "image") + last
+    with pytest.raises(WireFormatError, match="message 4 of 4 .* is truncated: 1 bytes"):
+        check_dataset_stream(io.BytesIO(payload))
+    with pytest.raises(WireFormatError, match="truncated"):
+        check_dataset_stream(io.BytesIO(payload), chunk_bytes=256)

@@ -11,8 +11,7 @@ import httpx
 import pytest
 from servicekit import LoopbackServer, codes
 
-from privacysf.benchmark.fuzzing import FuzzRequest, fuzz_service, known_inputs, send
-from privacysf.benchmark.liveserver import prepare_model
+from privacysf.benchmark.fuzzing import FuzzRequest, fuzz_service, fuzz_target_model, known_inputs, send
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
 
@@ -27,7 +26,7 @@ def live(tmp_path_factory):
     _, token = app.state.store.create_center("hostile")
     server = LoopbackServer(app).start()
     client = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
-    model_id = prepare_model(client)
+    model_id = fuzz_target_model(client)
     yield app, client, model_id
     client.close()
     server.stop()

@@ -2,7 +2,9 @@
 the client's ``MAP_BATCH_CODES`` are sized from).
 
 The mapper is freshly initialised (its cost per code does not depend on training) for the default
-codec's codes: a 32×32 token grid (128-pixel slices, downsampling 4), 4 values per token, int8.
+codec's codes: a 32×32 token grid (128-pixel slices, downsampling 4), 4 values per token, int8. It is a
+tool, not a bench job: it times the mapper in-process (no service around it), once, to size two
+settings, and its useful batches cost minutes of CPU each.
 
     .venv/bin/python tools/bench_map_cost.py --codes 256 1024
 """
@@ -12,11 +14,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
+from privacysf.benchmark.service_process import codes
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
-from privacysf.exchange import CodeBatch, encode_codes
 from privacysf.server.mapping import MappingServer
 
 GRID, CHANNELS = (32, 32), 4
@@ -30,10 +31,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     server = MappingServer(MapperConfig(), AugmentConfig(), TrainConfig(device="cpu", progress=False))
     server.initialise(GRID, CHANNELS, CHANNELS)
-    rng = np.random.default_rng(0)
     for n in args.codes:
-        tokens = rng.uniform(-1, 1, (n, GRID[0] * GRID[1], CHANNELS)).astype(np.float32)
-        body = encode_codes(CodeBatch(tokens, GRID, "image"), "int8")
+        body = codes(n, "image", CHANNELS, grid=GRID)
         start = time.process_time()
         server.map(body)
         print(f"{n} codes ({len(body) / 2**20:.1f} MiB): {time.process_time() - start:.1f} s CPU")

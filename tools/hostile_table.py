@@ -11,7 +11,6 @@ Markdown tables of what came back.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -22,10 +21,11 @@ from privacysf.benchmark.fuzzing import (
     NO_ANSWER,
     FuzzRequest,
     fuzz_service,
+    fuzz_target_model,
     known_inputs,
     send,
 )
-from privacysf.benchmark.liveserver import prepare_model, server_process
+from privacysf.benchmark.service_process import ServerProcess, center_auth
 
 
 def main() -> None:
@@ -34,21 +34,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--server-src", type=Path, help="serve this source tree (its src/ folder) instead")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(args.server_src.resolve())} if args.server_src else None
-    with tempfile.TemporaryDirectory() as root, server_process(Path(root), env) as client:
-        model_id = prepare_model(client)
-        print("| endpoint | input | status | detail (start) |\n|---|---|---|---|")
-        for known in known_inputs():
-            try:
-                response = send(client, model_id, FuzzRequest(known.target, known.what, known.body))
-            except httpx.TransportError as exc:
-                print(f"| {known.target} | {known.what} | no answer | `{exc!r}` |")
-                continue
-            detail = response.text[:70].replace("|", "/")
-            print(f"| {known.target} | {known.what} | {response.status_code} | `{detail}` |")
-        tally = fuzz_service(client, model_id, args.requests, args.seed)
+    env = {"PYTHONPATH": str(args.server_src.resolve())} if args.server_src else None
+    with tempfile.TemporaryDirectory() as root:
+        store = Path(root) / "store"
+        auth = center_auth(store, "fuzz")
+        with ServerProcess(store, env=env) as server, server.client(auth, 120) as client:
+            table(client, args.requests, args.seed)
+
+
+def table(client: httpx.Client, requests: int, seed: int) -> None:
+    """Print the answers to the known inputs and to ``requests`` fuzzed ones."""
+    model_id = fuzz_target_model(client)
+    print("| endpoint | input | status | detail (start) |\n|---|---|---|---|")
+    for known in known_inputs():
+        try:
+            response = send(client, model_id, FuzzRequest(known.target, known.what, known.body))
+        except httpx.TransportError as exc:
+            print(f"| {known.target} | {known.what} | no answer | `{exc!r}` |")
+            continue
+        detail = response.text[:70].replace("|", "/")
+        print(f"| {known.target} | {known.what} | {response.status_code} | `{detail}` |")
+    tally = fuzz_service(client, model_id, requests, seed)
     print(
-        f"\n{tally.sent} fuzz requests (seed {args.seed}), {tally.server_errors} answered 5xx, "
+        f"\n{tally.sent} fuzz requests (seed {seed}), {tally.server_errors} answered 5xx, "
         f"{len(tally.violations)} broke a guarantee\n"
     )
     print("| endpoint | status | requests |\n|---|---|---|")

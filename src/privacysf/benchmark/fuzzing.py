@@ -9,21 +9,30 @@ check of the readers is reached. :func:`fuzz_service` sends them over one keep-a
 tallies the answers: the guarantee is that none is a 5xx and every refusal says why in ``detail``.
 
 The test suite runs it against the app in a thread; ``privacysf bench`` runs a longer one against
-``privacysf server serve`` in its own process (:mod:`privacysf.benchmark.liveserver`).
+``privacysf server serve`` in its own process (:func:`fuzz_server_process`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import numpy as np
 
-from privacysf.exchange import CodeBatch, encode_codes
+from privacysf.benchmark.service_process import (
+    CODE_CHANNELS,
+    GRID,
+    ServerProcess,
+    center_auth,
+    codes,
+    train_tiny_model,
+)
 from privacysf.exchange.wire import FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES, PREFIX
 
 TARGETS = ("map", "upload", "jobs")
@@ -115,11 +124,6 @@ def message(
     return PREFIX.pack(magic, version, length) + raw + body
 
 
-def valid_codes(n: int, kind: str, grid: tuple[int, int], channels: int, dtype: str, seed: int) -> bytes:
-    tokens = np.random.default_rng(seed).uniform(-1, 1, (n, grid[0] * grid[1], channels))
-    return encode_codes(CodeBatch(tokens.astype(np.float32), grid, kind), dtype)
-
-
 def header_of(payload: bytes) -> tuple[dict, bytes]:
     """The header (as a dict) and the body of a valid message."""
     _, _, length = PREFIX.unpack_from(payload)
@@ -129,7 +133,7 @@ def header_of(payload: bytes) -> tuple[dict, bytes]:
 class WireFuzzer:
     """Hostile variants of valid messages for a mapper on ``grid`` with ``channels`` values per token."""
 
-    def __init__(self, seed: int, grid: tuple[int, int] = (4, 4), channels: int = 4) -> None:
+    def __init__(self, seed: int, grid: tuple[int, int] = GRID, channels: int = CODE_CHANNELS) -> None:
         self.rng = np.random.default_rng(seed)
         self.grid, self.channels = grid, channels
 
@@ -139,7 +143,7 @@ class WireFuzzer:
     def codes(self, kind: str = "image", dtype: str | None = None) -> bytes:
         dtype = dtype or self.pick(("float32", "float16", "int8"))
         n = int(self.rng.integers(1, 4))
-        return valid_codes(n, kind, self.grid, self.channels, dtype, int(self.rng.integers(2**31)))
+        return codes(n, kind, self.channels, int(self.rng.integers(2**31)), self.grid, dtype)
 
     def hostile_message(self, kind: str = "image") -> tuple[str, bytes]:
         """One message with one hostile change; the first element names the change."""
@@ -295,17 +299,17 @@ class KnownInput:
     words: str
 
 
-def known_inputs(grid: tuple[int, int] = (4, 4), channels: int = 4) -> list[KnownInput]:
+def known_inputs(grid: tuple[int, int] = GRID, channels: int = CODE_CHANNELS) -> list[KnownInput]:
     """The inputs of issue 18 that gave a 500 (a model on ``grid`` with ``channels`` values per token)."""
     tokens = grid[0] * grid[1]
 
     def changed(change: dict, body: bytes | None = None) -> bytes:
-        header, valid_body = header_of(valid_codes(2, "image", grid, channels, "float32", 0))
+        header, valid_body = header_of(codes(2, "image", channels, 0, grid, "float32"))
         return message({**header, **change}, valid_body if body is None else body)
 
     def upload(first: bytes) -> bytes:
-        rest = [valid_codes(n, kind, grid, channels, "int8", 1) for n, kind in ((2, "mask"), (1, "image"))]
-        return first + rest[0] + rest[1] + valid_codes(1, "mask", grid, channels, "int8", 2)
+        rest = [codes(n, kind, channels, 1, grid) for n, kind in ((2, "mask"), (1, "image"))]
+        return first + rest[0] + rest[1] + codes(1, "mask", channels, 2, grid)
 
     nested = message(b"[" * 20_000 + b"]" * 20_000, b"")
     one_code = np.zeros((1, tokens, channels), np.float32).tobytes()  # what [true, L, C] announces
@@ -347,6 +351,13 @@ def send(client: httpx.Client, model_id: int, request: FuzzRequest) -> httpx.Res
     return client.post("/jobs", content=request.body, headers={"Content-Type": "application/json"})
 
 
+def fuzz_target_model(client: httpx.Client, seed: int = 0) -> int:
+    """A tiny mapper trained through ``client`` on codes of the fuzzer's code space (its grid and
+    channels), so that the fuzzer's valid map requests reach it."""
+    fuzzer = WireFuzzer(seed)
+    return train_tiny_model(client, fuzzer.grid, fuzzer.channels)
+
+
 def fuzz_service(client: httpx.Client, model_id: int, count: int, seed: int) -> FuzzTally:
     """Send ``count`` generated requests; tally the answers and every 5xx or refusal without a reason."""
     tally = FuzzTally()
@@ -373,3 +384,14 @@ def _detail(response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and bool(body.get("detail"))
+
+
+def fuzz_server_process(root: Path, count: int, seed: int) -> tuple[FuzzTally, float]:
+    """The tally of ``count`` requests to ``privacysf server serve`` on a fresh store under ``root``,
+    and the seconds they took (the server's start and its mapper's training aside)."""
+    auth = center_auth(root / "store", "fuzz")
+    with ServerProcess(root / "store") as server, server.client(auth, timeout=120) as client:
+        model_id = fuzz_target_model(client)
+        started = time.perf_counter()
+        tally = fuzz_service(client, model_id, count, seed)
+        return tally, time.perf_counter() - started

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from privacysf.benchmark.fuzzing import fuzz_server_process
 from privacysf.benchmark.latency import query_latency
-from privacysf.benchmark.liveserver import fuzz_server_process
 from privacysf.benchmark.service_load import large_upload_row, service_load_rows
 from privacysf.benchmark.suites import BenchSuite
 from privacysf.center.pipeline import Mapper
@@ -35,8 +35,8 @@ CLASSES_FOR_SIZES = 2
 class Job:
     id: str
     kind: str
-    """``accuracy``, ``payload``, ``service-fuzz``, ``latency``, ``scaling``, ``service_load`` or
-    ``upload_memory``."""
+    """``accuracy``, ``payload``, ``service_fuzz``, ``latency``, ``scaling``, ``service_load`` or
+    ``upload_memory``; the service jobs' ids start with ``service/``."""
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -52,7 +52,7 @@ def plan(suite: BenchSuite) -> list[Job]:
     """Every job of a suite, cheapest kinds first so a partial run already has them."""
     jobs = [
         Job("payload", "payload", {"size": suite.payload_size}),
-        Job("service-fuzz", "service-fuzz", {"requests": suite.fuzz_requests, "seed": 0}),
+        Job("service/fuzz", "service_fuzz", {"requests": suite.fuzz_requests, "seed": 0}),
     ]
     params: dict[str, Any]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -283,7 +283,7 @@ def run_service_fuzz(job: Job, ctx: JobContext) -> list[dict]:
 RUNNERS: dict[str, Callable[[Job, JobContext], list[dict]]] = {
     "accuracy": run_accuracy,
     "payload": run_payload,
-    "service-fuzz": run_service_fuzz,
+    "service_fuzz": run_service_fuzz,
     "latency": run_latency,
     "scaling": run_scaling,
     "service_load": run_service_load,

@@ -67,7 +67,7 @@ def _fuzz_table(rows: list[dict]) -> Markdown:
     """Answers to the structure-aware fuzzer per endpoint and status; the last row is the run's total."""
     table = []
     for r in rows:
-        if r["kind"] == "service-fuzz":
+        if r["kind"] == "service_fuzz":
             status = f"{r['server_errors']} × 5xx" if r["target"] == "all" else r["status"]
             table.append([r["target"], status, r["requests"]])
     return Markdown().table(["endpoint", "status", "requests"], table)
@@ -318,7 +318,7 @@ def write_benchmarks(
             "clients (threads on the same machine, one keep-alive connection each) after one warm-up call. "
             "Latency is per request; req/s is requests over the wall time of the scenario; memory is the "
             "server's RSS sampled every 50 ms, above its RSS just before the scenario. The large upload runs "
-            "alone on a fresh server.",
+            "alone on a fresh server, streamed by a client that never holds it, its RSS sampled every 5 ms.",
             _service_table(rows),
             [],
         ),

@@ -6,12 +6,15 @@ include HTTP, authentication, the database and the wire format, as a hospital se
 on the same machine as the server: on a small machine they compete with it for the CPU, which the
 published figures state by naming the machine.
 
-Memory is the server process's resident set, sampled every 50 ms while a scenario runs; "above idle" is
-the rise over its RSS just before the scenario (the server is idle between scenarios).
+Memory is the server process's resident set, sampled every 50 ms while a scenario runs (every 5 ms
+during the one large upload); "above idle" is the rise over its RSS just before the scenario (the
+server is idle between scenarios).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import shutil
 import threading
 import time
@@ -22,15 +25,23 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from privacysf.common.resources import PeakMemory
-from privacysf.server.settings import ServiceConfig
-from privacysf.server.store import Store
+from privacysf.common.resources import MemoryUse, PeakMemory
 
-from .service_process import TINY_MAPPER, TINY_TRAIN, ServerProcess, bundle, bundle_of_size, codes, sha
+from .service_process import (
+    ServerProcess,
+    bundle,
+    center_auth,
+    codes,
+    sha,
+    streamed_dataset,
+    train_tiny_model,
+)
 
 CLIENT_TIMEOUT = 300.0
 """Seconds a client waits for one reply; a slower reply counts as a transport error."""
 TRANSPORT_ERROR = "transport"
+LARGE_UPLOAD_SAMPLE_SECONDS = 0.005
+"""The server's RSS is sampled this often during the large upload: its peak may last a moment."""
 """The status recorded for a request that got no HTTP reply (refused, reset, timed out)."""
 
 
@@ -106,10 +117,8 @@ def measure(
     """One scenario's row: one untimed warm-up call (``call`` itself unless given: it loads the model
     into the server's cache), then the load."""
     warmup = warmup or call
-    with httpx.Client(base_url=server.url, headers=auth, timeout=CLIENT_TIMEOUT) as http:
-        warm = warmup.send(http)
-    if warm.status_code != warmup.expect:
-        raise RuntimeError(f"{name}: the warm-up call got {warm.status_code}: {warm.text[:300]}")
+    with server.client(auth, CLIENT_TIMEOUT) as http:
+        warm_up(http, name, warmup)
     with PeakMemory(pid=server.pid) as memory:
         timings = drive(server.url, auth, call, clients, requests)
     assert memory.result is not None
@@ -118,9 +127,21 @@ def measure(
         "clients": clients,
         "body_bytes": len(call.body or b""),
         **summary(timings, call.expect),
-        "idle_rss_mb": memory.result.peak_rss_mb - memory.result.rss_growth_mb,
-        "peak_rss_mb": memory.result.peak_rss_mb,
-        "peak_above_idle_mb": memory.result.rss_growth_mb,
+        **memory_figures(memory.result),
+    }
+
+
+def warm_up(http: httpx.Client, name: str, call: Call) -> None:
+    warm = call.send(http)
+    if warm.status_code != call.expect:
+        raise RuntimeError(f"{name}: the warm-up call got {warm.status_code}: {warm.text[:300]}")
+
+
+def memory_figures(memory: MemoryUse) -> dict:
+    return {
+        "idle_rss_mb": memory.peak_rss_mb - memory.rss_growth_mb,
+        "peak_rss_mb": memory.peak_rss_mb,
+        "peak_above_idle_mb": memory.rss_growth_mb,
     }
 
 
@@ -148,30 +169,10 @@ def fresh(folder: Path) -> None:
     folder.mkdir(parents=True)
 
 
-def center_auth(store: Path, name: str = "load") -> dict[str, str]:
-    """A center created by the operator before the server starts, as its bearer header."""
-    _, token = Store(ServiceConfig(store=store)).create_center(name)
-    return {"Authorization": f"Bearer {token}"}
-
-
 def upload_call(payload: bytes) -> Call:
     return Call(
         "POST", "/datasets", payload, {"X-Content-SHA256": sha(payload)}, {"name": "load"}, expect=201
     )
-
-
-def trained_model(server: ServerProcess, auth: dict[str, str], timeout: float = 600.0) -> int:
-    """Upload a tiny dataset, train a tiny mapper on it through the service, and return its model id."""
-    with httpx.Client(base_url=server.url, headers=auth, timeout=CLIENT_TIMEOUT) as http:
-        dataset = upload_call(bundle()).send(http).raise_for_status().json()
-        body = {"datasets": [dataset["id"]], "train": TINY_TRAIN, "mapper": TINY_MAPPER}
-        job = http.post("/jobs", json=body).raise_for_status().json()
-        deadline = time.monotonic() + timeout
-        while (state := http.get(f"/jobs/{job['id']}").raise_for_status().json())["status"] != "done":
-            if state["status"] == "failed" or time.monotonic() > deadline:
-                raise RuntimeError(f"the load bench's model did not train: {state}")
-            time.sleep(0.2)
-        return state["model_id"]
 
 
 def load_scenarios(
@@ -186,7 +187,7 @@ def load_scenarios(
         )
         for batch in batches
     ]
-    upload = (f"upload {upload_mb:g} MiB", upload_call(bundle_of_size(upload_mb)), uploads)
+    upload = (f"upload {upload_mb:g} MiB", upload_call(b"".join(streamed_dataset(upload_mb))), uploads)
     return [*maps, upload, ("GET /jobs", Call("GET", "/jobs"), requests)]
 
 
@@ -205,17 +206,50 @@ def service_load_rows(
     fresh(folder)
     auth = center_auth(folder / "store")
     with ServerProcess(folder / "store", "--max-concurrent-uploads", str(max(clients))) as server:
-        scenarios = load_scenarios(trained_model(server, auth), batches, upload_mb, requests, uploads)
+        with server.client(auth, CLIENT_TIMEOUT) as http:
+            model_id = train_tiny_model(http)
+        scenarios = load_scenarios(model_id, batches, upload_mb, requests, uploads)
         return [
             measure(server, auth, name, call, count, n) for name, call, n in scenarios for count in clients
         ]
 
 
 def large_upload_row(folder: Path, megabytes: float) -> dict:
-    """The server's memory during one upload of ``megabytes`` MiB, on a fresh server."""
+    """The server's memory during one upload of ``megabytes`` MiB of float16 codes, on a fresh server.
+
+    The client makes the dataset piece by piece as it sends it (and once before, for its SHA-256), so
+    it never holds it: on a small machine, the bench's memory does not crowd the server's. One small
+    upload first loads what the first upload imports and allocates: the peak is the upload's own."""
     fresh(folder)
     auth = center_auth(folder / "store")
-    payload = bundle_of_size(megabytes, seed=7)
-    with ServerProcess(folder / "store") as server:
-        name, small = f"large upload {megabytes:g} MiB", upload_call(bundle())
-        return measure(server, auth, name, upload_call(payload), 1, 1, warmup=small)
+    digest, size = hashlib.sha256(), 0
+    for piece in streamed_dataset(megabytes):
+        digest.update(piece)
+        size += len(piece)
+    headers = {"X-Content-SHA256": digest.hexdigest(), "Content-Length": str(size)}
+    name, limit = f"large upload {megabytes:g} MiB", str(math.ceil(megabytes) + 16)
+    with ServerProcess(folder / "store", "--max-upload-mb", limit) as server, server.client(auth) as http:
+        warm_up(http, name, upload_call(bundle()))
+        with PeakMemory(pid=server.pid, interval=LARGE_UPLOAD_SAMPLE_SECONDS) as memory:
+            started = time.perf_counter()
+            try:
+                reply = http.post(
+                    "/datasets",
+                    params={"name": "large"},
+                    content=streamed_dataset(megabytes),
+                    headers=headers,
+                )
+                status = str(reply.status_code)
+            except httpx.TransportError:
+                status = TRANSPORT_ERROR
+            seconds = time.perf_counter() - started
+    assert memory.result is not None
+    timings = Timings([seconds * 1000], Counter([status]), seconds)
+    return {
+        "scenario": name,
+        "upload_mb": megabytes,
+        "clients": 1,
+        "body_bytes": size,
+        **summary(timings, expect=201),
+        **memory_figures(memory.result),
+    }

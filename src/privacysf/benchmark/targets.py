@@ -20,6 +20,9 @@ LATENCY_TARGET = {"size": 256, "batch": 1, "device": "cpu", "threads": 2}
 TRAINING_TARGET_SECONDS = 600.0
 TRAINING_TARGET = {"dataset": "icbm152-tissue", "size": 128}
 DEFAULT_MODE = f"{PRIVACYSF} task"
+UPLOAD_MEMORY_TARGET_MB = 100.0
+UPLOAD_TARGET_SIZE_MB = 512.0
+"""Issue 18: the server's peak memory during a 512 MiB upload at most 100 MiB above idle."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,29 @@ def _cost_targets(rows: list[dict], summary: dict, settings: dict) -> list[Targe
     return out
 
 
+def _service_targets(rows: list[dict]) -> list[Target]:
+    """The server's memory during the large upload, judged only at the size the target names."""
+    return [
+        Target(
+            f"server memory during a {UPLOAD_TARGET_SIZE_MB:g} MiB upload ≤ {UPLOAD_MEMORY_TARGET_MB:g} MiB "
+            "above idle",
+            f"{r['peak_above_idle_mb']:.1f} MiB above idle ({r['idle_rss_mb']:.0f} MiB)",
+            r["statuses"] == {"201": 1} and r["peak_above_idle_mb"] <= UPLOAD_MEMORY_TARGET_MB,
+            "upload refused"
+            if r["statuses"] != {"201": 1}
+            else f"by {r['peak_above_idle_mb'] - UPLOAD_MEMORY_TARGET_MB:.1f} MiB",
+        )
+        for r in rows
+        if r["kind"] == "upload_memory" and r["upload_mb"] == UPLOAD_TARGET_SIZE_MB
+    ]
+
+
 def targets(rows: list[dict], summary: dict, settings: dict) -> list[Target]:
-    """Every target the results can judge: accuracy per dataset, payload per dtype, latency, training."""
-    return [*_accuracy_targets(summary), *_payload_targets(rows), *_cost_targets(rows, summary, settings)]
+    """Every target the results can judge: accuracy per dataset, payload per dtype, latency, training,
+    the server's memory during an upload."""
+    return [
+        *_accuracy_targets(summary),
+        *_payload_targets(rows),
+        *_cost_targets(rows, summary, settings),
+        *_service_targets(rows),
+    ]

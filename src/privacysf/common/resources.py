@@ -37,17 +37,21 @@ class MemoryUse:
 class PeakMemory:
     """``with PeakMemory(device) as peak: ...`` then ``peak.result`` holds the :class:`MemoryUse`.
 
-    ``pid`` meters another process instead (the service's load bench samples the server's RSS)."""
+    ``pid`` meters another process instead (the service's load bench samples the server's RSS);
+    ``interval`` is the seconds between two samples (a short peak needs a short one)."""
 
-    def __init__(self, device: torch.device | None = None, pid: int | None = None) -> None:
+    def __init__(
+        self, device: torch.device | None = None, pid: int | None = None, interval: float = SAMPLE_SECONDS
+    ) -> None:
         self.cuda = device is not None and device.type == "cuda"
+        self.interval = interval
         self._process = psutil.Process(pid)
         self._stop = threading.Event()
         self._start_rss = self._peak_rss = 0
         self.result: MemoryUse | None = None
 
     def _sample(self) -> None:
-        while not self._stop.wait(SAMPLE_SECONDS):
+        while not self._stop.wait(self.interval):
             self._peak_rss = max(self._peak_rss, self._process.memory_info().rss)
 
     def __enter__(self) -> PeakMemory:
