@@ -5,13 +5,16 @@ with worker names); the API test checks the 429 and 409 answers and that a runni
 next epoch when cancelled.
 """
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from servicekit import TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, sha
 from sqlalchemy import select, update
 
+from privacysf.errors import QuotaError
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
@@ -91,6 +94,25 @@ def test_a_job_is_claimed_once_and_an_expired_lease_requeues_it(store, monkeypat
     assert store.add_model(held, "late.pt", SIGNATURE) is None  # w1's late result is not recorded
     log = [row.message for row in store.job_log(job.id)]
     assert any("sent no heartbeat for 60 s; queued again" in m for m in log)
+
+
+def test_simultaneous_requests_never_pass_the_quota(store):
+    """Eight requests for the last three slots at once: exactly three jobs are queued."""
+    a, data = center(store, "A")
+    limit, requests = 3, 8
+    start = threading.Barrier(requests)
+
+    def request_job(_) -> int | None:
+        start.wait()
+        try:
+            return store.create_job(a, "m", [data], SETTINGS, max_queued=limit).id
+        except QuotaError:
+            return None
+
+    with ThreadPoolExecutor(requests) as pool:
+        created = [job for job in pool.map(request_job, range(requests)) if job is not None]
+    assert len(created) == limit
+    assert [job.id for job in store.visible_rows(JobRow, a)] == sorted(created)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

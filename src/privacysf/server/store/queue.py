@@ -17,12 +17,12 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Select, case, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from privacysf.errors import ConflictError, QuotaError
 from privacysf.server.store.accounts import Caller
 from privacysf.server.store.database import Database
-from privacysf.server.tables import JobLogRow, JobRow, utcnow
+from privacysf.server.tables import CenterRow, JobLogRow, JobRow, utcnow
 
 CLAIM_TRIES = 5
 """Candidates a worker tries per claim before it waits for the next poll (others won the rest)."""
@@ -46,20 +46,30 @@ def fair_order() -> Select[Any]:
     )
 
 
+def refuse_over_quota(s: Session, caller: Caller, limit: int) -> None:
+    """Refuse (429) a new job while the center already has ``limit`` queued; call it in the transaction
+    that then queues the job.
+
+    The count and the insert must be one step, or two requests at once both take the last free slot.
+    The center's row is therefore written first (a no-op update of a non-key column, which blocks no
+    insert of rows that refer to the center): PostgreSQL then holds that row's lock, SQLite its
+    database's write lock, until the transaction ends, so a second request of the same center counts
+    only once the first one's job is in (or rolled back).
+    """
+    lock = update(CenterRow).where(CenterRow.id == caller.center_id).values(created_at=CenterRow.created_at)
+    s.execute(lock, execution_options=UNSYNCED)
+    queued = s.scalar(
+        select(func.count()).where(JobRow.center_id == caller.center_id, JobRow.status == "queued")
+    )
+    if queued is not None and queued >= limit:
+        raise QuotaError(
+            f"center {caller.name!r} already has {queued} queued jobs, this server's limit; "
+            "wait for some to start or cancel one"
+        )
+
+
 class JobQueue(Database):
     """Claims, heartbeats and the end of jobs, safe with any number of worker processes."""
-
-    def check_quota(self, caller: Caller, limit: int) -> None:
-        """Refuse a new job while the center already has ``limit`` queued (429)."""
-        with self.session() as s:
-            queued = s.scalar(
-                select(func.count()).where(JobRow.center_id == caller.center_id, JobRow.status == "queued")
-            )
-        if queued is not None and queued >= limit:
-            raise QuotaError(
-                f"center {caller.name!r} already has {queued} queued jobs, this server's limit; "
-                "wait for some to start or cancel one"
-            )
 
     def claim_next_job(self, worker: str) -> JobRow | None:
         """The next job in :func:`fair_order`, now running for ``worker``; None when none is queued."""
