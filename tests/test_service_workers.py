@@ -12,9 +12,12 @@ import sys
 import time
 
 import pytest
-from servicekit import TINY_MAPPER, bundle, sha
-from sqlalchemy import select
+from servicekit import TINY_MAPPER, TINY_TRAIN, bundle, sha
+from sqlalchemy import select, update
 
+from privacysf.server import jobs
+from privacysf.server.jobs import JobRunner
+from privacysf.server.mapping import MappingServer
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
 from privacysf.server.tables import JobRow, ModelRow
@@ -31,7 +34,7 @@ def start_worker(store_dir, db_url: str | None, log) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def jobs(store: Store) -> list[JobRow]:
+def jobs_of(store: Store) -> list[JobRow]:
     with store.session() as s:
         return list(s.scalars(select(JobRow).order_by(JobRow.id)))
 
@@ -62,7 +65,7 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
             by_pid = {str(w.pid): w for w in workers}
 
             def mid_job() -> tuple[JobRow, list[JobRow]] | None:
-                running = [j for j in jobs(store) if j.status == "running"]
+                running = [j for j in jobs_of(store) if j.status == "running"]
                 if len({j.worker for j in running}) < 2:  # wait until both workers hold a job
                     return None
                 victim = next((j for j in running if j.epoch >= 1), None)
@@ -73,14 +76,14 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
             killed.send_signal(signal.SIGKILL)
             killed.wait(10)
             survivor_jobs = {j.id for j in running if j.worker != victim.worker}
-            wait_until(lambda: all(j.status == "done" for j in jobs(store)), 300, "not every job finished")
+            wait_until(lambda: all(j.status == "done" for j in jobs_of(store)), 300, "not every job finished")
         finally:
             for worker in workers:
                 if worker.poll() is None:
                     worker.terminate()
                     worker.wait(30)
 
-    final = jobs(store)
+    final = jobs_of(store)
     assert [(j.id, j.status) for j in final] == [(i, "done") for i in ids]
     with store.session() as s:
         models = list(s.scalars(select(ModelRow)))
@@ -95,3 +98,40 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
     epochs = [int(m.split(":")[0].split()[1]) for m in log if m.startswith("epoch ")]
     assert sorted(set(epochs)) == list(range(TRAIN["epochs"]))  # every epoch, at most one twice
     assert len(epochs) - len(set(epochs)) <= 1
+
+
+def test_a_stalled_worker_never_writes_the_file_of_the_model_another_worker_recorded(tmp_path, monkeypatch):
+    """A live worker stalls past its lease, another finishes the job, then the first one saves its
+    model: the model recorded keeps the file the second worker wrote, and the late file is removed."""
+    store = Store(ServiceConfig(store=tmp_path / "store"))
+    caller = store.authenticate(store.create_center("hospital")[1])
+    upload = store.dataset_upload(caller, "codes", sha(payload := bundle()))
+    upload.write(payload)
+    store.create_job(caller, "mapper", [upload.commit().id], {"train": TINY_TRAIN, "mapper": TINY_MAPPER})
+    stalled = JobRunner(store)
+    held = store.claim_next_job(stalled.worker)
+    assert held is not None
+    late = b"the stalled worker's model"
+    real_save, taken_over = MappingServer.save, []
+
+    def save(server: MappingServer, path) -> None:
+        if taken_over:  # the worker that took the job over saves its model
+            real_save(server, path)
+            return
+        taken_over.append(held.id)  # the stalled worker's lease expires before it saves
+        with store.session() as s:
+            s.execute(update(JobRow).values(heartbeat_at=held.heartbeat_at.replace(year=2000)))
+        assert store.requeue_expired_jobs(LEASE) == [held.id]
+        other = JobRunner(store)
+        other.run(store.claim_next_job(other.worker))  # type: ignore[arg-type]
+        path.write_bytes(late)  # then the stalled worker saves, late
+
+    monkeypatch.setattr(MappingServer, "save", save)
+    with pytest.raises(jobs._LeaseLost):
+        stalled.run(held)
+    (done,) = jobs_of(store)
+    assert (done.status, done.attempts) == ("done", 2)
+    with store.session() as s:
+        (model,) = s.scalars(select(ModelRow))
+    assert [p.name for p in store.files.models.iterdir()] == [model.file]
+    assert store.files.model(model.file).read_bytes() != late

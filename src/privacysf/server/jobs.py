@@ -153,10 +153,11 @@ class JobRunner:
             resume=folder / RESUME,
             on_epoch=on_epoch,
         )
-        model_file = f"job-{job.id}.pt"
+        model_file = f"job-{job.id}-attempt-{job.attempts}.pt"  # a stalled worker's own file
         server.save(self.store.files.model(model_file))
         model = self.store.add_model(job, model_file, server.signature)
         if model is None:
+            self.store.files.model(model_file).unlink(missing_ok=True)
             raise _LeaseLost
         self.store.update_job(job.id, best_score=result.best_score)
         self.store.log(
