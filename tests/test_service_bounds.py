@@ -8,6 +8,7 @@ read and a 2 GB ``Content-Length`` on map was not refused before the body.
 
 import contextlib
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ MiB = 1024 * 1024
 BODY_TIMEOUT = 1.0
 IDLE_TIMEOUT = 1
 HEADER_LIMIT = 16 * 1024
+HEADER_TIMEOUT = 2.0
 
 
 def _auth(token: str) -> dict:
@@ -36,14 +38,15 @@ def _auth(token: str) -> dict:
 class Bounded:
     """A service in process with short timeouts, one upload slot and a small head limit."""
 
-    def __init__(self, root):
-        self.cfg = ServiceConfig(
-            store=root / "store",
-            body_timeout_seconds=BODY_TIMEOUT,
-            idle_timeout_seconds=IDLE_TIMEOUT,
-            max_header_bytes=HEADER_LIMIT,
-            max_concurrent_uploads=1,
-        )
+    def __init__(self, root, **limits):
+        bounds = {
+            "body_timeout_seconds": BODY_TIMEOUT,
+            "idle_timeout_seconds": IDLE_TIMEOUT,
+            "max_header_bytes": HEADER_LIMIT,
+            "header_timeout_seconds": HEADER_TIMEOUT,
+            "max_concurrent_uploads": 1,
+        }
+        self.cfg = ServiceConfig(store=root / "store", **{**bounds, **limits})
         app = create_app(self.cfg)
         self.token = app.state.store.create_center("hospital")[1]
         self.server = LoopbackServer(app, **uvicorn_options(self.cfg)).start()
@@ -131,6 +134,20 @@ def test_a_10_mb_header_is_refused_before_it_is_read_whole(bounded):
     assert sent < len(head) // 2
 
 
+def test_a_head_trickled_byte_by_byte_is_cut_off_at_its_deadline(bounded):
+    """Each byte comes well within the idle timeout, which it restarts: only the head's deadline ends it."""
+    head = bounded.head("GET", "/me", {**_auth(bounded.token), "X-Padding": "x" * 200})
+    conn, reply = bounded.connect(), b""
+    started = time.monotonic()
+    for byte in head:
+        conn.sendall(bytes([byte]))
+        if select.select([conn], [], [], IDLE_TIMEOUT / 10)[0]:
+            reply = _reply(conn)
+            break
+    assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within" in reply, reply[:200]
+    assert HEADER_TIMEOUT <= time.monotonic() - started < HEADER_TIMEOUT + 2
+
+
 def test_a_map_request_declaring_too_big_a_body_is_refused_before_it(bounded):
     conn = bounded.connect()
     headers = {**_auth(bounded.token), "Content-Length": 2 * 1024**3, "Connection": "close"}
@@ -145,6 +162,22 @@ def test_an_idle_connection_is_closed(bounded):
     started = time.monotonic()
     assert _reply(conn) == b""
     assert time.monotonic() - started < IDLE_TIMEOUT + 5
+
+
+def test_connections_past_the_limit_are_answered_503(tmp_path):
+    """uvicorn's ``limit_concurrency``: with max_connections held open, the next request gets 503."""
+    service = Bounded(tmp_path, max_connections=3, idle_timeout_seconds=30)
+    try:
+        held = [service.connect() for _ in range(3)]
+        time.sleep(0.3)  # the server has taken each connection
+        refused = httpx.get(f"{service.server.url}/health")
+        assert refused.status_code == 503, refused.text
+        for conn in held:
+            conn.close()
+        time.sleep(0.3)
+        assert httpx.get(f"{service.server.url}/health").status_code == 200
+    finally:
+        service.server.stop()
 
 
 def test_an_upload_costs_the_server_far_less_memory_than_its_size(tmp_path):
