@@ -7,13 +7,14 @@ the row, and the other looks again. On PostgreSQL the candidate is first selecte
 ``FOR UPDATE SKIP LOCKED``, so a worker passes over a row another is claiming instead of waiting.
 
 A worker holds its job by a lease: it refreshes ``heartbeat_at`` while it trains, and any worker
-queues a job again once that heartbeat is older than ``job_lease_seconds``. A worker killed with
+queues a job again once that heartbeat is older than ``job_lease_seconds`` (by the database's clock,
+:func:`lease_clock`, so hosts whose clocks disagree still agree on leases). A worker killed with
 ``kill -9`` thus loses its job after one lease; a live one never does, whatever other workers start.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, case, func, or_, select, update
@@ -23,6 +24,19 @@ from privacysf.errors import ConflictError, QuotaError
 from privacysf.server.store.accounts import Caller
 from privacysf.server.store.database import Database
 from privacysf.server.tables import CenterRow, JobLogRow, JobRow, utcnow
+
+
+def lease_clock(s: Session) -> datetime:
+    """Now, by the clock every worker of this database shares.
+
+    Workers on several hosts compare each other's heartbeats, so they must read one clock: a host
+    whose clock ran a lease ahead would otherwise take every live worker's job. On PostgreSQL that is
+    the server's (the transaction's start time); SQLite lives on one host, whose clock it is.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        return s.execute(select(func.now())).scalar_one()
+    return utcnow()
+
 
 CLAIM_TRIES = 5
 """Candidates a worker tries per claim before it waits for the next poll (others won the rest)."""
@@ -78,7 +92,7 @@ class JobQueue(Database):
                 job = s.scalar(fair_order().with_for_update(skip_locked=True, of=JobRow))
                 if job is None:
                     return None
-                now = utcnow()
+                now = lease_clock(s)
                 claim = (
                     update(JobRow)
                     .where(JobRow.id == job.id, JobRow.status == "queued")
@@ -101,7 +115,7 @@ class JobQueue(Database):
             beat = (
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.worker == worker, JobRow.status == "running")
-                .values(heartbeat_at=utcnow())
+                .values(heartbeat_at=lease_clock(s))
             )
             if s.execute(beat, execution_options=UNSYNCED).rowcount == 0:  # type: ignore[attr-defined]
                 return None
@@ -112,12 +126,12 @@ class JobQueue(Database):
 
         They resume from their checkpoints; one whose cancel was requested is cancelled instead.
         """
-        cutoff = utcnow() - timedelta(seconds=lease_seconds)
-        expired = (JobRow.status == "running") & or_(
-            JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < cutoff
-        )
         requeued = []
         with self.session() as s:
+            cutoff = lease_clock(s) - timedelta(seconds=lease_seconds)
+            expired = (JobRow.status == "running") & or_(
+                JobRow.heartbeat_at.is_(None), JobRow.heartbeat_at < cutoff
+            )
             for job in s.scalars(select(JobRow).where(expired)):
                 release = (
                     update(JobRow)
