@@ -19,7 +19,8 @@ import httpx
 import pytest
 from servicekit import LoopbackServer, bundle, sha
 
-from privacysf.server.service import create_app
+from privacysf.center.client import ServiceClient
+from privacysf.server.service import create_app, limits
 from privacysf.server.service.limits import uvicorn_options
 from privacysf.server.settings import ServiceConfig
 
@@ -116,6 +117,27 @@ def test_a_second_upload_waits_for_the_slot_and_writes_nothing(bounded):
     assert _reply(stalled).startswith(b"HTTP/1.1 408")
     accepted = httpx.post(f"{bounded.server.url}/datasets?name=second", content=payload, headers=headers)
     assert accepted.status_code == 201, accepted.text
+
+
+def test_the_centers_client_sends_an_upload_again_after_retry_after(bounded, monkeypatch):
+    monkeypatch.setattr(limits, "RETRY_AFTER_SECONDS", 1)
+    stalled = bounded.half_upload(bundle(n_train=64))  # holds the one slot until its body times out
+    time.sleep(0.3)
+    answers: list[int] = []
+    network = httpx.HTTPTransport()
+
+    def record(request: httpx.Request) -> httpx.Response:
+        response = network.handle_request(request)
+        answers.append(response.status_code)
+        return response
+
+    client = ServiceClient(bounded.server.url, bounded.token, transport=httpx.MockTransport(record))
+    try:
+        assert client.upload_dataset("retried", bundle())["name"] == "retried"
+    finally:
+        client.close()
+        stalled.close()
+    assert answers[0] == 503 and answers[-1] == 201
 
 
 def test_headers_over_the_limit_are_refused(bounded):
