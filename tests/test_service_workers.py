@@ -15,6 +15,7 @@ import pytest
 from servicekit import TINY_MAPPER, TINY_TRAIN, bundle, sha
 from sqlalchemy import select, update
 
+from privacysf.errors import PrivacySFError
 from privacysf.server import jobs
 from privacysf.server.jobs import JobRunner
 from privacysf.server.mapping import MappingServer
@@ -100,14 +101,47 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
     assert len(epochs) - len(set(epochs)) <= 1
 
 
-def test_a_stalled_worker_never_writes_the_file_of_the_model_another_worker_recorded(tmp_path, monkeypatch):
-    """A live worker stalls past its lease, another finishes the job, then the first one saves its
-    model: the model recorded keeps the file the second worker wrote, and the late file is removed."""
+def one_job(tmp_path) -> Store:
+    """A store with one queued job of the tiny mapper."""
     store = Store(ServiceConfig(store=tmp_path / "store"))
     caller = store.authenticate(store.create_center("hospital")[1])
     upload = store.dataset_upload(caller, "codes", sha(payload := bundle()))
     upload.write(payload)
     store.create_job(caller, "mapper", [upload.commit().id], {"train": TINY_TRAIN, "mapper": TINY_MAPPER})
+    return store
+
+
+def take_over(store: Store, held: JobRow, worker: str) -> JobRow:
+    """``held``'s worker goes silent past its lease and ``worker`` claims the job."""
+    with store.session() as s:
+        s.execute(update(JobRow).values(heartbeat_at=held.heartbeat_at.replace(year=2000)))  # type: ignore[union-attr]
+    assert store.requeue_expired_jobs(LEASE) == [held.id]
+    job = store.claim_next_job(worker)
+    assert job is not None and job.id == held.id
+    return job
+
+
+def test_a_worker_that_lost_its_job_cannot_fail_it(tmp_path, monkeypatch):
+    """Training fails on a worker after its lease expired: the job stays with the worker that took it."""
+    store = one_job(tmp_path)
+    stalled = JobRunner(store)
+
+    def run(held: JobRow) -> None:
+        take_over(store, held, "other-worker")
+        stalled.stopping.set()  # one job, then the loop ends
+        raise PrivacySFError("the stalled worker's training failed")
+
+    monkeypatch.setattr(stalled, "run", run)
+    stalled._loop()
+    (job,) = jobs_of(store)
+    assert (job.status, job.worker, job.error) == ("running", "other-worker", None)
+    assert not [m.message for m in store.job_log(job.id) if m.message.startswith("failed")]
+
+
+def test_a_stalled_worker_never_writes_the_file_of_the_model_another_worker_recorded(tmp_path, monkeypatch):
+    """A live worker stalls past its lease, another finishes the job, then the first one saves its
+    model: the model recorded keeps the file the second worker wrote, and the late file is removed."""
+    store = one_job(tmp_path)
     stalled = JobRunner(store)
     held = store.claim_next_job(stalled.worker)
     assert held is not None
@@ -119,11 +153,8 @@ def test_a_stalled_worker_never_writes_the_file_of_the_model_another_worker_reco
             real_save(server, path)
             return
         taken_over.append(held.id)  # the stalled worker's lease expires before it saves
-        with store.session() as s:
-            s.execute(update(JobRow).values(heartbeat_at=held.heartbeat_at.replace(year=2000)))
-        assert store.requeue_expired_jobs(LEASE) == [held.id]
         other = JobRunner(store)
-        other.run(store.claim_next_job(other.worker))  # type: ignore[arg-type]
+        other.run(take_over(store, held, other.worker))
         path.write_bytes(late)  # then the stalled worker saves, late
 
     monkeypatch.setattr(MappingServer, "save", save)

@@ -149,6 +149,21 @@ class JobQueue(Database):
                     )
         return requeued
 
+    def end_job(self, job_id: int, worker: str, status: str, message: str, error: str | None = None) -> bool:
+        """Set a job's final ``status`` (failed, cancelled) and log ``message``, only while ``worker``
+        holds it: a worker whose lease expired, should its training then fail, leaves the job to the
+        worker that took it over. True when the job was ended."""
+        with self.session() as s:
+            end = (
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.worker == worker, JobRow.status == "running")
+                .values(status=status, error=error)
+            )
+            if s.execute(end, execution_options=UNSYNCED).rowcount == 0:  # type: ignore[attr-defined]
+                return False
+            s.add(JobLogRow(job_id=job_id, message=message))
+        return True
+
     def release_job(self, job_id: int, worker: str, message: str) -> None:
         """A stopping worker hands its job back to the queue at once (no lease to wait out)."""
         with self.session() as s:

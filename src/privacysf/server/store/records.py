@@ -126,9 +126,13 @@ class Records(Database):
             query = select(DatasetRow).join(JobDatasetRow).where(JobDatasetRow.job_id == job_id)
             return list(s.scalars(query.order_by(DatasetRow.id)))
 
-    def update_job(self, job_id: int, **values) -> None:
+    def update_job(self, job_id: int, note: str | None = None, **values) -> None:
+        """Set ``values`` on a job and log ``note`` in the same transaction: the job's progress and its
+        log agree, whenever the worker is killed."""
         with self.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            if note is not None:
+                s.add(JobLogRow(job_id=job_id, message=note))
 
     # models ------------------------------------------------------------------------------------
 
