@@ -167,7 +167,9 @@ def test_a_head_trickled_byte_by_byte_is_cut_off_at_its_deadline(bounded):
             reply = _reply(conn)
             break
     assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within" in reply, reply[:200]
-    assert HEADER_TIMEOUT <= time.monotonic() - started < HEADER_TIMEOUT + 2
+    assert (
+        HEADER_TIMEOUT - 0.1 <= time.monotonic() - started < HEADER_TIMEOUT + 2
+    )  # loop timers may fire a bit early
 
 
 def test_a_map_request_declaring_too_big_a_body_is_refused_before_it(bounded):
