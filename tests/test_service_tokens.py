@@ -113,7 +113,8 @@ def test_server_tokens_lists_each_tokens_expiry_and_state(tmp_path, capsys):
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_an_upgrade_from_0002_keeps_the_rows_and_lets_old_tokens_and_jobs_go_on(database, request, tmp_path):
-    """Migrations 0003 (token expiry) and 0004 (job workers) on a database holding rows of 0002."""
+    """Migrations 0003 (token expiry), 0004 (job workers) and 0005 (64-bit dataset sizes) on a database
+    holding rows of 0002."""
     db_url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
     cfg = ServiceConfig(store=tmp_path / "store", db_url=db_url)
     cfg.store.mkdir()
@@ -134,6 +135,13 @@ def test_an_upgrade_from_0002_keeps_the_rows_and_lets_old_tokens_and_jobs_go_on(
                 f"created_at, updated_at) VALUES (7, 1, 'm', 'running', '{{}}', 4, 2, 1, {then}, {then})"
             )
         )
+        connection.execute(
+            sa.text(
+                "INSERT INTO datasets (id, center_id, name, file, sha256, size_bytes, grid, scan, "
+                "image_channels, mask_channels, train_count, val_count, created_at) VALUES "
+                f"(3, 1, 'd', 'f.psfc', 'ab', 1, '[4, 4]', 'row-major', 4, 4, 16, 4, {then})"
+            )
+        )
     engine.dispose()
     store = Store(cfg)
     assert store.engine.dialect.name == database
@@ -146,3 +154,7 @@ def test_an_upgrade_from_0002_keeps_the_rows_and_lets_old_tokens_and_jobs_go_on(
     with store.session() as s:
         job = s.execute(sa.text("SELECT status, epoch, worker, cancel_requested FROM jobs")).one()
     assert tuple(job) == ("queued", 2, None, False)
+    with store.session() as s:  # an upload past 2 GiB (an operator may raise max_upload_bytes)
+        s.execute(sa.text(f"UPDATE datasets SET size_bytes = {3 * 2**30} WHERE id = 3"))
+    with store.session() as s:
+        assert s.execute(sa.text("SELECT size_bytes FROM datasets")).scalar_one() == 3 * 2**30
