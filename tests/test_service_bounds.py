@@ -7,6 +7,7 @@ read and a 2 GB ``Content-Length`` on map was not refused before the body.
 """
 
 import contextlib
+import select
 import socket
 import time
 
@@ -15,7 +16,8 @@ import pytest
 from servicekit import LoopbackServer, bundle, sha
 
 from privacysf.benchmark.service_load import large_upload_row
-from privacysf.server.service import create_app
+from privacysf.center.client import ServiceClient
+from privacysf.server.service import create_app, limits
 from privacysf.server.service.limits import uvicorn_options
 from privacysf.server.settings import ServiceConfig
 
@@ -23,6 +25,7 @@ MiB = 1024 * 1024
 BODY_TIMEOUT = 1.0
 IDLE_TIMEOUT = 1
 HEADER_LIMIT = 16 * 1024
+HEADER_TIMEOUT = 2.0
 
 
 def _auth(token: str) -> dict:
@@ -32,14 +35,15 @@ def _auth(token: str) -> dict:
 class Bounded:
     """A service in process with short timeouts, one upload slot and a small head limit."""
 
-    def __init__(self, root):
-        self.cfg = ServiceConfig(
-            store=root / "store",
-            body_timeout_seconds=BODY_TIMEOUT,
-            idle_timeout_seconds=IDLE_TIMEOUT,
-            max_header_bytes=HEADER_LIMIT,
-            max_concurrent_uploads=1,
-        )
+    def __init__(self, root, **limits):
+        bounds = {
+            "body_timeout_seconds": BODY_TIMEOUT,
+            "idle_timeout_seconds": IDLE_TIMEOUT,
+            "max_header_bytes": HEADER_LIMIT,
+            "header_timeout_seconds": HEADER_TIMEOUT,
+            "max_concurrent_uploads": 1,
+        }
+        self.cfg = ServiceConfig(store=root / "store", **{**bounds, **limits})
         app = create_app(self.cfg)
         self.token = app.state.store.create_center("hospital")[1]
         self.server = LoopbackServer(app, **uvicorn_options(self.cfg)).start()
@@ -111,6 +115,27 @@ def test_a_second_upload_waits_for_the_slot_and_writes_nothing(bounded):
     assert accepted.status_code == 201, accepted.text
 
 
+def test_the_centers_client_sends_an_upload_again_after_retry_after(bounded, monkeypatch):
+    monkeypatch.setattr(limits, "RETRY_AFTER_SECONDS", 1)
+    stalled = bounded.half_upload(bundle(n_train=64))  # holds the one slot until its body times out
+    time.sleep(0.3)
+    answers: list[int] = []
+    network = httpx.HTTPTransport()
+
+    def record(request: httpx.Request) -> httpx.Response:
+        response = network.handle_request(request)
+        answers.append(response.status_code)
+        return response
+
+    client = ServiceClient(bounded.server.url, bounded.token, transport=httpx.MockTransport(record))
+    try:
+        assert client.upload_dataset("retried", bundle())["name"] == "retried"
+    finally:
+        client.close()
+        stalled.close()
+    assert answers[0] == 503 and answers[-1] == 201
+
+
 def test_headers_over_the_limit_are_refused(bounded):
     conn = bounded.connect()
     conn.sendall(bounded.head("GET", "/me", {"Authorization": "Bearer " + "x" * (2 * HEADER_LIMIT)}))
@@ -127,6 +152,22 @@ def test_a_10_mb_header_is_refused_before_it_is_read_whole(bounded):
     assert sent < len(head) // 2
 
 
+def test_a_head_trickled_byte_by_byte_is_cut_off_at_its_deadline(bounded):
+    """Each byte comes well within the idle timeout, which it restarts: only the head's deadline ends it."""
+    head = bounded.head("GET", "/me", {**_auth(bounded.token), "X-Padding": "x" * 200})
+    conn, reply = bounded.connect(), b""
+    started = time.monotonic()
+    for byte in head:
+        conn.sendall(bytes([byte]))
+        if select.select([conn], [], [], IDLE_TIMEOUT / 10)[0]:
+            reply = _reply(conn)
+            break
+    assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within" in reply, reply[:200]
+    assert (
+        HEADER_TIMEOUT - 0.1 <= time.monotonic() - started < HEADER_TIMEOUT + 2
+    )  # loop timers may fire a bit early
+
+
 def test_a_map_request_declaring_too_big_a_body_is_refused_before_it(bounded):
     conn = bounded.connect()
     headers = {**_auth(bounded.token), "Content-Length": 2 * 1024**3, "Connection": "close"}
@@ -141,6 +182,22 @@ def test_an_idle_connection_is_closed(bounded):
     started = time.monotonic()
     assert _reply(conn) == b""
     assert time.monotonic() - started < IDLE_TIMEOUT + 5
+
+
+def test_connections_past_the_limit_are_answered_503(tmp_path):
+    """uvicorn's ``limit_concurrency``: with max_connections held open, the next request gets 503."""
+    service = Bounded(tmp_path, max_connections=3, idle_timeout_seconds=30)
+    try:
+        held = [service.connect() for _ in range(3)]
+        time.sleep(0.3)  # the server has taken each connection
+        refused = httpx.get(f"{service.server.url}/health")
+        assert refused.status_code == 503, refused.text
+        for conn in held:
+            conn.close()
+        time.sleep(0.3)
+        assert httpx.get(f"{service.server.url}/health").status_code == 200
+    finally:
+        service.server.stop()
 
 
 def test_an_upload_costs_the_server_far_less_memory_than_its_size(tmp_path):

@@ -5,13 +5,17 @@ with worker names); the API test checks the 429 and 409 answers and that a runni
 next epoch when cancelled.
 """
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 from servicekit import TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, sha
 from sqlalchemy import select, update
 
+from privacysf.errors import QuotaError
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
@@ -91,6 +95,42 @@ def test_a_job_is_claimed_once_and_an_expired_lease_requeues_it(store, monkeypat
     assert store.add_model(held, "late.pt", SIGNATURE) is None  # w1's late result is not recorded
     log = [row.message for row in store.job_log(job.id)]
     assert any("sent no heartbeat for 60 s; queued again" in m for m in log)
+
+
+def test_on_postgresql_leases_hold_between_hosts_whose_clocks_disagree(postgres_url, tmp_path, monkeypatch):
+    """w1's host runs an hour behind, w2's an hour ahead: w2 still finds w1's fresh heartbeat fresh."""
+    store = Store(ServiceConfig(store=tmp_path / "store", db_url=postgres_url))
+    a, data = center(store, "A")
+    job = store.create_job(a, "m", [data], SETTINGS)
+
+    def host_clock(offset: timedelta) -> None:
+        monkeypatch.setattr(queue, "utcnow", lambda: datetime.now(timezone.utc) + offset)
+
+    host_clock(timedelta(hours=-1))
+    assert store.claim_next_job("w1") is not None
+    assert store.heartbeat(job.id, "w1") is not None
+    host_clock(timedelta(hours=1))
+    assert store.requeue_expired_jobs(lease_seconds=60) == []
+    assert store.claim_next_job("w2") is None
+
+
+def test_simultaneous_requests_never_pass_the_quota(store):
+    """Eight requests for the last three slots at once: exactly three jobs are queued."""
+    a, data = center(store, "A")
+    limit, requests = 3, 8
+    start = threading.Barrier(requests)
+
+    def request_job(_) -> int | None:
+        start.wait()
+        try:
+            return store.create_job(a, "m", [data], SETTINGS, max_queued=limit).id
+        except QuotaError:
+            return None
+
+    with ThreadPoolExecutor(requests) as pool:
+        created = [job for job in pool.map(request_job, range(requests)) if job is not None]
+    assert len(created) == limit
+    assert [job.id for job in store.visible_rows(JobRow, a)] == sorted(created)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -111,23 +111,50 @@ def test_server_tokens_lists_each_tokens_expiry_and_state(tmp_path, capsys):
     assert f"expires {today + timedelta(days=90):%Y-%m-%d}" in lines[1]
 
 
-def test_tokens_issued_before_expiry_existed_get_the_default_lifetime_from_the_upgrade(tmp_path):
-    cfg = ServiceConfig(store=tmp_path / "store")
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_an_upgrade_from_0002_keeps_the_rows_and_lets_old_tokens_and_jobs_go_on(database, request, tmp_path):
+    """Migrations 0003 (token expiry), 0004 (job workers) and 0005 (64-bit dataset sizes) on a database
+    holding rows of 0002."""
+    db_url = request.getfixturevalue("postgres_url") if database == "postgresql" else None
+    cfg = ServiceConfig(store=tmp_path / "store", db_url=db_url)
     cfg.store.mkdir()
     engine = sa.create_engine(cfg.database_url)
     alembic = Config()
     alembic.set_main_option("script_location", str(MIGRATIONS))
+    then = {"sqlite": "'2020-01-01'", "postgresql": "'2020-01-01 00:00:00+00'"}[database]
     with engine.begin() as connection:
         alembic.attributes["connection"] = connection
         command.upgrade(alembic, "0002")
+        connection.execute(sa.text(f"INSERT INTO centers (id, name, created_at) VALUES (1, 'old', {then})"))
         connection.execute(
-            sa.text("INSERT INTO centers (id, name, created_at) VALUES (1, 'old', '2020-01-01')")
+            sa.text(f"INSERT INTO tokens (center_id, digest, created_at) VALUES (1, 'd', {then})")
         )
         connection.execute(
-            sa.text("INSERT INTO tokens (center_id, digest, created_at) VALUES (1, 'd', '2020-01-01')")
+            sa.text(
+                "INSERT INTO jobs (id, center_id, name, status, settings, epochs, epoch, attempts, "
+                f"created_at, updated_at) VALUES (7, 1, 'm', 'running', '{{}}', 4, 2, 1, {then}, {then})"
+            )
         )
-    (token,) = Store(cfg).list_tokens()
+        connection.execute(
+            sa.text(
+                "INSERT INTO datasets (id, center_id, name, file, sha256, size_bytes, grid, scan, "
+                "image_channels, mask_channels, train_count, val_count, created_at) VALUES "
+                f"(3, 1, 'd', 'f.psfc', 'ab', 1, '[4, 4]', 'row-major', 4, 4, 16, 4, {then})"
+            )
+        )
+    engine.dispose()
+    store = Store(cfg)
+    assert store.engine.dialect.name == database
+    (token,) = store.list_tokens()
     lifetime = token["expires_at"] - datetime.now(timezone.utc)
     assert timedelta(days=89) < lifetime <= timedelta(days=90)
     assert token["created_at"] == datetime(2020, 1, 1, tzinfo=timezone.utc)  # read back as aware UTC
     assert token["state"] == "active"
+    assert store.requeue_expired_jobs(lease_seconds=60) == [7]  # running before workers had leases
+    with store.session() as s:
+        job = s.execute(sa.text("SELECT status, epoch, worker, cancel_requested FROM jobs")).one()
+    assert tuple(job) == ("queued", 2, None, False)
+    with store.session() as s:  # an upload past 2 GiB (an operator may raise max_upload_bytes)
+        s.execute(sa.text(f"UPDATE datasets SET size_bytes = {3 * 2**30} WHERE id = 3"))
+    with store.session() as s:
+        assert s.execute(sa.text("SELECT size_bytes FROM datasets")).scalar_one() == 3 * 2**30

@@ -12,9 +12,13 @@ import sys
 import time
 
 import pytest
-from servicekit import TINY_MAPPER, bundle, sha
-from sqlalchemy import select
+from servicekit import TINY_MAPPER, TINY_TRAIN, bundle, sha
+from sqlalchemy import select, update
 
+from privacysf.errors import PrivacySFError
+from privacysf.server import jobs
+from privacysf.server.jobs import JobRunner
+from privacysf.server.mapping import MappingServer
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
 from privacysf.server.tables import JobRow, ModelRow
@@ -31,7 +35,7 @@ def start_worker(store_dir, db_url: str | None, log) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
-def jobs(store: Store) -> list[JobRow]:
+def jobs_of(store: Store) -> list[JobRow]:
     with store.session() as s:
         return list(s.scalars(select(JobRow).order_by(JobRow.id)))
 
@@ -62,7 +66,7 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
             by_pid = {str(w.pid): w for w in workers}
 
             def mid_job() -> tuple[JobRow, list[JobRow]] | None:
-                running = [j for j in jobs(store) if j.status == "running"]
+                running = [j for j in jobs_of(store) if j.status == "running"]
                 if len({j.worker for j in running}) < 2:  # wait until both workers hold a job
                     return None
                 victim = next((j for j in running if j.epoch >= 1), None)
@@ -73,14 +77,14 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
             killed.send_signal(signal.SIGKILL)
             killed.wait(10)
             survivor_jobs = {j.id for j in running if j.worker != victim.worker}
-            wait_until(lambda: all(j.status == "done" for j in jobs(store)), 300, "not every job finished")
+            wait_until(lambda: all(j.status == "done" for j in jobs_of(store)), 300, "not every job finished")
         finally:
             for worker in workers:
                 if worker.poll() is None:
                     worker.terminate()
                     worker.wait(30)
 
-    final = jobs(store)
+    final = jobs_of(store)
     assert [(j.id, j.status) for j in final] == [(i, "done") for i in ids]
     with store.session() as s:
         models = list(s.scalars(select(ModelRow)))
@@ -95,3 +99,70 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
     epochs = [int(m.split(":")[0].split()[1]) for m in log if m.startswith("epoch ")]
     assert sorted(set(epochs)) == list(range(TRAIN["epochs"]))  # every epoch, at most one twice
     assert len(epochs) - len(set(epochs)) <= 1
+
+
+def one_job(tmp_path) -> Store:
+    """A store with one queued job of the tiny mapper."""
+    store = Store(ServiceConfig(store=tmp_path / "store"))
+    caller = store.authenticate(store.create_center("hospital")[1])
+    upload = store.dataset_upload(caller, "codes", sha(payload := bundle()))
+    upload.write(payload)
+    store.create_job(caller, "mapper", [upload.commit().id], {"train": TINY_TRAIN, "mapper": TINY_MAPPER})
+    return store
+
+
+def take_over(store: Store, held: JobRow, worker: str) -> JobRow:
+    """``held``'s worker goes silent past its lease and ``worker`` claims the job."""
+    with store.session() as s:
+        s.execute(update(JobRow).values(heartbeat_at=held.heartbeat_at.replace(year=2000)))  # type: ignore[union-attr]
+    assert store.requeue_expired_jobs(LEASE) == [held.id]
+    job = store.claim_next_job(worker)
+    assert job is not None and job.id == held.id
+    return job
+
+
+def test_a_worker_that_lost_its_job_cannot_fail_it(tmp_path, monkeypatch):
+    """Training fails on a worker after its lease expired: the job stays with the worker that took it."""
+    store = one_job(tmp_path)
+    stalled = JobRunner(store)
+
+    def run(held: JobRow) -> None:
+        take_over(store, held, "other-worker")
+        stalled.stopping.set()  # one job, then the loop ends
+        raise PrivacySFError("the stalled worker's training failed")
+
+    monkeypatch.setattr(stalled, "run", run)
+    stalled._loop()
+    (job,) = jobs_of(store)
+    assert (job.status, job.worker, job.error) == ("running", "other-worker", None)
+    assert not [m.message for m in store.job_log(job.id) if m.message.startswith("failed")]
+
+
+def test_a_stalled_worker_never_writes_the_file_of_the_model_another_worker_recorded(tmp_path, monkeypatch):
+    """A live worker stalls past its lease, another finishes the job, then the first one saves its
+    model: the model recorded keeps the file the second worker wrote, and the late file is removed."""
+    store = one_job(tmp_path)
+    stalled = JobRunner(store)
+    held = store.claim_next_job(stalled.worker)
+    assert held is not None
+    late = b"the stalled worker's model"
+    real_save, taken_over = MappingServer.save, []
+
+    def save(server: MappingServer, path) -> None:
+        if taken_over:  # the worker that took the job over saves its model
+            real_save(server, path)
+            return
+        taken_over.append(held.id)  # the stalled worker's lease expires before it saves
+        other = JobRunner(store)
+        other.run(take_over(store, held, other.worker))
+        path.write_bytes(late)  # then the stalled worker saves, late
+
+    monkeypatch.setattr(MappingServer, "save", save)
+    with pytest.raises(jobs._LeaseLost):
+        stalled.run(held)
+    (done,) = jobs_of(store)
+    assert (done.status, done.attempts) == ("done", 2)
+    with store.session() as s:
+        (model,) = s.scalars(select(ModelRow))
+    assert [p.name for p in store.files.models.iterdir()] == [model.file]
+    assert store.files.model(model.file).read_bytes() != late

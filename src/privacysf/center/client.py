@@ -30,6 +30,9 @@ MAP_BATCH_CODES = 256
 """Most codes sent in one mapping request: within the server's default caps on codes per request
 (``max_map_codes``) and on mapping time (``map_seconds``) for the default mapper."""
 FINISHED = ("done", "failed", "cancelled")
+UPLOAD_TRIES = 6
+"""How often an upload refused for lack of a free upload slot (503 with Retry-After) is sent."""
+LONGEST_RETRY_WAIT = 60.0
 
 
 def default_profile() -> Path:
@@ -76,20 +79,16 @@ class ServiceClient:
     def close(self) -> None:
         self.http.close()
 
-    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
         try:
-            response = self.http.request(method, path, **kwargs)
+            return self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ServiceError(
                 f"cannot reach the server at {self.url} ({exc}); is `privacysf server serve` running?"
             ) from None
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise ServiceError(f"the server answered {response.status_code}: {detail}")
-        return response
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        return _checked(self._send(method, path, **kwargs))
 
     def me(self) -> dict[str, Any]:
         return self._request("GET", "/me").json()
@@ -102,7 +101,10 @@ class ServiceClient:
         return rotated
 
     def upload_dataset(self, name: str, payload: bytes) -> dict[str, Any]:
-        """Stream a dataset bundle (four wire messages); the server checks the SHA-256 sent with it."""
+        """Stream a dataset bundle (four wire messages); the server checks the SHA-256 sent with it.
+
+        A server receiving as many uploads as it takes answers 503 with Retry-After: the upload is sent
+        again after that wait, up to ``UPLOAD_TRIES`` times in all."""
 
         def chunks() -> Iterator[bytes]:
             for start in range(0, len(payload), CHUNK):
@@ -113,10 +115,18 @@ class ServiceClient:
             "Content-Length": str(len(payload)),
             "X-Content-SHA256": hashlib.sha256(payload).hexdigest(),
         }
-        response = self._request(
-            "POST", "/datasets", params={"name": name}, content=chunks(), headers=headers
-        )
-        return response.json()
+
+        def send() -> httpx.Response:
+            return self._send("POST", "/datasets", params={"name": name}, content=chunks(), headers=headers)
+
+        response = send()
+        for _ in range(UPLOAD_TRIES - 1):
+            wait = response.headers.get("Retry-After", "")
+            if response.status_code != 503 or not wait.isdecimal():
+                break
+            time.sleep(min(int(wait), LONGEST_RETRY_WAIT))  # every upload slot is taken: come back
+            response = send()
+        return _checked(response).json()
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._request("GET", "/datasets").json()
@@ -170,6 +180,17 @@ class ServiceClient:
 
     def mapper(self, model_id: int) -> RemoteMapper:
         return RemoteMapper(self, model_id)
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    """``response``, or a :class:`ServiceError` with the server's ``detail`` when it is a refusal."""
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ServiceError(f"the server answered {response.status_code}: {detail}")
+    return response
 
 
 def _slices(batch: CodeBatch, size: int) -> Iterator[CodeBatch]:

@@ -17,7 +17,13 @@ def _service_config(args: argparse.Namespace):
     from privacysf.server.settings import ServiceConfig
 
     cfg = ServiceConfig(store=Path(args.store), db_url=args.db)
-    bounds = ("max_map_codes", "map_seconds", "max_concurrent_uploads", "body_timeout_seconds")
+    bounds = (
+        "max_map_codes",
+        "map_seconds",
+        "max_concurrent_uploads",
+        "body_timeout_seconds",
+        "header_timeout_seconds",
+    )
     for key in ("host", "port", "threads", *bounds):
         if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
@@ -190,6 +196,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--body-timeout-seconds",
         type=float,
         help="longest wait for the next part of a request body before 408 (default 30)",
+    )
+    serve.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        help="longest a request head may take to arrive, however it trickles, before 408 (default 10)",
     )
     serve.add_argument(
         "--no-worker", action="store_true", help="run no job worker here (`privacysf server worker` does)"

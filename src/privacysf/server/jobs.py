@@ -98,8 +98,7 @@ class JobRunner:
             except _Stopped:
                 self.store.release_job(job.id, self.worker, "worker stopping; queued again")
             except _Cancelled:
-                self.store.update_job(job.id, status="cancelled")
-                self.store.log(job.id, f"cancelled after epoch {job.epoch}")
+                self.store.end_job(job.id, self.worker, "cancelled", f"cancelled after epoch {job.epoch}")
             except _LeaseLost:
                 pass  # another worker holds the job now and writes its log
             except PrivacySFError as exc:
@@ -111,8 +110,7 @@ class JobRunner:
                 self.holding = None
 
     def _fail(self, job: JobRow, message: str) -> None:
-        self.store.update_job(job.id, status="failed", error=message)
-        self.store.log(job.id, f"failed: {message}")
+        self.store.end_job(job.id, self.worker, "failed", f"failed: {message}", error=message)
 
     def run(self, job: JobRow) -> None:
         settings = job.settings
@@ -137,11 +135,10 @@ class JobRunner:
             held = self.store.heartbeat(job.id, self.worker)
             if held is None:
                 raise _LeaseLost
-            self.store.update_job(job.id, **values)
-            self.store.log(
-                job.id,
-                f"epoch {epoch}: train loss {record['train_loss']:.5f}, val score {record['val_score']:.5f}",
+            progress = (
+                f"epoch {epoch}: train loss {record['train_loss']:.5f}, val score {record['val_score']:.5f}"
             )
+            self.store.update_job(job.id, progress, **values)
             if held.cancel_requested:
                 raise _Cancelled
             if self.stopping.is_set():
@@ -153,10 +150,11 @@ class JobRunner:
             resume=folder / RESUME,
             on_epoch=on_epoch,
         )
-        model_file = f"job-{job.id}.pt"
+        model_file = f"job-{job.id}-attempt-{job.attempts}.pt"  # a stalled worker's own file
         server.save(self.store.files.model(model_file))
         model = self.store.add_model(job, model_file, server.signature)
         if model is None:
+            self.store.files.model(model_file).unlink(missing_ok=True)
             raise _LeaseLost
         self.store.update_job(job.id, best_score=result.best_score)
         self.store.log(

@@ -37,6 +37,9 @@ class ServiceConfig:
     partial upload removed) instead of holding a connection and a temporary file forever."""
     idle_timeout_seconds: int = 5
     """How long a connection may stay open without sending a request (keep-alive included)."""
+    header_timeout_seconds: float = 10.0
+    """Longest a request head may take to arrive, counted from its first byte however the bytes
+    trickle in; past it the client gets 408 and the connection is closed."""
     max_header_bytes: int = 64 * 1024
     """Largest request head (request line and headers); a bigger one is refused with 400 unread."""
     max_connections: int = 256

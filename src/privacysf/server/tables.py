@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -75,7 +75,7 @@ class DatasetRow(Base):
     file: Mapped[str] = mapped_column(String(200))
     """File name inside ``<store>/datasets``."""
     sha256: Mapped[str] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     grid: Mapped[list] = mapped_column(JSON)
     scan: Mapped[str] = mapped_column(String(16))
     """Token order of the codes: ``row-major``, or ``keyed`` (the center's secret permutation)."""

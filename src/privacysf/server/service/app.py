@@ -244,9 +244,9 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     )
     def create_job(center: Center, body: JobIn) -> JobOut:
         """Queue training of a mapping network on some of the center's datasets."""
-        store.check_quota(center, cfg.max_queued_jobs_per_center)
         settings = {"train": body.train.model_dump(), "mapper": body.mapper.model_dump()}
-        return _job_out(store, store.create_job(center, body.name, body.datasets, settings))
+        job = store.create_job(center, body.name, body.datasets, settings, cfg.max_queued_jobs_per_center)
+        return _job_out(store, job)
 
     @app.post(
         "/jobs/{job_id}/cancel",

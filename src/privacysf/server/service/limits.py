@@ -1,17 +1,20 @@
 """Bounds on what one request may hold: its head, its body's size and pace, upload slots and codes.
 
-uvicorn bounds the head (with the h11 parser, whose limit it exposes) and idle connections, but it has
-no read timeout for a body: :func:`body_chunks` puts one on every read, so a client that stops sending
+uvicorn bounds the head's size (with the h11 parser, whose limit it exposes) and idle connections;
+:class:`IdleClosingH11Protocol` adds a deadline for the whole head. uvicorn has no read timeout for a
+body: :func:`body_chunks` puts one on every read, so a client that stops sending
 is answered 408 and whatever it had started (an upload's temporary file) is cleaned up by the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import h11
 from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -103,11 +106,20 @@ def refuse_big_batch(body: bytes, max_codes: int) -> None:
 
 
 class IdleClosingH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, whose idle timer also runs before a connection's first request.
+    """uvicorn's h11 protocol with two more timers: idle before the first request, and a whole-head
+    deadline.
 
-    uvicorn starts it only after a response, so a client that connects and sends nothing would hold
-    its connection (and a file descriptor) for ever.
+    uvicorn starts its idle timer only after a response, so a client that connects and sends nothing
+    would hold its connection (and a file descriptor) for ever. And every byte received stops that
+    timer, while uvicorn has no timeout for a request head: a client sending its head a byte at a time
+    would be held for ever too. Here the first byte received while no request is being answered starts
+    a deadline of ``header_timeout`` seconds, cleared when a complete head starts a request; past it
+    the connection is answered 408 (when no answer was started) and closed. The same deadline ends a
+    client that keeps trickling the rest of a body the server has already answered.
     """
+
+    header_timeout: float = 10.0
+    head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -115,15 +127,52 @@ class IdleClosingH11Protocol(H11Protocol):
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
 
+    def data_received(self, data: bytes) -> None:
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if self.head_deadline is None and not answering:
+            self.head_deadline = self.loop.call_later(self.header_timeout, self._head_too_slow)
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:  # a head started a request
+            self._clear_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._clear_head_deadline()
+        super().connection_lost(exc)
+
+    def _clear_head_deadline(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.cancel()
+            self.head_deadline = None
+
+    def _head_too_slow(self) -> None:
+        self.head_deadline = None
+        if self.transport.is_closing():
+            return
+        if self.conn.our_state is h11.IDLE:  # nothing answered yet on this request
+            detail = f"the request head did not arrive within {self.header_timeout:g} s"
+            body = json.dumps({"detail": detail}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            self.transport.write(self.conn.send(h11.Response(status_code=408, headers=headers)))
+            self.transport.write(self.conn.send(h11.Data(data=body)) or b"")
+            self.transport.write(self.conn.send(h11.EndOfMessage()) or b"")
+        self.transport.close()
+
+
+def protocol(cfg: ServiceConfig) -> type[IdleClosingH11Protocol]:
+    """:class:`IdleClosingH11Protocol` with ``cfg``'s head deadline (uvicorn builds the instances)."""
+    deadline = {"header_timeout": cfg.header_timeout_seconds}
+    return type("ServiceH11Protocol", (IdleClosingH11Protocol,), deadline)
+
 
 def uvicorn_options(cfg: ServiceConfig) -> dict[str, Any]:
-    """uvicorn's settings for the service's bounds: head size, idle time, connections in progress.
+    """uvicorn's settings for the service's bounds: head size and time, idle time, connections in
+    progress.
 
     The h11 parser is chosen because it bounds the request head (httptools, uvicorn's default when
     installed, reads any size of header).
     """
     return {
-        "http": IdleClosingH11Protocol,
+        "http": protocol(cfg),
         "h11_max_incomplete_event_size": cfg.max_header_bytes,
         "timeout_keep_alive": cfg.idle_timeout_seconds,
         "limit_concurrency": cfg.max_connections,

@@ -15,6 +15,7 @@ from privacysf.errors import ConfigError, NotFoundError
 from privacysf.exchange import DatasetLayout, one_code_space
 from privacysf.server.store.accounts import Caller
 from privacysf.server.store.database import Database
+from privacysf.server.store.queue import refuse_over_quota
 from privacysf.server.tables import DatasetRow, JobDatasetRow, JobLogRow, JobRow, ModelRow
 
 Row = TypeVar("Row", DatasetRow, JobRow, ModelRow)
@@ -83,13 +84,23 @@ class Records(Database):
 
     # jobs --------------------------------------------------------------------------------------
 
-    def create_job(self, caller: Caller, name: str, dataset_ids: list[int], settings: dict) -> JobRow:
-        """Queue a job on some of the caller's datasets, which must all lie in one code space."""
+    def create_job(
+        self,
+        caller: Caller,
+        name: str,
+        dataset_ids: list[int],
+        settings: dict,
+        max_queued: int | None = None,
+    ) -> JobRow:
+        """Queue a job on some of the caller's datasets, which must all lie in one code space; with
+        ``max_queued``, only while the center has fewer queued jobs (else :class:`QuotaError`)."""
         rows = [self.visible_row(DatasetRow, caller, i) for i in dict.fromkeys(dataset_ids)]
         if not rows:
             raise ConfigError("a training job needs at least one dataset id")
         one_code_space([row.space for row in rows], f"datasets {[row.id for row in rows]}")
         with self.session() as s:
+            if max_queued is not None:
+                refuse_over_quota(s, caller, max_queued)
             job = JobRow(
                 center_id=caller.center_id,
                 name=name,
@@ -115,9 +126,13 @@ class Records(Database):
             query = select(DatasetRow).join(JobDatasetRow).where(JobDatasetRow.job_id == job_id)
             return list(s.scalars(query.order_by(DatasetRow.id)))
 
-    def update_job(self, job_id: int, **values) -> None:
+    def update_job(self, job_id: int, note: str | None = None, **values) -> None:
+        """Set ``values`` on a job and log ``note`` in the same transaction: the job's progress and its
+        log agree, whenever the worker is killed."""
         with self.session() as s:
             s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            if note is not None:
+                s.add(JobLogRow(job_id=job_id, message=note))
 
     # models ------------------------------------------------------------------------------------
 

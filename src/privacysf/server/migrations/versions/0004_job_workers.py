@@ -5,7 +5,7 @@ trains; any worker queues a job again once that heartbeat is older than the leas
 this revision is applied have no heartbeat and are queued again by the first worker that looks.
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 """
 
 from collections.abc import Sequence
