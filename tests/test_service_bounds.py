@@ -115,6 +115,20 @@ def test_a_second_upload_waits_for_the_slot_and_writes_nothing(bounded):
     assert accepted.status_code == 201, accepted.text
 
 
+def test_thirty_stalled_uploads_hold_one_slot_for_one_timeout_and_serving_goes_on(bounded):
+    """The issue's 300 stalled uploads at a tenth of the scale: the slots they may hold are capped, the
+    rest are refused at once, every one is answered within a body timeout, and nothing is left."""
+    stalled = [bounded.half_upload(bundle(n_train=64)) for _ in range(30)]
+    started = time.monotonic()
+    me = httpx.get(f"{bounded.server.url}/me", headers=_auth(bounded.token), timeout=5)
+    assert me.status_code == 200  # the server goes on serving beside them
+    replies = [_reply(conn).split(b" ", 2)[1] for conn in stalled]
+    assert time.monotonic() - started < BODY_TIMEOUT + 5
+    assert sorted(replies).count(b"503") == 30 - bounded.cfg.max_concurrent_uploads
+    assert replies.count(b"408") == bounded.cfg.max_concurrent_uploads
+    assert bounded.parts() == []
+
+
 def test_the_centers_client_sends_an_upload_again_after_retry_after(bounded, monkeypatch):
     monkeypatch.setattr(limits, "RETRY_AFTER_SECONDS", 1)
     stalled = bounded.half_upload(bundle(n_train=64))  # holds the one slot until its body times out
