@@ -17,20 +17,10 @@ from typing import Annotated, Any, TypeVar
 import torch
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect
 
 from privacysf.config import WireDtype
-from privacysf.errors import (
-    AuthError,
-    ConflictError,
-    NotFoundError,
-    PayloadTooLargeError,
-    PrivacySFError,
-    QuotaError,
-)
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service.handlers import add_error_handlers
 from privacysf.server.service.limits import (
@@ -69,7 +59,6 @@ BINARY_BODY = {
         "content": {CODES: {"schema": {"type": "string", "format": "binary"}}},
     }
 }
-STATUS = {AuthError: 401, NotFoundError: 404, ConflictError: 409, PayloadTooLargeError: 413, QuotaError: 429}
 Out = TypeVar("Out", bound=BaseModel)
 bearer = HTTPBearer(auto_error=False, description="a center's API token (privacysf server create-center)")
 
@@ -104,16 +93,6 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     app.state.store, app.state.runner = store, runner
     app.add_middleware(HeaderLimit, limit=cfg.max_header_bytes)
     add_error_handlers(app)
-
-    @app.exception_handler(PrivacySFError)
-    async def client_error(_request: Request, exc: PrivacySFError) -> JSONResponse:
-        status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
-
-    @app.exception_handler(ClientDisconnect)
-    async def disconnected(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
-        return JSONResponse({"detail": "the client closed the connection before the body ended"}, 400)
 
     def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller:
         return store.authenticate(credentials.credentials if credentials else None)

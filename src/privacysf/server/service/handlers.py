@@ -1,5 +1,5 @@
-"""Answers for requests that fail outside the endpoints' own checks: a body that does not validate, and
-a bug.
+"""Answers for requests that fail: a client's error (the project's own exceptions, a body cut short,
+a body that does not validate) as a 4xx with a ``detail``, and a bug as a 500.
 
 FastAPI's own 422 echoes each offending input back, and cannot write it when the input is NaN or an
 infinity (the JSON encoder refuses them), so a ``{"lr": NaN}`` became a 500; here a refusal quotes
@@ -14,14 +14,38 @@ import math
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from privacysf.errors import (
+    AuthError,
+    ConflictError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PrivacySFError,
+    QuotaError,
+)
 
 log = logging.getLogger("privacysf.service")
 QUOTED_INPUT_CHARS = 200
+STATUS = {AuthError: 401, NotFoundError: 404, ConflictError: 409, PayloadTooLargeError: 413, QuotaError: 429}
+"""The status of each client error the library raises; any other :class:`PrivacySFError` is a 400."""
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(PrivacySFError, client_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnect, disconnected)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, internal_error)
+
+
+async def client_error(_request: Request, exc: PrivacySFError) -> JSONResponse:
+    status = next((code for kind, code in STATUS.items() if isinstance(exc, kind)), 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+
+async def disconnected(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
+    return JSONResponse({"detail": "the client closed the connection before the body ended"}, 400)
 
 
 async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
