@@ -4,7 +4,8 @@ A center is a Flower SuperNode. Which center it is comes from its node config: `
 its share of the run's data (``privacysf.data.centers``); ``center-dir`` is its private folder
 (default: ``<run-dir>/centers/<partition-id>``), where its codecs, key and predictions stay. Each
 handler answers one action of :mod:`privacysf.exchange.flower`; what it sends back is only ever
-codes, weights of a network being federated, and scalar metrics.
+codes, weights of a network being federated (the shared codecs only masked, with the federation
+secret of :mod:`privacysf.center.aggregation`), and scalar metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from privacysf.center.aggregation import FederationSecret, mask_weights, unmask
 from privacysf.center.codecs import MaskCodec, codec_signature, train_image_encoder, train_mask_codec
 from privacysf.center.pipeline import (
     IMAGE_ENCODER,
@@ -99,10 +101,29 @@ def reply(message: Message, started: float, examples: int, **records) -> Message
     return Message(RecordDict({"metrics": metrics, **records}), reply_to=message)
 
 
-def initial_weights(message: Message, name: str = "weights") -> dict | None:
-    """Averaged weights the server sent, or None in round 1 (every center then starts from the seed)."""
-    record = message.content.array_records.get(name)
+def initial_weights(message: Message) -> dict | None:
+    """The U-Net's averaged weights the server sent in the clear, or None in round 1 (every center then
+    starts from the seed)."""
+    record = message.content.array_records.get("weights")
     return flower.record_weights(record) if record is not None and len(record) else None
+
+
+def shared_weights(message: Message, s: Site, name: str = "weights") -> dict | None:
+    """The average behind the masked sum the server sent as ``name`` (None in round 1), unmasked with
+    the federation secret (``federation.secret_file``)."""
+    secret = FederationSecret.load(s.cfg.federation)
+    return unmask(message.content, name, secret, message.metadata.run_id)
+
+
+def masked_reply(message: Message, started: float, s: Site, state: dict, score: float) -> Message:
+    """A masked round's reply: this center's weights masked for the server to add, its slices in clear."""
+    examples = len(s.center.data.train)
+    task = message.content.config_records["task"]
+    secret = FederationSecret.load(s.cfg.federation)
+    upload = mask_weights({"model": state}, examples, task, secret, message.metadata.run_id)
+    response = reply(message, started, examples, **upload)
+    response.content.metric_records["metrics"]["val-score"] = score
+    return response
 
 
 def codes_record(center: Center, s: Site) -> ConfigRecord:
@@ -134,18 +155,23 @@ def mask_codec_round(message: Message, s: Site) -> Message:
     torch.manual_seed(s.cfg.train.seed)  # round 1: every center starts from the same weights
     data = s.center.data
     codec, result = train_mask_codec(
-        cfg, data.train, data.val, s.classes, s.device, None, initial_weights(message)
+        cfg, data.train, data.val, s.classes, s.device, None, shared_weights(message, s)
     )
-    weights = flower.weights_record({"model": codec.state_dict()})
-    response = reply(message, started, len(data.train), weights=weights)
-    response.content.metric_records["metrics"]["val-score"] = result.best_score
-    return response
+    return masked_reply(message, started, s, codec.state_dict(), result.best_score)
+
+
+def _final_weights(message: Message, s: Site, name: str) -> dict[str, torch.Tensor]:
+    """The averaged weights of a finished masked FedAvg (``mask_codec`` or ``image_encoder``)."""
+    weights = shared_weights(message, s, name)
+    if weights is None:
+        raise FederationError(f"{message.metadata.message_type} carries no masked {name} sum")
+    return weights["model"]
 
 
 def _shared_codec(message: Message, s: Site) -> MaskCodec:
     """The averaged mask codec the server sent with an image-encoder or shared-codes message."""
     codec = MaskCodec(s.classes, s.cfg.codec)
-    codec.load_state_dict(flower.record_weights(message.content.array_records["mask_codec"])["model"])
+    codec.load_state_dict(_final_weights(message, s, "mask_codec"))
     return codec.to(s.device).eval()
 
 
@@ -154,7 +180,7 @@ def image_encoder_round(message: Message, s: Site) -> Message:
     cfg = round_config(s.cfg, message.content.config_records["task"])
     torch.manual_seed(s.cfg.train.seed + 1)
     data = s.center.data
-    averaged = initial_weights(message)
+    averaged = shared_weights(message, s)
     # round 1 starts every part from the seed; later rounds start the encoder from the server's average
     # and the mode's own parts (decoder, attacker, head) from this center's last round
     initial = (
@@ -170,10 +196,7 @@ def image_encoder_round(message: Message, s: Site) -> Message:
         {"signature": _signature(s, "image-parts"), **{k: m.state_dict() for k, m in parts.items()}},
     )
     # only the encoder is averaged: an image decoder or attacker decoder never leaves the center
-    weights = flower.weights_record({"model": encoder.state_dict()})
-    response = reply(message, started, len(data.train), weights=weights)
-    response.content.metric_records["metrics"]["val-score"] = result.best_score
-    return response
+    return masked_reply(message, started, s, encoder.state_dict(), result.best_score)
 
 
 def shared_codes(message: Message, s: Site) -> Message:
@@ -181,7 +204,7 @@ def shared_codes(message: Message, s: Site) -> Message:
     started = time.perf_counter()
     folder = s.folder / flower.SHARED
     codec = _shared_codec(message, s)
-    encoder_state = flower.record_weights(message.content.array_records["image_encoder"])["model"]
+    encoder_state = _final_weights(message, s, "image_encoder")
     save_checkpoint(
         folder / MASK_CODEC, {"signature": _signature(s, "mask-codec"), "model": codec.state_dict()}
     )

@@ -154,6 +154,16 @@ def cmd_federate(args: argparse.Namespace) -> None:
     print(f"report: {run_dir / 'report.md'}")
 
 
+def cmd_federation_secret(args: argparse.Namespace) -> None:
+    from privacysf.center.aggregation import FederationSecret
+
+    FederationSecret.create(Path(args.path))
+    print(
+        f"federation secret: {args.path} (mode 600). Copy it to every center out of band (never to the "
+        "server) and run fedavg-codecs with --set federation.secret_file=PATH"
+    )
+
+
 def cmd_bench_run(args: argparse.Namespace) -> None:
     from privacysf.benchmark.jobs import plan
     from privacysf.benchmark.runner import publish, run_bench, select
@@ -269,6 +279,12 @@ def make_parser() -> argparse.ArgumentParser:
     federate.add_argument("--rounds", type=int, help="federated-averaging rounds per shared network")
     federate.add_argument("--modes", nargs="+", choices=FEDERATION_MODES, help="modes to run (default: all)")
     federate.set_defaults(func=cmd_federate)
+    secret = commands.add_parser(
+        "federation-secret",
+        help="make the secret the centers share for masked FedAvg of codecs (fedavg-codecs)",
+    )
+    secret.add_argument("path", help="file to create (32 random bytes, mode 600)")
+    secret.set_defaults(func=cmd_federation_secret)
 
     bench = commands.add_parser(
         "bench", help="benchmark suites: accuracy over seeds, payload, latency, training cost, scaling"

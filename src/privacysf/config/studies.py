@@ -44,6 +44,11 @@ class FederationConfig(ConfigModel):
     """Seconds the server waits for replies in one round before counting silent centers as dropped.
     It must cover the slowest round: in simulation the centers train one after another, so a round
     takes the sum of their times. Set it a little above that to notice a dead center sooner."""
+    secret_file: str = Field("", max_length=4096)
+    """Path, on every center's machine, of the secret the centers share for masked averaging in
+    ``fedavg-codecs`` (32 random bytes, mode 0600, made by ``privacysf federation-secret PATH`` and
+    copied to the centers out of band). The server never reads it; ``fedavg-codecs`` refuses to run
+    without it. "" = none."""
 
 
 class AttackConfig(ConfigModel):

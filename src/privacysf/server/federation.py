@@ -2,8 +2,10 @@
 
 It runs on the SuperLink's side and sees what any server sees: codes, weights of the networks the
 centers chose to federate, and scalar metrics. Mappers are trained with :class:`MappingServer` (the
-same code as the single-center pipeline and the service's jobs); federated averaging is Flower's
-weighted average of the centers' ``ArrayRecord``s. Everything it receives or makes is written to
+same code as the single-center pipeline and the service's jobs). The shared codecs of
+``fedavg-codecs`` are averaged under masks (:meth:`Federation.masked_fedavg`): the server adds masked
+uploads and never holds usable codec weights. The raw U-Net of ``unet-fedavg`` (the baseline) is
+Flower's weighted average of the centers' ``ArrayRecord``s. Everything it receives or makes is written to
 ``<run-dir>/server/`` as soon as it arrives (atomic writes), so a center dropping out, or the run
 failing, never loses what is already stored.
 
@@ -29,7 +31,7 @@ from privacysf.common.runs import write_bytes, write_json
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.errors import FederationError
-from privacysf.exchange import flower
+from privacysf.exchange import flower, masking
 from privacysf.server.mapping import MappingServer
 
 CODE_MODES = {
@@ -217,10 +219,9 @@ class Federation:
                 self.results.setdefault(mode, {})[member.name] = json.loads(flower.field(scores, mode, str))
         self.save_status("running")
 
-    def fedavg(
-        self, action: str, name: str, extra: Callable[[], dict[str, ArrayRecord]] = dict
-    ) -> ArrayRecord:
-        """``federation.rounds`` rounds of federated averaging, weighted by training slices.
+    def fedavg(self, action: str, name: str) -> ArrayRecord:
+        """``federation.rounds`` rounds of plain federated averaging, weighted by training slices (the raw
+        U-Net baseline: what ``unet-fedavg`` users would run, weights in the clear).
 
         The averaged weights are saved after every round (``server/fedavg/<name>.pt``).
         """
@@ -228,7 +229,7 @@ class Federation:
         for round_ in range(1, self.cfg.federation.rounds + 1):
 
             def content(m: Member, w=weights, r=round_) -> RecordDict:
-                return RecordDict({"task": ConfigRecord({"round": r}), "weights": w, **extra()})
+                return RecordDict({"task": ConfigRecord({"round": r}), "weights": w})
 
             answers = self.exchange(action, name, content, round_)
             weights = aggregate_arrayrecords(
@@ -243,6 +244,30 @@ class Federation:
             )
         return weights
 
+    def masked_fedavg(
+        self, action: str, name: str, extra: Callable[[], dict[str, ArrayRecord | ConfigRecord]] = dict
+    ) -> masking.MaskedSum:
+        """``federation.rounds`` rounds of masked federated averaging (:mod:`privacysf.exchange.masking`).
+
+        The server adds the centers' masked uploads and sends the masked sum back with the nonces of
+        the uploads it added; only the centers, who share the secret, can unmask it. After every round
+        it saves what it holds (``server/fedavg/<name>.pt``): the masked sum, its round, count and
+        nonces, which decode to noise without the secret.
+        """
+        total: masking.MaskedSum | None = None
+        for round_ in range(1, self.cfg.federation.rounds + 1):
+
+            def content(m: Member, t=total, r=round_) -> RecordDict:
+                task = ConfigRecord({"round": r, "centers": len(self.members)})
+                return RecordDict({"task": task, **(t.records("weights") if t else {}), **extra()})
+
+            total = masking.sum_uploads(list(self.exchange(action, name, content, round_).values()), round_)
+            held = {"round": round_, "examples": total.examples, "nonces": list(total.nonces)}
+            held |= flower.record_weights(total.arrays)
+            save_checkpoint(self.folder / "fedavg" / f"{name}.pt", held)
+        assert total is not None  # rounds >= 1, and a round with no center left has raised
+        return total
+
     def run(self) -> None:
         modes = list(self.cfg.federation.modes)
         self.connect()
@@ -252,9 +277,11 @@ class Federation:
             bundles = self.collect_codes(flower.LOCAL, lambda m: RecordDict(), flower.LOCAL_CODES)
             self.evaluate_codes(flower.LOCAL, self.train_mappers(flower.LOCAL, bundles, local))
         if "fedavg-codecs" in modes:
-            codec = self.fedavg(flower.MASK_CODEC_ROUND, "mask_codec")
-            encoder = self.fedavg(flower.IMAGE_ENCODER_ROUND, "image_encoder", lambda: {"mask_codec": codec})
-            shared = flower.records(mask_codec=codec, image_encoder=encoder)
+            codec = self.masked_fedavg(flower.MASK_CODEC_ROUND, "mask_codec")
+            encoder = self.masked_fedavg(
+                flower.IMAGE_ENCODER_ROUND, "image_encoder", lambda: codec.records("mask_codec")
+            )
+            shared = RecordDict({**codec.records("mask_codec"), **encoder.records("image_encoder")})
             bundles = self.collect_codes(flower.SHARED, lambda m: shared, flower.SHARED_CODES)
             self.evaluate_codes(flower.SHARED, self.train_mappers(flower.SHARED, bundles, ["fedavg-codecs"]))
         if "unet-fedavg" in modes:

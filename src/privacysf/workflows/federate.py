@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import tomli_w
 
+from privacysf.center.aggregation import FederationSecret, secret_path
 from privacysf.common.figures import dice_bars, overlay_grid, pick_rows
 from privacysf.common.markdown import Markdown
 from privacysf.common.runs import new_run_dir, write_json
@@ -173,6 +174,10 @@ def targets(table: dict[str, dict[str, float]], centers: list[str]) -> dict[str,
 
 def run_federate(cfg: ExperimentConfig, superlink: str | None = None) -> tuple[Path, dict]:
     """All configured modes; the Flower part in simulation, or on ``superlink`` when given."""
+    if "fedavg-codecs" in cfg.federation.modes:  # refuse before any center trains
+        secret_path(cfg.federation)
+        if not superlink:  # in simulation the centers read the secret on this machine: check it now
+            FederationSecret.load(cfg.federation)
     seed_everything(cfg.train.seed, cfg.train.threads)
     centers = prepare_centers(cfg.data, cfg.federation)
     names = [c.name for c in centers]
