@@ -38,17 +38,7 @@ def secret_forms(secret: CenterKey, transform: KeyedTransform) -> dict[str, byte
     Identity parts (mixing off gives identity matrices, no permutation gives ``arange``) are left out:
     they are no secret. So is any form shorter than ``MIN_FORM_BYTES``, to keep chance hits out.
     """
-    raw = secret.secret
-    forms = {
-        "secret/raw": raw,
-        "secret/hex": raw.hex().encode(),
-        "secret/HEX": raw.hex().upper().encode(),
-        "secret/base64": base64.b64encode(raw),
-        "secret/base64-unpadded": base64.b64encode(raw).rstrip(b"="),
-        "secret/urlsafe-base64": base64.urlsafe_b64encode(raw),
-        "secret/urlsafe-base64-unpadded": base64.urlsafe_b64encode(raw).rstrip(b"="),
-        "secret/key-file": _key_file(secret),
-    }
+    forms = {**raw_forms(secret.secret), "secret/key-file": _key_file(secret)}
     for kind, (q, scale) in transform.mixing.items():
         if np.array_equal(q, np.eye(len(q))):
             continue
@@ -64,6 +54,20 @@ def secret_forms(secret: CenterKey, transform: KeyedTransform) -> dict[str, byte
         forms[f"{name}/json"] = json.dumps(order.tolist()).encode()
         forms[f"{name}/json-compact"] = json.dumps(order.tolist(), separators=(",", ":")).encode()
     return {name: form for name, form in forms.items() if len(form) >= MIN_FORM_BYTES}
+
+
+def raw_forms(raw: bytes, name: str = "secret") -> dict[str, bytes]:
+    """Secret bytes raw, in lower- and upper-case hex and in base64 (standard and urlsafe, with and
+    without padding): the forms a secret takes when someone writes it into a text field."""
+    return {
+        f"{name}/raw": raw,
+        f"{name}/hex": raw.hex().encode(),
+        f"{name}/HEX": raw.hex().upper().encode(),
+        f"{name}/base64": base64.b64encode(raw),
+        f"{name}/base64-unpadded": base64.b64encode(raw).rstrip(b"="),
+        f"{name}/urlsafe-base64": base64.urlsafe_b64encode(raw),
+        f"{name}/urlsafe-base64-unpadded": base64.urlsafe_b64encode(raw).rstrip(b"="),
+    }
 
 
 def _binary(name: str, array: np.ndarray, dtypes: Sequence[str]) -> dict[str, bytes]:

@@ -83,14 +83,19 @@ def record_weights(record: ArrayRecord) -> dict[str, dict[str, torch.Tensor]]:
     return parts
 
 
-def message_bytes(message: Message) -> int:
-    """Serialised bytes of ``message`` and every record inside it (what Flower sends)."""
-    total, pending = 0, [message]
+def serialised_parts(message: Message) -> list[bytes]:
+    """``message`` and every record inside it, each as Flower serialises it (what goes on the wire)."""
+    parts, pending = [], [message]
     while pending:
         item = pending.pop()
-        total += len(item.deflate())
+        parts.append(item.deflate())
         pending.extend((item.children or {}).values())  # type: ignore[arg-type]  # records deflate too
-    return total
+    return parts
+
+
+def message_bytes(message: Message) -> int:
+    """Serialised bytes of ``message`` and every record inside it (what Flower sends)."""
+    return sum(len(part) for part in serialised_parts(message))
 
 
 def field(record: ConfigRecord | MetricRecord, key: str, kind: type[T], default: T | None = None) -> T:
