@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,16 +15,22 @@ import torch
 from flowerkit import Deployment
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from keykit import assert_no_secret, raw_forms
 
+from privacysf.center.aggregation import FederationSecret, mask_weights, unmask
+from privacysf.center.codecs import MaskCodec
 from privacysf.center.federation import LOCAL_PARTS
+from privacysf.center.pipeline import MASK_CODEC
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig, MapperConfig
 from privacysf.data.centers import MULTI_CENTER_TASKS, partition_cases
 from privacysf.data.phantom import phantom_cases
 from privacysf.data.registry import REGISTRY
 from privacysf.errors import ConfigError, FederationError, PrivacySFError
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes, flower, split_messages
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes, flower, masking, split_messages
+from privacysf.metrics import mean_dice
 from privacysf.server import MappingServer
+from privacysf.server import federation as server_federation
 from privacysf.server.federation import Federation, Member
 from privacysf.workflows.federate import run_federate
 
@@ -44,7 +51,11 @@ TINY = [
 
 
 def tiny(tmp_path, *extra: str) -> ExperimentConfig:
-    return ExperimentConfig().override([*TINY, f"output_dir={tmp_path / 'runs'}", *extra])
+    """The tiny run, with a federation secret for ``fedavg-codecs`` made as a user would."""
+    secret = tmp_path / "federation.secret"
+    FederationSecret.create(secret)
+    settings = [f"output_dir={tmp_path / 'runs'}", f"federation.secret_file={secret}"]
+    return ExperimentConfig().override([*TINY, *settings, *extra])
 
 
 def test_cases_are_dealt_to_centers_whole_iid_or_skewed_by_size():
@@ -128,8 +139,9 @@ def flower_task(monkeypatch):
 
 
 def test_a_dropout_fails_the_run_cleanly_when_configured_and_keeps_what_is_stored(tmp_path, flower_task):
-    """Both centers send codes and a first FedAvg round; center b is silent in round 2. The run stops
-    with its message, and the bundles and round 1's average it received stay on disk as they came."""
+    """Both centers send codes and a first FedAvg round of the U-Net; center b is silent in round 2. The
+    run stops with its message, and the bundles and round 1's average it received stay on disk as they
+    came."""
     cfg = ExperimentConfig().override(
         ["federation.on_dropout=fail", "federation.rounds=3", "train.progress=false"]
     )
@@ -155,25 +167,58 @@ def test_a_dropout_fails_the_run_cleanly_when_configured_and_keeps_what_is_store
     folder = tmp_path / "server"
     federation = Federation(ScriptedGrid(answer), cfg, folder, 2, [Member(1, 0, "a"), Member(2, 1, "b")])
     federation.collect_codes(flower.LOCAL, lambda m: RecordDict(), flower.LOCAL_CODES)
-    with pytest.raises(FederationError, match="center 'b' dropped out in mask_codec round 2"):
-        federation.fedavg(flower.MASK_CODEC_ROUND, "mask_codec")
+    with pytest.raises(FederationError, match="center 'b' dropped out in unet round 2"):
+        federation.fedavg(flower.UNET_ROUND, "unet")
 
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "failed" and "center 'b' dropped out" in status["error"]
-    assert status["dropped"] == [
-        {"center": "b", "phase": "mask_codec", "round": 2, "reason": "no reply in time"}
-    ]
+    assert status["dropped"] == [{"center": "b", "phase": "unet", "round": 2, "reason": "no reply in time"}]
     assert [(t["phase"], t["round"], sorted(t["centers"])) for t in status["traffic"]] == [
         ("codes-local", 0, ["a", "b"]),
-        ("mask_codec", 1, ["a", "b"]),
-        ("mask_codec", 2, ["a"]),
+        ("unet", 1, ["a", "b"]),
+        ("unet", 2, ["a"]),
     ]
     for node, name in ((1, "a"), (2, "b")):  # each bundle as it arrived, center b's included
         stored = (folder / "codes" / f"local-{name}.psfc").read_bytes()
         assert split_messages(stored, 5) == [*bundles[node], test_codes]
-    averaged = torch.load(folder / "fedavg" / "mask_codec.pt", weights_only=True)
+    averaged = torch.load(folder / "fedavg" / "unet.pt", weights_only=True)
     assert averaged["round"] == 1  # the last round every center finished, weighted by examples
     torch.testing.assert_close(averaged["model"]["w"], torch.full((3,), 3.0))  # (1·1 + 2·4) / 3
+
+
+def test_masked_fedavg_sums_only_the_centers_that_answered_so_a_dropout_still_unmasks(tmp_path, flower_task):
+    """Three centers upload masked weights; c is silent in round 2 (``on_dropout=continue``). Each round's
+    sum carries exactly the nonces and counts it added: round 1's unmasks, at the centers, to the average
+    of all three, round 2's to the average of a and b, with no pad of c's left in it."""
+    cfg = ExperimentConfig().override(["federation.rounds=2", "train.progress=false"])
+    secret = FederationSecret(bytes(range(32)))
+    weights = {1: 1.0, 2: 4.0, 3: -2.0}  # center a trained on 1 example, b on 2, c on 3
+    received: dict[tuple[int, int], torch.Tensor] = {}
+
+    def answer(message: Message) -> RecordDict | None:
+        node, task = message.metadata.dst_node_id, message.content.config_records["task"]
+        round_ = flower.field(task, "round", int)
+        if node == 3 and round_ == 2:
+            return None
+        averaged = unmask(message.content, "weights", secret, message.metadata.run_id)
+        if averaged is not None:
+            received[(node, round_)] = averaged["model"]["w"]
+        state = {"w": torch.full((3,), weights[node] * round_)}
+        upload = mask_weights({"model": state}, node, task, secret, message.metadata.run_id)
+        return RecordDict({**upload, "metrics": MetricRecord({"num-examples": node})})
+
+    members = [Member(1, 0, "a"), Member(2, 1, "b"), Member(3, 2, "c")]
+    federation = Federation(ScriptedGrid(answer), cfg, tmp_path / "server", 3, members)
+    total = federation.masked_fedavg(flower.MASK_CODEC_ROUND, "mask_codec")
+    assert set(received) == {(1, 2), (2, 2)}
+    for node in (1, 2):  # round 1: (1·1 + 2·4 + 3·-2) / 6
+        torch.testing.assert_close(received[(node, 2)], torch.full((3,), 0.5))
+    assert (total.round, total.examples, len(total.nonces)) == (2, 3, 2)
+    averaged = unmask(RecordDict(total.records("w")), "w", secret, 1)
+    assert averaged is not None  # round 2: (1·2 + 2·8) / 3
+    torch.testing.assert_close(averaged["model"]["w"], torch.full((3,), 6.0))
+    stored = torch.load(tmp_path / "server" / "fedavg" / "mask_codec.pt", weights_only=True)
+    assert stored["model"]["w"].dtype == torch.uint32 and stored["nonces"] == list(total.nonces)
 
 
 SHARED_WEIGHTS = {
@@ -182,12 +227,12 @@ SHARED_WEIGHTS = {
     "fedavg/unet.pt": "unet-fedavg",
 }
 """Averaged weights the server keeps, by the mode that shares them (docs/multicenter.md)."""
-DECODER_ON_THE_SERVER = {"fedavg/mask_codec.pt"}
-"""The one documented exception to "no decoder on the server": ``fedavg-codecs`` shares the mask
-codec, its decoder included (docs/multicenter.md, "Privacy cost of shared codecs")."""
-IMAGE_READERS_ON_THE_SERVER = {"fedavg/image_encoder.pt", "fedavg/unet.pt"}
-"""Networks that read images, documented as shared: the image encoder of ``fedavg-codecs`` and the raw
-U-Net of ``unet-fedavg``. No mapper or code file may hold one."""
+MASKED_ON_THE_SERVER = {"fedavg/mask_codec.pt", "fedavg/image_encoder.pt"}
+"""``fedavg-codecs`` averages the codecs under masks: the server keeps masked sums (uint32), never the
+weights (docs/multicenter.md, "Masked averaging of codecs")."""
+IMAGE_READERS_ON_THE_SERVER = {"fedavg/unet.pt"}
+"""The one network that reads images documented as shared in the clear: the raw U-Net of
+``unet-fedavg``. No mapper or code file may hold one."""
 
 
 def _tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -202,8 +247,9 @@ def _tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 def _check_server_folder(server, modes, size=32) -> None:
-    """What the server keeps, read from the files: code bundles (tokens, not pixels), mappers, and the
-    averaged weights of the modes run that share weights; a decoder or image reader only where documented.
+    """What the server keeps, read from the files: code bundles (tokens, not pixels), mappers, the masked
+    codec sums and the U-Net's averaged weights of the modes run; no decoder, an image reader only where
+    documented.
 
     A network that reads an image has a convolution over one input channel; one that writes an image
     has a convolution to one output channel (the masks here have two classes, the codes 4 channels).
@@ -224,8 +270,11 @@ def _check_server_folder(server, modes, size=32) -> None:
             assert {k.partition("/")[0] for k in tensors} == {"model"}, name  # the mapper's weights alone
         else:
             assert SHARED_WEIGHTS.get(name) in modes, f"{name} is stored but no mode run shares it"
+        masked = {k for k, t in tensors.items() if t.dtype == torch.uint32}
+        assert masked == (set(tensors) if name in MASKED_ON_THE_SERVER else set()), name
+        tensors = {k: t for k, t in tensors.items() if k not in masked}
         decoders = [k for k, t in tensors.items() if "decoder" in k or (t.ndim == 4 and t.shape[0] == 1)]
-        assert not decoders or name in DECODER_ON_THE_SERVER, (name, decoders[:3])
+        assert not decoders, (name, decoders[:3])
         readers = [k for k, t in tensors.items() if t.ndim == 4 and t.shape[1] == 1]
         assert not readers or name in IMAGE_READERS_ON_THE_SERVER, (name, readers[:3])
 
@@ -268,11 +317,88 @@ def test_fedavg_codecs_never_sends_an_image_decoder_to_the_server(tmp_path, imag
     run_dir, metrics = run_federate(cfg)
     _check_run(run_dir, metrics, modes)
     _check_server_folder(run_dir / "server", modes)
-    averaged = torch.load(run_dir / "server" / "fedavg" / "image_encoder.pt", weights_only=True)
-    assert set(averaged) == {"round", "model"}
+    masked_sum = torch.load(run_dir / "server" / "fedavg" / "image_encoder.pt", weights_only=True)
+    assert set(masked_sum) == {"round", "examples", "nonces", "model"}  # the encoder's part alone
     for center in (run_dir / "centers").iterdir():
         kept = torch.load(center / LOCAL_PARTS, weights_only=True)
         assert any("decoder" in part for part in kept), sorted(kept)
+
+
+class RecordingGrid:
+    """Passes the server's Grid calls through and keeps every reply it receives."""
+
+    def __init__(self, grid, received: list[Message]) -> None:
+        self.grid, self.received = grid, received
+
+    def get_node_ids(self):
+        return self.grid.get_node_ids()
+
+    def send_and_receive(self, messages, timeout: float) -> list[Message]:
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        self.received.extend(replies)
+        return replies
+
+
+def _foreground_dice(codec: MaskCodec, code: torch.Tensor, masks: np.ndarray) -> float:
+    with torch.no_grad():
+        pred = codec.eval().decode(code).argmax(1).numpy()
+    return mean_dice(pred, masks, codec.num_classes)
+
+
+def test_fedavg_codecs_leaves_the_server_only_masked_sums_that_decode_to_noise(tmp_path, monkeypatch):
+    """The server of a simulated ``fedavg-codecs`` run receives no byte form of the centers' secret; the
+    codec sum it stores, read as it would read it (no pads), loads into a decoder that returns noise,
+    while the same file unmasked with the secret is, bit for bit, the codec each center kept."""
+    received: list[Message] = []
+
+    class Recorded(Federation):
+        def __init__(self, grid, *args) -> None:
+            super().__init__(RecordingGrid(grid, received), *args)
+
+    monkeypatch.setattr(server_federation, "Federation", Recorded)
+    modes = 'federation.modes=["fedavg-codecs"]'
+    training = ["federation.local_epochs=10", "data.phantom_cases=24", "codec.width=16"]  # it decodes
+    cfg = tiny(tmp_path, modes, "federation.rounds=2", *training)
+    run_dir, metrics = run_federate(cfg)
+    _check_run(run_dir, metrics, ["fedavg-codecs"])
+    secret = Path(cfg.federation.secret_file).read_bytes()
+    server_files = [p.read_bytes() for p in (run_dir / "server").rglob("*") if p.is_file()]
+    uploads = [r for r in received if "mask" in r.content.config_records]
+    assert len(uploads) == 2 * 2 * 2  # two centers, two rounds, two networks: all masked
+    blobs = [part for reply in received for part in flower.serialised_parts(reply)]
+    assert_no_secret(blobs + server_files, raw_forms(secret))
+
+    stored = torch.load(run_dir / "server" / "fedavg" / "mask_codec.pt", weights_only=True)
+    arrays = flower.weights_record({"model": stored["model"]})
+    held = masking.MaskedSum(arrays, stored["round"], stored["examples"], tuple(stored["nonces"]))
+    run_id = received[0].metadata.run_id
+    unmasked = unmask(RecordDict(held.records("w")), "w", FederationSecret(secret), run_id)
+    assert unmasked is not None
+    kept = [
+        torch.load(center / "shared" / MASK_CODEC, weights_only=True)["model"]
+        for center in sorted((run_dir / "centers").iterdir())
+    ]
+    for name, value in unmasked["model"].items():
+        assert all(torch.equal(value, state[name]) for state in kept), name
+
+    # the server's best reading of what it holds: its fixed-point sum over the clear count
+    server_view = {
+        name: torch.from_numpy(masking.from_fixed(masked.numpy()) / held.examples)
+        for name, masked in stored["model"].items()
+    }
+    for name, value in server_view.items():  # nowhere near the average the centers hold
+        assert float(((value - kept[0][name]).abs() > 0.1).double().mean()) > 0.95, name
+    classes = len(REGISTRY["phantom"].class_names)
+    center_codec, server_codec = MaskCodec(classes, cfg.codec), MaskCodec(classes, cfg.codec)
+    center_codec.load_state_dict(kept[0])
+    server_codec.load_state_dict(server_view)
+    labels = np.stack([c.mask[..., 0] for c in phantom_cases(12, 32, 99)])  # masks neither codec saw
+    with torch.no_grad():
+        code = center_codec.eval().encode(torch.as_tensor(labels, dtype=torch.long))
+    # the floor: one class everywhere (decoders from 40 random sums scored 0.04-0.27 on these codes)
+    floor = max(mean_dice(np.full_like(labels, c), labels, classes) for c in range(classes))
+    assert _foreground_dice(center_codec, code, labels) > floor + 0.3
+    assert _foreground_dice(server_codec, code, labels) < floor + 0.1
 
 
 @pytest.fixture
