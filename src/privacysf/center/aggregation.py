@@ -59,8 +59,8 @@ class FederationSecret:
     def create(path: Path) -> None:
         """Write a fresh secret readable by its owner only, never over an existing file.
 
-        ``O_EXCL`` makes the refusal atomic, and the file is born with mode 0600 (the chmod after it
-        undoes nothing a umask could widen, it only fixes a umask that took owner bits away).
+        ``O_EXCL`` makes the refusal atomic, and the file is born with mode 0600 (a umask can only take
+        bits away), so the secret never sits in a file others can read.
         """
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -71,7 +71,6 @@ class FederationSecret:
                 "one could no longer unmask): choose a new path, or delete the old file first"
             ) from None
         with os.fdopen(fd, "wb") as file:
-            os.fchmod(fd, SECRET_FILE_MODE)
             file.write(secrets.token_bytes(SECRET_BYTES))
 
     @classmethod
