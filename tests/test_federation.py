@@ -386,8 +386,8 @@ def test_fedavg_codecs_leaves_the_server_only_masked_sums_that_decode_to_noise(t
         name: torch.from_numpy(masking.from_fixed(masked.numpy()) / held.examples)
         for name, masked in stored["model"].items()
     }
-    for name, value in server_view.items():  # nowhere near the average the centers hold
-        assert float(((value - kept[0][name]).abs() > 0.1).double().mean()) > 0.95, name
+    distances = torch.cat([(value - kept[0][name]).abs().ravel() for name, value in server_view.items()])
+    assert float((distances > 0.1).double().mean()) > 0.99  # nowhere near the average the centers hold
     classes = len(REGISTRY["phantom"].class_names)
     center_codec, server_codec = MaskCodec(classes, cfg.codec), MaskCodec(classes, cfg.codec)
     center_codec.load_state_dict(kept[0])
