@@ -19,7 +19,7 @@ import hashlib
 import os
 import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +53,7 @@ def secret_path(fed: FederationConfig) -> Path:
 class FederationSecret:
     """The 32 bytes every center of one federation holds and the server never does."""
 
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a log line or a test failure's report
 
     @staticmethod
     def create(path: Path) -> None:

@@ -6,8 +6,10 @@ Every message between the server (``privacysf.server.federation``) and a center
 - code bundles: wire-format code messages (:mod:`privacysf.exchange.wire`) as ``bytes`` in a
   ``ConfigRecord`` named ``codes`` (train/val image and mask codes, test image codes; mapped test mask
   codes coming back);
-- weights of a network being federated (shared mask codec, image encoder with its task head, or the
-  raw-image U-Net of the baseline) in an ``ArrayRecord`` named ``weights``, keys ``part/parameter``;
+- weights of a network being federated in an ``ArrayRecord`` named ``weights``, keys
+  ``part/parameter``: the shared mask codec and image encoder only masked (uint32, with a nonce; the
+  server returns their masked sum, :mod:`privacysf.exchange.masking`), the raw-image U-Net of the
+  baseline in the clear;
 - a ``ConfigRecord`` ``task`` of scalars (round, learning rate, which codecs) and a ``MetricRecord``
   ``metrics`` of scalars back (examples, seconds, test Dice).
 

@@ -102,13 +102,11 @@ class MaskedSum:
         if name not in content.array_records:
             return None
         info = content.config_records[f"{name}.{MASK}"]
-        nonces = field(info, "nonces", list)
-        return cls(
-            content.array_records[name],
-            field(info, "round", int),
-            field(info, "examples", int),
-            tuple(bytes(n) for n in nonces),
-        )
+        nonces = tuple(field(info, "nonces", list))
+        if not all(isinstance(nonce, bytes) for nonce in nonces):
+            raise FederationError(f"the nonces of masked sum {name!r} are not all bytes")
+        round_, examples = field(info, "round", int), field(info, "examples", int)
+        return cls(content.array_records[name], round_, examples, nonces)
 
 
 def sum_uploads(uploads: Sequence[RecordDict], round_: int) -> MaskedSum:
