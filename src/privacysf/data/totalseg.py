@@ -67,7 +67,12 @@ def data_dir() -> Path:
 
 
 def fetch(dest: Path | None = None) -> Path:
-    """Download the pinned sdist with pip (hash-checked) and keep the files the datasets read."""
+    """Download the pinned sdist with pip and keep the files the datasets read.
+
+    pip checks the archive's sha256 (``--require-hashes``) before it prepares the sdist's metadata,
+    which runs the sdist's own build backend in an isolated environment; the archive is checked again
+    before anything is read from it. A folder that is already complete is kept as it is.
+    """
     dest = dest or data_dir()
     if (dest / CLASS_MAP_FILE).is_file():
         return dest
@@ -80,8 +85,8 @@ def fetch(dest: Path | None = None) -> Path:
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         except (OSError, subprocess.CalledProcessError) as exc:
             raise DataError(
-                f"pip could not download totalsegmentator=={VERSION} from PyPI ({exc}); check the "
-                f"connection to PyPI, or set {DIR_ENV} to a folder fetched on another machine"
+                f"pip could not download totalsegmentator=={VERSION} from PyPI ({exc}); check that "
+                f"pip is installed and PyPI reachable, or set {DIR_ENV} to a folder fetched elsewhere"
             ) from None
         install_from_sdist(Path(tmp) / SDIST, dest)
     return dest
@@ -132,7 +137,8 @@ def _member_bytes(sdist: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 def read_class_maps(source: str) -> dict[str, dict[str, str]]:
     """The CT and MR label maps from the literal ``class_map = {...}`` of ``map_to_binary.py``.
 
-    Read as a literal (``ast.literal_eval``): TotalSegmentator's code is never imported or run.
+    Read as a literal (``ast.literal_eval``): the module is never imported, and nothing of
+    TotalSegmentator's is needed at run time.
     """
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "class_map" for t in node.targets):
