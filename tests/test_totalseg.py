@@ -127,3 +127,13 @@ def test_install_refuses_an_archive_that_is_not_the_pinned_one(tmp_path):
     with pytest.raises(DataError, match="not the pinned"):
         totalseg.install_from_sdist(archive, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
+
+
+def test_fetch_keeps_a_complete_folder_without_calling_pip(monkeypatch):
+    """`make test` runs the fetch on every fresh stamp: a filled folder must not download again."""
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("pip was called for a folder that is already complete")
+
+    monkeypatch.setattr(totalseg.subprocess, "run", no_download)
+    assert totalseg.fetch() == totalseg.data_dir()
