@@ -4,6 +4,8 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the totalseg-ct / totalseg-mr scans: fetched once from the pinned, sha256-checked PyPI sdist
+TOTALSEG := $(VENV)/.totalseg-fetched
 
 .PHONY: demo test test-server-install lint format clean
 
@@ -17,7 +19,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/privacysf demo
 
-test: $(STAMP)
+# `privacysf data fetch` keeps an existing folder; editing the module that pins the version re-runs it
+$(TOTALSEG): src/privacysf/data/totalseg.py | $(STAMP)
+	$(BIN)/privacysf data fetch
+	touch $(TOTALSEG)
+
+test: $(STAMP) $(TOTALSEG)
 	$(BIN)/ruff check src tests tools
 	$(BIN)/ruff format --check src tests tools
 	$(BIN)/lint-imports --no-cache

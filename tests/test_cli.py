@@ -25,9 +25,14 @@ def test_data_list_names_every_builtin(capsys):
         "itk-t1-brain",
         "dsb-nuclei",
         "cells3d-nuclei",
+        "totalseg-ct",
+        "totalseg-mr",
         "phantom",
     ]:
         assert name in out
+    totalseg = out[out.index("totalseg-ct") : out.index("phantom")]
+    assert totalseg.count("licence: not stated for the example scans") == 2
+    assert totalseg.count("silver standard") == 4  # in each description and each licence line
 
 
 def test_data_show_writes_summary_and_montage(tmp_path, capsys):

@@ -4,7 +4,7 @@ import SimpleITK as sitk
 import tifffile
 from conftest import write_dicom_series, write_itk, write_nifti, write_png
 
-from privacysf.data.readers import read_volume
+from privacysf.data.readers import is_image_entry, read_volume
 from privacysf.data.registry import vendored
 from privacysf.errors import DataError
 
@@ -43,6 +43,17 @@ def test_dicom_series_sorted_by_position_with_rescale(tmp_path, volume_pair):
     np.testing.assert_allclose(vol.array, (np.rint(image).astype(np.int16) - 10)[::-1, ::-1, :])
     assert vol.spacing == pytest.approx((0.8, 0.6, 2.5))
     assert read_volume(next(folder.iterdir())).array.shape == image.shape  # a file names its series
+
+
+def test_dicom_files_named_by_their_uid_are_found_by_their_preamble(tmp_path, volume_pair):
+    """Exports often name each file after its SOP instance UID (``CT.1.3.12...``): a dotted name."""
+    image, _ = volume_pair
+    folder = write_dicom_series(tmp_path / "series", np.rint(image))
+    for number, path in enumerate(sorted(folder.iterdir())):
+        path.rename(folder / f"CT.1.3.12.2.1107.5.1.4.{number}")
+    (folder / "notes.json").write_text("{}")  # a named non-DICOM file beside them is not read
+    assert is_image_entry(folder)
+    assert read_volume(folder).array.shape == image.shape
 
 
 def test_png_and_tiff_pictures(tmp_path):

@@ -13,6 +13,8 @@ ALWAYS_AVAILABLE = [
     "itk-t1-brain",
     "dsb-nuclei",
     "cells3d-nuclei",
+    "totalseg-ct",  # fetched by `make test` (privacysf data fetch)
+    "totalseg-mr",
 ]
 
 

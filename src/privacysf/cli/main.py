@@ -21,6 +21,13 @@ def cmd_data_list(args: argparse.Namespace) -> None:
         print(f"{'':16s} source: {spec.source}; licence: {spec.licence}; get it: {spec.how_to_get}")
 
 
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    from privacysf.data import totalseg
+
+    folder = totalseg.fetch(Path(args.dest) if args.dest else None)
+    print(f"TotalSegmentator {totalseg.VERSION} example scans (sha256-checked sdist): {folder}")
+
+
 def cmd_data_show(args: argparse.Namespace) -> None:
     from privacysf.common.figures import overlay_grid, pick_rows
     from privacysf.common.runs import write_json
@@ -195,6 +202,14 @@ def make_parser() -> argparse.ArgumentParser:
         dest="action", required=True
     )
     data.add_parser("list", help="list the built-in datasets").set_defaults(func=cmd_data_list)
+    fetch = data.add_parser(
+        "fetch", help="download, once, the pinned sdist holding the totalseg-ct / totalseg-mr scans"
+    )
+    fetch.add_argument(
+        "--dest",
+        help="folder to fill (default: inside this environment; point PRIVACYSF_TOTALSEG_DIR at others)",
+    )
+    fetch.set_defaults(func=cmd_data_fetch)
     show = data.add_parser("show", help="counts, shapes, spacing, classes and a montage")
     show.add_argument("name", help="built-in name or folder")
     add_config_options(show)

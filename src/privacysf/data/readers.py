@@ -195,9 +195,14 @@ def _read_picture(path: Path) -> Volume:
 
 
 def _is_dicom_file(path: Path) -> bool:
+    """A ``.dcm`` file, or one whose preamble says DICOM whatever its name.
+
+    Scanners and PACS exports often name files after their SOP instance UID
+    (``CT.1.3.12.2.1107...``), so a dotted name is no sign of another format.
+    """
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
-    if path.suffix:
+    if path.name.lower().endswith(SUPPORTED_SUFFIXES):
         return False
     with open(path, "rb") as handle:
         handle.seek(128)

