@@ -17,7 +17,7 @@ def test_case_split_is_disjoint_complete_and_seeded():
 
 
 def test_slab_split_leaves_guard_gaps_between_splits():
-    labels = split_slabs(np.arange(150), 0.15, 0.2, seed=0)
+    (labels,) = split_slabs([np.ones((150, 1), bool)], 0.15, 0.2, seed=0)
     kept = labels[labels >= 0]
     assert set(kept) == {0, 1, 2}
     for i in range(len(labels) - 1):  # neighbouring slices never sit in two different splits
@@ -40,5 +40,45 @@ def test_phantom_split_never_shares_a_case():
 
 
 def test_too_few_units_for_the_fractions():
-    with pytest.raises(ConfigError, match="2 units are too few"):
-        split_cases(["a", "b"], 0.3, 0.3, seed=0)
+    with pytest.raises(
+        ConfigError, match=r"4 units are too few.*lower data\.val_fraction and data\.test_fraction"
+    ):
+        split_cases(["a", "b", "c", "d"], 0.45, 0.45, seed=0)
+    assert len(split_cases(["a", "b", "c", "d"], 0.2, 0.2, seed=0)["train"]) == 2  # the advice works
+
+
+def test_slab_split_places_a_short_lesion_in_every_split():
+    """A class on 9 slices of 60: the plain draw (6 slabs of 10) cannot reach three splits."""
+    presence = np.zeros((60, 2), bool)
+    presence[:, 0] = True
+    presence[30:39, 1] = True
+    for seed in range(5):
+        (labels,) = split_slabs([presence], 0.15, 0.2, seed)
+        assert {0, 1, 2} <= set(labels[presence[:, 1]].tolist())
+
+
+def test_slab_split_gives_train_a_class_too_short_for_three_splits():
+    presence = np.zeros((60, 2), bool)
+    presence[:, 0] = True
+    presence[30:33, 1] = True  # three slices: guard gaps leave them to one split at most
+    for seed in range(5):
+        (labels,) = split_slabs([presence], 0.15, 0.2, seed)
+        assert set(labels[presence[:, 1]].tolist()) - {-1} == {0}
+
+
+def test_slab_split_gives_train_and_test_a_class_too_short_for_three_splits():
+    presence = np.zeros((60, 2), bool)
+    presence[:, 0] = True
+    presence[30:34, 1] = True  # four slices: one guard gap inside leaves two splits at most
+    for seed in range(5):
+        (labels,) = split_slabs([presence], 0.15, 0.2, seed)
+        assert set(labels[presence[:, 1]].tolist()) - {-1} == {0, 2}
+
+
+def test_slab_split_keeps_every_split_when_foreground_cannot_reach_it():
+    """Slabs of a short volume can vanish in guard gaps; a split without foreground still needs slices."""
+    presence = np.zeros((10, 1), bool)
+    presence[:2, 0] = True
+    for seed in range(10):
+        (labels,) = split_slabs([presence], 0.15, 0.2, seed)
+        assert {0, 1, 2} <= set(labels.tolist())

@@ -48,3 +48,7 @@ class QuotaError(PrivacySFError):
 
 class ConflictError(PrivacySFError):
     """A request that does not fit the current state of what it names (cancel of a finished job)."""
+
+
+class DataWarning(UserWarning):
+    """A dataset the run can use, but whose scores mean less than they seem (e.g. a split without a class)."""

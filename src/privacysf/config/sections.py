@@ -70,13 +70,24 @@ class DataConfig(ConfigModel):
     num_classes: int | None = Field(None, ge=2)
     """Number of classes including background; read from dataset.json or the registry when unset."""
     drop_empty: bool = True
-    """Drop slices whose mask has no foreground (they still count for nothing in a 2-D Dice)."""
+    """Drop slices whose mask shows no foreground, inside each split once it is made.
+
+    Slabs (fewer than 3 cases) are cut over all slices first: cut over the few labelled slices of a
+    small lesion, their guard gaps would swallow whole splits. Dropping in validation and test too
+    makes their 2-D scores foreground-only: under the empty-mask rule an empty slice scores Dice 1
+    when nothing is predicted and 0 for any predicted pixel, so a split of mostly empty slices would
+    score a network that finds nothing highly, and early stopping on it would reward predicting
+    nothing. The price is that false positives on empty slices go unscored; ``false`` keeps every
+    slice in every split (scores then mix both). A split whose slices show no foreground at all keeps
+    its empty slices rather than vanish, and a ``DataWarning`` says so."""
     val_fraction: float = 0.15
     """Share of the cases held out for validation: every network early-stops on it, so never 0."""
     test_fraction: float = 0.2
     """Share of the cases held out for the test scores, so never 0."""
     seed: int = Field(0, ge=0)
-    """Seed of the case split; the split is a function of (case ids, fractions, seed) only."""
+    """Seed of the split. A case split is a function of (case ids, fractions, seed) only; a slab split
+    (fewer than 3 cases) also of which slices show which class, since its slabs are placed so that
+    every split holds every class the data allows."""
     train_fraction: float = Field(1.0, gt=0, le=1)
     """Share of the training slices kept, drawn with ``seed`` after the split (validation and test
     untouched): for learning curves and for measuring how cost grows with the dataset's size."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,8 +13,8 @@ from privacysf.data.cases import Case
 from privacysf.data.layouts import read_folder
 from privacysf.data.preprocess import SliceSet, slice_case
 from privacysf.data.registry import REGISTRY, get_builtin
-from privacysf.data.split import SPLITS, split_cases, split_slabs
-from privacysf.errors import DataError
+from privacysf.data.split import SPLITS, class_presence, split_cases, split_slabs
+from privacysf.errors import DataError, DataWarning
 
 MIN_CASES_FOR_CASE_SPLIT = 3
 
@@ -115,55 +116,131 @@ def prepare_cases(cases: list[Case], info: DatasetInfo, cfg: DataConfig) -> Prep
         ]
     method = info.normalization if cfg.normalization == "auto" else cfg.normalization
     info.normalization = method
-    sliced = [slice_case(c, cfg.axis, cfg.size, method, cfg.ct_window, cfg.drop_empty) for c in cases]
-    if sum(len(s) for s in sliced) == 0:
-        raise DataError(f"dataset {cfg.dataset!r} has no slice with a labelled structure")
     if len(cases) >= MIN_CASES_FOR_CASE_SPLIT:
-        assignment = split_cases([c.case_id for c in cases], cfg.val_fraction, cfg.test_fraction, cfg.seed)
-        parts = {
-            name: [s for c, s in zip(cases, sliced, strict=True) if c.case_id in assignment[name]]
-            for name in SPLITS
-        }
-        split: dict[str, object] = {"kind": "case", "cases": assignment}
+        parts, split = _split_by_case(cases, cfg, method)
     else:
-        parts = {name: [] for name in SPLITS}
-        for s in sliced:
-            labels = split_slabs(s.slice_index, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-            for code, name in enumerate(SPLITS):
-                parts[name].append(s.subset(labels == code))
-        split = {
-            "kind": "slab",
-            "note": "fewer than 3 cases: each case is split into contiguous slabs along the slice "
-            "axis (5-10 blocks, 1-slice guard gaps); scores are not across patients",
-            "cases": {name: sorted({c.case_id for c in cases}) for name in SPLITS},
-        }
+        parts, split = _split_by_slab(cases, cfg, method, info.num_classes)
     sets = {name: SliceSet.concatenate(parts[name], cfg.size) for name in SPLITS}
+    kept_empty = _keep_foreground(sets) if cfg.drop_empty else []
+    if not any(sets[name].masks.any() for name in SPLITS):
+        raise DataError(
+            f"dataset {cfg.dataset!r} has no slice with a labelled structure: every mask is background "
+            "(check that the masks are the label maps of their images)"
+        )
+    max_label = max(int(s.masks.max()) for s in sets.values())
+    if max_label >= info.num_classes:
+        raise DataError(
+            f"dataset {cfg.dataset!r} has label {max_label} but {info.num_classes} classes are "
+            "declared; set data.num_classes"
+        )
+    _report_coverage(sets, info, split, kept_empty, cfg.dataset)
     if cfg.train_fraction < 1:
         count = max(1, round(cfg.train_fraction * len(sets["train"])))
         keep = np.zeros(len(sets["train"]), bool)
         keep[np.random.default_rng(cfg.seed).permutation(len(keep))[:count]] = True
         sets["train"] = sets["train"].subset(keep)
         split["train_fraction"] = cfg.train_fraction
-    max_label = max(int(s.masks.max()) for s in sets.values() if len(s))
-    if max_label >= info.num_classes:
-        raise DataError(
-            f"dataset {cfg.dataset!r} has label {max_label} but {info.num_classes} classes are "
-            "declared; set data.num_classes"
-        )
     split["slices"] = {name: len(sets[name]) for name in SPLITS}
-    for name in SPLITS:
-        if not len(sets[name]):
-            raise DataError(
-                f"the {name} split of {cfg.dataset!r} is empty; use more cases or slices, or change "
-                "data.val_fraction / data.test_fraction"
-            )
     split["slice_ranges"] = {
-        name: [int(sets[name].slice_index.min()), int(sets[name].slice_index.max())]
-        if len(sets[name])
-        else []
-        for name in SPLITS
+        name: [int(sets[name].slice_index.min()), int(sets[name].slice_index.max())] for name in SPLITS
     }
     return PreparedData(info, sets["train"], sets["val"], sets["test"], split)
+
+
+def _slice_all(cases: list[Case], cfg: DataConfig, method: str, drop_empty: bool) -> list[SliceSet]:
+    return [slice_case(c, cfg.axis, cfg.size, method, cfg.ct_window, drop_empty) for c in cases]
+
+
+def _split_by_case(cases: list[Case], cfg: DataConfig, method: str) -> tuple[dict, dict]:
+    """Whole cases per split; empty slices are dropped while slicing (less memory on large sets),
+    except in a split whose cases show no foreground at all, which keeps them rather than vanish."""
+    assignment = split_cases([c.case_id for c in cases], cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    parts = {}
+    for name in SPLITS:
+        members = [c for c in cases if c.case_id in assignment[name]]
+        parts[name] = _slice_all(members, cfg, method, cfg.drop_empty)
+        if not sum(len(s) for s in parts[name]):
+            parts[name] = _slice_all(members, cfg, method, drop_empty=False)
+    return parts, {"kind": "case", "cases": assignment}
+
+
+def _split_by_slab(cases: list[Case], cfg: DataConfig, method: str, num_classes: int) -> tuple[dict, dict]:
+    """Contiguous slabs of every slice of each case, placed so each split holds every class it can.
+
+    Slabs are cut over all slices, empty ones included, before ``drop_empty``: cut over the few
+    labelled slices of a small lesion, guard gaps would swallow whole splits.
+    """
+    sliced = _slice_all(cases, cfg, method, drop_empty=False)
+    labels = split_slabs(
+        [class_presence(s.masks, num_classes) for s in sliced], cfg.val_fraction, cfg.test_fraction, cfg.seed
+    )
+    parts = {
+        name: [s.subset(case_labels == code) for s, case_labels in zip(sliced, labels, strict=True)]
+        for code, name in enumerate(SPLITS)
+    }
+    for name in SPLITS:
+        if not sum(len(s) for s in parts[name]):
+            shapes = ", ".join(f"{c.case_id} {c.image.shape}" for c in cases)
+            raise DataError(
+                f"the {name} split of {cfg.dataset!r} is empty: with fewer than {MIN_CASES_FOR_CASE_SPLIT} "
+                f"cases each case is cut into slabs along data.axis={cfg.axis}, and ({shapes}) has too few "
+                f"slices along it for {len(SPLITS)} slabs with guard gaps; set data.axis to a longer axis "
+                f"or add cases ({MIN_CASES_FOR_CASE_SPLIT} or more are split by case)"
+            )
+    split = {
+        "kind": "slab",
+        "note": f"fewer than {MIN_CASES_FOR_CASE_SPLIT} cases: each case is split into contiguous slabs "
+        "along the slice axis (5 or more blocks, placed so that every split holds every class the data "
+        "allows; 1-slice guard gaps); scores are not across patients",
+        "cases": {name: sorted({c.case_id for c in cases}) for name in SPLITS},
+    }
+    return parts, split
+
+
+def _keep_foreground(sets: dict[str, SliceSet]) -> list[str]:
+    """``drop_empty`` in place; returns the splits that keep their empty slices, having no other."""
+    kept_empty = []
+    for name in SPLITS:
+        foreground = np.flatnonzero(sets[name].masks.reshape(len(sets[name]), -1).any(axis=1))
+        if len(foreground):
+            sets[name] = sets[name].subset(foreground)
+        else:
+            kept_empty.append(name)
+    return kept_empty
+
+
+def _report_coverage(
+    sets: dict[str, SliceSet], info: DatasetInfo, split: dict, kept_empty: list[str], dataset: str
+) -> None:
+    """Record (and warn about) classes some split holds no pixel of: its scores say nothing of them."""
+    present = {name: set(np.unique(sets[name].masks).tolist()) for name in SPLITS}
+    foreground = sorted(set().union(*present.values()) - {0})
+    missing = {name: [info.class_names[k] for k in foreground if k not in present[name]] for name in SPLITS}
+    split["missing_classes"] = missing
+    split["kept_empty_slices"] = kept_empty
+    lacking = {
+        cls: [name for name in SPLITS if cls in missing[name]]
+        for cls in dict.fromkeys(c for name in SPLITS for c in missing[name])
+    }
+    if not lacking:
+        return
+    where = "; ".join(
+        f"class {cls!r} is absent from the {' and '.join(names)} split" for cls, names in lacking.items()
+    )
+    empty = (
+        f" The {' and '.join(kept_empty)} split shows no foreground at all, so it keeps its empty slices "
+        "despite data.drop_empty."
+        if kept_empty
+        else ""
+    )
+    warnings.warn(
+        DataWarning(
+            f"{dataset!r} ({split['kind']} split): {where}. Scores of such a split say nothing about the "
+            "class, and early stopping on a validation split without it rewards predicting nothing. The "
+            f"class shows on too few slices or cases to reach every split.{empty} Add cases that show it."
+        ),
+        stacklevel=3,
+    )
 
 
 def describe(data: PreparedData) -> dict:
