@@ -174,11 +174,13 @@ class KeyConfig(ConfigModel):
 class MapperConfig(ConfigModel):
     """The server's mapping network over the token sequence.
 
-    ``cnn`` is a residual dilated 1-D CNN (it relies on raster token order); ``transformer`` has
-    learned position embeddings, so a fixed secret permutation of the tokens costs it nothing.
+    ``cnn`` is a residual dilated 1-D CNN over the sequence; ``unet`` folds the sequence back into its
+    token grid and runs a U-Net there (cost linear in the tokens, every token within reach of every
+    other); both rely on raster token order. ``transformer`` has learned position embeddings, so a
+    fixed secret permutation of the tokens costs it nothing.
     """
 
-    kind: Literal["cnn", "transformer"] = "cnn"
+    kind: Literal["cnn", "unet", "transformer"] = "cnn"
     width: int = Field(128, ge=8, multiple_of=8)
     """Channels per token; a multiple of 8 because the cnn normalises in groups of 8 (GroupNorm)."""
     cycles: int = Field(2, ge=1)
@@ -186,7 +188,16 @@ class MapperConfig(ConfigModel):
     kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3
     """Taps of each 1-D convolution of the cnn; odd, so the window is centred on its token."""
     use_position: bool = True
-    """Append each token's (row, column) on the grid, so the mapper knows where a token sits."""
+    """Append each token's (row, column) on the grid, so the mapper knows where a token sits (cnn,
+    unet)."""
+    grid_channels: tuple[Annotated[int, Field(ge=8, le=1024, multiple_of=8)], ...] = Field(
+        (32, 64, 128), min_length=1, max_length=8
+    )
+    """Widths of the unet's levels (``kind=unet`` only): the full token grid first, then each halving
+    of its side; halvings past the last entry keep its width, so each level costs at most a quarter of
+    the one above. Multiples of 8 (GroupNorm in groups of 8)."""
+    res_units: int = Field(2, ge=0, le=4)
+    """Residual units per level of the unet (``kind=unet`` only; MONAI ``UNet``'s ``num_res_units``)."""
     depth: int = Field(2, ge=1)
     """Transformer layers (``kind=transformer`` only)."""
     heads: int = Field(4, ge=1)

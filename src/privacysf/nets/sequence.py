@@ -21,16 +21,22 @@ def dilation_cycle(grid_width: int) -> list[int]:
 
 
 class ResidualDilatedBlock(nn.Module):
-    def __init__(self, width: int, kernel: int, dilation: int) -> None:
+    """Norm, activation, a ``kernel``-wide convolution, then a 1×1 one, added to the input.
+
+    ``dims`` = 1 for token sequences, 2 for the token grid of :mod:`privacysf.nets.grid`.
+    """
+
+    def __init__(self, width: int, kernel: int, dilation: int, dims: int = 1) -> None:
         super().__init__()
         padding = dilation * (kernel - 1) // 2
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
         self.body = nn.Sequential(
             nn.GroupNorm(8, width),
             nn.GELU(),
-            nn.Conv1d(width, width, kernel, padding=padding, dilation=dilation),
+            conv(width, width, kernel, padding=padding, dilation=dilation),
             nn.GroupNorm(8, width),
             nn.GELU(),
-            nn.Conv1d(width, width, 1),
+            conv(width, width, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
