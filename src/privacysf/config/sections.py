@@ -190,7 +190,7 @@ class MapperConfig(ConfigModel):
     use_position: bool = True
     """Append each token's (row, column) on the grid, so the mapper knows where a token sits (cnn,
     unet)."""
-    grid_channels: tuple[Annotated[int, Field(ge=8, le=1024, multiple_of=8)], ...] = Field(
+    grid_channels: tuple[Annotated[int, Field(ge=8, le=512, multiple_of=8)], ...] = Field(
         (32, 64, 128), min_length=1, max_length=8
     )
     """Widths of the unet's levels (``kind=unet`` only): the full token grid first, then each halving

@@ -13,6 +13,7 @@ It is written in torch alone (no MONAI): the server installs without MONAI.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -61,13 +62,13 @@ class GridUNetMapper(nn.Module):
         extra = 2 if use_position else 0
         self.stem = nn.Conv2d(in_channels + extra, widths[0], 3, padding=1)
         self.down = nn.ModuleList(_blocks(w, res_units) for w in widths[:-1])
-        self.pool = nn.ModuleList(nn.Conv2d(a, b, 2, stride=2) for a, b in zip(widths, widths[1:]))
+        self.pool = nn.ModuleList(nn.Conv2d(a, b, 2, stride=2) for a, b in pairwise(widths))
         self.bottom = _blocks(widths[-1], max(res_units, 1))
-        self.unpool = nn.ModuleList(
-            nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths, widths[1:])
-        )
+        self.unpool = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in pairwise(widths))
         self.up = nn.ModuleList(_blocks(w, res_units) for w in widths[:-1])
-        self.head = nn.Sequential(nn.GroupNorm(8, widths[0]), nn.GELU(), nn.Conv2d(widths[0], out_channels, 1))
+        self.head = nn.Sequential(
+            nn.GroupNorm(8, widths[0]), nn.GELU(), nn.Conv2d(widths[0], out_channels, 1)
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         (h, w), n = self.grid, len(tokens)
@@ -82,7 +83,9 @@ class GridUNetMapper(nn.Module):
             skips.append(x)
             x = pool(x)
         x = self.bottom(x)
-        for blocks, unpool, skip in zip(reversed(self.up), reversed(self.unpool), reversed(skips), strict=True):
+        for blocks, unpool, skip in zip(
+            reversed(self.up), reversed(self.unpool), reversed(skips), strict=True
+        ):
             x = blocks(unpool(x) + skip)
         y = self.head(x)[:, :, :h, :w]
         return torch.tanh(y).flatten(2).transpose(1, 2)

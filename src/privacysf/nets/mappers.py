@@ -48,7 +48,9 @@ def build_mapper(
     )
 
 
-def build_task_head(cfg: MapperConfig, grid: tuple[int, int], in_channels: int, out_channels: int) -> nn.Module:
+def build_task_head(
+    cfg: MapperConfig, grid: tuple[int, int], in_channels: int, out_channels: int
+) -> nn.Module:
     """The center's ``task``-mode head, which predicts mask codes from image codes while the image
     encoder trains: a network of the mapper's own kind, so the code is shaped for what will map it.
 
