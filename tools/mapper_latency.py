@@ -17,15 +17,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from privacysf.benchmark.jobs import CLASSES_FOR_SIZES
 from privacysf.benchmark.latency import interleaved_times
 from privacysf.common.markdown import Markdown
 from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.nets.unet import build_unet
+from privacysf.server.mapping import MappingServer
 from privacysf.workflows.inprocess import untrained_pipeline
 
 KINDS = ("cnn", "unet")
+
+
+def gflop(server: MappingServer, message: bytes) -> float:
+    """Arithmetic of one mapping of ``message`` (multiply-adds count two), as torch counts it."""
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        server.map(message)
+    return counter.get_total_flops() / 1e9
 
 
 def measure(size: int, batch: int, repeats: int) -> dict:
@@ -50,6 +59,8 @@ def measure(size: int, batch: int, repeats: int) -> dict:
     with torch.inference_mode():
         times = interleaved_times(calls, torch.device("cpu"), repeats, warmup=1)
     row: dict = {"size": size, "batch": batch, "repeats": repeats}
+    for kind, (_, server) in pipelines.items():
+        row[f"map {kind} GFLOP/image"] = gflop(server, up) / batch
     row |= {f"{name} ms": statistics.median(t) for name, t in times.items()}
     for kind in KINDS:
         totals = [
