@@ -18,7 +18,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from privacysf.nets.sequence import ResidualDilatedBlock
+from privacysf.nets.sequence import ResidualDilatedBlock, grid_positions
 
 
 def halvings(grid: tuple[int, int]) -> int:
@@ -55,10 +55,7 @@ class GridUNetMapper(nn.Module):
         self.multiple = 2**levels
         widths = [channels[min(i, len(channels) - 1)] for i in range(levels + 1)]
         self.position: torch.Tensor
-        rows, cols = torch.meshgrid(
-            torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij"
-        )
-        self.register_buffer("position", torch.stack([rows, cols])[None], persistent=False)
+        self.register_buffer("position", grid_positions(grid)[None], persistent=False)
         extra = 2 if use_position else 0
         self.stem = nn.Conv2d(in_channels + extra, widths[0], 3, padding=1)
         self.down = nn.ModuleList(_blocks(w, res_units) for w in widths[:-1])

@@ -12,6 +12,12 @@ import torch
 from torch import nn
 
 
+def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
+    """(2, h, w): each token's row and column on the grid, scaled to [-1, 1] (the position input)."""
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
+    return torch.stack([rows, cols])
+
+
 def dilation_cycle(grid_width: int) -> list[int]:
     dilations, d = [], 1
     while d < grid_width:
@@ -60,10 +66,7 @@ class SequenceMapper(nn.Module):
         self.grid = grid
         self.use_position = use_position
         self.position: torch.Tensor
-        rows, cols = torch.meshgrid(
-            torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij"
-        )
-        self.register_buffer("position", torch.stack([rows.flatten(), cols.flatten()]), persistent=False)
+        self.register_buffer("position", grid_positions(grid).flatten(1), persistent=False)
         extra = 2 if use_position else 0
         self.stem = nn.Conv1d(in_channels + extra, width, 1)
         blocks = [
