@@ -236,7 +236,7 @@ def test_attack_suite_end_to_end_is_cross_subject_and_the_key_keeps_what_a_looku
     for row in results["settings"]:
         a = row["attacks"]
         assert a["well_posed"]["cross_subject"], a["well_posed"]  # queried subjects never leaked
-        assert row["mapper"] == ("transformer" if "perm" in row["key"] else "cnn")
+        assert row["mapper"] == ("transformer" if "perm" in row["key"] else "unet")
         curve = a["image"]["inversion k=all"]["curve"]
         assert list(curve) == ["5", "20"] and a["image"]["inversion k=all"]["steps"] in (5, 20)
         kinds = {v["kind"] for v in a["image"].values()}

@@ -78,8 +78,9 @@ def test_server_files_hold_no_center_weights(fitted):
     run_dir, _ = fitted
     state = torch.load(run_dir / "server" / "mapper.pt", weights_only=True)
     assert set(state) == {"signature", "epoch", "model"}
-    assert state["signature"]["role"] == "server-mapper" and state["signature"]["kind"] == "cnn"
-    assert {k.split(".")[0] for k in state["model"]} == {"stem", "blocks", "head"}  # the mapper only
+    assert state["signature"]["role"] == "server-mapper" and state["signature"]["kind"] == "unet"
+    parts = {"stem", "down", "pool", "bottom", "unpool", "up", "head"}
+    assert {k.split(".")[0] for k in state["model"]} == parts  # the mapper only
 
 
 def test_segment_a_nifti_file_onto_its_own_grid(fitted, tmp_path):

@@ -319,7 +319,8 @@ def test_a_job_mixing_code_spaces_is_refused_before_it_is_queued(api, other, dif
 
 
 def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
-    """A permuted (keyed) dataset needs ``mapper.kind=transformer``; the cnn is refused with the reason."""
+    """A permuted (keyed) dataset needs ``mapper.kind=transformer``; the default unet is refused with the
+    reason."""
     keyed = api.upload("A", bundle(scan="keyed"), name="keyed").json()
     assert api.wait("A", api.train("A", [keyed["id"]]).json()["id"])["error"].count("transformer") == 1
     transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2}

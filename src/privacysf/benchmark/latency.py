@@ -56,3 +56,21 @@ def query_latency(
     result["total_ms"] = sum(result[f"{stage}_ms"] for stage in STAGES)
     result["per_image_ms"] = result["total_ms"] / len(images)
     return result
+
+
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], device: torch.device, repeats: int, warmup: int
+) -> dict[str, list[float]]:
+    """Milliseconds of each call at every timed repetition, the calls run in turn within each one.
+
+    Taking turns puts every candidate under the same load: on a shared machine a slow spell slows
+    all the calls of a repetition, not only the one that happened to run during it, so medians and
+    per-repetition ratios compare like with like.
+    """
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for run in range(warmup + repeats):
+        for name, fn in calls.items():
+            ms, _ = _timed(fn, device)
+            if run >= warmup:
+                times[name].append(ms)
+    return times

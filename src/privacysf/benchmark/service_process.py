@@ -27,7 +27,7 @@ from privacysf.server.store import Store
 GRID = (4, 4)
 CODE_CHANNELS = 4
 TINY_TRAIN = {"epochs": 2, "batch_size": 8}
-TINY_MAPPER = {"width": 8, "cycles": 1}
+TINY_MAPPER = {"width": 8, "cycles": 1, "grid_channels": [8], "res_units": 0}
 """A mapper trained in seconds (with ``TINY_TRAIN``): map requests need one to reach, not a good one."""
 MiB = 2**20
 

@@ -27,7 +27,7 @@ from privacysf.exchange import CodeBatch, decode_codes, encode_codes, grid_to_to
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvDecoder, ConvEncoder
-from privacysf.nets.sequence import SequenceMapper
+from privacysf.nets.mappers import build_task_head
 
 
 def token_grid(size: int, cfg: CodecConfig) -> tuple[int, int]:
@@ -206,12 +206,10 @@ class TaskObjective:
     """
 
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
-        c, m = cfg.codec, cfg.mapper
+        c = cfg.codec
         self.encoder, self.codec = encoder, codec
         self.grid = token_grid(cfg.data.size, c)
-        self.head = SequenceMapper(
-            c.image_channels, c.mask_channels, self.grid, m.width, m.cycles, m.kernel, m.use_position
-        ).to(device)
+        self.head = build_task_head(cfg.mapper, self.grid, c.image_channels, c.mask_channels).to(device)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         for p in codec.parameters():
             p.requires_grad_(False)

@@ -185,19 +185,32 @@ class KeyConfig(ConfigModel):
 class MapperConfig(ConfigModel):
     """The server's mapping network over the token sequence.
 
-    ``cnn`` is a residual dilated 1-D CNN (it relies on raster token order); ``transformer`` has
-    learned position embeddings, so a fixed secret permutation of the tokens costs it nothing.
+    ``unet`` (the default) folds the sequence back into its token grid and runs a U-Net there: its
+    cost is linear in the tokens and every token is within reach of every other. ``cnn`` is the
+    residual dilated 1-D CNN over the sequence that came before it (about 5× the arithmetic at 128²,
+    6× at 256²). Both rely on raster token order. ``transformer`` has learned position embeddings, so
+    a fixed secret permutation of the tokens costs it nothing.
     """
 
-    kind: Literal["cnn", "transformer"] = "cnn"
+    kind: Literal["unet", "cnn", "transformer"] = "unet"
     width: int = Field(128, ge=8, multiple_of=8)
-    """Channels per token; a multiple of 8 because the cnn normalises in groups of 8 (GroupNorm)."""
+    """Channels per token of the cnn and the transformer; a multiple of 8 because the cnn normalises
+    in groups of 8 (GroupNorm)."""
     cycles: int = Field(2, ge=1)
     """Repeats of the dilation cycle 1, 2, 4, …, grid width (the last reaches the token one row up)."""
     kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3
     """Taps of each 1-D convolution of the cnn; odd, so the window is centred on its token."""
     use_position: bool = True
-    """Append each token's (row, column) on the grid, so the mapper knows where a token sits."""
+    """Append each token's (row, column) on the grid, so the mapper knows where a token sits (cnn,
+    unet)."""
+    grid_channels: tuple[Annotated[int, Field(ge=8, le=512, multiple_of=8)], ...] = Field(
+        (32, 64, 128), min_length=1, max_length=8
+    )
+    """Widths of the unet's levels (``kind=unet`` only): the full token grid first, then each halving
+    of its side; halvings past the last entry keep its width, so each level costs at most a quarter of
+    the one above. Multiples of 8 (GroupNorm in groups of 8)."""
+    res_units: int = Field(2, ge=0, le=4)
+    """Residual units per level of the unet (``kind=unet`` only; MONAI ``UNet``'s ``num_res_units``)."""
     depth: int = Field(2, ge=1)
     """Transformer layers (``kind=transformer`` only)."""
     heads: int = Field(4, ge=1)
@@ -206,7 +219,7 @@ class MapperConfig(ConfigModel):
     """Size of a learned per-center vector appended to every input token when one mapper serves
     several centers whose codecs differ (0 = off: the mapper cannot tell the code spaces apart)."""
     lr: float | None = Field(None, gt=0)
-    """Learning rate of the mapper; unset: ``train.lr`` for the cnn, :data:`TRANSFORMER_LR` for the
+    """Learning rate of the mapper; unset: ``train.lr`` for the unet and cnn, :data:`TRANSFORMER_LR` for the
     transformer (attention needs a smaller step than the convolutions)."""
 
     @field_validator("heads")

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from privacysf.config import MapperConfig
+from privacysf.nets.grid import GridUNetMapper
 from privacysf.nets.sequence import SequenceMapper
 from privacysf.nets.transformer import TokenTransformer
 
@@ -38,6 +39,24 @@ def build_mapper(
         return CenterEmbedded(inner, centers, cfg.center_embedding)
     if cfg.kind == "transformer":
         return TokenTransformer(in_channels, out_channels, grid[0] * grid[1], cfg.width, cfg.depth, cfg.heads)
+    if cfg.kind == "unet":
+        return GridUNetMapper(
+            in_channels, out_channels, grid, cfg.grid_channels, cfg.res_units, cfg.use_position
+        )
     return SequenceMapper(
         in_channels, out_channels, grid, cfg.width, cfg.cycles, cfg.kernel, cfg.use_position
     )
+
+
+def build_task_head(
+    cfg: MapperConfig, grid: tuple[int, int], in_channels: int, out_channels: int
+) -> nn.Module:
+    """The center's ``task``-mode head, which predicts mask codes from image codes while the image
+    encoder trains: a network of the mapper's own kind, so the code is shaped for what will map it.
+
+    The center's head always sees its tokens in raster order (a secret order is applied after), so
+    an order-blind transformer mapper gets the default kind's head instead.
+    """
+    if cfg.order_blind:
+        cfg = cfg.updated(kind=MapperConfig.model_fields["kind"].default)
+    return build_mapper(cfg, grid, in_channels, out_channels)

@@ -12,6 +12,12 @@ import torch
 from torch import nn
 
 
+def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
+    """(2, h, w): each token's row and column on the grid, scaled to [-1, 1] (the position input)."""
+    rows, cols = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
+    return torch.stack([rows, cols])
+
+
 def dilation_cycle(grid_width: int) -> list[int]:
     dilations, d = [], 1
     while d < grid_width:
@@ -21,16 +27,22 @@ def dilation_cycle(grid_width: int) -> list[int]:
 
 
 class ResidualDilatedBlock(nn.Module):
-    def __init__(self, width: int, kernel: int, dilation: int) -> None:
+    """Norm, activation, a ``kernel``-wide convolution, then a 1×1 one, added to the input.
+
+    ``dims`` = 1 for token sequences, 2 for the token grid of :mod:`privacysf.nets.grid`.
+    """
+
+    def __init__(self, width: int, kernel: int, dilation: int, dims: int = 1) -> None:
         super().__init__()
         padding = dilation * (kernel - 1) // 2
+        conv = nn.Conv1d if dims == 1 else nn.Conv2d
         self.body = nn.Sequential(
             nn.GroupNorm(8, width),
             nn.GELU(),
-            nn.Conv1d(width, width, kernel, padding=padding, dilation=dilation),
+            conv(width, width, kernel, padding=padding, dilation=dilation),
             nn.GroupNorm(8, width),
             nn.GELU(),
-            nn.Conv1d(width, width, 1),
+            conv(width, width, 1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,10 +66,7 @@ class SequenceMapper(nn.Module):
         self.grid = grid
         self.use_position = use_position
         self.position: torch.Tensor
-        rows, cols = torch.meshgrid(
-            torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij"
-        )
-        self.register_buffer("position", torch.stack([rows.flatten(), cols.flatten()]), persistent=False)
+        self.register_buffer("position", grid_positions(grid).flatten(1), persistent=False)
         extra = 2 if use_position else 0
         self.stem = nn.Conv1d(in_channels + extra, width, 1)
         blocks = [

@@ -242,10 +242,12 @@ class MappingServer:
 
 
 def _mapper_settings(cfg: MapperConfig) -> dict:
-    """The mapper settings a checkpoint records; the center embedding only when on, so checkpoints
-    made before the option existed still load."""
+    """The mapper settings a checkpoint records; the center embedding only when on and the unet's
+    fields only for the unet, so checkpoints made before those options existed still load."""
     settings = cfg.model_dump()
     del settings["lr"]  # how it was trained, not what shape it has
     if not cfg.center_embedding:
         del settings["center_embedding"]
+    if cfg.kind != "unet":
+        del settings["grid_channels"], settings["res_units"]
     return settings

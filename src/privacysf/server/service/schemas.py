@@ -64,6 +64,8 @@ else:
             "use_position": Field(),
             "depth": Field(le=8),
             "heads": Field(le=16),
+            "grid_channels": Field(),
+            "res_units": Field(),
         },
         "MapperConfig's network settings, capped so one job cannot ask for an absurd network; "
         "``kind=transformer`` learns through a secret token permutation (keyed uploads).",

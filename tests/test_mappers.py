@@ -1,0 +1,98 @@
+"""The server's mapper kinds: what each takes and returns, what it can see, what it costs, its checkpoint."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
+from privacysf.errors import ConfigError
+from privacysf.nets.grid import GridUNetMapper
+from privacysf.nets.mappers import build_mapper, build_task_head
+from privacysf.server.mapping import MappingServer
+
+SMALL_UNET = MapperConfig(kind="unet", grid_channels=(8, 16), res_units=1)
+
+
+def without_group_norm(model: nn.Module) -> nn.Module:
+    """GroupNorm pools statistics over every token, so any token nudges every output through it;
+    without it, what an output depends on is what its convolutions reach."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.GroupNorm):
+                setattr(module, name, nn.Identity())
+    return model.eval()
+
+
+@pytest.mark.parametrize("grid", [(16, 16), (5, 12), (2, 3)])
+def test_the_unet_mapper_maps_token_sequences_to_bounded_codes_on_any_grid(grid):
+    torch.manual_seed(0)
+    model = build_mapper(SMALL_UNET, grid, 3, 5).eval()
+    tokens = 50 * torch.randn(2, grid[0] * grid[1], 3)
+    codes = model(tokens)
+    assert codes.shape == (2, grid[0] * grid[1], 5)
+    assert codes.abs().max() <= 1 and codes.std() > 0
+    # the second code of a batch is mapped as if it came alone (no statistics across the batch)
+    torch.testing.assert_close(model(tokens[1:]), codes[1:])
+
+
+def test_the_unet_mapper_sees_the_whole_grid_where_the_cnn_sees_a_few_rows():
+    """A change to the first token (top-left corner) reaches the output at the bottom-right corner."""
+    torch.manual_seed(0)
+    grid = (32, 32)
+    tokens = torch.rand(1, 1024, 4)
+    moved = tokens.clone()
+    moved[0, 0] += 1
+    reach = {}
+    for kind in ("unet", "cnn"):
+        model = without_group_norm(
+            build_mapper(MapperConfig(kind=kind, width=16, grid_channels=(8, 16)), grid, 4, 4)
+        )
+        with torch.no_grad():
+            reach[kind] = (model(moved) - model(tokens))[0, -1].abs().max().item()
+    assert reach["unet"] > 0
+    assert reach["cnn"] == 0  # its dilations reach 2 x 63 tokens either way: four rows of 32
+
+
+def flops(model: nn.Module, tokens: int) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, tokens, 4))
+    return counter.get_total_flops()
+
+
+def test_the_unet_mappers_arithmetic_grows_linearly_with_the_tokens():
+    """Sixteen times the tokens (grid 16 -> 64) cost at most 10 % more per token (the coarse levels
+    added cost a quarter of the one above, and so on); the cnn's depth grows with log2 of the grid
+    side, so its cost per token grows by the blocks added (5 -> 7 per dilation cycle)."""
+    per_grid = {
+        kind: [flops(build_mapper(MapperConfig(kind=kind), (s, s), 4, 4), s * s) for s in (16, 64)]
+        for kind in ("unet", "cnn")
+    }
+    unet, cnn = per_grid["unet"], per_grid["cnn"]
+    assert unet[1] <= 16 * 1.1 * unet[0]
+    assert cnn[1] >= 16 * 1.3 * cnn[0]
+    assert cnn[1] > 5 * unet[1]  # at 256² images with the default codec
+
+
+def test_the_task_head_is_the_mappers_kind_and_never_the_order_blind_transformer():
+    grid = (8, 8)
+    assert isinstance(build_task_head(SMALL_UNET, grid, 4, 4), GridUNetMapper)
+    head = build_task_head(MapperConfig(kind="transformer", width=16, heads=2), grid, 4, 4)
+    default = build_mapper(MapperConfig(width=16), grid, 4, 4)
+    assert type(head) is type(default)  # the center's head sees raster order; no permutation to learn
+
+
+def test_a_unet_checkpoint_records_its_levels_and_a_cnn_checkpoint_keeps_its_old_signature(tmp_path):
+    def server(cfg: MapperConfig) -> MappingServer:
+        return MappingServer(cfg, AugmentConfig(), TrainConfig(device="cpu"))
+
+    unet = server(SMALL_UNET)
+    unet.initialise((8, 8), 4, 4)
+    unet.save(tmp_path / "unet.pt")
+    server(SMALL_UNET).load(tmp_path / "unet.pt", (8, 8), 4, 4)
+    with pytest.raises(ConfigError, match=r"grid_channels: checkpoint \(8, 16\) vs run \(8, 32\)"):
+        server(SMALL_UNET.updated(grid_channels=(8, 32))).load(tmp_path / "unet.pt", (8, 8), 4, 4)
+    cnn = server(MapperConfig(kind="cnn", width=16))
+    cnn.initialise((8, 8), 4, 4)
+    # made before the unet existed, a cnn checkpoint names none of its fields
+    assert "grid_channels" not in cnn.signature and "res_units" not in cnn.signature
