@@ -8,7 +8,7 @@ new one (the adversarial ``private`` mode) is one more entry, not a new branch t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from torch import nn
 from privacysf.common.torchutil import apply_in_batches
 from privacysf.common.training import FitResult, fit
 from privacysf.config import CodecConfig, ExperimentConfig
-from privacysf.data.loader import batched, slice_batches
+from privacysf.data.loader import batched, mask_batches, slice_batches
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, DataError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, grid_to_tokens, tokens_to_grid
@@ -136,10 +136,10 @@ def train_mask_codec(
 ) -> tuple[MaskCodec, FitResult]:
     """Train on ground-truth masks as they will be sent: codes rounded to ``codec.wire_dtype``.
 
-    The code is rounded as the wire rounds it (straight-through gradient), then noise is added so the
-    decoder also absorbs mapping errors; validation scores masks decoded from codes that made a real
-    trip over the wire, so early stopping keeps the epoch that works as sent, not the one that works in
-    float.
+    Batches are label maps only (:func:`codec_batches`). The code is rounded as the wire rounds it
+    (straight-through gradient), then noise is added so the decoder also absorbs mapping errors;
+    validation scores masks decoded from codes that made a real trip over the wire, so early stopping
+    keeps the epoch that works as sent, not the one that works in float.
 
     ``initial`` (``{"model": state_dict}``) starts from given weights: a federated round starts from the
     averaged codec.
@@ -151,8 +151,7 @@ def train_mask_codec(
     grid = token_grid(cfg.data.size, cfg.codec)
     wire_dtype = cfg.codec.wire_dtype
 
-    def step(batch):
-        _, y = batch
+    def step(y):
         sent = wire_rounding(codec.encode(y), wire_dtype)
         noisy = sent + cfg.codec.code_noise * torch.randn_like(sent)
         return loss_fn(codec.decode(noisy), y[:, None])
@@ -161,10 +160,9 @@ def train_mask_codec(
         tokens = through_wire(encode_masks(codec, val.masks, device), grid, "mask", wire_dtype)
         return mean_dice(decode_masks(codec, tokens, grid, device), val.masks, num_classes)
 
-    batches = slice_batches(train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed, device)
     result = fit(
         codec,
-        batches,
+        codec_batches(cfg, train, device),
         step,
         validate,
         cfg.train,
@@ -173,6 +171,16 @@ def train_mask_codec(
         codec_signature(cfg, num_classes, "mask-codec"),
     )
     return codec, result
+
+
+def codec_batches(cfg: ExperimentConfig, train: SliceSet, device: torch.device) -> Callable[[int], Iterable]:
+    """The mask codec's training batches of label maps: ``codec.mask_steps`` reshaped draws an epoch,
+    or (0) one pass over the training masks with the images' flips."""
+    t = cfg.train
+    if cfg.codec.mask_steps:
+        return mask_batches(train.masks, t.batch_size, cfg.codec.mask_steps, t.augment, t.seed, device)
+    passes = slice_batches(train, t.batch_size, t.augment, t.seed, device)
+    return lambda epoch: (masks for _, masks in passes(epoch))
 
 
 class AutoencoderObjective:
