@@ -1,11 +1,12 @@
-"""Mask-codec ceiling on each seed's test split: what a split rule puts in front of the scores.
+"""Mask-codec ceiling per seed and split: the mask codec alone, as ``privacysf fit`` trains it.
 
-It prepares a dataset as ``privacysf fit`` would (default settings, so the demo's on icbm152-tissue),
-trains only the mask codec on the train split (validation for early stopping) and scores true masks of
-each split through the codec and the int8 wire. A codec trains in a fraction of a fit's time, so two
-split rules can be compared over several seeds: run it once on each tree.
+It prepares a dataset as ``fit`` would (default settings and any ``--set``), trains only the mask
+codec on the train split (validation for early stopping) and scores the true masks of each split
+through the codec and the int8 wire. A codec trains in a fraction of a fit's time, so split rules
+(run it on each tree) and codec settings can be compared over several seeds.
 
-    .venv/bin/python tools/split_ceiling.py icbm152-tissue --seeds 0 1 2
+    .venv/bin/python tools/codec_ceiling.py icbm152-tissue --seeds 0 1 2
+    .venv/bin/python tools/codec_ceiling.py totalseg-mr --seeds 0 --set codec.mask_steps=0
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ def main() -> None:
     parser.add_argument("dataset")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     for seed in args.seeds:
-        cfg = ExperimentConfig.model_validate(
-            {"data": {"dataset": args.dataset, "seed": seed}, "train": {"seed": seed}}
-        )
+        settings = [f"data.dataset={args.dataset}", f"data.seed={seed}", f"train.seed={seed}"]
+        cfg = ExperimentConfig().override([*settings, *args.overrides])
         data = prepare(cfg.data)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
