@@ -57,22 +57,20 @@ def test_slab_split_places_a_short_lesion_in_every_split():
         assert {0, 1, 2} <= set(labels[presence[:, 1]].tolist())
 
 
-def test_slab_split_gives_train_a_class_too_short_for_three_splits():
+@pytest.mark.parametrize(
+    ("slices", "splits"),
+    [
+        (3, {0}),  # three slices: guard gaps leave them to one split at most
+        (4, {0, 2}),  # four slices: one guard gap inside leaves two splits at most
+    ],
+)
+def test_slab_split_gives_a_class_too_short_for_three_splits_to_train_then_test(slices, splits):
     presence = np.zeros((60, 2), bool)
     presence[:, 0] = True
-    presence[30:33, 1] = True  # three slices: guard gaps leave them to one split at most
+    presence[30 : 30 + slices, 1] = True
     for seed in range(5):
         (labels,) = split_slabs([presence], 0.15, 0.2, seed)
-        assert set(labels[presence[:, 1]].tolist()) - {-1} == {0}
-
-
-def test_slab_split_gives_train_and_test_a_class_too_short_for_three_splits():
-    presence = np.zeros((60, 2), bool)
-    presence[:, 0] = True
-    presence[30:34, 1] = True  # four slices: one guard gap inside leaves two splits at most
-    for seed in range(5):
-        (labels,) = split_slabs([presence], 0.15, 0.2, seed)
-        assert set(labels[presence[:, 1]].tolist()) - {-1} == {0, 2}
+        assert set(labels[presence[:, 1]].tolist()) - {-1} == splits
 
 
 def test_slab_split_keeps_every_split_when_foreground_cannot_reach_it():
