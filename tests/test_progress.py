@@ -10,13 +10,15 @@ from privacysf.cli import main
 from privacysf.common.training import fit
 from privacysf.config import TrainConfig
 
+EPOCHS = 8
+"""With patience 1, enough epochs that some network has one without progress and stops early."""
 TINY_FIT = [
     "--dataset",
     "phantom",
     "--size",
     "32",
     "--epochs",
-    "4",
+    str(EPOCHS),
     "--quiet",
     "--set",
     "data.phantom_cases=12",
@@ -82,15 +84,15 @@ def test_quiet_fit_prints_one_line_per_network_and_reports_the_epochs_run(tmp_pa
     (run_dir,) = tmp_path.iterdir()
     histories = json.loads((run_dir / "history.json").read_text())
     report = (run_dir / "report.md").read_text()
-    assert "at most 4 epochs per network" in report
+    assert f"at most {EPOCHS} epochs per network" in report
     rows = {cells[0]: cells[1:] for cells in _table_rows(report, "network")}
     for name, line in stages.items():
         history = histories[HISTORY_NAMES[name]]
         best = max(range(len(history)), key=lambda i: (history[i]["val_score"], -i))
-        trained, stopped = str(len(history)), len(history) < 4
+        trained, stopped = str(len(history)), len(history) < EPOCHS
         assert (line["epochs"], bool(line["early"]), line["best"]) == (trained, stopped, str(best + 1))
         assert rows[REPORT_NAMES[name]][:3] == [trained, "yes" if stopped else "no", str(best + 1)]
-    # patience 1 over 4 epochs: at least one network stops early, so "epochs run" differs from the setting
+    # patience 1 over EPOCHS epochs: at least one network stops early, so "epochs run" differs from the setting
     assert any(line["early"] for line in stages.values())
 
 
