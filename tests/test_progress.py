@@ -92,7 +92,7 @@ def test_quiet_fit_prints_one_line_per_network_and_reports_the_epochs_run(tmp_pa
         trained, stopped = str(len(history)), len(history) < EPOCHS
         assert (line["epochs"], bool(line["early"]), line["best"]) == (trained, stopped, str(best + 1))
         assert rows[REPORT_NAMES[name]][:3] == [trained, "yes" if stopped else "no", str(best + 1)]
-    # patience 1 over EPOCHS epochs: at least one network stops early, so "epochs run" differs from the setting
+    # patience 1: at least one network stops early, so "epochs run" differs from the setting
     assert any(line["early"] for line in stages.values())
 
 
