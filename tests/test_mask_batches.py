@@ -5,8 +5,9 @@ import torch
 
 from privacysf.center.codecs import build_image_encoder, token_grid, train_mask_codec
 from privacysf.center.pipeline import Center, mask_ceiling
-from privacysf.config import ExperimentConfig
-from privacysf.data.loader import mask_batches
+from privacysf.common.training import epoch_order
+from privacysf.config import CodecConfig, ExperimentConfig, TrainConfig
+from privacysf.data.loader import class_balanced_weights, mask_batches, paste_shapes
 from privacysf.data.prepare import prepare
 
 CPU = torch.device("cpu")
@@ -21,9 +22,15 @@ def _masks() -> np.ndarray:
     return masks
 
 
+def _draws(masks, batch_size, steps, augment, seed=0, balance=True, paste=0.0):
+    train = TrainConfig(batch_size=batch_size, augment=augment, seed=seed)
+    codec = CodecConfig(mask_steps=steps, balance_classes=balance, paste_shapes=paste)
+    return mask_batches(masks, 3, train, codec, CPU)
+
+
 def test_each_epoch_holds_the_configured_steps_of_reshaped_labels_and_is_seeded():
     masks = _masks()
-    batches = mask_batches(masks, batch_size=4, steps=5, augment=True, seed=0, device=CPU)
+    batches = _draws(masks, batch_size=4, steps=5, augment=True)
     epoch = list(batches(0))
     assert len(epoch) == 5 and all(b.shape == (4, 32, 32) and b.dtype == torch.long for b in epoch)
     drawn = torch.cat(epoch).numpy()
@@ -31,16 +38,44 @@ def test_each_epoch_holds_the_configured_steps_of_reshaped_labels_and_is_seeded(
     reshaped = [m for m in drawn if not any(np.array_equal(m, original) for original in masks)]
     assert len(reshaped) >= len(drawn) // 2
     assert any((m == 2).any() for m in reshaped)  # the lesion survives reshaping
-    again = mask_batches(masks, batch_size=4, steps=5, augment=True, seed=0, device=CPU)
+    again = _draws(masks, batch_size=4, steps=5, augment=True)
     np.testing.assert_array_equal(torch.cat(list(again(0))).numpy(), drawn)
     assert not np.array_equal(torch.cat(list(batches(1))).numpy(), drawn)
 
 
-def test_without_augmentation_every_draw_is_a_training_mask():
+def test_without_augmentation_every_draw_is_a_training_mask_even_with_shapes_asked_for():
     masks = _masks()
-    drawn = torch.cat(list(mask_batches(masks, 4, 6, False, 0, CPU)(0))).numpy()
+    drawn = torch.cat(list(_draws(masks, 4, 6, False, paste=1.0)(0))).numpy()
     assert len(drawn) == 24
     assert all(any(np.array_equal(m, original) for original in masks) for m in drawn)
+
+
+def test_balanced_draws_show_a_rare_class_as_often_as_a_common_one():
+    """A lesion on 2 of 40 slices: uniform draws show it on 5 % of maps, balanced draws on about a
+    third (organ, lesion and empty slices each get a third of the draws)."""
+    masks = np.zeros((40, 16, 16), np.int64)
+    masks[:30, 2:12, 2:12] = 1
+    masks[:2, 4:7, 4:7] = 2
+    weights = class_balanced_weights(masks)
+    np.testing.assert_allclose(weights.sum(), 1.0)
+    assert weights[0] > 10 * weights[10] > 0 and weights[35] > weights[10]
+
+    def lesion_share(balance: bool) -> float:
+        drawn = torch.cat(list(_draws(masks, 8, 50, False, balance=balance)(0))).numpy()
+        return float((drawn == 2).any(axis=(1, 2)).mean())
+
+    assert lesion_share(False) < 0.12 and 0.25 < lesion_share(True) < 0.45
+
+
+def test_pasted_shapes_add_every_class_in_sizes_down_to_a_few_pixels():
+    masks = np.zeros((200, 64, 64), np.int64)
+    pasted = paste_shapes(masks, 4, 0.5, np.random.default_rng(0))
+    changed = pasted.reshape(200, -1).any(axis=1)
+    assert 0.4 < changed.mean() < 0.6  # the share asked for, and only there
+    assert set(np.unique(pasted)) == {0, 1, 2, 3}
+    areas = [int((m == k).sum()) for m in pasted for k in (1, 2, 3) if (m == k).any()]
+    assert min(areas) < 30 and max(areas) > 150
+    np.testing.assert_array_equal(masks, 0)  # the drawn maps themselves are left alone
 
 
 def test_a_few_slice_set_gets_a_codec_that_keeps_its_masks():
@@ -59,3 +94,12 @@ def test_a_few_slice_set_gets_a_codec_that_keeps_its_masks():
         center = Center(run, codec, build_image_encoder(run.codec), token_grid(64, run.codec), CPU)
         ceilings[steps] = mask_ceiling(center, data.test.masks, data.info.num_classes, "int8")
     assert ceilings[16] > ceilings[0] + 0.1, ceilings
+
+
+def test_a_small_set_gets_min_steps_an_epoch_and_a_large_one_keeps_its_single_pass():
+    few = epoch_order(16, 8, 12, seed=3)
+    assert len(few) == 12 and all(len(b) == 8 for b in few)
+    np.testing.assert_array_equal(np.bincount(np.concatenate(few)), 6)  # each slice 6 times
+    many = epoch_order(200, 8, 12, seed=3)
+    assert len(many) == 25
+    np.testing.assert_array_equal(np.concatenate(many), np.random.default_rng(3).permutation(200))

@@ -17,12 +17,35 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from privacysf.center.codecs import build_image_encoder, token_grid, train_mask_codec
 from privacysf.center.pipeline import Center, mask_ceiling
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import prepare
+
+SMALL_PX = 30
+"""Per class, the ceiling is also given over the test slices holding at least this many of its pixels."""
+
+
+def per_class_ceiling(center: Center, masks: np.ndarray, class_names: list[str]) -> dict[str, dict]:
+    """Each class's int8 ceiling over the slices whose truth holds it, and over those with ≥ 30 px."""
+    decoded = center.decode_message(center.mask_message(masks, "int8"))
+    out = {}
+    for k, name in enumerate(class_names[1:], start=1):
+        truth, pred = masks == k, decoded == k
+        area = truth.sum(axis=(1, 2))
+        dice = 2 * (truth & pred).sum(axis=(1, 2)) / np.maximum(area + pred.sum(axis=(1, 2)), 1)
+        if area.any():
+            big = area >= SMALL_PX
+            out[name] = {
+                "present": round(float(dice[area > 0].mean()), 4),
+                "n": int((area > 0).sum()),
+                f"ge{SMALL_PX}px": round(float(dice[big].mean()), 4) if big.any() else None,
+                f"n_ge{SMALL_PX}px": int(big.sum()),
+            }
+    return out
 
 
 def main() -> None:
@@ -51,7 +74,12 @@ def main() -> None:
             name: round(mask_ceiling(center, part.masks, data.info.num_classes, "int8"), 4)
             for name, part in data.splits().items()
         }
-        row = {"seed": seed, "ceiling_int8": ceilings, "slices": data.split["slices"]}
+        row = {
+            "seed": seed,
+            "ceiling_int8": ceilings,
+            "test_per_class": per_class_ceiling(center, data.test.masks, data.info.class_names),
+            "slices": data.split["slices"],
+        }
         print(
             json.dumps(
                 {**row, "ranges": data.split["slice_ranges"], "seconds": round(time.perf_counter() - start)}

@@ -162,7 +162,7 @@ def train_mask_codec(
 
     result = fit(
         codec,
-        codec_batches(cfg, train, device),
+        codec_batches(cfg, train, num_classes, device),
         step,
         validate,
         cfg.train,
@@ -173,13 +173,15 @@ def train_mask_codec(
     return codec, result
 
 
-def codec_batches(cfg: ExperimentConfig, train: SliceSet, device: torch.device) -> Callable[[int], Iterable]:
+def codec_batches(
+    cfg: ExperimentConfig, train: SliceSet, num_classes: int, device: torch.device
+) -> Callable[[int], Iterable]:
     """The mask codec's training batches of label maps: ``codec.mask_steps`` reshaped draws an epoch,
     or (0) one pass over the training masks with the images' flips."""
     t = cfg.train
     if cfg.codec.mask_steps:
-        return mask_batches(train.masks, t.batch_size, cfg.codec.mask_steps, t.augment, t.seed, device)
-    passes = slice_batches(train, t.batch_size, t.augment, t.seed, device)
+        return mask_batches(train.masks, num_classes, t, cfg.codec, device)
+    passes = slice_batches(train, t, device)
     return lambda epoch: (masks for _, masks in passes(epoch))
 
 
@@ -309,7 +311,7 @@ def train_image_encoder(
     if initial:
         for name, module in {"model": encoder, **objective.modules()}.items():
             module.load_state_dict(initial[name])
-    batches = slice_batches(train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed + 1, device)
+    batches = slice_batches(train, cfg.train, device, seed_offset=1)
     result = fit(
         encoder,
         batches,

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -84,6 +85,20 @@ class FitResult:
             "seconds_per_epoch": round(self.seconds_per_epoch, 3),
             **(self.memory.to_dict() if self.memory else {}),
         }
+
+
+def epoch_order(n: int, batch_size: int, min_steps: int, seed: int) -> list[np.ndarray]:
+    """An epoch's batches of indices into ``n`` items: one shuffled pass, or as many passes as it
+    takes to make ``min_steps`` batches.
+
+    Early stopping counts epochs, so a set of 16 slices (2 batches an epoch) would stop after 20
+    optimiser steps without progress; repeating passes within an epoch gives every set at least
+    ``min_steps`` steps between two validations. One pass is the order it always was.
+    """
+    passes = max(1, math.ceil(min_steps / math.ceil(n / batch_size)))
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([rng.permutation(n) for _ in range(passes)])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def fit(

@@ -120,6 +120,11 @@ class TrainConfig(ConfigModel):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(3e-3, gt=0)
+    min_steps: int = Field(12, ge=1)
+    """Fewest optimiser steps in an epoch of the image encoder, the server mapper and the raw U-Net: a
+    set with fewer than ``min_steps`` batches is passed over several times an epoch, so early stopping
+    (``patience`` epochs) never ends a few-slice run after a handful of steps (16 slices, batch 8:
+    2 steps an epoch otherwise). Sets of ``min_steps × batch_size`` slices or more keep one pass."""
     patience: int = Field(10, ge=1)
     """Early stopping: epochs without a better validation score before stopping."""
     augment: bool = True
@@ -169,6 +174,12 @@ class CodecConfig(ConfigModel):
     The codec sees masks only, so it can learn from shapes no image has to match; and a set of 10
     slices would give it 2 steps an epoch (int8 test ceiling on totalseg-mr, 30 epochs: 0.529 with
     one pass per epoch, 0.969 with 40 such steps). 0: one pass over the training masks per epoch."""
+    balance_classes: bool = True
+    """Draw the mask codec's label maps so that each class, and "no foreground", is drawn about
+    equally often (with ``mask_steps``), so a class on few slices is not left out of the code."""
+    paste_shapes: Probability = 0.5
+    """Share of the mask codec's drawn label maps (with ``mask_steps`` and ``train.augment``) given 1-3
+    random ellipses of random classes, a few pixels and up: shapes the training slices lack."""
     image_mode: ImageMode = "task"
     """How the image encoder is trained: ``autoencoder`` (image decoder), ``task`` (mask-code head) or
     ``private`` (``task`` plus an in-the-loop attacker decoder whose reconstruction it must spoil)."""

@@ -15,6 +15,8 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
+from privacysf.common.training import epoch_order
+from privacysf.config import CodecConfig, TrainConfig
 from privacysf.data.preprocess import SliceSet
 
 
@@ -31,9 +33,12 @@ def augmentation() -> Compose:
 
 
 def slice_batches(
-    slices: SliceSet, batch_size: int, augment: bool, seed: int, device: torch.device
+    slices: SliceSet, train: TrainConfig, device: torch.device, seed_offset: int = 0
 ) -> Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]:
-    """``epoch -> batches`` of (images (B,1,H,W), masks (B,H,W)), reshuffled per epoch from ``seed``."""
+    """``epoch -> batches`` of (images (B,1,H,W), masks (B,H,W)), reshuffled per epoch from
+    ``train.seed + seed_offset``, at least ``train.min_steps`` of them
+    (:func:`~privacysf.common.training.epoch_order`), augmented when ``train.augment``."""
+    batch_size, augment, seed = train.batch_size, train.augment, train.seed + seed_offset
     transform = augmentation() if augment else None
     if transform is not None:
         transform.set_random_state(seed)
@@ -41,9 +46,7 @@ def slice_batches(
     masks = torch.from_numpy(slices.masks)
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = np.random.default_rng(seed + epoch).permutation(len(slices))
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
+        for index in epoch_order(len(slices), batch_size, train.min_steps, seed + epoch):
             x, y = images[index], masks[index]
             if transform is not None:
                 items = [transform({"image": x[i], "mask": y[i][None]}) for i in range(len(index))]
@@ -75,23 +78,69 @@ def shape_augmentation() -> Compose:
     )
 
 
+def class_balanced_weights(masks: np.ndarray) -> np.ndarray:
+    """Draw probability of each label map such that every class, and "no foreground", is drawn about
+    equally often: each slice gets 1 / (slices holding the class) for each class it holds.
+
+    Uniform draws show a class in proportion to the slices holding it, so a lesion on 3 of 60 slices
+    is 5 % of what the codec learns from and its code can be spent on the large organs instead.
+    """
+    flat = masks.reshape(len(masks), -1)
+    num_classes = int(flat.max()) + 1
+    present = np.zeros((len(masks), num_classes), bool)
+    for k in range(1, num_classes):
+        present[:, k] = (flat == k).any(axis=1)
+    present[:, 0] = ~present[:, 1:].any(axis=1)
+    held = present.sum(axis=0)
+    weights = (present / np.maximum(held, 1)).sum(axis=1)
+    return weights / weights.sum()
+
+
+def paste_shapes(masks: np.ndarray, num_classes: int, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``masks`` with 1-3 random ellipses of random foreground classes painted over a ``share`` of them.
+
+    The mask codec only has to code label maps, not match an image, so shapes of every class, of every
+    size from a few pixels up and in every place, teach it what a few training slices cannot: a small
+    structure of a class it has seen only large, or only in one place, still gets a code.
+    """
+    out = masks.copy()
+    size = masks.shape[-1]
+    rows, cols = np.mgrid[: masks.shape[-2], :size]
+    for i in np.flatnonzero(rng.random(len(out)) < share):
+        for _ in range(rng.integers(1, 4)):
+            centre = rng.uniform(0, size, 2)
+            radii = rng.uniform(1.5, 0.15 * size, 2)
+            angle = rng.uniform(0, np.pi)
+            dy, dx = rows - centre[0], cols - centre[1]
+            u = (dy * np.cos(angle) + dx * np.sin(angle)) / radii[0]
+            v = (-dy * np.sin(angle) + dx * np.cos(angle)) / radii[1]
+            out[i][u**2 + v**2 <= 1] = rng.integers(1, num_classes)
+    return out
+
+
 def mask_batches(
-    masks: np.ndarray, batch_size: int, steps: int, augment: bool, seed: int, device: torch.device
+    masks: np.ndarray, num_classes: int, train: TrainConfig, codec: CodecConfig, device: torch.device
 ) -> Callable[[int], Iterator[torch.Tensor]]:
-    """``epoch -> steps`` batches of (B, H, W) label maps drawn with replacement from ``masks``, each
-    reshaped by :func:`shape_augmentation` when ``augment``: an epoch as long as the codec needs,
-    whatever the number of training slices."""
-    transform = shape_augmentation() if augment else None
+    """``epoch -> codec.mask_steps`` batches of (B, H, W) label maps drawn with replacement from
+    ``masks`` (:func:`class_balanced_weights` when ``codec.balance_classes``, else uniformly), each
+    reshaped by :func:`shape_augmentation` and given :func:`paste_shapes` when ``train.augment``: an
+    epoch as long as the codec needs, whatever the number of training slices."""
+    transform = shape_augmentation() if train.augment else None
     if transform is not None:
-        transform.set_random_state(seed)
+        transform.set_random_state(train.seed)
     labels = torch.from_numpy(masks)
+    weights = class_balanced_weights(masks) if codec.balance_classes else None
+    share = codec.paste_shapes if train.augment and num_classes > 1 else 0.0
 
     def batches(epoch: int) -> Iterator[torch.Tensor]:
-        draws = np.random.default_rng([seed, epoch]).integers(len(labels), size=(steps, batch_size))
+        rng = np.random.default_rng([train.seed, epoch])
+        draws = rng.choice(len(labels), size=(codec.mask_steps, train.batch_size), p=weights)
         for index in draws:
             y = labels[index]
             if transform is not None:
                 y = torch.stack([torch.as_tensor(transform({"mask": m[None]})["mask"])[0] for m in y])
+            if share:
+                y = torch.from_numpy(paste_shapes(y.long().numpy(), num_classes, share, rng))
             yield y.long().to(device)
 
     return batches

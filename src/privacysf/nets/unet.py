@@ -79,7 +79,7 @@ def train_unet(
     def validate() -> float:
         return mean_dice(predict_labels(model, val.images, device), val.masks, k)
 
-    batches = slice_batches(data.train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed, device)
+    batches = slice_batches(data.train, cfg.train, device)
     result = fit(model, batches, step, validate, cfg.train, "raw U-Net", checkpoint, unet_signature(cfg, k))
     return model, result
 

@@ -53,7 +53,7 @@ def train_reference(cfg: ExperimentConfig, data, device: torch.device):
     """The reference's center and server, trained; returns them with each stage's fit result."""
     _check_size(cfg.data.size)
     k = data.info.num_classes
-    batches = slice_batches(data.train, cfg.train.batch_size, cfg.train.augment, cfg.train.seed, device)
+    batches = slice_batches(data.train, cfg.train, device)
 
     image_encoder, image_decoder = MultiScaleEncoder(1).to(device), MultiScaleDecoder(1).to(device)
 

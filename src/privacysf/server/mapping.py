@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from privacysf.common.torchutil import load_checkpoint, resolve_device, save_checkpoint
-from privacysf.common.training import EpochHook, FitResult, fit
+from privacysf.common.training import EpochHook, FitResult, epoch_order, fit
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
@@ -114,9 +114,8 @@ class MappingServer:
         g = torch.Generator().manual_seed(cfg.seed)
 
         def batches(epoch: int):
-            order = torch.from_numpy(np.random.default_rng(cfg.seed + epoch).permutation(len(tx)))
-            for start in range(0, len(order), cfg.batch_size):
-                index = order[start : start + cfg.batch_size]
+            for order in epoch_order(len(tx), cfg.batch_size, cfg.min_steps, cfg.seed + epoch):
+                index = torch.from_numpy(order)
                 bx, by = augment_pairs(tx[index], ty[index], grid, steps, g)
                 yield bx.to(device), by.to(device), tc[index].to(device)
 

@@ -19,9 +19,8 @@ from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData
 from privacysf.errors import ConfigError
 from privacysf.exchange import WIRE_DTYPES
-from privacysf.metrics import score_classes, segmentation_scores
 from privacysf.metrics.evaluation import save_test_overlays, score_test
-from privacysf.metrics.segmentation import Scored
+from privacysf.metrics.segmentation import Summary
 from privacysf.nets.unet import predict_labels, train_unet
 from privacysf.workflows.fit_report import save_code_pictures, write_report
 from privacysf.workflows.inprocess import fit_server, load_server, payload_bytes
@@ -105,13 +104,11 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     return run_dir, metrics
 
 
-def ceiling_by_class(center: Center, data: PreparedData, dtype: str) -> Scored:
-    """The mask-codec ceiling (true test masks through the codec and the wire in ``dtype``) per class,
-    with the same empty-mask rule, foreground-only figures and absent-class flags as the test scores."""
-    test = data.test
-    decoded = center.decode_message(center.mask_message(test.masks, dtype))
-    scores = segmentation_scores(decoded, test.masks, data.info.num_classes, test.spacing)
-    return score_classes(scores, data.info.class_names)
+def ceiling_by_class(center: Center, data: PreparedData, dtype: str) -> Summary:
+    """The mask-codec ceiling (true test masks through the codec and the wire in ``dtype``), scored as
+    the test predictions are: per class, empty-mask rule and foreground-only, absent classes flagged,
+    and per case in 3-D, so a method's 3-D Dice stands beside the best it could reach."""
+    return score_test(center.decode_message(center.mask_message(data.test.masks, dtype)), data)
 
 
 def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[ExperimentConfig, Center]:

@@ -152,6 +152,10 @@ def _facts(metrics: dict) -> list[str]:
     """The figures beside the table: codec ceiling, per-case Dice, ratio, payload, training time."""
     p = metrics["privacysf"]
     facts = [f"Mask-codec ceiling (round-trip Dice of true test masks): {p['mask_codec_ceiling_dice']:.3f}"]
+    ceiling = p.get("mask_codec_ceiling_scores_by_wire_dtype", {}).get(p["wire_dtype"], {})
+    ceiling_3d = ceiling.get("per_case_3d", {}).get("foreground_only", {}).get("mean")
+    if ceiling_3d:  # runs from before the ceiling was scored per case in 3-D lack it
+        facts.append(f"Mask-codec ceiling, 3-D per-case Dice: {ceiling_3d['dice']['mean']:.3f}")
     cases = p["test"]["over_cases"]
     if cases["n_cases"] > 1:
         facts.append(

@@ -1,0 +1,62 @@
+"""Per dataset and seed: 3-D per-case foreground Dice of Privacy-SF, the raw U-Net and the mask-codec
+ceiling, from ``privacysf fit`` run folders (issue 16's target table).
+
+    .venv/bin/python tools/case_table.py runs/ [more folders]
+
+Each figure is read from a run's ``metrics.json`` (``per_case_3d.foreground_only``: each test case's
+slices stacked into one volume, classes the case holds averaged, then the mean over cases). A run
+made before the ceiling was scored per case shows ``-`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RATIO_TARGET = 0.95
+
+
+def _dice_3d(scored: dict | None) -> float | None:
+    mean = (scored or {}).get("per_case_3d", {}).get("foreground_only", {}).get("mean")
+    return mean["dice"]["mean"] if mean else None
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def row(run: Path) -> dict:
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    p = metrics["privacysf"]
+    ceiling = p.get("mask_codec_ceiling_scores_by_wire_dtype", {}).get(p["wire_dtype"])
+    return {
+        "dataset": metrics["dataset"],
+        "seed": config["data"]["seed"],
+        "ours": _dice_3d(p["test"]),
+        "unet": _dice_3d(metrics.get("raw_unet", {}).get("test")),
+        "ceiling": _dice_3d(ceiling),
+        "run": run.name,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+")
+    args = parser.parse_args()
+    runs = sorted({m.parent for f in args.folders for m in f.glob("*-privacysf-task-*/metrics.json")})
+    rows = sorted((row(r) for r in runs), key=lambda r: (r["dataset"], r["seed"]))
+    print("| dataset | seed | Privacy-SF | raw U-Net | ratio | ceiling | run |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = r["ours"] / r["unet"] if r["ours"] is not None and r["unet"] else None
+        verdict = "" if ratio is None else (" ✓" if ratio >= RATIO_TARGET else " ✗")
+        print(
+            f"| {r['dataset']} | {r['seed']} | {_cell(r['ours'])} | {_cell(r['unet'])} | "
+            f"{_cell(ratio)}{verdict} | {_cell(r['ceiling'])} | {r['run']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
