@@ -6,7 +6,14 @@ import pytest
 from privacysf.data.cases import Case
 from privacysf.data.prepare import DatasetInfo, PreparedData
 from privacysf.data.preprocess import SliceSet, slice_case
-from privacysf.metrics import SegmentationMetric, case_volume_scores, segmentation_scores, summarize_cases
+from privacysf.metrics import (
+    SegmentationMetric,
+    case_volume_scores,
+    mean_dice,
+    segmentation_scores,
+    summarize_cases,
+    validation_dice,
+)
 from privacysf.metrics.evaluation import score_test
 from privacysf.workflows.fit_report import scores_section
 
@@ -172,3 +179,20 @@ def test_fit_report_shows_3d_and_foreground_only_beside_slice_dice_and_names_abs
     assert "| 0.889 ± " in privacysf and "| 0.333 ± 0.471 |" in privacysf and "| 0.167 ± 0.167 |" in privacysf
     assert privacysf.count("1.000 ± 0.000") == 0 and unet.count("1.000 ± 0.000") == 3
     assert "Absent from the test split: cyst." in text
+
+
+def test_validation_dice_gives_predicting_nothing_zero_where_the_per_slice_mean_gives_it_most():
+    """A lesion on 2 of 10 slices: predicting nothing scores 0.8 slice by slice (8 empty slices
+    scored 1), 0 summed over the split; finding it with one false alarm elsewhere scores high."""
+    truth = np.zeros((10, 8, 8), int)
+    truth[:2, 2:5, 2:5] = 1
+    nothing = np.zeros_like(truth)
+    assert mean_dice(nothing, truth, 2) == pytest.approx(0.8)
+    assert validation_dice(nothing, truth, 2) == 0.0
+    found = truth.copy()
+    found[7, 0, 0] = 1  # one false-alarm pixel on an empty slice
+    assert validation_dice(found, truth, 2) == pytest.approx(36 / 37)
+    assert validation_dice(found, truth, 2) > validation_dice(nothing, truth, 2)
+    # a class absent from the split is left out; a split with no foreground counts false alarms
+    assert validation_dice(found, truth, 3) == pytest.approx(36 / 37)
+    assert validation_dice(found[5:], truth[5:], 2) == pytest.approx(0.8)

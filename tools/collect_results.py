@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from privacysf.workflows.fit_report import ratio_text
+
 
 def fmt(m: dict, key: str, digits: int) -> str:
     return f"{m[key]['mean']:.{digits}f} ± {m[key]['std']:.{digits}f}"
@@ -38,7 +40,7 @@ def main(folder: Path) -> None:
             f"| {metrics['dataset']} | Privacy-SF `{p['mode']}` | {fmt(t, 'dice', 3)} | "
             f"{t['iou']['mean']:.3f} | {fmt(t, 'hd95', 2)} {unit} | {fmt(t, 'assd', 2)} {unit} | "
             f"{p['mask_codec_ceiling_dice']:.3f} | "
-            f"{metrics.get('dice_ratio_vs_unet', float('nan')):.3f} | "
+            f"{ratio_text(metrics.get('dice_ratio_vs_unet'))} | "
             f"{pay['total']} ({p['raw_image_bytes']}) | "
             f"`{run}` |"
         )

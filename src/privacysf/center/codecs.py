@@ -25,7 +25,7 @@ from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, DataError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, grid_to_tokens, tokens_to_grid
 from privacysf.exchange.rounding import wire_rounding
-from privacysf.metrics import mean_dice
+from privacysf.metrics import validation_dice
 from privacysf.nets.conv import ConvDecoder, ConvEncoder
 from privacysf.nets.mappers import build_task_head
 
@@ -158,7 +158,7 @@ def train_mask_codec(
 
     def validate() -> float:
         tokens = through_wire(encode_masks(codec, val.masks, device), grid, "mask", wire_dtype)
-        return mean_dice(decode_masks(codec, tokens, grid, device), val.masks, num_classes)
+        return validation_dice(decode_masks(codec, tokens, grid, device), val.masks, num_classes)
 
     result = fit(
         codec,
@@ -243,7 +243,7 @@ class TaskObjective:
     def score(self, val: SliceSet, device) -> float:
         codes = apply_in_batches(self._predict_code, val.images, device).numpy()
         labels = decode_masks(self.codec, codes, self.grid, device)
-        return mean_dice(labels, val.masks, self.codec.num_classes)
+        return validation_dice(labels, val.masks, self.codec.num_classes)
 
 
 class _ReverseGradient(torch.autograd.Function):

@@ -70,12 +70,13 @@ def cmd_baseline_eval(args: argparse.Namespace) -> None:
 
 def _print_fit(run_dir: Path, metrics: dict) -> None:
     from privacysf.metrics.evaluation import headline
+    from privacysf.workflows.fit_report import ratio_text
 
     p = metrics["privacysf"]
     print(f"Privacy-SF ({p['mode']}) on {metrics['dataset']}: {headline(p['test'])}")
     if "raw_unet" in metrics:
         print(f"raw U-Net on the same split: {headline(metrics['raw_unet']['test'])}")
-        print(f"Dice ratio Privacy-SF / raw U-Net: {metrics['dice_ratio_vs_unet']:.3f}")
+        print(f"Dice ratio Privacy-SF / raw U-Net: {ratio_text(metrics.get('dice_ratio_vs_unet'))}")
     print(f"mask-codec ceiling Dice: {p['mask_codec_ceiling_dice']:.3f}")
     pay = p["payload_bytes_per_query"]
     print(f"payload per query: {pay['total']} B (raw image {p['raw_image_bytes']} B)")

@@ -10,6 +10,7 @@ from privacysf.metrics.segmentation import (
     score_classes,
     segmentation_scores,
     summarize,
+    validation_dice,
 )
 from privacysf.metrics.volumes import case_volume_scores, summarize_cases
 
@@ -19,6 +20,7 @@ __all__ = [
     "SegmentationScores",
     "case_volume_scores",
     "mean_dice",
+    "validation_dice",
     "per_slice_dice",
     "score_classes",
     "segmentation_scores",

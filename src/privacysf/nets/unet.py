@@ -18,7 +18,7 @@ from privacysf.common.training import FitResult, fit
 from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.data.loader import batched, slice_batches
 from privacysf.data.prepare import PreparedData
-from privacysf.metrics import mean_dice
+from privacysf.metrics import validation_dice
 
 
 def build_unet(cfg: UNetConfig, num_classes: int) -> UNet:
@@ -77,7 +77,7 @@ def train_unet(
         return loss_fn(model(x), y[:, None])
 
     def validate() -> float:
-        return mean_dice(predict_labels(model, val.images, device), val.masks, k)
+        return validation_dice(predict_labels(model, val.images, device), val.masks, k)
 
     batches = slice_batches(data.train, cfg.train, device)
     result = fit(model, batches, step, validate, cfg.train, "raw U-Net", checkpoint, unet_signature(cfg, k))

@@ -21,7 +21,7 @@ from privacysf.common.training import fit
 from privacysf.config import ExperimentConfig
 from privacysf.data.loader import slice_batches
 from privacysf.errors import ConfigError
-from privacysf.metrics import mean_dice
+from privacysf.metrics import validation_dice
 from privacysf.metrics.evaluation import save_test_overlays, score_test
 from privacysf.reference.center import (
     LATENT_CHANNELS,
@@ -84,7 +84,7 @@ def train_reference(cfg: ExperimentConfig, data, device: torch.device):
 
     def mask_validate() -> float:
         pred = apply_in_batches(lambda y: masks.decoder(masks.encode(y)).argmax(1), data.val.masks, device)
-        return mean_dice(pred.numpy(), data.val.masks, k)
+        return validation_dice(pred.numpy(), data.val.masks, k)
 
     mask_fit = fit(masks, batches, mask_step, mask_validate, cfg.train, "reference mask autoencoder")
 

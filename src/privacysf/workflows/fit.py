@@ -89,8 +89,10 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
             "training_cost": unet_fit.cost(),
             "training": unet_fit.outcome(),
         }
-        metrics["dice_ratio_vs_unet"] = metrics["privacysf"]["test"]["mean"]["dice"]["mean"] / max(
-            metrics["raw_unet"]["test"]["mean"]["dice"]["mean"], 1e-9
+        unet_dice = metrics["raw_unet"]["test"]["mean"]["dice"]["mean"]
+        # undefined (null) where the U-Net scored 0: no ratio says how far ahead a working method is
+        metrics["dice_ratio_vs_unet"] = (
+            metrics["privacysf"]["test"]["mean"]["dice"]["mean"] / unet_dice if unet_dice > 0 else None
         )
         histories["raw U-Net"] = unet_fit.history
         predictions["raw U-Net"] = unet_pred

@@ -148,6 +148,11 @@ def ceiling_section(metrics: dict) -> Markdown:
     return section
 
 
+def ratio_text(ratio: float | None) -> str:
+    """A Dice ratio for people: three decimals, or why there is none (the raw U-Net scored 0)."""
+    return "undefined (the raw U-Net's Dice is 0)" if ratio is None else f"{ratio:.3f}"
+
+
 def _facts(metrics: dict) -> list[str]:
     """The figures beside the table: codec ceiling, per-case Dice, ratio, payload, training time."""
     p = metrics["privacysf"]
@@ -162,8 +167,8 @@ def _facts(metrics: dict) -> list[str]:
             f"Privacy-SF slice Dice over {cases['n_cases']} test cases (each case's slices averaged "
             "first): " + plus_minus(cases["dice"]["mean"], cases["dice"]["std"], 3)
         )
-    if "dice_ratio_vs_unet" in metrics:
-        facts.append(f"Privacy-SF / raw U-Net mean Dice: {metrics['dice_ratio_vs_unet']:.3f}")
+    if "raw_unet" in metrics:
+        facts.append(f"Privacy-SF / raw U-Net mean Dice: {ratio_text(metrics.get('dice_ratio_vs_unet'))}")
     pay = p["payload_bytes_per_query"]
     seconds = ", ".join(f"{stage.replace('_', ' ')} {s} s" for stage, s in p["training_seconds"].items())
     return [
