@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import statistics
@@ -266,7 +267,8 @@ def test_resume_skips_finished_jobs_and_only_selects(quick, tmp_path):
         "latency/cpu/reference/64/b1",
         "latency/cpu/reference/64/b4",
     ]
-    full = {j.id: j.params.get("epochs") for j in plan(SUITES["full"])}
+    longer = dataclasses.replace(SUITES["full"], epochs_by_dataset={"cells3d-nuclei": 150})
+    full = {j.id: j.params.get("epochs") for j in plan(longer)}
     assert (
         full["accuracy/cells3d-nuclei/seed0/reference"] == 150
         and full["accuracy/phantom/seed2/reference"] == 30
