@@ -181,7 +181,7 @@ def codec_batches(
     t = cfg.train
     if cfg.codec.mask_steps:
         return mask_batches(train.masks, num_classes, t, cfg.codec, device)
-    passes = slice_batches(train, t, device)
+    passes = slice_batches(train, t.updated(min_steps=1), device)  # one pass, as before draws
     return lambda epoch: (masks for _, masks in passes(epoch))
 
 
