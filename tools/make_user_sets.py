@@ -44,30 +44,15 @@ LESION_RADII_MM = (14.0, 11.0, 8.0)
 LESION_CONTRAST_HU = -45.0
 
 
-def _scans(task: str) -> list[tuple[str, Volume, np.ndarray]]:
-    """(case id, scan, TotalSegmentator label map) for the CT or MR example scans."""
-    folder = totalseg._folder()
-    files = {
-        "ct": [
-            ("ctnifti", "example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
-            ("ctdicom", totalseg.DICOM_SERIES, "example_seg_dicom.nii.gz"),
-        ],
-        "mr": [("mr", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz")],
-    }[task]
+def _scans(task: str, classes: dict[str, tuple[str, ...]]) -> list[tuple[str, Volume, np.ndarray]]:
+    """(case id, scan, label map merged into ``classes``) for each example scan of a TotalSegmentator
+    task (``total``: the two CT scans, ``total_mr``: the MR scan)."""
+    folder, lookup = totalseg.fetched_folder(), totalseg.organ_lookup(totalseg.task_class_map(task), classes)
     out = []
-    for case_id, image, labels in files:
-        scan = read_volume(folder / image)
-        out.append((case_id, scan, np.rint(read_volume(folder / labels).array).astype(np.int64)))
+    for case_id, image, labels in totalseg.SCANS[task]:
+        merged = lookup[np.rint(read_volume(folder / labels).array).astype(np.int64)]
+        out.append((case_id.replace("-", ""), read_volume(folder / image), merged))
     return out
-
-
-def _merge(labels: np.ndarray, class_map: dict[str, str], classes: dict[str, tuple[str, ...]]) -> np.ndarray:
-    index_of = {name: int(i) for i, name in class_map.items()}
-    merged = np.zeros_like(labels)
-    for ours, names in enumerate(classes.values(), start=1):
-        for name in names:
-            merged[labels == index_of[name]] = ours
-    return merged
 
 
 def _add_lesions(scan: Volume, liver: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -75,9 +60,9 @@ def _add_lesions(scan: Volume, liver: np.ndarray, rng: np.random.Generator) -> t
     image, lesion = scan.array.astype(np.float32), np.zeros(liver.shape, bool)
     spacing = np.asarray(scan.spacing)
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in liver.shape], indexing="ij"), -1) * spacing
+    depth = _distance_inside(liver, spacing)
     for radius in LESION_RADII_MM:
         # a centre deep enough in the liver that the whole sphere lies inside it
-        depth = _distance_inside(liver, spacing)
         candidates = np.argwhere((depth > radius + 2) & ~_dilate(lesion, 3))
         if not len(candidates):
             continue
@@ -135,16 +120,13 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0, help="where the synthetic lesions fall")
     args = parser.parse_args()
-    maps = json.loads((totalseg._folder() / totalseg.CLASS_MAP_FILE).read_text())
     rng = np.random.default_rng(args.seed)
-    ct, mr = _scans("ct"), _scans("mr")
     lesion_cases, organ_cases = [], []
-    for case_id, scan, labels in ct:
-        organs = _merge(labels, maps["total"], ABDOMEN9)
+    for case_id, scan, organs in _scans("total", ABDOMEN9):
         organ_cases.append((case_id, scan, scan.array, organs))
         image, lesion = _add_lesions(scan, organs == list(ABDOMEN9).index("liver") + 1, rng)
         lesion_cases.append((case_id, scan, image, lesion.astype(np.int64)))
-    mr_cases = [(c, s, s.array, _merge(lab, maps["total_mr"], ABDOMEN9)) for c, s, lab in mr]
+    mr_cases = [(c, s, s.array, organs) for c, s, organs in _scans("total_mr", ABDOMEN9)]
     for folder in [
         _write(args.out, "Dataset501_CTLiverLesion", "CT", ["lesion"], lesion_cases),
         _write(args.out, "Dataset502_CTAbdomen9", "CT", list(ABDOMEN9), organ_cases),

@@ -58,6 +58,14 @@ ORGANS = {
 }
 """Our classes as TotalSegmentator class names: large abdominal organs present in every scan."""
 CLASS_NAMES = ("background", *ORGANS)
+SCANS = {
+    "total": (
+        ("ct-nifti", "example_ct.nii.gz", "example_seg_fast_force_split.nii.gz"),
+        ("ct-dicom", DICOM_SERIES, "example_seg_dicom.nii.gz"),
+    ),
+    "total_mr": (("mr", "example_mr_sm.nii.gz", "example_seg_mr.nii.gz"),),
+}
+"""Per TotalSegmentator task (its class map): (case id, scan, label map) of each fetched example scan."""
 
 
 def data_dir() -> Path:
@@ -147,7 +155,7 @@ def read_class_maps(source: str) -> dict[str, dict[str, str]]:
     raise DataError("map_to_binary.py holds no literal class_map: not the sdist this version expects")
 
 
-def _folder() -> Path:
+def fetched_folder() -> Path:
     folder = data_dir()
     if not (folder / CLASS_MAP_FILE).is_file():
         raise DataError(
@@ -157,16 +165,22 @@ def _folder() -> Path:
     return folder
 
 
-def _organ_lookup(class_map: dict[str, str]) -> np.ndarray:
-    """Lookup table from TotalSegmentator's label index to our class (0 for every other structure)."""
+def organ_lookup(class_map: dict[str, str], organs: dict[str, tuple[str, ...]] = ORGANS) -> np.ndarray:
+    """Lookup table from TotalSegmentator's label index to our class: ``organs``' n-th entry is class n
+    (from 1), made of the TotalSegmentator structures it names; 0 for every other structure."""
     index_of = {name: int(index) for index, name in class_map.items()}
     lookup = np.zeros(max(index_of.values()) + 1, np.int64)
-    for ours, (organ, names) in enumerate(ORGANS.items(), start=1):
+    for ours, (organ, names) in enumerate(organs.items(), start=1):
         for name in names:
             if name not in index_of:
                 raise DataError(f"TotalSegmentator's class map has no {name!r} (for {organ})")
             lookup[index_of[name]] = ours
     return lookup
+
+
+def task_class_map(task: str) -> dict[str, str]:
+    """TotalSegmentator's label index -> structure name for ``task`` (a key of :data:`SCANS`)."""
+    return json.loads((fetched_folder() / CLASS_MAP_FILE).read_text())[task]
 
 
 def _case(case_id: str, image_path: Path, label_path: Path, class_map: dict[str, str]) -> Case:
@@ -178,29 +192,22 @@ def _case(case_id: str, image_path: Path, label_path: Path, class_map: dict[str,
             f"{label_path} (shape {labels.array.shape}) does not lie on the grid of {image_path} "
             f"(shape {image.array.shape}): their voxel-to-world matrices differ; fetch again"
         )
-    merged = _organ_lookup(class_map)[np.rint(labels.array).astype(np.int64)]
+    merged = organ_lookup(class_map)[np.rint(labels.array).astype(np.int64)]
     case = case_from_volumes(case_id, image, replace(labels, array=merged), len(CLASS_NAMES))
     case.sources = {"package": f"totalsegmentator {VERSION} sdist", **case.sources}
     return case
 
 
+def _cases(task: str) -> list[Case]:
+    folder, names = fetched_folder(), task_class_map(task)
+    return [_case(case_id, folder / image, folder / labels, names) for case_id, image, labels in SCANS[task]]
+
+
 def ct_cases() -> list[Case]:
     """Two CT scans: the 112-slice NIfTI and the 20-slice DICOM series, both labelled by TotalSegmentator."""
-    folder = _folder()
-    class_map = json.loads((folder / CLASS_MAP_FILE).read_text())["total"]
-    return [
-        _case(
-            "ct-nifti",
-            folder / "example_ct.nii.gz",
-            folder / "example_seg_fast_force_split.nii.gz",
-            class_map,
-        ),
-        _case("ct-dicom", folder / DICOM_SERIES, folder / "example_seg_dicom.nii.gz", class_map),
-    ]
+    return _cases("total")
 
 
 def mr_cases() -> list[Case]:
     """The abdominal MR scan labelled by TotalSegmentator's ``total_mr`` task."""
-    folder = _folder()
-    class_map = json.loads((folder / CLASS_MAP_FILE).read_text())["total_mr"]
-    return [_case("mr", folder / "example_mr_sm.nii.gz", folder / "example_seg_mr.nii.gz", class_map)]
+    return _cases("total_mr")
