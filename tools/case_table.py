@@ -14,12 +14,14 @@ import argparse
 import json
 from pathlib import Path
 
+from privacysf.metrics.evaluation import dice_3d
+
 RATIO_TARGET = 0.95
 
 
 def _dice_3d(scored: dict | None) -> float | None:
-    mean = (scored or {}).get("per_case_3d", {}).get("foreground_only", {}).get("mean")
-    return mean["dice"]["mean"] if mean else None
+    dice = dice_3d(scored)
+    return dice["mean"] if dice else None
 
 
 def _cell(value: float | None) -> str:

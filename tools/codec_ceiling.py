@@ -17,26 +17,27 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from privacysf.center.codecs import build_image_encoder, token_grid, train_mask_codec
 from privacysf.center.pipeline import Center, mask_ceiling
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import prepare
+from privacysf.data.preprocess import SliceSet
+from privacysf.metrics import segmentation_scores
 
 SMALL_PX = 30
 """Per class, the ceiling is also given over the test slices holding at least this many of its pixels."""
 
 
-def per_class_ceiling(center: Center, masks: np.ndarray, class_names: list[str]) -> dict[str, dict]:
+def per_class_ceiling(center: Center, test: SliceSet, class_names: list[str]) -> dict[str, dict]:
     """Each class's int8 ceiling over the slices whose truth holds it, and over those with ≥ 30 px."""
-    decoded = center.decode_message(center.mask_message(masks, "int8"))
+    decoded = center.decode_message(center.mask_message(test.masks, "int8"))
+    scores = segmentation_scores(decoded, test.masks, len(class_names), test.spacing)
     out = {}
     for k, name in enumerate(class_names[1:], start=1):
-        truth, pred = masks == k, decoded == k
-        area = truth.sum(axis=(1, 2))
-        dice = 2 * (truth & pred).sum(axis=(1, 2)) / np.maximum(area + pred.sum(axis=(1, 2)), 1)
+        area = (test.masks == k).sum(axis=(1, 2))
+        dice = scores.dice[:, k - 1]
         if area.any():
             big = area >= SMALL_PX
             out[name] = {
@@ -77,7 +78,7 @@ def main() -> None:
         row = {
             "seed": seed,
             "ceiling_int8": ceilings,
-            "test_per_class": per_class_ceiling(center, data.test.masks, data.info.class_names),
+            "test_per_class": per_class_ceiling(center, data.test, data.info.class_names),
             "slices": data.split["slices"],
         }
         print(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from privacysf.common.figures import overlay_grid, pick_rows
 from privacysf.data.prepare import PreparedData
-from privacysf.metrics.segmentation import Summary, segmentation_scores, summarize
+from privacysf.metrics.segmentation import MeanStd, Summary, segmentation_scores, summarize
 from privacysf.metrics.volumes import case_volume_scores, summarize_cases
 
 OVERLAY_ROWS = 6
@@ -44,6 +45,13 @@ def save_test_overlays(path: Path, data: PreparedData, predictions: dict[str, np
     )
 
 
+def dice_3d(summary: Mapping | None) -> MeanStd | None:
+    """Mean ± std over test cases of the 3-D per-case foreground-only Dice, or None where a summary
+    (or a run from before 3-D scores) has none."""
+    mean = (summary or {}).get("per_case_3d", {}).get("foreground_only", {}).get("mean")
+    return mean["dice"] if mean else None
+
+
 def headline(summary: dict) -> str:
     """One line for the terminal: mean slice Dice ± std, HD95, ASSD and n, then the 3-D case Dice."""
     m = summary["mean"]
@@ -53,7 +61,7 @@ def headline(summary: dict) -> str:
         f"HD95 {m['hd95']['mean']:.2f} {unit}  ASSD {m['assd']['mean']:.2f} {unit}  "
         f"(n={summary['n_images']} slices, {summary['n_cases']} case(s))"
     )
-    volume = summary.get("per_case_3d", {}).get("foreground_only", {}).get("mean")
+    volume = dice_3d(summary)
     if volume:
-        line += f"; 3-D per-case Dice {volume['dice']['mean']:.3f} ± {volume['dice']['std']:.3f}"
+        line += f"; 3-D per-case Dice {volume['mean']:.3f} ± {volume['std']:.3f}"
     return line

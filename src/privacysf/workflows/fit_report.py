@@ -12,6 +12,7 @@ from privacysf.common.markdown import Cell, Markdown, plus_minus
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import PreparedData
 from privacysf.exchange import decode_codes
+from privacysf.metrics.evaluation import dice_3d
 
 CODE_COLUMNS = 5
 
@@ -157,10 +158,9 @@ def _facts(metrics: dict) -> list[str]:
     """The figures beside the table: codec ceiling, per-case Dice, ratio, payload, training time."""
     p = metrics["privacysf"]
     facts = [f"Mask-codec ceiling (round-trip Dice of true test masks): {p['mask_codec_ceiling_dice']:.3f}"]
-    ceiling = p.get("mask_codec_ceiling_scores_by_wire_dtype", {}).get(p["wire_dtype"], {})
-    ceiling_3d = ceiling.get("per_case_3d", {}).get("foreground_only", {}).get("mean")
+    ceiling_3d = dice_3d(p.get("mask_codec_ceiling_scores_by_wire_dtype", {}).get(p["wire_dtype"]))
     if ceiling_3d:  # runs from before the ceiling was scored per case in 3-D lack it
-        facts.append(f"Mask-codec ceiling, 3-D per-case Dice: {ceiling_3d['dice']['mean']:.3f}")
+        facts.append(f"Mask-codec ceiling, 3-D per-case Dice: {ceiling_3d['mean']:.3f}")
     cases = p["test"]["over_cases"]
     if cases["n_cases"] > 1:
         facts.append(
