@@ -53,18 +53,23 @@ REPORT_NAMES = {
 }
 
 
-def test_early_stopping_is_counted_and_summarised(capsys):
-    """Scores 0.5, 0.7, 0.6, 0.6 with patience 1 stop after 3 of 10 epochs, best at the 2nd."""
+def fit_on_scores(scores: list[float], epochs: int):
+    """A toy network trained with patience 1 whose validation returns ``scores`` in turn."""
     model = torch.nn.Linear(1, 1)
-    scores = iter([0.5, 0.7, 0.6, 0.6])
-    result = fit(
+    values = iter(scores)
+    return fit(
         model,
         lambda epoch: [torch.ones(2, 1)],
         lambda x: model(x).pow(2).mean(),
-        lambda: next(scores),
-        TrainConfig(epochs=10, patience=1, progress=False),
+        lambda: next(values),
+        TrainConfig(epochs=epochs, patience=1, progress=False),
         "toy",
     )
+
+
+def test_early_stopping_is_counted_and_summarised(capsys):
+    """Scores 0.5, 0.7, 0.6, 0.6 with patience 1 stop after 3 of 10 epochs, best at the 2nd."""
+    result = fit_on_scores([0.5, 0.7, 0.6, 0.6], epochs=10)
     assert (result.epochs_trained, result.best_epoch, result.stopped_early) == (3, 1, True)
     outcome = {"epochs_run": 3, "stopped_early": True, "best_epoch": 1, "best_val_score": 0.7}
     assert result.outcome() == outcome
@@ -73,6 +78,15 @@ def test_early_stopping_is_counted_and_summarised(capsys):
     line = STAGE_LINE.match(lines[0])
     assert line and line["name"] == "toy" and line["early"]
     assert (line["epochs"], line["best"], line["score"]) == ("3", "2", "0.7000")
+
+
+def test_patience_waits_for_a_first_improvement():
+    """A run whose first score is never beaten (a rare class not yet found scores 0) trains to the
+    last epoch; patience counts from the first epoch that beats the first."""
+    flat = fit_on_scores([0.0] * 6, epochs=6)
+    assert (flat.epochs_trained, flat.best_epoch, flat.stopped_early) == (6, 0, False)
+    found = fit_on_scores([0.0, 0.0, 0.0, 0.4, 0.4, 0.4], epochs=6)
+    assert (found.epochs_trained, found.best_epoch, found.stopped_early) == (5, 3, True)
 
 
 def test_quiet_fit_prints_one_line_per_network_and_reports_the_epochs_run(tmp_path, capsys):

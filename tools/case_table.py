@@ -2,6 +2,12 @@
 ceiling, from ``privacysf fit`` run folders (issue 16's target table).
 
     .venv/bin/python tools/case_table.py runs/ [more folders]
+    .venv/bin/python tools/case_table.py --timing runs/   # training seconds per stage instead
+
+With ``--timing`` each row gives the seconds of every training stage, their sum and that sum over the
+raw U-Net's training on the same split in the same run (issue 17's "<= 3 x" target): the stages and
+the U-Net ran in one process with the same thread count, so the ratio is fair even where the
+absolute seconds depend on what else the machine was doing.
 
 Each figure is read from a run's ``metrics.json`` (``per_case_3d.foreground_only``: each test case's
 slices stacked into one volume, classes the case holds averaged, then the mean over cases). A run
@@ -40,15 +46,12 @@ def row(run: Path) -> dict:
         "unet": _dice_3d(metrics.get("raw_unet", {}).get("test")),
         "ceiling": _dice_3d(ceiling),
         "run": run.name,
+        "seconds": p["training_seconds"],
+        "unet_seconds": metrics.get("raw_unet", {}).get("training_seconds"),
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folders", type=Path, nargs="+")
-    args = parser.parse_args()
-    runs = sorted({m.parent for f in args.folders for m in f.glob("*-privacysf-task-*/metrics.json")})
-    rows = sorted((row(r) for r in runs), key=lambda r: (r["dataset"], r["seed"]))
+def print_dice(rows: list[dict]) -> None:
     print("| dataset | seed | Privacy-SF | raw U-Net | ratio | ceiling | run |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
@@ -58,6 +61,37 @@ def main() -> None:
             f"| {r['dataset']} | {r['seed']} | {_cell(r['ours'])} | {_cell(r['unet'])} | "
             f"{_cell(ratio)}{verdict} | {_cell(r['ceiling'])} | {r['run']} |"
         )
+
+
+def print_timing(rows: list[dict]) -> None:
+    print(
+        "| dataset | seed | mask codec s | image encoder s | mapper s | all stages s "
+        "| raw U-Net s | × U-Net |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        s = r["seconds"]
+        total = s["center_total"] + s["server_mapper"]
+        unet = r["unet_seconds"]
+        print(
+            f"| {r['dataset']} | {r['seed']} | {s['mask_codec']:.0f} | {s['image_encoder']:.0f} | "
+            f"{s['server_mapper']:.0f} | {total:.0f} | {_cell_seconds(unet)} | "
+            f"{_cell(total / unet if unet else None)} |"
+        )
+
+
+def _cell_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+")
+    parser.add_argument("--timing", action="store_true", help="training seconds per stage, not Dice")
+    args = parser.parse_args()
+    runs = sorted({m.parent for f in args.folders for m in f.glob("*-privacysf-task-*/metrics.json")})
+    rows = sorted((row(r) for r in runs), key=lambda r: (r["dataset"], r["seed"]))
+    (print_timing if args.timing else print_dice)(rows)
 
 
 if __name__ == "__main__":

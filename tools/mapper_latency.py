@@ -1,9 +1,11 @@
-"""Latency of the server's mapper kinds side by side, with the raw U-Net's inference for scale.
+"""Latency of a query's stages for several pipeline settings side by side, with the raw U-Net's
+inference for scale.
 
-Every network is freshly initialised (the arithmetic does not depend on the weights) for the default
-codec; each repetition runs every call in turn (:func:`privacysf.benchmark.latency.interleaved_times`)
-and the table gives medians and the median of the per-repetition ratios. Encode and decode are the
-center's stages of a query; a Privacy-SF total is encode + that kind's map + decode.
+Every network is freshly initialised (the arithmetic does not depend on the weights). Each setting is
+a list of ``--set`` overrides of the defaults; each repetition runs every call of every setting in
+turn (:func:`privacysf.benchmark.latency.interleaved_times`), so a slow spell of a shared machine
+slows them all alike. The table gives per setting the median of encode, map and decode, the median
+of their per-repetition sum and the median of that sum's per-repetition ratio to the raw U-Net.
 
     PYTHONPATH=src .venv/bin/python tools/mapper_latency.py --out docs/benchmarks/mapper_latency.md
 """
@@ -24,71 +26,79 @@ from privacysf.benchmark.latency import interleaved_times
 from privacysf.common.markdown import Markdown
 from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.nets.unet import build_unet
-from privacysf.server.mapping import MappingServer
 from privacysf.workflows.inprocess import untrained_pipeline
 
-KINDS = ("cnn", "unet")
+SETTINGS: dict[str, list[str]] = {
+    "cnn mapper, codec width 32": ["mapper.kind=cnn", "codec.width=32"],
+    "unet mapper, codec width 32": ["codec.width=32"],
+    "defaults": [],
+}
+"""The settings compared: the 1-D CNN mapper and codec width of earlier defaults, and today's."""
 
 
-def gflop(server: MappingServer, message: bytes) -> float:
-    """Arithmetic of one mapping of ``message`` (multiply-adds count two), as torch counts it."""
+def gflop(fn) -> float:
+    """Arithmetic of one call (multiply-adds count two), as torch counts it."""
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        server.map(message)
+        fn()
     return counter.get_total_flops() / 1e9
 
 
-def measure(size: int, batch: int, repeats: int) -> dict:
-    pipelines = {
-        kind: untrained_pipeline(
-            ExperimentConfig().override([f"mapper.kind={kind}"]), CLASSES_FOR_SIZES, size
-        )
-        for kind in KINDS
-    }
-    center = pipelines[KINDS[0]][0]
-    unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).eval()
+def measure(size: int, batch: int, repeats: int) -> list[dict]:
+    """One row per setting (and one for the raw U-Net) at ``size``², ``batch`` images a query."""
     images = np.random.default_rng(0).standard_normal((batch, 1, size, size)).astype(np.float32)
+    unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).eval()
     pixels = torch.from_numpy(images)
-    up = center.image_message(images)
-    down = pipelines[KINDS[0]][1].map(up)
-    calls = {
-        "raw U-Net": lambda: unet(pixels),
-        "encode": lambda: center.image_message(images),
-        **{f"map {kind}": (lambda server=server: server.map(up)) for kind, (_, server) in pipelines.items()},
-        "decode": lambda: center.decode_message(down),
-    }
+    calls = {"raw U-Net": lambda: unet(pixels)}
+    work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
+    for name, overrides in SETTINGS.items():
+        center, server = untrained_pipeline(ExperimentConfig().override(overrides), CLASSES_FOR_SIZES, size)
+        up = center.image_message(images)
+        down = server.map(up)
+        stages = {
+            "encode": lambda center=center: center.image_message(images),
+            "map": lambda server=server, up=up: server.map(up),
+            "decode": lambda center=center, down=down: center.decode_message(down),
+        }
+        calls |= {f"{name}: {stage}": fn for stage, fn in stages.items()}
+        work[name] = sum(gflop(fn) for fn in stages.values()) / batch
     with torch.inference_mode():
         times = interleaved_times(calls, torch.device("cpu"), repeats, warmup=1)
-    row: dict = {"size": size, "batch": batch, "repeats": repeats}
-    for kind, (_, server) in pipelines.items():
-        row[f"map {kind} GFLOP/image"] = gflop(server, up) / batch
-    row |= {f"{name} ms": statistics.median(t) for name, t in times.items()}
-    for kind in KINDS:
-        totals = [
-            e + m + d for e, m, d in zip(times["encode"], times[f"map {kind}"], times["decode"], strict=True)
-        ]
-        row[f"total {kind} ms"] = statistics.median(totals)
-        row[f"total {kind} / raw U-Net"] = statistics.median(
-            t / u for t, u in zip(totals, times["raw U-Net"], strict=True)
+    unet_ms = times["raw U-Net"]
+    rows = [
+        {"size": size, "batch": batch, "setting": "raw U-Net", "GFLOP/image": work["raw U-Net"]}
+        | {"total ms": statistics.median(unet_ms), "× raw U-Net": 1.0}
+    ]
+    for name in SETTINGS:
+        parts = {stage: times[f"{name}: {stage}"] for stage in ("encode", "map", "decode")}
+        totals = [sum(t) for t in zip(*parts.values(), strict=True)]
+        rows.append(
+            {"size": size, "batch": batch, "setting": name, "GFLOP/image": work[name]}
+            | {f"{stage} ms": statistics.median(t) for stage, t in parts.items()}
+            | {
+                "total ms": statistics.median(totals),
+                "× raw U-Net": statistics.median(t / u for t, u in zip(totals, unet_ms, strict=True)),
+            }
         )
-    row["map cnn / map unet"] = statistics.median(
-        c / u for c, u in zip(times["map cnn"], times["map unet"], strict=True)
-    )
-    return row
+    return rows
 
 
-def markdown(rows: list[dict], threads: int) -> Markdown:
-    columns = list(rows[0])
+def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
+    columns = ["size", "batch", "setting", "GFLOP/image", "encode ms", "map ms", "decode ms", "total ms"]
+    columns.append("× raw U-Net")
     return (
         Markdown()
         .paragraph(
-            f"Mapper latency, untrained networks, {threads} CPU thread(s): medians over `repeats` "
-            "interleaved repetitions after one warm-up; ratios are medians of per-repetition ratios "
-            "(`tools/mapper_latency.py`)."
+            f"Query latency, untrained networks, {threads} CPU thread(s), {repeats} interleaved "
+            "repetitions after one warm-up: medians; total is the median of the per-repetition sums "
+            "and × raw U-Net the median of their per-repetition ratios (`tools/mapper_latency.py`). "
+            "Settings: "
+            + "; ".join(f"{name}: `{' '.join(o) or 'no override'}`" for name, o in SETTINGS.items())
+            + "."
         )
         .table(
             columns,
-            [[r[c] for c in columns] for r in rows],
-            [".2f" if "/" in c else ".1f" if c.endswith("ms") else "" for c in columns],
+            [[r.get(c, "") for c in columns] for r in rows],
+            ["", "", "", ".2f", ".1f", ".1f", ".1f", ".1f", ".2f"],
         )
     )
 
@@ -107,10 +117,10 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for batch in args.batches:
-            rows.append(measure(size, batch, args.repeats))
-            print(json.dumps(rows[-1]), flush=True)
+            rows += measure(size, batch, args.repeats)
+            print(json.dumps(rows[-len(SETTINGS) - 1 :]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    markdown(rows, args.threads).write(args.out)
+    markdown(rows, args.threads, args.repeats).write(args.out)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
 
 

@@ -1,0 +1,165 @@
+"""How far a center's encoders commute with the code transforms the server can apply.
+
+The server augments code pairs (``privacysf.server.augment``) because it never sees an image. A
+transformed pair is a valid training example only if the transformed image code is the code of the
+transformed image, and likewise for the mask: ``E(T_image(x)) == T_code(E(x))``. Convolutions commute
+with shifts by whole tokens (up to the border), not with flips or turns unless their kernels are
+symmetric, and a ``tanh`` head does not commute with mixing. This module measures each pair on real
+slices, center side (it reads images), so the ablation's choices rest on numbers.
+
+Each :class:`CodeTransform` pairs the transform of an image (or one-hot mask) batch, (N, C, H, W),
+with its counterpart on the code grid, (N, C, h, w), with every parameter fixed (which axis, how many
+tokens, which segment), so the two sides do the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.networks.utils import one_hot
+from torch import nn
+
+from privacysf.center.codecs import MaskCodec
+from privacysf.metrics.segmentation import validation_dice
+
+Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(batch, its partner batch) -> transformed batch; one-image transforms ignore the partner."""
+
+
+@dataclass(frozen=True)
+class CodeTransform:
+    """One transform on both sides. ``server`` names the ``augment`` option it stands for (None: a
+    candidate the server does not apply yet). ``labels`` says whether it maps a label map to a label map
+    (a mix of two masks is no label map, so its decoded Dice is not defined)."""
+
+    name: str
+    server: str | None
+    image: Pair
+    code: Pair
+    labels: bool = True
+
+
+def _segment_mask(shape: tuple[int, int], start: float, fraction: float) -> torch.Tensor:
+    """The (h, w) tokens of one contiguous run in raster order, as ``augment.splice`` cuts them."""
+    length = shape[0] * shape[1]
+    first = int(start * length)
+    chosen = torch.zeros(length, dtype=torch.bool)
+    chosen[first : first + max(1, int(fraction * length))] = True
+    return chosen.reshape(shape)
+
+
+def _splice(x: torch.Tensor, partner: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Replace the segment's tokens (or the pixels under them) of ``x`` with ``partner``'s."""
+    tokens = _segment_mask(grid, start=1 / 3, fraction=1 / 4)
+    factor = x.shape[-1] // grid[1]
+    region = tokens.repeat_interleave(factor, 0).repeat_interleave(factor, 1).to(x.device)
+    return torch.where(region, partner, x)
+
+
+def transforms(grid: tuple[int, int], downsample: int, max_shift: int = 2) -> list[CodeTransform]:
+    """The server's reorderings and mixes with fixed parameters, plus 90° turns (a candidate), after
+    the identity, whose decoded Dice is the codec's own ceiling on the slices."""
+
+    def one(fn: Callable[[torch.Tensor], torch.Tensor]) -> Pair:
+        return lambda x, _: fn(x)
+
+    def shift(k: int, scale: int) -> Pair:
+        return one(lambda t: t.roll((k * scale, k * scale), dims=(-2, -1)))
+
+    def splice(x: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        return _splice(x, partner, grid)
+
+    def mix(x: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x + 0.5 * partner
+
+    def flipped(*dims: int) -> Pair:
+        return one(lambda t: t.flip(dims))
+
+    identity, turn = one(lambda t: t), one(lambda t: t.rot90(1, (-2, -1)))
+    flip_lr, flip_ud, half_turn = flipped(-1), flipped(-2), flipped(-2, -1)
+    return [
+        CodeTransform("none (reference)", None, identity, identity),
+        CodeTransform("flip left-right", "flip", flip_lr, flip_lr),
+        CodeTransform("flip up-down", "flip", flip_ud, flip_ud),
+        CodeTransform("reverse (180° turn)", "reverse", half_turn, half_turn),
+        CodeTransform("90° turn", None, turn, turn),
+        *(
+            CodeTransform(f"shift {k} token(s)", "shift", shift(k, downsample), shift(k, 1))
+            for k in sorted({1, max_shift})
+        ),
+        CodeTransform("splice a quarter of the tokens", "splice", splice, splice),
+        CodeTransform("mixup, weight 0.5", "mixup", mix, mix, labels=False),
+    ]
+
+
+def equivariance_error(
+    encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, transform: CodeTransform
+) -> dict[str, float]:
+    """Relative error of ``E(T x)`` against ``T E(x)`` over a batch (pairs: each slice with the next).
+
+    ``relative`` divides the error's norm by the norm of the transformed code; ``vs_other_slice`` by the
+    mean distance between two different slices' codes, the scale a mapper has to tell apart (a value
+    near 1 means the transformed code is as far from the truth as another slice's code is).
+    """
+    with torch.no_grad():
+        partner = inputs.roll(1, dims=0)
+        codes, partner_codes = encoder(inputs), encoder(partner)
+        expected = transform.code(codes, partner_codes)
+        error = encoder(transform.image(inputs, partner)) - expected
+        other = (codes - partner_codes).flatten(1).norm(dim=1).mean()
+        return {
+            "relative": float(error.norm() / expected.norm()),
+            "vs_other_slice": float(error.flatten(1).norm(dim=1).mean() / other),
+        }
+
+
+@dataclass
+class EquivarianceRow:
+    """One transform's errors on a run's slices."""
+
+    transform: str
+    server_option: str | None
+    image_relative: float
+    image_vs_other_slice: float
+    mask_relative: float
+    mask_vs_other_slice: float
+    decoded_dice: float | None
+    """Dice of decoding ``T E(y)`` against ``T y`` (split-summed, classes present): whether the mask
+    decoder reads the transformed code as the transformed mask. None for mixes."""
+
+
+def measure(
+    image_encoder: nn.Module, codec: MaskCodec, images: np.ndarray, masks: np.ndarray, downsample: int
+) -> list[EquivarianceRow]:
+    """Every transform's errors for a center's encoders on (N, 1, H, W) images and (N, H, W) masks."""
+    device = next(codec.parameters()).device
+    x = torch.from_numpy(images).to(device)
+    y = one_hot(torch.from_numpy(masks)[:, None].to(device), codec.num_classes).float()
+    grid = (images.shape[-2] // downsample, images.shape[-1] // downsample)
+    image_encoder.eval(), codec.eval()
+    rows = []
+    for t in transforms(grid, downsample):
+        image_error = equivariance_error(image_encoder, x, t)
+        mask_error = equivariance_error(codec.encoder, y, t)
+        dice = None
+        if t.labels:
+            with torch.no_grad():
+                codes = codec.encoder(y)
+                decoded = codec.decode(t.code(codes, codes.roll(1, dims=0))).argmax(1)
+                truth = t.image(y, y.roll(1, dims=0)).argmax(1)
+            dice = validation_dice(decoded.cpu().numpy(), truth.cpu().numpy(), codec.num_classes)
+        rows.append(
+            EquivarianceRow(
+                t.name,
+                t.server,
+                image_error["relative"],
+                image_error["vs_other_slice"],
+                mask_error["relative"],
+                mask_error["vs_other_slice"],
+                dice,
+            )
+        )
+    return rows

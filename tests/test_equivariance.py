@@ -1,0 +1,62 @@
+"""The equivariance measure: zero for an encoder that commutes with every transform by construction,
+large where it cannot, on real (phantom) slices."""
+
+import pytest
+import torch
+from torch import nn
+
+from privacysf.center.codecs import MaskCodec
+from privacysf.center.equivariance import equivariance_error, measure, transforms
+from privacysf.config import CodecConfig, DataConfig
+from privacysf.data.prepare import prepare
+
+DOWNSAMPLE = 4
+
+
+@pytest.fixture(scope="module")
+def slices():
+    return prepare(DataConfig(dataset="phantom", size=32, phantom_cases=6)).train
+
+
+class PositionBias(nn.Module):
+    """Average pooling (commutes with all of them) plus a fixed code per token position (does not)."""
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(DOWNSAMPLE)
+        self.bias = torch.linspace(-1, 1, grid * grid).reshape(1, 1, grid, grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) + self.bias
+
+
+def test_pooling_commutes_with_every_transform(slices):
+    images = torch.from_numpy(slices.images)
+    for t in transforms((8, 8), DOWNSAMPLE):
+        error = equivariance_error(nn.AvgPool2d(DOWNSAMPLE), images, t)
+        assert error["relative"] < 1e-6, t.name
+
+
+def test_a_fixed_code_per_position_breaks_every_reordering_but_not_a_splice_or_mix(slices):
+    images = torch.from_numpy(slices.images)
+    errors = {
+        t.name: equivariance_error(PositionBias(8), images, t)["relative"]
+        for t in transforms((8, 8), DOWNSAMPLE)
+    }
+    assert errors["none (reference)"] < 1e-6
+    assert errors["mixup, weight 0.5"] < 1e-6  # a fixed bias survives a convex mix
+    assert errors["splice a quarter of the tokens"] < 1e-6  # and keeps every token in its place
+    for name in ("flip left-right", "flip up-down", "reverse (180° turn)", "90° turn", "shift 1 token(s)"):
+        assert errors[name] > 0.1, name
+
+
+def test_measure_reports_every_transform_with_the_codec_ceiling_first(slices):
+    torch.manual_seed(0)
+    codec = MaskCodec(int(slices.masks.max()) + 1, CodecConfig(width=4, downsample=DOWNSAMPLE))
+    rows = measure(nn.AvgPool2d(DOWNSAMPLE), codec, slices.images, slices.masks, DOWNSAMPLE)
+    names = [r.transform for r in rows]
+    assert names[0] == "none (reference)" and "splice a quarter of the tokens" in names
+    assert rows[0].image_relative < 1e-6 and rows[0].mask_relative < 1e-6
+    assert 0 <= rows[0].decoded_dice <= 1
+    mix = next(r for r in rows if r.server_option == "mixup")
+    assert mix.decoded_dice is None and mix.mask_relative > 1e-3  # tanh does not commute with mixing
