@@ -40,12 +40,15 @@ def main() -> None:
     for run in args.runs:
         cfg, center = reload_center(run, "cpu")
         slices = getattr(prepare(cfg.data), args.split)
-        label = f"{Path(cfg.data.dataset).name} s{cfg.data.seed} ({len(slices.images)} {args.split} slices)"
+        penalty = f", equivariance {cfg.codec.equivariance:g}" if cfg.codec.equivariance else ""
+        label = f"{Path(cfg.data.dataset).name} s{cfg.data.seed}{penalty} ({len(slices.images)} slices)"
         for row in measure(
             center.image_encoder, center.mask_codec, slices.images, slices.masks, cfg.codec.downsample
         ):
             records.append(
-                {"run": run.name, "dataset": cfg.data.dataset, "seed": cfg.data.seed} | asdict(row)
+                {"run": run.name, "dataset": cfg.data.dataset, "seed": cfg.data.seed}
+                | {"equivariance": cfg.codec.equivariance}
+                | asdict(row)
             )
             lines.append(
                 f"| {label} | {row.transform} | {row.server_option or '-'} | {row.image_relative:.3f} | "

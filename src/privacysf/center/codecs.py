@@ -17,6 +17,7 @@ from monai.losses import DiceCELoss
 from monai.networks.utils import one_hot
 from torch import nn
 
+from privacysf.center.equivariance import EquivariancePenalty
 from privacysf.common.torchutil import apply_in_batches
 from privacysf.common.training import FitResult, fit
 from privacysf.config import CodecConfig, ExperimentConfig
@@ -55,13 +56,17 @@ class MaskCodec(nn.Module):
         self.register_buffer("logit_offset", torch.zeros(num_classes, 1, 1))
         self.register_load_state_dict_pre_hook(_take_offset_shape)
 
-    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+    def inputs(self, labels: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) label maps -> the encoder's (N, K, H, W) one-hot input."""
         if int(labels.max()) >= self.num_classes or int(labels.min()) < 0:
             raise DataError(
                 f"mask holds label {int(labels.max())} but this mask codec was trained for "
                 f"{self.num_classes} classes (0..{self.num_classes - 1}); retrain the codec for these classes"
             )
-        return self.encoder(one_hot(labels[:, None], self.num_classes).float())
+        return one_hot(labels[:, None], self.num_classes).float()
+
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.inputs(labels))
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         return self.decoder(code) + self.logit_offset
@@ -151,10 +156,13 @@ def train_mask_codec(
     grid = token_grid(cfg.data.size, cfg.codec)
     wire_dtype = cfg.codec.wire_dtype
 
+    penalty = equivariance_penalty(cfg)
+
     def step(y):
         sent = wire_rounding(codec.encode(y), wire_dtype)
         noisy = sent + cfg.codec.code_noise * torch.randn_like(sent)
-        return loss_fn(codec.decode(noisy), y[:, None])
+        loss = loss_fn(codec.decode(noisy), y[:, None])
+        return loss + penalty(codec.encoder, codec.inputs(y)) if penalty else loss
 
     def validate() -> float:
         tokens = through_wire(encode_masks(codec, val.masks, device), grid, "mask", wire_dtype)
@@ -171,6 +179,14 @@ def train_mask_codec(
         codec_signature(cfg, num_classes, "mask-codec"),
     )
     return codec, result
+
+
+def equivariance_penalty(cfg: ExperimentConfig) -> EquivariancePenalty | None:
+    """The penalty that makes a center encoder commute with the server's code transforms, if on."""
+    c = cfg.codec
+    if not c.equivariance:
+        return None
+    return EquivariancePenalty(c.equivariance, token_grid(cfg.data.size, c), c.downsample, cfg.train.seed)
 
 
 def codec_batches(
@@ -312,10 +328,16 @@ def train_image_encoder(
         for name, module in {"model": encoder, **objective.modules()}.items():
             module.load_state_dict(initial[name])
     batches = slice_batches(train, cfg.train, device, seed_offset=1)
+    penalty = equivariance_penalty(cfg)
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        loss = objective.loss(*batch)
+        return loss + penalty(encoder, batch[0]) if penalty else loss
+
     result = fit(
         encoder,
         batches,
-        lambda batch: objective.loss(*batch),
+        step,
         lambda: objective.score(val, device),
         cfg.train,
         f"center image encoder ({mode})",

@@ -16,14 +16,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from monai.networks.utils import one_hot
 from torch import nn
 
-from privacysf.center.codecs import MaskCodec
 from privacysf.metrics.segmentation import validation_dice
+
+if TYPE_CHECKING:  # the codecs train with this module's penalty
+    from privacysf.center.codecs import MaskCodec
+
+IDENTITY = "none (reference)"
+"""The first row of :func:`transforms`: zero error, and the codec's own ceiling as decoded Dice."""
 
 Pair = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(batch, its partner batch) -> transformed batch; one-image transforms ignore the partner."""
@@ -81,7 +86,7 @@ def transforms(grid: tuple[int, int], downsample: int, max_shift: int = 2) -> li
     identity, turn = one(lambda t: t), one(lambda t: t.rot90(1, (-2, -1)))
     flip_lr, flip_ud, half_turn = flipped(-1), flipped(-2), flipped(-2, -1)
     return [
-        CodeTransform("none (reference)", None, identity, identity),
+        CodeTransform(IDENTITY, None, identity, identity),
         CodeTransform("flip left-right", "flip", flip_lr, flip_lr),
         CodeTransform("flip up-down", "flip", flip_ud, flip_ud),
         CodeTransform("reverse (180° turn)", "reverse", half_turn, half_turn),
@@ -95,6 +100,20 @@ def transforms(grid: tuple[int, int], downsample: int, max_shift: int = 2) -> li
     ]
 
 
+def residual(
+    encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, transform: CodeTransform
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``E(T x) - T E(x)``, ``T E(x)`` and ``E(x) - E(partner)``, each slice paired with the next.
+
+    Differentiable: the measure below reads it without gradients, the training penalty with them.
+    """
+    partner = inputs.roll(1, dims=0)
+    codes = encoder(inputs)
+    partner_codes = codes.roll(1, dims=0)  # the partner's code, without a second pass
+    expected = transform.code(codes, partner_codes)
+    return encoder(transform.image(inputs, partner)) - expected, expected, codes - partner_codes
+
+
 def equivariance_error(
     encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, transform: CodeTransform
 ) -> dict[str, float]:
@@ -105,15 +124,44 @@ def equivariance_error(
     near 1 means the transformed code is as far from the truth as another slice's code is).
     """
     with torch.no_grad():
-        partner = inputs.roll(1, dims=0)
-        codes, partner_codes = encoder(inputs), encoder(partner)
-        expected = transform.code(codes, partner_codes)
-        error = encoder(transform.image(inputs, partner)) - expected
-        other = (codes - partner_codes).flatten(1).norm(dim=1).mean()
+        error, expected, between = residual(encoder, inputs, transform)
         return {
             "relative": float(error.norm() / expected.norm()),
-            "vs_other_slice": float(error.flatten(1).norm(dim=1).mean() / other),
+            "vs_other_slice": float(
+                error.flatten(1).norm(dim=1).mean() / between.flatten(1).norm(dim=1).mean()
+            ),
         }
+
+
+def _mean_norm(batch: torch.Tensor) -> torch.Tensor:
+    return batch.flatten(1).norm(dim=1).mean()
+
+
+class EquivariancePenalty:
+    """``codec.equivariance`` × the squared error of one transform drawn per training step, over the
+    squared distance between the batch's slices' codes (the ``vs_other_slice`` scale).
+
+    Scaled by the distance between slices rather than by the code's norm, so neither a constant offset
+    (a larger norm) nor codes that stop telling slices apart can make the error look small.
+
+    Added to an encoder's loss so that a transformed code becomes the code of the transformed input,
+    and the server's augmentations of code pairs then show it pairs that real slices produce. Draws from
+    every transform of :func:`transforms` but the identity, from its own generator (``train.seed``), so
+    switching it on does not change the batches the rest of training sees.
+    """
+
+    def __init__(self, weight: float, grid: tuple[int, int], downsample: int, seed: int) -> None:
+        self.weight = weight
+        self.choices = [t for t in transforms(grid, downsample) if t.name != IDENTITY]
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        transform = self.choices[int(torch.randint(len(self.choices), (1,), generator=self.generator))]
+        error, expected, between = residual(encoder, inputs, transform)
+        scale = between.pow(2).sum()
+        if scale <= 1e-6 * expected.pow(2).sum().detach():  # one slice, or identical ones (empty masks)
+            return inputs.new_zeros(())
+        return self.weight * error.pow(2).sum() / scale
 
 
 @dataclass
@@ -137,7 +185,7 @@ def measure(
     """Every transform's errors for a center's encoders on (N, 1, H, W) images and (N, H, W) masks."""
     device = next(codec.parameters()).device
     x = torch.from_numpy(images).to(device)
-    y = one_hot(torch.from_numpy(masks)[:, None].to(device), codec.num_classes).float()
+    y = codec.inputs(torch.from_numpy(masks).to(device))
     grid = (images.shape[-2] // downsample, images.shape[-1] // downsample)
     image_encoder.eval(), codec.eval()
     rows = []

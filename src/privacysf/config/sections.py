@@ -189,6 +189,11 @@ class CodecConfig(ConfigModel):
     ``private`` (``task`` plus an in-the-loop attacker decoder whose reconstruction it must spoil)."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
+    equivariance: float = Field(0.0, ge=0)
+    """Weight of a penalty that makes both center encoders commute with the server's code transforms
+    (flips, turns, whole-token shifts, splices, mixes; ``privacysf.center.equivariance``): the squared
+    relative error of one transform drawn per step. 0 (off) keeps the encoders as they were; the
+    measured errors and Dice are in docs/results.md ("Server-side code augmentation")."""
     wire_dtype: WireDtype = "int8"
     """dtype of codes on the wire: ``float32``, ``float16`` or ``int8`` (codes are bounded in [-1, 1])."""
 
