@@ -83,8 +83,17 @@ def measure(size: int, batch: int, repeats: int) -> list[dict]:
 
 
 def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
-    columns = ["size", "batch", "setting", "GFLOP/image", "encode ms", "map ms", "decode ms", "total ms"]
-    columns.append("× raw U-Net")
+    columns = [
+        "size",
+        "batch",
+        "setting",
+        "GFLOP/image",
+        "encode ms",
+        "map ms",
+        "decode ms",
+        "total ms",
+        "× raw U-Net",
+    ]
     return (
         Markdown()
         .paragraph(

@@ -159,10 +159,12 @@ def train_mask_codec(
     penalty = equivariance_penalty(cfg)
 
     def step(y):
-        sent = wire_rounding(codec.encode(y), wire_dtype)
+        one_hot_masks = codec.inputs(y)
+        code = codec.encoder(one_hot_masks)
+        sent = wire_rounding(code, wire_dtype)
         noisy = sent + cfg.codec.code_noise * torch.randn_like(sent)
         loss = loss_fn(codec.decode(noisy), y[:, None])
-        return loss + penalty(codec.encoder, codec.inputs(y)) if penalty else loss
+        return loss + penalty(codec.encoder, one_hot_masks, code) if penalty else loss
 
     def validate() -> float:
         tokens = through_wire(encode_masks(codec, val.masks, device), grid, "mask", wire_dtype)

@@ -101,21 +101,29 @@ def transforms(grid: tuple[int, int], downsample: int, max_shift: int = 2) -> li
 
 
 def residual(
-    encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, transform: CodeTransform
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    transform: CodeTransform,
+    codes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``E(T x) - T E(x)``, ``T E(x)`` and ``E(x) - E(partner)``, each slice paired with the next.
 
-    Differentiable: the measure below reads it without gradients, the training penalty with them.
+    ``codes`` is ``E(x)`` where the caller has it already (the mask codec's training step), so it is
+    not computed twice. Differentiable: the measure below reads it without gradients, the training
+    penalty with them.
     """
     partner = inputs.roll(1, dims=0)
-    codes = encoder(inputs)
+    codes = encoder(inputs) if codes is None else codes
     partner_codes = codes.roll(1, dims=0)  # the partner's code, without a second pass
     expected = transform.code(codes, partner_codes)
     return encoder(transform.image(inputs, partner)) - expected, expected, codes - partner_codes
 
 
 def equivariance_error(
-    encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, transform: CodeTransform
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    transform: CodeTransform,
+    codes: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Relative error of ``E(T x)`` against ``T E(x)`` over a batch (pairs: each slice with the next).
 
@@ -124,12 +132,10 @@ def equivariance_error(
     near 1 means the transformed code is as far from the truth as another slice's code is).
     """
     with torch.no_grad():
-        error, expected, between = residual(encoder, inputs, transform)
+        error, expected, between = residual(encoder, inputs, transform, codes)
         return {
             "relative": float(error.norm() / expected.norm()),
-            "vs_other_slice": float(
-                error.flatten(1).norm(dim=1).mean() / between.flatten(1).norm(dim=1).mean()
-            ),
+            "vs_other_slice": float(_mean_norm(error) / _mean_norm(between)),
         }
 
 
@@ -155,9 +161,14 @@ class EquivariancePenalty:
         self.choices = [t for t in transforms(grid, downsample) if t.name != IDENTITY]
         self.generator = torch.Generator().manual_seed(seed)
 
-    def __call__(self, encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self,
+        encoder: Callable[[torch.Tensor], torch.Tensor],
+        inputs: torch.Tensor,
+        codes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         transform = self.choices[int(torch.randint(len(self.choices), (1,), generator=self.generator))]
-        error, expected, between = residual(encoder, inputs, transform)
+        error, expected, between = residual(encoder, inputs, transform, codes)
         scale = between.pow(2).sum()
         if scale <= 1e-6 * expected.pow(2).sum().detach():  # one slice, or identical ones (empty masks)
             return inputs.new_zeros(())
@@ -187,15 +198,17 @@ def measure(
     x = torch.from_numpy(images).to(device)
     y = codec.inputs(torch.from_numpy(masks).to(device))
     grid = (images.shape[-2] // downsample, images.shape[-1] // downsample)
-    image_encoder.eval(), codec.eval()
+    image_encoder.eval()
+    codec.eval()
+    with torch.no_grad():  # each encoder's codes of the untransformed slices, once for all transforms
+        image_codes, codes = image_encoder(x), codec.encoder(y)
     rows = []
     for t in transforms(grid, downsample):
-        image_error = equivariance_error(image_encoder, x, t)
-        mask_error = equivariance_error(codec.encoder, y, t)
+        image_error = equivariance_error(image_encoder, x, t, image_codes)
+        mask_error = equivariance_error(codec.encoder, y, t, codes)
         dice = None
         if t.labels:
             with torch.no_grad():
-                codes = codec.encoder(y)
                 decoded = codec.decode(t.code(codes, codes.roll(1, dims=0))).argmax(1)
                 truth = t.image(y, y.roll(1, dims=0)).argmax(1)
             dice = validation_dice(decoded.cpu().numpy(), truth.cpu().numpy(), codec.num_classes)

@@ -192,7 +192,8 @@ class CodecConfig(ConfigModel):
     equivariance: float = Field(0.0, ge=0)
     """Weight of a penalty that makes both center encoders commute with the server's code transforms
     (flips, turns, whole-token shifts, splices, mixes; ``privacysf.center.equivariance``): the squared
-    relative error of one transform drawn per step. 0 (off) keeps the encoders as they were; the
+    error of one transform drawn per step over the squared distance between the batch's slices'
+    codes. 0 (off) keeps the encoders as they were; the
     measured errors and Dice are in docs/results.md ("Server-side code augmentation")."""
     wire_dtype: WireDtype = "int8"
     """dtype of codes on the wire: ``float32``, ``float16`` or ``int8`` (codes are bounded in [-1, 1])."""
