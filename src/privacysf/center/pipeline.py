@@ -25,11 +25,14 @@ from privacysf.center.codecs import (
     train_image_encoder,
     train_mask_codec,
 )
+from privacysf.center.encryption import QueryEncryption
 from privacysf.center.keys import CenterKey, KeyedTransform
 from privacysf.common.torchutil import load_checkpoint, save_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.data.preprocess import SliceSet
+from privacysf.errors import WireFormatError
 from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes, tokens_to_grid
+from privacysf.exchange.encrypted import is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvEncoder
@@ -37,6 +40,7 @@ from privacysf.nets.conv import ConvEncoder
 MASK_CODEC = Path("center") / "mask_codec.pt"
 IMAGE_ENCODER = Path("center") / "image_encoder.pt"
 KEY = Path("center") / "key.json"
+CKKS_KEY = Path("center") / "ckks_key.json"
 
 
 class Mapper(Protocol):
@@ -60,6 +64,8 @@ class Center:
     device: torch.device
     key: KeyedTransform | None = None
     """The secret keyed transform applied to every code before it leaves (None: codes go as they are)."""
+    encryption: QueryEncryption | None = None
+    """The CKKS keys queries are encrypted with (None: queries go as plain codes)."""
 
     @property
     def scan(self) -> str:
@@ -77,10 +83,30 @@ class Center:
     def mask_message(self, masks: np.ndarray, dtype: str | None = None) -> bytes:
         return self._message(encode_masks(self.mask_codec, masks, self.device), "mask", dtype)
 
+    def query_message(self, images: np.ndarray) -> bytes:
+        """What a query sends the server: the image-code message, as CKKS ciphertexts when this center
+        encrypts its queries (training uploads stay :meth:`image_message`)."""
+        if self.encryption is None:
+            return self.image_message(images)
+        tokens = encode_images(self.image_encoder, images, self.device)
+        if self.key:
+            tokens = self.key.forward(tokens, "image")
+        return self.encryption.encrypt(tokens, "image", self.scan)
+
     def received_mask_tokens(self, message: bytes) -> np.ndarray:
-        """A mask-code message as the center's decoder reads it: checked, read and un-keyed."""
-        batch = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens)
-        return self.key.inverse(batch.tokens, "mask") if self.key else batch.tokens
+        """A mask-code message as the center's decoder reads it: checked, read (decrypted when it is
+        encrypted) and un-keyed."""
+        if is_encrypted(message):
+            if self.encryption is None:
+                raise WireFormatError("an encrypted reply reached a center that holds no CKKS key")
+            tokens = self.encryption.decrypt(message)
+            if tokens.shape[1:] != self.mask_tokens:
+                raise WireFormatError(
+                    f"encrypted reply of {tokens.shape[1:]} tokens, expected {self.mask_tokens}"
+                )
+        else:
+            tokens = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens).tokens
+        return self.key.inverse(tokens, "mask") if self.key else tokens
 
     def decode_message(self, message: bytes) -> np.ndarray:
         return decode_masks(self.mask_codec, self.received_mask_tokens(message), self.grid, self.device)
@@ -90,8 +116,18 @@ class Center:
         return self.grid[0] * self.grid[1], self.cfg.codec.mask_channels
 
     def segment(self, server: Mapper, images: np.ndarray) -> np.ndarray:
-        """encode -> server maps -> decode, for (N, 1, H, W) preprocessed images."""
-        return self.decode_message(server.map(self.image_message(images)))
+        """encode (and encrypt) -> server maps -> decode, for (N, 1, H, W) preprocessed images.
+
+        Encrypted queries go one image at a time: a message of many ciphertexts would hold the
+        server's worker for seconds per image."""
+        if self.encryption is None:
+            return self.decode_message(server.map(self.image_message(images)))
+        return np.concatenate(
+            [
+                self.decode_message(server.map(self.query_message(images[i : i + 1])))
+                for i in range(len(images))
+            ]
+        )
 
 
 def train_center(
@@ -104,7 +140,8 @@ def train_center(
     codec, codec_fit = train_mask_codec(cfg, train, val, num_classes, device, run_dir / MASK_CODEC)
     encoder, encoder_fit, _ = train_image_encoder(cfg, train, val, codec, device, run_dir / IMAGE_ENCODER)
     key = draw_key(cfg, run_dir)
-    center = Center(cfg, codec, encoder, token_grid(cfg.data.size, cfg.codec), device, key)
+    grid = token_grid(cfg.data.size, cfg.codec)
+    center = Center(cfg, codec, encoder, grid, device, key, draw_encryption(cfg, grid, run_dir))
     val_before = mask_ceiling(center, val.masks, num_classes)
     raised = guard_empty_masks(center)
     checkpoint = run_dir / MASK_CODEC
@@ -126,6 +163,15 @@ def draw_key(cfg: ExperimentConfig, run_dir: Path) -> KeyedTransform | None:
     secret = CenterKey.create()
     secret.save(run_dir / KEY)
     return keyed_transform(cfg, secret)
+
+
+def draw_encryption(cfg: ExperimentConfig, grid: tuple[int, int], run_dir: Path) -> QueryEncryption | None:
+    """With ``encryption.enabled``, fresh CKKS keys saved in the center's folder only; without, None."""
+    if not cfg.encryption.enabled:
+        return None
+    encryption = QueryEncryption.create(grid, cfg.mapper.kernel)
+    encryption.save(run_dir / CKKS_KEY)
+    return encryption
 
 
 def keyed_transform(cfg: ExperimentConfig, key: CenterKey) -> KeyedTransform:
@@ -203,8 +249,15 @@ def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) 
         load_checkpoint(run_dir / IMAGE_ENCODER, codec_signature(cfg, num_classes, "image-encoder"))["model"]
     )
     key = keyed_transform(cfg, CenterKey.load(run_dir / KEY)) if cfg.key.enabled else None
+    encryption = QueryEncryption.load(run_dir / CKKS_KEY) if cfg.encryption.enabled else None
     center = Center(
-        cfg, codec.to(device).eval(), encoder.to(device).eval(), token_grid(cfg.data.size, c), device, key
+        cfg,
+        codec.to(device).eval(),
+        encoder.to(device).eval(),
+        token_grid(cfg.data.size, c),
+        device,
+        key,
+        encryption,
     )
     guard_empty_masks(center)
     return center

@@ -70,7 +70,7 @@ def cmd_baseline_eval(args: argparse.Namespace) -> None:
 
 def _print_fit(run_dir: Path, metrics: dict) -> None:
     from privacysf.metrics.evaluation import headline
-    from privacysf.workflows.fit_report import ratio_text
+    from privacysf.workflows.fit_report import encrypted_text, ratio_text
 
     p = metrics["privacysf"]
     print(f"Privacy-SF ({p['mode']}) on {metrics['dataset']}: {headline(p['test'])}")
@@ -79,7 +79,9 @@ def _print_fit(run_dir: Path, metrics: dict) -> None:
         print(f"Dice ratio Privacy-SF / raw U-Net: {ratio_text(metrics.get('dice_ratio_vs_unet'))}")
     print(f"mask-codec ceiling Dice: {p['mask_codec_ceiling_dice']:.3f}")
     pay = p["payload_bytes_per_query"]
-    print(f"payload per query: {pay['total']} B (raw image {p['raw_image_bytes']} B)")
+    print(f"payload per plain query: {pay['total']} B (raw image {p['raw_image_bytes']} B)")
+    if encrypted := p.get("encrypted_queries"):
+        print(encrypted_text(encrypted))
     print(f"report: {run_dir / 'report.md'}")
 
 

@@ -21,6 +21,7 @@ from privacysf.config.sections import (
     AugmentConfig,
     CodecConfig,
     DataConfig,
+    EncryptionConfig,
     KeyConfig,
     MapperConfig,
     TrainConfig,
@@ -44,6 +45,7 @@ class ExperimentConfig(ConfigModel):
     unet: UNetConfig = Field(default_factory=UNetConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
     key: KeyConfig = Field(default_factory=KeyConfig)
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     mapper: MapperConfig = Field(default_factory=MapperConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
@@ -60,6 +62,20 @@ class ExperimentConfig(ConfigModel):
             problems.append(f"data.size {size} must be divisible by the U-Net's total stride {stride}")
         if self.key.enabled and self.key.permute_tokens:
             problems += [f"key.permute_tokens: {p}" for p in permutation_conflicts(self.mapper, self.augment)]
+        if self.encryption.enabled:
+            tokens = (size // downsample) ** 2
+            if self.mapper.kind != "poly":
+                problems.append(
+                    f"encryption.enabled needs mapper.kind=poly (the {self.mapper.kind} mapper uses "
+                    "operations a server cannot apply to ciphertexts)"
+                )
+            if self.mapper.center_embedding:
+                problems.append("encryption.enabled cannot be combined with mapper.center_embedding")
+            if tokens and 8192 % tokens:
+                problems.append(
+                    f"encryption.enabled needs a power-of-two token grid of at most 64x64; data.size "
+                    f"{size} / codec.downsample {downsample} gives {size // downsample}"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

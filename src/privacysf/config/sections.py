@@ -209,6 +209,19 @@ class KeyConfig(ConfigModel):
     """Shuffle token positions with a secret permutation; needs an order-blind mapper (transformer)."""
 
 
+class EncryptionConfig(ConfigModel):
+    """Encrypted queries: the server maps CKKS ciphertexts of image codes it cannot read.
+
+    The center keeps the CKKS secret key (``center/ckks_key.json``, owner-only) and sends the server
+    public evaluation keys once; every query's image code then goes as ciphertexts, and the mask code
+    comes back as ciphertexts only the center can decrypt. Needs ``mapper.kind=poly`` (a mapper made
+    of convolutions and a square, which is what ciphertexts allow) and a power-of-two token grid.
+    Training codes are still uploaded in plain form (docs/threat-model.md says what that leaves open).
+    """
+
+    enabled: bool = False
+
+
 class MapperConfig(ConfigModel):
     """The server's mapping network over the token sequence.
 
@@ -216,17 +229,20 @@ class MapperConfig(ConfigModel):
     cost is linear in the tokens and every token is within reach of every other. ``cnn`` is the
     residual dilated 1-D CNN over the sequence that came before it (about 5× the arithmetic at 128²,
     6× at 256²). Both rely on raster token order. ``transformer`` has learned position embeddings, so
-    a fixed secret permutation of the tokens costs it nothing.
+    a fixed secret permutation of the tokens costs it nothing. ``poly`` (convolution, square,
+    convolution over the token grid) is the one a server can evaluate on CKKS-encrypted codes
+    (``encryption.enabled``); it also runs on plain codes.
     """
 
-    kind: Literal["unet", "cnn", "transformer"] = "unet"
+    kind: Literal["unet", "cnn", "transformer", "poly"] = "unet"
     width: int = Field(128, ge=8, multiple_of=8)
     """Channels per token of the cnn and the transformer; a multiple of 8 because the cnn normalises
     in groups of 8 (GroupNorm)."""
     cycles: int = Field(2, ge=1)
     """Repeats of the dilation cycle 1, 2, 4, …, grid width (the last reaches the token one row up)."""
     kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3
-    """Taps of each 1-D convolution of the cnn; odd, so the window is centred on its token."""
+    """Taps of each 1-D convolution of the cnn, side of both 2-D convolutions of poly; odd, so the
+    window is centred on its token."""
     use_position: bool = True
     """Append each token's (row, column) on the grid, so the mapper knows where a token sits (cnn,
     unet)."""
@@ -236,6 +252,9 @@ class MapperConfig(ConfigModel):
     """Widths of the unet's levels (``kind=unet`` only): the full token grid first, then each halving
     of its side; halvings past the last entry keep its width, so each level costs at most a quarter of
     the one above. Multiples of 8 (GroupNorm in groups of 8)."""
+    poly_width: int = Field(32, ge=1)
+    """Channels between the poly mapper's two convolutions (``kind=poly`` only). Encrypted, its cost
+    grows linearly with it: each 4 channels at 128² are one ciphertext to rotate ``4·kernel²`` times."""
     res_units: int = Field(2, ge=0, le=4)
     """Residual units per level of the unet (``kind=unet`` only; MONAI ``UNet``'s ``num_res_units``)."""
     depth: int = Field(2, ge=1)

@@ -7,6 +7,7 @@ from torch import nn
 
 from privacysf.config import MapperConfig
 from privacysf.nets.grid import GridUNetMapper
+from privacysf.nets.polynomial import PolynomialMapper
 from privacysf.nets.sequence import SequenceMapper
 from privacysf.nets.transformer import TokenTransformer
 
@@ -39,6 +40,8 @@ def build_mapper(
         return CenterEmbedded(inner, centers, cfg.center_embedding)
     if cfg.kind == "transformer":
         return TokenTransformer(in_channels, out_channels, grid[0] * grid[1], cfg.width, cfg.depth, cfg.heads)
+    if cfg.kind == "poly":
+        return PolynomialMapper(in_channels, out_channels, grid, cfg.poly_width, cfg.kernel)
     if cfg.kind == "unet":
         return GridUNetMapper(
             in_channels, out_channels, grid, cfg.grid_channels, cfg.res_units, cfg.use_position

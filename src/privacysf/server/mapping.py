@@ -18,9 +18,12 @@ from privacysf.common.training import EpochHook, FitResult, epoch_order, fit
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
+from privacysf.exchange.encrypted import EncryptedCodes, EvaluationKeys, is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER, fits_wire
 from privacysf.nets.mappers import build_mapper
+from privacysf.nets.polynomial import PolynomialMapper
 from privacysf.server.augment import augment_pairs, pipeline
+from privacysf.server.encrypted import EncryptedMapper
 
 
 class MappingServer:
@@ -35,6 +38,8 @@ class MappingServer:
         self.signature: dict = {}
         self.centers = 0
         """Centers the mapper tells apart by a learned embedding (0: no embedding, one code space)."""
+        self.encrypted: dict[str, EncryptedMapper] = {}
+        """The mapper bound to each center's CKKS evaluation keys, by key id (encrypted queries)."""
 
     def initialise(
         self,
@@ -190,6 +195,8 @@ class MappingServer:
         """
         if self.model is None:
             raise ConfigError("the mapping network is not trained or loaded yet")
+        if is_encrypted(image_codes):
+            return self.map_encrypted(image_codes)
         if self.centers and (center is None or not 0 <= center < self.centers):
             raise ConfigError(
                 f"this mapper serves {self.centers} centers; say which one (0..{self.centers - 1})"
@@ -223,6 +230,29 @@ class MappingServer:
             )
         return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
 
+    def register_keys(self, message: bytes) -> str:
+        """Take a center's public CKKS evaluation keys (``PSFK``), so its encrypted queries can be mapped.
+
+        Returns the key id its queries carry. Needs a trained poly mapper: the only kind made of
+        operations ciphertexts allow."""
+        if not isinstance(self.model, PolynomialMapper):
+            raise ConfigError(
+                f"encrypted queries need a mapper trained with mapper.kind=poly; this one is "
+                f"{self.mapper_cfg.kind}"
+            )
+        keys = EvaluationKeys.decode(message)
+        self.encrypted[keys.key_id] = EncryptedMapper(self.model, keys)
+        return keys.key_id
+
+    def map_encrypted(self, message: bytes) -> bytes:
+        """Encrypted image codes in, encrypted mask codes out, under keys :meth:`register_keys` took."""
+        query = EncryptedCodes.decode(message, expect_kind="image")
+        if query.key_id not in self.encrypted:
+            raise ConfigError(
+                f"no evaluation keys for CKKS key {query.key_id}; the center must register its keys first"
+            )
+        return self.encrypted[query.key_id].map(query).encode()
+
     def save(self, path: Path) -> None:
         if self.model is None:
             raise ConfigError("nothing to save: the mapping network is not trained")
@@ -249,4 +279,6 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
         del settings["center_embedding"]
     if cfg.kind != "unet":
         del settings["grid_channels"], settings["res_units"]
+    if cfg.kind != "poly":
+        del settings["poly_width"]
     return settings

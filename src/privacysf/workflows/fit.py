@@ -7,9 +7,12 @@ and writes a run folder with config, metrics, figures and a Markdown report.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 from privacysf.center.pipeline import Center, load_center, train_center
 from privacysf.common.figures import curves
@@ -22,6 +25,7 @@ from privacysf.exchange import WIRE_DTYPES
 from privacysf.metrics.evaluation import save_test_overlays, score_test
 from privacysf.metrics.segmentation import Summary
 from privacysf.nets.unet import predict_labels, train_unet
+from privacysf.server import MappingServer
 from privacysf.workflows.fit_report import save_code_pictures, write_report
 from privacysf.workflows.inprocess import fit_server, load_server, payload_bytes
 from privacysf.workflows.session import open_run
@@ -36,8 +40,12 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     center, center_fits = train_center(cfg, data.train, data.val, k, device, run_dir)
     center_seconds = time.perf_counter() - started
     server, server_fit, upload = fit_server(cfg, center, data.train, data.val, run_dir)
-    pred = center.segment(server, data.test.images)
+    plain_center = dataclasses.replace(center, encryption=None)
+    pred = plain_center.segment(server, data.test.images)
     payload = payload_bytes(center, server, data.test.images[0])
+    encrypted = None
+    if center.encryption:  # the headline is then the encrypted queries' result
+        pred, encrypted = encrypted_queries(center, server, data, pred)
     ceiling_scores = {dtype: ceiling_by_class(center, data, dtype) for dtype in WIRE_DTYPES}
     ceilings = {dtype: scored["mean"]["dice"]["mean"] for dtype, scored in ceiling_scores.items()}
     metrics: dict = {
@@ -51,6 +59,7 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
             "mask_codec_ceiling_scores_by_wire_dtype": ceiling_scores,
             "mask_codec_empty_guard": center_fits["empty_mask_guard"],
             "payload_bytes_per_query": payload,
+            **({"encrypted_queries": encrypted} if encrypted else {}),
             "raw_image_bytes": data.raw_image_bytes,
             "raw_image_dtype": data.info.stored_dtype,
             "wire_dtype": cfg.codec.wire_dtype,
@@ -78,7 +87,7 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
         f"image encoder ({cfg.codec.image_mode})": center_fits["image_encoder"].history,
         "server mapper (-MSE)": server_fit.history,
     }
-    predictions = {"Privacy-SF": pred}
+    predictions = {"Privacy-SF (encrypted queries)" if encrypted else "Privacy-SF": pred}
     if cfg.compare_unet:
         seed_everything(cfg.train.seed, cfg.train.threads)  # same start as `privacysf baseline train`
         unet, unet_fit = train_unet(cfg, data, device, run_dir / "baseline" / "unet.pt")
@@ -104,6 +113,37 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     save_code_pictures(figures / "codes.png", center, data)
     write_report(run_dir, cfg, metrics)
     return run_dir, metrics
+
+
+def encrypted_queries(
+    center: Center, server: MappingServer, data: PreparedData, plain: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """The test split through encrypted queries, one image each: their predictions, and their Dice
+    beside the same mapper's on plain codes (``plain``), with time and bytes per query.
+
+    The server takes the center's public evaluation keys first (their size and making time are
+    reported); its view of every query is ciphertext."""
+    assert center.encryption is not None
+    started = time.perf_counter()
+    keys = center.encryption.evaluation_keys().encode()
+    server.register_keys(keys)
+    keys_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    pred = center.segment(server, data.test.images)
+    seconds = (time.perf_counter() - started) / len(data.test.images)
+    up = center.query_message(data.test.images[:1])
+    down = server.map(up)
+    return pred, {
+        "plaintext_test_dice": score_test(plain, data)["mean"]["dice"]["mean"],
+        "test_dice": score_test(pred, data)["mean"]["dice"]["mean"],
+        "labels_differing_from_plaintext": float(np.mean(pred != plain)),
+        "seconds_per_query": round(seconds, 3),
+        "queries": len(data.test.images),
+        "bytes_per_query": {"up": len(up), "down": len(down), "total": len(up) + len(down)},
+        "evaluation_key_bytes": len(keys),
+        "evaluation_key_seconds": round(keys_seconds, 2),
+        "ckks": center.encryption.params.to_dict(),
+    }
 
 
 def ceiling_by_class(center: Center, data: PreparedData, dtype: str) -> Summary:

@@ -171,12 +171,27 @@ def _facts(metrics: dict) -> list[str]:
         facts.append(f"Privacy-SF / raw U-Net mean Dice: {ratio_text(metrics.get('dice_ratio_vs_unet'))}")
     pay = p["payload_bytes_per_query"]
     seconds = ", ".join(f"{stage.replace('_', ' ')} {s} s" for stage, s in p["training_seconds"].items())
+    if encrypted := p.get("encrypted_queries"):
+        facts.append(encrypted_text(encrypted))
     return [
         *facts,
-        f"Payload per query: {pay['up']} B up + {pay['down']} B down = {pay['total']} B; the raw image "
-        f"is {p['raw_image_bytes']} B ({p['raw_image_dtype']})",
+        f"Payload per plain query: {pay['up']} B up + {pay['down']} B down = {pay['total']} B; the raw "
+        f"image is {p['raw_image_bytes']} B ({p['raw_image_dtype']})",
         f"Training seconds: {seconds}",
     ]
+
+
+def encrypted_text(encrypted: dict) -> str:
+    """One line on encrypted queries: Dice beside plaintext, time and bytes per query, key size."""
+    pay = encrypted["bytes_per_query"]
+    return (
+        f"Encrypted queries (CKKS, ring degree {encrypted['ckks']['degree']}): test Dice "
+        f"{encrypted['test_dice']:.3f} against {encrypted['plaintext_test_dice']:.3f} for the same mapper "
+        f"on plain codes ({encrypted['labels_differing_from_plaintext']:.2%} of pixels labelled "
+        f"differently); {encrypted['seconds_per_query']:.2f} s per query over {encrypted['queries']}; "
+        f"{pay['up']:,} B up + {pay['down']:,} B down; public evaluation keys sent once: "
+        f"{encrypted['evaluation_key_bytes'] / 1e6:.1f} MB"
+    )
 
 
 def _training_rows(metrics: dict) -> list[list[Cell]]:

@@ -30,7 +30,7 @@ from privacysf.data.readers import (
     is_image_entry,
     read_volume,
 )
-from privacysf.errors import DataError
+from privacysf.errors import ConfigError, DataError
 from privacysf.workflows.fit import reload_center
 from privacysf.workflows.inprocess import load_server
 
@@ -45,9 +45,23 @@ CHANNEL_SUFFIX = re.compile(r"_(\d{4})$")
 
 
 def load_segmenter(run_dir: Path, device: str | None = None, server: Mapper | None = None) -> Segmenter:
-    """The run's center models, loaded once; ``server`` maps the codes (default: the run's own mapper)."""
+    """The run's center models, loaded once; ``server`` maps the codes (default: the run's own mapper).
+
+    A run that encrypts its queries hands its own mapper the center's public evaluation keys first;
+    the service and Flower paths do not take such keys yet, so they are refused for it."""
     cfg, center = reload_center(run_dir, device)
-    mapper = server or load_server(cfg, run_dir)
+    if center.encryption is not None and server is not None:
+        raise ConfigError(
+            f"{run_dir} encrypts its queries (encryption.enabled), which only the run's own mapper can "
+            "serve so far: the service does not take CKKS evaluation keys yet; segment without a model id"
+        )
+    mapper: Mapper
+    if server is not None:
+        mapper = server
+    else:
+        mapper = own = load_server(cfg, run_dir)
+        if center.encryption is not None:
+            own.register_keys(center.encryption.evaluation_keys().encode())
     normalization = json.loads((run_dir / "data.json").read_text())["normalization"]
     axis = cfg.data.axis
 
