@@ -9,8 +9,9 @@ import pytest
 import torch
 from keykit import raw_forms
 
-from privacysf.center.encryption import SECRET_FILE_MODE, QueryEncryption
+from privacysf.center.encryption import QueryEncryption
 from privacysf.center.pipeline import CKKS_KEY
+from privacysf.common.runs import SECRET_FILE_MODE
 from privacysf.config import ExperimentConfig
 from privacysf.data.phantom import phantom_case
 from privacysf.errors import ConfigError, WireFormatError

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from privacysf.common.runs import atomic_write
+from privacysf.common.runs import write_secret
 from privacysf.errors import ConfigError, ServiceError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, read_header
 
@@ -45,11 +45,7 @@ class Profile:
     token: str
 
     def save(self, path: Path) -> None:
-        def write(tmp: Path) -> None:
-            tmp.chmod(0o600)  # before the token is written: atomic_write's files start readable
-            tmp.write_text(json.dumps({"url": self.url, "token": self.token}))
-
-        atomic_write(path, write)
+        write_secret(path, json.dumps({"url": self.url, "token": self.token}))
 
     @classmethod
     def load(cls, path: Path) -> Profile:

@@ -11,14 +11,13 @@ and no others.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 
 import numpy as np
 import tenseal.sealapi as seal
 
-from privacysf.common.runs import atomic_write
+from privacysf.common.runs import read_secret, write_secret
 from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange.encrypted import (
     CkksParameters,
@@ -33,8 +32,6 @@ from privacysf.exchange.encrypted import (
     unpack,
 )
 from privacysf.exchange.wire import SCAN_ORDER
-
-SECRET_FILE_MODE = 0o600
 
 
 class QueryEncryption:
@@ -111,7 +108,7 @@ class QueryEncryption:
         return np.clip(np.stack(codes), -1.0, 1.0)
 
     def save(self, path: Path) -> None:
-        """Write the secret and public keys readable by the owner only (mode set before any byte)."""
+        """Write the secret and public keys readable by the owner only (``write_secret``)."""
         record = {
             "version": 1,
             "key_id": self.key_id,
@@ -122,21 +119,17 @@ class QueryEncryption:
             "public_key": save_bytes(self._public_key).hex(),
         }
 
-        def write(tmp: Path) -> None:
-            os.chmod(tmp, SECRET_FILE_MODE)
-            tmp.write_text(json.dumps(record))
-
-        atomic_write(path, write)
+        write_secret(path, json.dumps(record))
 
     @classmethod
     def load(cls, path: Path) -> QueryEncryption:
-        if not path.is_file():
-            raise ConfigError(
-                f"CKKS key {path} is missing; this run encrypts its queries and cannot decrypt a reply "
-                "without it (nothing the server holds can recover it)"
-            )
+        record = read_secret(
+            path,
+            "CKKS key",
+            "this run encrypts its queries and cannot decrypt a reply without it (nothing the server "
+            "holds can recover it)",
+        )
         try:
-            record = json.loads(path.read_text())
             p = record["params"]
             params = CkksParameters(p["degree"], tuple(p["moduli_bits"]), p["scale_bits"])
             context = params.context()

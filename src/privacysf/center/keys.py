@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from privacysf.common.runs import atomic_write
+from privacysf.common.runs import SECRET_FILE_MODE, read_secret, write_secret
 from privacysf.config import KeyConfig
 from privacysf.errors import ConfigError
 from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER
 
 KEY_BYTES = 32
-KEY_FILE_MODE = 0o600  # owner read/write only: the key never leaves the center
+KEY_FILE_MODE = SECRET_FILE_MODE  # owner read/write only: the key never leaves the center
 
 
 @dataclass(frozen=True)
@@ -51,27 +50,19 @@ class CenterKey:
         return np.random.default_rng(int.from_bytes(digest, "little"))
 
     def save(self, path: Path) -> None:
-        """Write the key readable by its owner only (``KEY_FILE_MODE``).
-
-        ``atomic_write`` gives its files the ordinary umask mode, so this chmod is what keeps the key
-        private; it comes before the secret is written so the bytes never sit in a readable file.
-        """
-
-        def write(tmp: Path) -> None:
-            os.chmod(tmp, KEY_FILE_MODE)
-            tmp.write_text(json.dumps({"version": 1, "secret": self.secret.hex()}))
-
-        atomic_write(path, write)
+        """Write the key readable by its owner only (``KEY_FILE_MODE``, see ``write_secret``)."""
+        write_secret(path, json.dumps({"version": 1, "secret": self.secret.hex()}))
 
     @classmethod
     def load(cls, path: Path) -> CenterKey:
-        if not path.is_file():
-            raise ConfigError(
-                f"center key {path} is missing; this run encodes with a secret key and cannot be used "
-                "without it (keys are never recoverable from anything the server holds)"
-            )
+        record = read_secret(
+            path,
+            "center key",
+            "this run encodes with a secret key and cannot be used without it (keys are never "
+            "recoverable from anything the server holds)",
+        )
         try:
-            secret = bytes.fromhex(json.loads(path.read_text())["secret"])
+            secret = bytes.fromhex(record["secret"])
         except (ValueError, KeyError, TypeError):
             raise ConfigError(f"center key {path} is malformed") from None
         if len(secret) != KEY_BYTES:

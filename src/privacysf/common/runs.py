@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from privacysf.errors import ConfigError
+
 
 def _umask() -> int:
     """The process umask, without changing it where the system can tell us.
@@ -31,6 +33,38 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+SECRET_FILE_MODE = 0o600
+"""Owner read/write only: center keys, CKKS secret keys and login tokens."""
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` readable by its owner only, atomically.
+
+    ``atomic_write`` gives its files the ordinary umask mode, so this chmod is what keeps a secret
+    private; it comes before the text is written, so the bytes never sit in a readable file.
+    """
+
+    def write(tmp: Path) -> None:
+        os.chmod(tmp, SECRET_FILE_MODE)
+        tmp.write_text(text)
+
+    atomic_write(path, write)
+
+
+def read_secret(path: Path, what: str, missing: str) -> dict:
+    """The JSON record of a secret file written by :func:`write_secret`, or a :class:`ConfigError`
+    naming ``what`` it is and, when the file is absent, why that matters (``missing``)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} is missing; {missing}")
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{what} {path} is malformed (not JSON)") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{what} {path} is malformed (not a JSON object)")
+    return record
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
