@@ -126,6 +126,7 @@ def fit(
     modules: dict[str, torch.nn.Module] | None = None,
     resume: Path | None = None,
     on_epoch: EpochHook | None = None,
+    wrap_optimizer: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
 ) -> FitResult:
     """Train ``model`` and leave it holding the weights of its best validation epoch.
 
@@ -138,11 +139,14 @@ def fit(
     records, so a process killed mid-training loses at most one epoch. ``on_epoch`` receives each
     epoch's history record (progress reporting for callers such as the service's job runner, whose
     output is its job log); without it one summary line is printed when training ends, with or without
-    progress bars.
+    progress bars. ``wrap_optimizer`` turns the Adam optimiser into another that steps it (DP-SGD's
+    clipping and noise, ``privacysf.server.private_training``).
     """
     parts = {"model": model, **(modules or {})}
     params = [p for m in parts.values() for p in m.parameters()]
-    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    if wrap_optimizer is not None:
+        optimizer = wrap_optimizer(optimizer)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
     best_score, best_epoch, best_state = -math.inf, -1, None
     history: list[dict[str, float]] = []

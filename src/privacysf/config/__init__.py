@@ -20,6 +20,7 @@ from privacysf.config.sections import (
     TrainConfig,
     UNetConfig,
     WireDtype,
+    dp_conflicts,
     permutation_conflicts,
 )
 from privacysf.config.studies import (
@@ -50,5 +51,6 @@ __all__ = [
     "TrainConfig",
     "UNetConfig",
     "WireDtype",
+    "dp_conflicts",
     "permutation_conflicts",
 ]

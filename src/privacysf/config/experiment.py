@@ -26,6 +26,7 @@ from privacysf.config.sections import (
     MapperConfig,
     TrainConfig,
     UNetConfig,
+    dp_conflicts,
     permutation_conflicts,
 )
 from privacysf.config.studies import AttackConfig, FederationConfig
@@ -62,6 +63,7 @@ class ExperimentConfig(ConfigModel):
             problems.append(f"data.size {size} must be divisible by the U-Net's total stride {stride}")
         if self.key.enabled and self.key.permute_tokens:
             problems += [f"key.permute_tokens: {p}" for p in permutation_conflicts(self.mapper, self.augment)]
+        problems += dp_conflicts(self.mapper, self.augment)
         if self.encryption.enabled:
             tokens = (size // downsample) ** 2
             if self.mapper.kind != "poly":

@@ -267,6 +267,15 @@ class MapperConfig(ConfigModel):
     lr: float | None = Field(None, gt=0)
     """Learning rate of the mapper; unset: ``train.lr`` for the unet and cnn, :data:`TRANSFORMER_LR` for the
     transformer (attention needs a smaller step than the convolutions)."""
+    dp_noise: float = Field(0.0, ge=0)
+    """DP-SGD noise multiplier σ of the mapper's training (0 = off): each pair's gradient is clipped
+    to ``dp_clip`` and Gaussian noise of std σ·``dp_clip`` joins each batch's sum (Opacus), batches
+    are Poisson draws, and the (ε, ``dp_delta``) the training spent is reported. It bounds what the
+    mapper's weights reveal of any one training pair (membership), not what the codes themselves show."""
+    dp_clip: float = Field(1.0, gt=0)
+    """Largest L2 norm of one pair's gradient under DP-SGD (``dp_noise`` > 0)."""
+    dp_delta: float = Field(1e-5, gt=0, lt=1)
+    """δ of the (ε, δ) guarantee reported under DP-SGD; keep it below 1 / the number of training pairs."""
 
     @field_validator("heads")
     @classmethod
@@ -315,6 +324,16 @@ class AugmentConfig(ConfigModel):
     def order_dependent(self) -> list[str]:
         """The switched-on augmentations that need to know which token sits where."""
         return [name for name in ORDER_AUGMENTATIONS if getattr(self, name) > 0]
+
+
+def dp_conflicts(mapper: MapperConfig, augment: AugmentConfig) -> list[str]:
+    """Why DP-SGD's accounting would not hold for the mapper with these augmentations: ``mixup`` and
+    ``splice`` build each training pair from two, so one pair's influence is no longer one gradient."""
+    if mapper.dp_noise > 0 and (
+        mixed := [name for name in ("mixup", "splice") if getattr(augment, name) > 0]
+    ):
+        return [f"mapper.dp_noise needs augment.{'/'.join(mixed)} = 0 (they mix two pairs into one)"]
+    return []
 
 
 def permutation_conflicts(mapper: MapperConfig, augment: AugmentConfig) -> list[str]:

@@ -38,6 +38,8 @@ class MappingServer:
         self.signature: dict = {}
         self.centers = 0
         """Centers the mapper tells apart by a learned embedding (0: no embedding, one code space)."""
+        self.privacy: dict[str, float] | None = None
+        """The (ε, δ) the last DP-SGD training spent, with its settings (None: trained without DP)."""
         self.encrypted: dict[str, EncryptedMapper] = {}
         """The mapper bound to each center's CKKS evaluation keys, by key id (encrypted queries)."""
 
@@ -117,12 +119,19 @@ class MappingServer:
         vtx, vty = vtx.to(device), vty.to(device)
         steps = pipeline(self.augment_cfg)
         g = torch.Generator().manual_seed(cfg.seed)
+        private = private_training(self.mapper_cfg, cfg.batch_size, len(tx))
+
+        def orders(epoch: int):
+            order = epoch_order(len(tx), cfg.batch_size, cfg.min_steps, cfg.seed + epoch)
+            return private.draws(len(order), cfg.seed + epoch) if private else order
 
         def batches(epoch: int):
-            for order in epoch_order(len(tx), cfg.batch_size, cfg.min_steps, cfg.seed + epoch):
+            for order in orders(epoch):
                 index = torch.from_numpy(order)
                 bx, by = augment_pairs(tx[index], ty[index], grid, steps, g)
-                yield bx.to(device), by.to(device), tc[index].to(device)
+                # Opacus's per-pair hooks fire on the first layer's input gradient: without one torch
+                # warns on every step, so under DP the input asks for it
+                yield bx.to(device).requires_grad_(private is not None), by.to(device), tc[index].to(device)
 
         def step(batch):
             bx, by, bc = batch
@@ -131,18 +140,26 @@ class MappingServer:
         def validate() -> float:
             return -float(torch.nn.functional.mse_loss(self.predict_tokens(vtx, centers=vc), vty))
 
-        return fit(
-            model,
-            batches,
-            step,
-            validate,
-            cfg,
-            "server mapper",
-            checkpoint,
-            self.signature,
-            resume=resume,
-            on_epoch=on_epoch,
-        )
+        per_pair = private.attach(model) if private else None
+        try:
+            result = fit(
+                model,
+                batches,
+                step,
+                validate,
+                cfg,
+                "server mapper",
+                checkpoint,
+                self.signature,
+                resume=resume,
+                on_epoch=on_epoch,
+                wrap_optimizer=private.wrap if private else None,
+            )
+        finally:
+            if per_pair is not None:
+                per_pair.remove_hooks()
+        self.privacy = private.spent() if private else None
+        return result
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         return model(tokens, centers) if self.centers else model(tokens)
@@ -270,11 +287,28 @@ class MappingServer:
         model.eval()
 
 
+def private_training(cfg: MapperConfig, batch_size: int, pairs: int):
+    """DP-SGD for this training when ``mapper.dp_noise`` > 0, else None.
+
+    Opacus is imported here, not with the module: it needs SciPy, which a server installed without
+    the ``dp`` extra does not hold (the server install stays free of scientific image stacks)."""
+    if cfg.dp_noise <= 0:
+        return None
+    try:
+        from privacysf.server.private_training import PrivateTraining
+    except ImportError:
+        raise ConfigError(
+            "mapper.dp_noise needs Opacus, which this install lacks: pip install 'privacysf[dp]'"
+        ) from None
+    return PrivateTraining.from_config(cfg, batch_size, pairs)
+
+
 def _mapper_settings(cfg: MapperConfig) -> dict:
     """The mapper settings a checkpoint records; the center embedding only when on and the unet's
     fields only for the unet, so checkpoints made before those options existed still load."""
     settings = cfg.model_dump()
-    del settings["lr"]  # how it was trained, not what shape it has
+    for how_trained in ("lr", "dp_noise", "dp_clip", "dp_delta"):  # not what shape it has
+        del settings[how_trained]
     if not cfg.center_embedding:
         del settings["center_embedding"]
     if cfg.kind != "unet":

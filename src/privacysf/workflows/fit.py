@@ -60,6 +60,7 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
             "mask_codec_empty_guard": center_fits["empty_mask_guard"],
             "payload_bytes_per_query": payload,
             **({"encrypted_queries": encrypted} if encrypted else {}),
+            **({"mapper_dp": server.privacy} if server.privacy else {}),
             "raw_image_bytes": data.raw_image_bytes,
             "raw_image_dtype": data.info.stored_dtype,
             "wire_dtype": cfg.codec.wire_dtype,

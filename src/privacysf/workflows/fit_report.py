@@ -173,6 +173,13 @@ def _facts(metrics: dict) -> list[str]:
     seconds = ", ".join(f"{stage.replace('_', ' ')} {s} s" for stage, s in p["training_seconds"].items())
     if encrypted := p.get("encrypted_queries"):
         facts.append(encrypted_text(encrypted))
+    if dp := p.get("mapper_dp"):
+        facts.append(
+            f"Server mapper trained with DP-SGD: (ε = {dp['epsilon']:.2f}, δ = {dp['delta']:g}) over "
+            f"{dp['steps']} steps (noise multiplier {dp['noise_multiplier']}, clip {dp['max_grad_norm']}, "
+            f"sample rate {dp['sample_rate']:.3g}); it covers the training pairs, not the validation "
+            "pairs that chose the epoch kept"
+        )
     return [
         *facts,
         f"Payload per plain query: {pay['up']} B up + {pay['down']} B down = {pay['total']} B; the raw "
