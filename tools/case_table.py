@@ -3,11 +3,15 @@ ceiling, from ``privacysf fit`` run folders (issue 16's target table).
 
     .venv/bin/python tools/case_table.py runs/ [more folders]
     .venv/bin/python tools/case_table.py --timing runs/   # training seconds per stage instead
+    .venv/bin/python tools/case_table.py --encrypted runs/   # encrypted queries against plain codes
 
 With ``--timing`` each row gives the seconds of every training stage, their sum and that sum over the
 raw U-Net's training on the same split in the same run (issue 17's "<= 3 x" target): the stages and
 the U-Net ran in one process with the same thread count, so the ratio is fair even where the
 absolute seconds depend on what else the machine was doing.
+
+With ``--encrypted`` the runs made with ``encryption.enabled`` give the test Dice of their encrypted
+queries beside the same mapper's on plain codes, with seconds and bytes per query.
 
 Each figure is read from a run's ``metrics.json`` (``per_case_3d.foreground_only``: each test case's
 slices stacked into one volume, classes the case holds averaged, then the mean over cases). A run
@@ -48,6 +52,7 @@ def row(run: Path) -> dict:
         "run": run.name,
         "seconds": p["training_seconds"],
         "unet_seconds": metrics.get("raw_unet", {}).get("training_seconds"),
+        "encrypted": p.get("encrypted_queries"),
     }
 
 
@@ -80,6 +85,23 @@ def print_timing(rows: list[dict]) -> None:
         )
 
 
+def print_encrypted(rows: list[dict]) -> None:
+    print(
+        "| dataset | seed | queries | Dice, encrypted queries | Dice, same mapper on plain codes "
+        "| pixels labelled differently | s per query | bytes up | bytes down |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if not (e := r["encrypted"]):
+            continue
+        pay = e["bytes_per_query"]
+        print(
+            f"| {r['dataset']} | {r['seed']} | {e['queries']} | {e['test_dice']:.3f} | "
+            f"{e['plaintext_test_dice']:.3f} | {e['labels_differing_from_plaintext']:.3%} | "
+            f"{e['seconds_per_query']:.2f} | {pay['up']:,} | {pay['down']:,} |"
+        )
+
+
 def _cell_seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -87,11 +109,14 @@ def _cell_seconds(value: float | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+")
-    parser.add_argument("--timing", action="store_true", help="training seconds per stage, not Dice")
+    table = parser.add_mutually_exclusive_group()
+    table.add_argument("--timing", action="store_true", help="training seconds per stage, not Dice")
+    table.add_argument("--encrypted", action="store_true", help="encrypted queries against plain codes")
     args = parser.parse_args()
     runs = sorted({m.parent for f in args.folders for m in f.glob("*-privacysf-task-*/metrics.json")})
     rows = sorted((row(r) for r in runs), key=lambda r: (r["dataset"], r["seed"]))
-    (print_timing if args.timing else print_dice)(rows)
+    printer = print_timing if args.timing else print_encrypted if args.encrypted else print_dice
+    printer(rows)
 
 
 if __name__ == "__main__":

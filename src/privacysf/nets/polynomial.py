@@ -18,8 +18,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from privacysf.exchange.wire import grid_to_tokens, tokens_to_grid
-
 
 class PolynomialMapper(nn.Module):
     """Maps (N, L, C_in) raster-order tokens on ``grid`` to (N, L, C_out): conv, square, conv.
@@ -37,6 +35,6 @@ class PolynomialMapper(nn.Module):
         self.second = nn.Conv2d(width, out_channels, kernel, padding=kernel // 2)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        hidden = self.first(tokens_to_grid(tokens, self.grid))
-        out = grid_to_tokens(self.second(hidden * hidden))
+        hidden = self.first(tokens.transpose(1, 2).reshape(len(tokens), -1, *self.grid))
+        out = self.second(hidden * hidden).flatten(2).transpose(1, 2)
         return out if self.training else out.clamp(-1, 1)
