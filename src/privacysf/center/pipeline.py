@@ -71,10 +71,12 @@ class Center:
     def scan(self) -> str:
         return self.key.scan if self.key else SCAN_ORDER
 
+    def _keyed(self, tokens: np.ndarray, kind: str) -> np.ndarray:
+        """Codes as they leave the center: through the keyed transform when there is a key."""
+        return self.key.forward(tokens, kind) if self.key else tokens
+
     def _message(self, tokens: np.ndarray, kind: str, dtype: str | None) -> bytes:
-        if self.key:
-            tokens = self.key.forward(tokens, kind)
-        batch = CodeBatch(tokens, self.grid, kind, scan=self.scan)
+        batch = CodeBatch(self._keyed(tokens, kind), self.grid, kind, scan=self.scan)
         return encode_codes(batch, dtype or self.cfg.codec.wire_dtype)
 
     def image_message(self, images: np.ndarray) -> bytes:
@@ -88,9 +90,7 @@ class Center:
         encrypts its queries (training uploads stay :meth:`image_message`)."""
         if self.encryption is None:
             return self.image_message(images)
-        tokens = encode_images(self.image_encoder, images, self.device)
-        if self.key:
-            tokens = self.key.forward(tokens, "image")
+        tokens = self._keyed(encode_images(self.image_encoder, images, self.device), "image")
         return self.encryption.encrypt(tokens, "image", self.scan)
 
     def received_mask_tokens(self, message: bytes) -> np.ndarray:
