@@ -94,3 +94,15 @@ def assert_no_secret(blobs: Sequence[bytes], forms: dict[str, bytes]) -> None:
             offset = blob.find(form)
             if offset >= 0:
                 raise AssertionError(f"key form {name!r} found in blob {index} at byte {offset}")
+
+
+def ckks_secret_forms(encryption) -> dict[str, bytes]:
+    """Byte forms of a center's CKKS secret key (a ``QueryEncryption``'s): serialised, in hex and
+    base64 (:func:`raw_forms`), and its first raw coefficients as little-endian uint64."""
+    from privacysf.exchange.encrypted import save_bytes
+
+    secret = encryption._secret_key
+    forms = raw_forms(save_bytes(secret), "ckks-secret")
+    coefficients = secret.data().dyn_array()
+    forms["ckks-secret/coefficients"] = np.array([coefficients[i] for i in range(64)], "<u8").tobytes()
+    return forms

@@ -3,6 +3,7 @@ simulation and as real SuperLink/SuperNode processes on loopback (with a center 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -15,19 +16,20 @@ import torch
 from flowerkit import Deployment
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from keykit import assert_no_secret, raw_forms
+from keykit import assert_no_secret, ckks_secret_forms, raw_forms
 
 from privacysf.center.aggregation import FederationSecret, mask_weights, unmask
 from privacysf.center.codecs import MaskCodec
 from privacysf.center.federation import LOCAL_PARTS
-from privacysf.center.pipeline import MASK_CODEC
+from privacysf.center.pipeline import MASK_CODEC, load_center
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig, MapperConfig
-from privacysf.data.centers import MULTI_CENTER_TASKS, partition_cases
+from privacysf.data.centers import MULTI_CENTER_TASKS, partition_cases, prepare_centers
 from privacysf.data.phantom import phantom_cases
 from privacysf.data.registry import REGISTRY
 from privacysf.errors import ConfigError, FederationError, PrivacySFError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, flower, masking, split_messages
+from privacysf.exchange.encrypted import EncryptedCodes, EvaluationKeys
 from privacysf.metrics import mean_dice
 from privacysf.server import MappingServer
 from privacysf.server import federation as server_federation
@@ -464,3 +466,46 @@ def test_a_malformed_flower_message_fails_naming_the_field():
         flower.field(record, "codes", bytes)
     assert flower.field(MetricRecord({"num-examples": 1}), "seconds", float, 0.0) == 0.0
     assert flower.field(ConfigRecord({"round": 2}), "round", int) == 2
+
+
+def test_encrypted_queries_through_flower_decrypt_to_the_plaintext_map(tmp_path):
+    """With encryption.enabled every center sends its test codes as ciphertexts beside its public
+    evaluation keys; the server maps them unread, and what each center decrypts and decodes is what
+    the same mapper gives on its plain codes. The pooled mode with a center embedding is refused."""
+    modes = ["alone", "fedavg-codecs"]
+    settings = ["mapper.kind=poly", "mapper.poly_width=8", "encryption.enabled=true", "train.epochs=3"]
+    every_mode = tiny(tmp_path, *settings)
+    with pytest.raises(ConfigError, match="drop it: --set 'federation.modes="):
+        run_federate(every_mode)
+    cfg = every_mode.override([f"federation.modes={modes}"])
+    run_dir, metrics = run_federate(cfg)
+    _check_run(run_dir, metrics, modes)
+    server = run_dir / "server"
+    centers = prepare_centers(cfg.data, cfg.federation)
+    for index, center_data in enumerate(centers):
+        for codecs, mode in ((flower.LOCAL, "alone"), (flower.SHARED, "fedavg-codecs")):
+            center = load_center(
+                cfg, center_data.data.info.num_classes, run_dir / "centers" / str(index) / codecs, "cpu"
+            )
+            assert center.encryption is not None
+            bundle = (server / "codes" / f"{codecs}-{center_data.name}.psfc").read_bytes()
+            parts = split_messages(bundle[: bundle.index(b"PSFE")], 4)
+            assert [decode_codes(p).kind for p in parts] == ["image", "mask", "image", "mask"]
+            query = EncryptedCodes.decode(bundle[bundle.index(b"PSFE") :], expect_kind="image")
+            assert query.key_id == center.encryption.key_id
+            assert len(query.ciphertexts) == len(center_data.data.test)
+            keys = (server / "keys" / f"{codecs}-{center_data.name}.psfk").read_bytes()
+            assert EvaluationKeys.decode(keys).key_id == center.encryption.key_id
+            leaked = [n for n, form in ckks_secret_forms(center.encryption).items() if form in keys + bundle]
+            assert not leaked
+            mapper = MappingServer(cfg.mapper, cfg.augment, cfg.train)
+            name = f"alone-{center_data.name}" if mode == "alone" else mode
+            mapper.load(server / "mappers" / f"{name}.pt", center.grid, *_channels(cfg))
+            plain = dataclasses.replace(center, encryption=None).segment(mapper, center_data.data.test.images)
+            decrypted = np.load(run_dir / "centers" / str(index) / "predictions" / f"{mode}.npy")
+            assert (decrypted == plain).mean() > 0.995
+    assert not list(server.rglob("*ckks*"))
+
+
+def _channels(cfg: ExperimentConfig) -> tuple[int, int]:
+    return cfg.codec.image_channels, cfg.codec.mask_channels

@@ -25,11 +25,18 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from privacysf.center.aggregation import FederationSecret, mask_weights, unmask
-from privacysf.center.codecs import MaskCodec, codec_signature, train_image_encoder, train_mask_codec
+from privacysf.center.codecs import (
+    MaskCodec,
+    codec_signature,
+    token_grid,
+    train_image_encoder,
+    train_mask_codec,
+)
 from privacysf.center.pipeline import (
     IMAGE_ENCODER,
     MASK_CODEC,
     Center,
+    draw_encryption,
     draw_key,
     load_center,
     train_center,
@@ -127,10 +134,21 @@ def masked_reply(message: Message, started: float, s: Site, state: dict, score: 
 
 
 def codes_record(center: Center, s: Site) -> ConfigRecord:
-    """The center's code bundle: train/val image and mask codes, test image codes (no test masks)."""
+    """The center's code bundle: train/val image and mask codes, test image codes (no test masks).
+
+    A center that encrypts its queries sends its test codes as ciphertexts, with the public evaluation
+    keys the server maps them with; its training codes go as plain codes, as in ``fit``."""
     data = s.center.data
     messages = dict(zip(flower.UPLOAD_PARTS, upload_messages(center, data.train, data.val), strict=True))
-    return ConfigRecord({**messages, flower.TEST_IMAGES: center.image_message(data.test.images)})
+    if center.encryption is None:
+        return ConfigRecord({**messages, flower.TEST_IMAGES: center.image_message(data.test.images)})
+    return ConfigRecord(
+        {
+            **messages,
+            flower.TEST_QUERIES: center.query_message(data.test.images),
+            flower.EVALUATION_KEYS: center.encryption.evaluation_keys().encode(),
+        }
+    )
 
 
 def hello(message: Message, s: Site) -> Message:
@@ -211,7 +229,8 @@ def shared_codes(message: Message, s: Site) -> Message:
     save_checkpoint(
         folder / IMAGE_ENCODER, {"signature": _signature(s, "image-encoder"), "model": encoder_state}
     )
-    draw_key(s.cfg, folder)  # the center's own key, never sent: loaded back with the codecs
+    draw_key(s.cfg, folder)  # the center's own keys, never sent: loaded back with the codecs
+    draw_encryption(s.cfg, token_grid(s.cfg.data.size, s.cfg.codec), folder)
     center = load_center(s.cfg, s.classes, folder, s.device)
     return reply(message, started, len(s.center.data.train), codes=codes_record(center, s))
 

@@ -5,7 +5,8 @@ Every message between the server (``privacysf.server.federation``) and a center
 
 - code bundles: wire-format code messages (:mod:`privacysf.exchange.wire`) as ``bytes`` in a
   ``ConfigRecord`` named ``codes`` (train/val image and mask codes, test image codes; mapped test mask
-  codes coming back);
+  codes coming back); with ``encryption.enabled`` the test codes go and come back as CKKS ciphertexts
+  (:mod:`privacysf.exchange.encrypted`) beside the center's public evaluation keys;
 - weights of a network being federated in an ``ArrayRecord`` named ``weights``, keys
   ``part/parameter``: the shared mask codec and image encoder only masked (uint32, with a nonce; the
   server returns their masked sum, :mod:`privacysf.exchange.masking`), the raw-image U-Net of the
@@ -61,6 +62,12 @@ UPLOAD_PARTS = ("train_images", "train_masks", "val_images", "val_masks")
 """Code messages a center sends for the server to learn its mapping (MappingServer.fit's order)."""
 TEST_IMAGES = "test_images"
 """Image codes of the center's test split: the server maps them; their masks never leave."""
+TEST_QUERIES = "test_queries"
+"""With ``encryption.enabled``, in place of :data:`TEST_IMAGES`: the test split's image codes as CKKS
+ciphertexts (one ``PSFE`` message); the server maps them without reading them."""
+EVALUATION_KEYS = "evaluation_keys"
+"""With ``encryption.enabled``: the center's public CKKS evaluation keys (``PSFK``), which let the server
+map its :data:`TEST_QUERIES` and read nothing."""
 LOCAL, SHARED = "local", "shared"
 """Which codecs a center's codes come from: its own, or the federated-averaged ones."""
 

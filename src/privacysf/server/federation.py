@@ -5,9 +5,11 @@ centers chose to federate, and scalar metrics. Mappers are trained with :class:`
 same code as the single-center pipeline and the service's jobs). The shared codecs of
 ``fedavg-codecs`` are averaged under masks (:meth:`Federation.masked_fedavg`): the server adds masked
 uploads and never holds usable codec weights. The raw U-Net of ``unet-fedavg`` (the baseline) is
-Flower's weighted average of the centers' ``ArrayRecord``s. Everything it receives or makes is written to
-``<run-dir>/server/`` as soon as it arrives (atomic writes), so a center dropping out, or the run
-failing, never loses what is already stored.
+Flower's weighted average of the centers' ``ArrayRecord``s. Centers that encrypt their queries
+(``encryption.enabled``) send their test codes as CKKS ciphertexts with public evaluation keys: the
+server maps them with the poly mapper and sends back ciphertexts. Everything it receives or makes
+is written to ``<run-dir>/server/`` as soon as it arrives (atomic writes), so a center dropping out,
+or the run failing, never loses what is already stored.
 
 Run config keys (``flwr run --run-config``): ``config`` (the ExperimentConfig as JSON), ``run-dir``
 and ``num-centers``.
@@ -161,16 +163,21 @@ class Federation:
     def collect_codes(
         self, codecs: str, content: Callable[[Member], RecordDict], action: str
     ) -> dict[str, dict[str, bytes]]:
-        """Ask every center for its code bundle; store each one as it arrives."""
+        """Ask every center for its code bundle; store each one as it arrives (a center's evaluation
+        keys, when it encrypts its queries, beside its codes)."""
         bundles = {}
         for node, answer in self.exchange(action, f"codes-{codecs}", content).items():
             member = next(m for m in self.members if m.node_id == node)
             codes = answer.config_records["codes"]
-            bundle = {
-                part: flower.field(codes, part, bytes) for part in (*flower.UPLOAD_PARTS, flower.TEST_IMAGES)
-            }
-            path = self.folder / "codes" / f"{codecs}-{member.name}.psfc"
-            write_bytes(path, b"".join(bundle.values()))
+            encrypted = flower.EVALUATION_KEYS in codes
+            test = flower.TEST_QUERIES if encrypted else flower.TEST_IMAGES
+            bundle = {part: flower.field(codes, part, bytes) for part in (*flower.UPLOAD_PARTS, test)}
+            write_bytes(self.folder / "codes" / f"{codecs}-{member.name}.psfc", b"".join(bundle.values()))
+            if encrypted:
+                bundle[flower.EVALUATION_KEYS] = flower.field(codes, flower.EVALUATION_KEYS, bytes)
+                write_bytes(
+                    self.folder / "keys" / f"{codecs}-{member.name}.psfk", bundle[flower.EVALUATION_KEYS]
+                )
             bundles[member.name] = bundle
         return bundles
 
@@ -187,13 +194,14 @@ class Federation:
                 for name, upload in zip(names, uploads, strict=True):
                     server = self.mapping_server(0)
                     server.fit(*upload, checkpoint=self.folder / "mappers" / f"alone-{name}.pt")
-                    mapped[name][mode] = server.map(bundles[name][flower.TEST_IMAGES])
+                    mapped[name][mode] = map_test(server, bundles[name])
                 continue
-            embedding = 0 if mode == "pooled-noembed" else fed.center_embedding
+            # a mapper for encrypted queries takes no center embedding (ciphertexts carry no index)
+            embedding = 0 if mode == "pooled-noembed" or self.cfg.encryption.enabled else fed.center_embedding
             server = self.mapping_server(embedding)
             server.fit_pooled(uploads, checkpoint=self.folder / "mappers" / f"{mode}.pt")
             for i, name in enumerate(names):
-                mapped[name][mode] = server.map(bundles[name][flower.TEST_IMAGES], center=i)
+                mapped[name][mode] = map_test(server, bundles[name], i)
         return mapped
 
     def mapping_server(self, embedding: int) -> MappingServer:
@@ -290,6 +298,15 @@ class Federation:
                 self.exchange(flower.EVALUATE_UNET, "evaluate-unet", lambda m: flower.records(weights=unet))
             )
         self.save_status("finished")
+
+
+def map_test(server: MappingServer, bundle: Mapping[str, bytes], center: int | None = None) -> bytes:
+    """A center's test codes mapped: plain codes as they are, encrypted ones under the evaluation keys
+    that came with them (the reply is then ciphertext that only the center can read)."""
+    if flower.EVALUATION_KEYS in bundle:
+        server.register_keys(bundle[flower.EVALUATION_KEYS])
+        return server.map(bundle[flower.TEST_QUERIES])
+    return server.map(bundle[flower.TEST_IMAGES], center=center)
 
 
 def _main(settings: Mapping[str, Any] | None, grid: Grid, context: Context) -> None:

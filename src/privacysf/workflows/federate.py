@@ -174,6 +174,13 @@ def targets(table: dict[str, dict[str, float]], centers: list[str]) -> dict[str,
 
 def run_federate(cfg: ExperimentConfig, superlink: str | None = None) -> tuple[Path, dict]:
     """All configured modes; the Flower part in simulation, or on ``superlink`` when given."""
+    if cfg.encryption.enabled and "pooled" in cfg.federation.modes:
+        others = [m for m in cfg.federation.modes if m != "pooled"]
+        raise ConfigError(
+            "federation mode pooled gives its mapper a center embedding, which encrypted queries cannot "
+            "carry (the server cannot tell whose ciphertext it maps); with encryption.enabled drop it: "
+            f"--set 'federation.modes=[{','.join(others or ['pooled-noembed'])}]'"
+        )
     if "fedavg-codecs" in cfg.federation.modes:  # refuse before any center trains
         secret_path(cfg.federation)
         if not superlink:  # in simulation the centers read the secret on this machine: check it now
