@@ -1,9 +1,9 @@
 """The center's HTTP client of the Privacy-SF service (httpx).
 
-It carries wire messages of codes and small JSON job settings, nothing else: the methods take
-``bytes`` already encoded by the center's networks, so no pixel, mask, decoder or key can reach the
-network through here. A login (server URL and token) is kept in a profile file readable by its owner
-only.
+It carries wire messages of codes, CKKS ciphertexts of codes with the public evaluation keys that
+map them, and small JSON job settings, nothing else: the methods take ``bytes`` already encoded (and
+encrypted) by the center, so no pixel, mask, decoder or secret key can reach the network through
+here. A login (server URL and token) is kept in a profile file readable by its owner only.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from privacysf.common.runs import write_secret
 from privacysf.errors import ConfigError, ServiceError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, read_header
+from privacysf.exchange.encrypted import EvaluationKeys, is_encrypted
 
 CODES = "application/octet-stream"
 CHUNK = 1024 * 1024
@@ -151,10 +152,21 @@ class ServiceClient:
     def models(self) -> list[dict[str, Any]]:
         return self._request("GET", "/models").json()
 
+    def put_keys(self, message: bytes) -> dict[str, Any]:
+        """Register the center's public CKKS evaluation keys (a ``PSFK`` message) for its encrypted
+        queries; the server keeps them under the key id the message carries."""
+        key_id = EvaluationKeys.decode(message).key_id
+        headers = {"Content-Type": CODES}
+        return self._request("PUT", f"/keys/{key_id}", content=message, headers=headers).json()
+
+    def evaluation_keys(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/keys").json()
+
     def map(self, model_id: int, image_codes: bytes, dtype: str | None = None) -> bytes:
         """Mask codes for ``image_codes``, sent in requests of at most :data:`MAP_BATCH_CODES` codes
-        (the server caps the codes of one request so that none holds it for long)."""
-        if read_header(image_codes).shape[0] <= MAP_BATCH_CODES:
+        (the server caps the codes of one request so that none holds it for long). Encrypted codes go
+        as they are: the center encrypts one image per message."""
+        if is_encrypted(image_codes) or read_header(image_codes).shape[0] <= MAP_BATCH_CODES:
             return self._map_request(model_id, image_codes, dtype)
         batch = decode_codes(image_codes)
         parts = [
@@ -204,3 +216,10 @@ class RemoteMapper:
 
     def map(self, image_codes: bytes) -> bytes:
         return self.client.map(self.model_id, image_codes)
+
+    def key_ids(self) -> set[str]:
+        """Ids of the evaluation keys the server holds for this center (for any of its models)."""
+        return {keys["key_id"] for keys in self.client.evaluation_keys()}
+
+    def register_keys(self, message: bytes) -> str:
+        return self.client.put_keys(message)["key_id"]

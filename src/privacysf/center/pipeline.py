@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -51,6 +51,15 @@ class Mapper(Protocol):
     """
 
     def map(self, image_codes: bytes) -> bytes: ...
+
+
+@runtime_checkable
+class KeyedMapper(Mapper, Protocol):
+    """A server that maps encrypted queries once it holds the center's public evaluation keys."""
+
+    def key_ids(self) -> set[str]: ...
+
+    def register_keys(self, message: bytes) -> str: ...
 
 
 @dataclass

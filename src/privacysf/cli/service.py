@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from privacysf.errors import ConfigError
+
 MiB = 1024 * 1024
 
 
@@ -130,10 +132,22 @@ def cmd_center_upload(args: argparse.Namespace) -> None:
 def cmd_center_train(args: argparse.Namespace) -> None:
     client = _client(args)
     train = {"epochs": args.epochs} if args.epochs else {}
-    job = client.start_job(args.datasets, args.name, train=train)
+    mapper = dict(_setting(item) for item in args.mapper)
+    job = client.start_job(args.datasets, args.name, train=train, **({"mapper": mapper} if mapper else {}))
     print(f"job {job['id']} queued")
     if args.wait:
         _print_job(client.wait_job(job["id"]))
+
+
+def _setting(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` of ``--mapper``: the value read as JSON (numbers, true/false), else as text."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--mapper takes KEY=VALUE (e.g. kind=poly), not {item!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def cmd_center_status(args: argparse.Namespace) -> None:
@@ -251,6 +265,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("datasets", type=int, nargs="+", help="dataset ids")
     train.add_argument("--name", default="mapper", help="model name (each job adds a version)")
     train.add_argument("--epochs", type=int, help="training epochs (server default 30)")
+    train.add_argument(
+        "--mapper",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a mapper setting (repeatable), e.g. kind=poly for a run that encrypts its queries",
+    )
     train.add_argument("--wait", action="store_true", help="wait for the job to finish")
     center_command("cancel", cmd_center_cancel, "cancel a queued or running job").add_argument(
         "job", type=int

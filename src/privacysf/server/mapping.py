@@ -261,6 +261,10 @@ class MappingServer:
         self.encrypted[keys.key_id] = EncryptedMapper(self.model, keys)
         return keys.key_id
 
+    def key_ids(self) -> set[str]:
+        """Ids of the centers' evaluation keys this mapper holds."""
+        return set(self.encrypted)
+
     def map_encrypted(self, message: bytes) -> bytes:
         """Encrypted image codes in, encrypted mask codes out, under keys :meth:`register_keys` took."""
         query = EncryptedCodes.decode(message, expect_kind="image")

@@ -1,4 +1,5 @@
-"""Trained mappers kept loaded for the mapping endpoint, so a request does not reload weights."""
+"""Trained mappers kept loaded for the mapping endpoint, so a request does not reload weights (nor, for
+encrypted queries, the center's evaluation keys)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections import OrderedDict
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
 from privacysf.server.mapping import MappingServer
 from privacysf.server.store import Store
-from privacysf.server.tables import ModelRow
+from privacysf.server.tables import EvaluationKeyRow, ModelRow
 
 
 class ModelCache:
@@ -17,6 +18,8 @@ class ModelCache:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.loaded: OrderedDict[int, MappingServer] = OrderedDict()
+        self.registered: dict[tuple[int, str], str] = {}
+        """The key file each loaded model took for a key id: a center's new keys replace the old."""
         self.lock = threading.Lock()
 
     def get(self, row: ModelRow) -> MappingServer:
@@ -29,5 +32,17 @@ class ModelCache:
         with self.lock:
             self.loaded[row.id] = server
             while len(self.loaded) > self.store.cfg.model_cache:
-                self.loaded.popitem(last=False)
+                dropped, _ = self.loaded.popitem(last=False)
+                self.registered = {k: v for k, v in self.registered.items() if k[0] != dropped}
+        return server
+
+    def with_keys(self, row: ModelRow, keys: EvaluationKeyRow) -> MappingServer:
+        """The model, holding the center's evaluation ``keys`` (read from the store once per key file)."""
+        server = self.get(row)
+        with self.lock:
+            current = self.registered.get((row.id, keys.key_id))
+        if current != keys.file:
+            server.register_keys(self.store.files.key(keys.file).read_bytes())
+            with self.lock:
+                self.registered[(row.id, keys.key_id)] = keys.file
         return server

@@ -25,6 +25,12 @@ class ServiceConfig:
     max_map_codes: int = 1024
     """Most codes in one mapping request. Mapping costs CPU time per code, so this bounds how long one
     request holds a worker: a bigger batch is refused with 413 and the client sends it in parts."""
+    max_encrypted_codes: int = 16
+    """Most encrypted codes in one mapping request: each costs the server over a second of CPU (1.2 s
+    at 128², 2.5 s at 256² on two threads, docs/benchmarks/encrypted_queries.md), so 16 stay well
+    within ``map_seconds``; the center's client sends one image per request."""
+    max_key_bytes: int = 256 * MiB
+    """Largest upload of a center's CKKS evaluation keys (72 MB for a 16x16 token grid, 18 MB for 32x32)."""
     map_seconds: float = 60.0
     """Longest a mapping request may compute (checked between batches of 64 codes): past it the rest
     is refused with 413 saying how many codes fit, so no request holds a worker past its clients'

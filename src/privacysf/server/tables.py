@@ -1,15 +1,27 @@
 """The service's database tables (SQLAlchemy 2); their history lives in ``server/migrations``.
 
 Only metadata about codes is stored here: who the centers are, hashes of their tokens, where each
-uploaded code dataset lies with its checksum and shape, jobs with their progress and log, and model
-versions. The code values themselves are files in the store folder.
+uploaded code dataset lies with its checksum and shape, jobs with their progress and log, model
+versions, and where each center's public CKKS evaluation keys lie. The code values and keys themselves
+are files in the store folder.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Dialect, ForeignKey, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -144,4 +156,21 @@ class ModelRow(Base):
     in_channels: Mapped[int] = mapped_column(Integer)
     out_channels: Mapped[int] = mapped_column(Integer)
     mapper: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class EvaluationKeyRow(Base):
+    """A center's public CKKS evaluation keys (``PSFK``), with which the server maps that center's
+    encrypted queries and reads none of them. The keys are a file under ``<store>/keys``; the secret
+    key they belong to never leaves the center."""
+
+    __tablename__ = "evaluation_keys"
+    __table_args__ = (UniqueConstraint("center_id", "key_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    center_id: Mapped[int] = mapped_column(ForeignKey("centers.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(64))
+    """The id the center's encrypted queries carry (random, drawn by the center with its keys)."""
+    file: Mapped[str] = mapped_column(String(200))
+    """File name inside ``<store>/keys``."""
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

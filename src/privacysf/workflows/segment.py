@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privacysf.center.pipeline import Mapper
+from privacysf.center.pipeline import KeyedMapper, Mapper
 from privacysf.common.runs import atomic_write
 from privacysf.data.cases import Case
 from privacysf.data.preprocess import restore_slices, slice_case
@@ -47,21 +47,15 @@ CHANNEL_SUFFIX = re.compile(r"_(\d{4})$")
 def load_segmenter(run_dir: Path, device: str | None = None, server: Mapper | None = None) -> Segmenter:
     """The run's center models, loaded once; ``server`` maps the codes (default: the run's own mapper).
 
-    A run that encrypts its queries hands its own mapper the center's public evaluation keys first;
-    the service and Flower paths do not take such keys yet, so they are refused for it."""
+    A run that encrypts its queries hands the mapper (its own, or the service's) the center's public
+    evaluation keys first, unless it holds them already."""
     cfg, center = reload_center(run_dir, device)
-    if center.encryption is not None and server is not None:
-        raise ConfigError(
-            f"{run_dir} encrypts its queries (encryption.enabled), which only the run's own mapper can "
-            "serve so far: the service does not take CKKS evaluation keys yet; segment without a model id"
-        )
-    mapper: Mapper
-    if server is not None:
-        mapper = server
-    else:
-        mapper = own = load_server(cfg, run_dir)
-        if center.encryption is not None:
-            own.register_keys(center.encryption.evaluation_keys().encode())
+    mapper = server if server is not None else load_server(cfg, run_dir)
+    if center.encryption is not None:
+        if not isinstance(mapper, KeyedMapper):
+            raise ConfigError(f"{run_dir} encrypts its queries, and this server cannot take CKKS keys")
+        if center.encryption.key_id not in mapper.key_ids():
+            mapper.register_keys(center.encryption.evaluation_keys().encode())
     normalization = json.loads((run_dir / "data.json").read_text())["normalization"]
     axis = cfg.data.axis
 

@@ -1,4 +1,5 @@
-"""The HTTP API: centers upload code datasets, start training jobs and map codes with their models.
+"""The HTTP API: centers upload code datasets, start training jobs and map codes with their models,
+plain or CKKS-encrypted (under public evaluation keys the center registered).
 
 Every endpoint but ``/health`` needs a center's bearer token; every dataset, job and model is looked
 up within the calling center's own. Request bodies of codes are the wire format itself
@@ -21,6 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from privacysf.config import WireDtype
+from privacysf.exchange.encrypted import EncryptedCodes, is_encrypted
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service.handlers import add_error_handlers
 from privacysf.server.service.limits import (
@@ -39,6 +41,8 @@ from privacysf.server.service.schemas import (
     Id,
     JobIn,
     JobOut,
+    KeyId,
+    KeysOut,
     LogLine,
     ModelOut,
     Name,
@@ -49,7 +53,7 @@ from privacysf.server.serving import ModelCache
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Caller, Store
 from privacysf.server.store.records import Row
-from privacysf.server.tables import DatasetRow, JobRow, ModelRow
+from privacysf.server.tables import DatasetRow, EvaluationKeyRow, JobRow, ModelRow
 
 log = logging.getLogger("privacysf.service")
 CODES = "application/octet-stream"
@@ -214,6 +218,31 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         "model", ModelRow, ModelOut, _from_row(ModelOut), "Model versions trained on data of this center."
     )
 
+    @app.get("/keys", response_model=list[KeysOut], tags=["keys"], responses=unauthorised)
+    def list_keys(center: Center) -> list[KeysOut]:
+        """Public CKKS evaluation keys this center registered for its encrypted queries."""
+        return [_from_row(KeysOut)(row) for row in store.visible_rows(EvaluationKeyRow, center)]
+
+    @app.put(
+        "/keys/{key_id}",
+        response_model=KeysOut,
+        tags=["keys"],
+        openapi_extra=BINARY_BODY,
+        responses={
+            **unauthorised,
+            400: {"description": "not evaluation keys, or keys of another id"},
+            408: {"description": "the body stalled"},
+            413: {"description": "too big"},
+        },
+    )
+    async def put_keys(center: Center, request: Request, key_id: Annotated[KeyId, Path()]) -> KeysOut:
+        """Register this center's public CKKS evaluation keys (one ``PSFK`` message) under the id its
+        encrypted queries carry, replacing any it registered under that id. They let the server map
+        those queries and read none of them; the secret key is never sent."""
+        refuse_declared_size(request, cfg.max_key_bytes)
+        body = await read_limited(request, cfg.max_key_bytes, cfg.body_timeout_seconds)
+        return _from_row(KeysOut)(await run_in_threadpool(store.keep_keys, center, key_id, body))
+
     @app.post(
         "/jobs",
         response_model=JobOut,
@@ -264,12 +293,18 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         dtype: Annotated[WireDtype | None, Query(description="wire dtype of the reply")] = None,
     ) -> Response:
         """Image codes in (one wire message of at most ``max_map_codes`` codes), mask codes out, in the
-        same order."""
+        same order. Codes encrypted under the center's CKKS keys (a ``PSFE`` message of at most
+        ``max_encrypted_codes``) are mapped as ciphertexts, with the evaluation keys it registered, by a
+        model trained with ``mapper.kind=poly``; the reply is ciphertext only the center can read."""
         refuse_declared_size(request, cfg.max_map_bytes)
         row = store.visible_row(ModelRow, center, model_id)
         body = await read_limited(request, cfg.max_map_bytes, cfg.body_timeout_seconds)
-        refuse_big_batch(body, cfg.max_map_codes)
-        mapper = await run_in_threadpool(cache.get, row)
+        refuse_big_batch(body, cfg.max_map_codes, cfg.max_encrypted_codes)
+        if is_encrypted(body):
+            keys = store.evaluation_keys(center, EncryptedCodes.decode(body).key_id)
+            mapper = await run_in_threadpool(cache.with_keys, row, keys)
+        else:
+            mapper = await run_in_threadpool(cache.get, row)
         deadline = time.monotonic() + cfg.map_seconds
         return Response(await run_in_threadpool(mapper.map, body, dtype, deadline=deadline), media_type=CODES)
 

@@ -22,6 +22,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from privacysf.errors import PayloadTooLargeError
 from privacysf.exchange import read_header
+from privacysf.exchange.encrypted import EncryptedCodes, is_encrypted
 from privacysf.server.settings import ServiceConfig
 
 RETRY_AFTER_SECONDS = 5
@@ -92,12 +93,16 @@ async def read_limited(request: Request, limit: int, timeout: float) -> bytes:
     return b"".join(parts)
 
 
-def refuse_big_batch(body: bytes, max_codes: int) -> None:
-    """413 for a mapping batch of more than ``max_codes`` codes, told from its header before any work.
+def refuse_big_batch(body: bytes, max_codes: int, max_encrypted: int) -> None:
+    """413 for a mapping batch of more than ``max_codes`` codes (``max_encrypted`` when they are
+    encrypted), told from its header before any work.
 
     Mapping time grows with the codes, so a cap on codes is a cap on how long a request holds a worker.
     """
-    codes = read_header(body).shape[0]
+    if is_encrypted(body):
+        codes, max_codes = len(EncryptedCodes.decode(body).ciphertexts), max_encrypted
+    else:
+        codes = read_header(body).shape[0]
     if codes > max_codes:
         raise PayloadTooLargeError(
             f"the batch holds {codes} codes, this server maps at most {max_codes} per request; "

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from privacysf.config import MapperConfig, TrainConfig
 
 Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
+KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+"""The id a center's CKKS keys carry (its client draws 16 hex digits)."""
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 
@@ -66,9 +68,11 @@ else:
             "heads": Field(le=16),
             "grid_channels": Field(),
             "res_units": Field(),
+            "poly_width": Field(le=512),
         },
         "MapperConfig's network settings, capped so one job cannot ask for an absurd network; "
-        "``kind=transformer`` learns through a secret token permutation (keyed uploads).",
+        "``kind=transformer`` learns through a secret token permutation (keyed uploads), ``kind=poly`` "
+        "serves encrypted queries.",
     )
 
 
@@ -94,6 +98,14 @@ class RotatedToken(BaseModel):
     expires_at: datetime
     previous_token_ends_at: datetime
     """The token that asked for the rotation works until then (a grace period), then never again."""
+
+
+class KeysOut(BaseModel):
+    id: int
+    key_id: str
+    """The id this center's encrypted queries carry."""
+    size_bytes: int
+    created_at: datetime
 
 
 class DatasetOut(BaseModel):

@@ -8,6 +8,7 @@
 - :mod:`.queue`: the job queue shared by worker processes (fair claims, leases, cancel, quotas);
 - :mod:`.files`: the store folder, written so that a crash leaves no half file;
 - :mod:`.uploads`: a streamed dataset upload, checked before it is kept and recorded;
+- :mod:`.keys`: a center's public CKKS evaluation keys, checked before they are kept and recorded;
 - :mod:`.cleanup`: the serving lock, and the removal of what a crash left, at ``serve`` start only.
 """
 
@@ -19,9 +20,11 @@ from privacysf.server.settings import ServiceConfig
 from privacysf.server.store.accounts import Accounts, Caller
 from privacysf.server.store.cleanup import ServingLock, remove_stale
 from privacysf.server.store.files import Files
+from privacysf.server.store.keys import keep_keys
 from privacysf.server.store.queue import JobQueue
 from privacysf.server.store.records import Records
 from privacysf.server.store.uploads import DatasetUpload
+from privacysf.server.tables import EvaluationKeyRow
 
 log = logging.getLogger("privacysf.service")
 
@@ -41,10 +44,12 @@ class Store(Accounts, Records, JobQueue):
 
     def start_serving(self) -> None:
         """Hold the serving lock until :meth:`stop_serving`; first, if no other server serves this
-        store, delete unrecorded dataset files older than ``cfg.stale_upload_seconds``."""
+        store, delete unrecorded dataset and key files older than ``cfg.stale_upload_seconds``."""
 
         def clean() -> None:
-            removed = remove_stale(self.files.datasets, self.dataset_files(), self.cfg.stale_upload_seconds)
+            age = self.cfg.stale_upload_seconds
+            removed = remove_stale(self.files.datasets, self.dataset_files(), age)
+            removed += remove_stale(self.files.keys, self.key_files(), age)
             if removed:
                 log.info("removed %d leftover upload file(s): %s", len(removed), ", ".join(removed))
 
@@ -55,6 +60,9 @@ class Store(Accounts, Records, JobQueue):
 
     def dataset_upload(self, caller: Caller, name: str, sha256: str) -> DatasetUpload:
         return DatasetUpload(self, caller, name, sha256)
+
+    def keep_keys(self, caller: Caller, key_id: str, payload: bytes) -> EvaluationKeyRow:
+        return keep_keys(self, caller, key_id, payload)
 
 
 __all__ = ["Caller", "DatasetUpload", "Store"]

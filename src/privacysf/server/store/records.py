@@ -1,4 +1,5 @@
-"""What the database records about datasets, jobs and models, each seen only by the centers it belongs to.
+"""What the database records about datasets, jobs, models and evaluation keys, each seen only by the
+centers it belongs to.
 
 A center sees its own datasets and jobs, and the models trained on any of its datasets. That rule is
 one query, :func:`visible`, behind every list and lookup: another center's id reads exactly like a
@@ -16,19 +17,29 @@ from privacysf.exchange import DatasetLayout, one_code_space
 from privacysf.server.store.accounts import Caller
 from privacysf.server.store.database import Database
 from privacysf.server.store.queue import refuse_over_quota
-from privacysf.server.tables import DatasetRow, JobDatasetRow, JobLogRow, JobRow, ModelRow
+from privacysf.server.tables import (
+    DatasetRow,
+    EvaluationKeyRow,
+    JobDatasetRow,
+    JobLogRow,
+    JobRow,
+    ModelRow,
+    utcnow,
+)
 
-Row = TypeVar("Row", DatasetRow, JobRow, ModelRow)
+Row = TypeVar("Row", DatasetRow, JobRow, ModelRow, EvaluationKeyRow)
 MISSING = {
     DatasetRow: "dataset {id} does not exist or belongs to another center",
     JobRow: "job {id} does not exist or belongs to another center",
     ModelRow: "model {id} does not exist or this center took no part in it",
+    EvaluationKeyRow: "evaluation keys {id} do not exist or belong to another center",
 }
 """What a lookup of a row the caller may not see says (the same whether it exists or not)."""
 
 
 def visible(table: type[Row], center_id: int) -> Select[Any]:
-    """The rows of ``table`` a center may see: its datasets and jobs, and models trained on its data."""
+    """The rows of ``table`` a center may see: its datasets, jobs and keys, and models trained on its
+    data."""
     if issubclass(table, ModelRow):  # IN, not JOIN + DISTINCT: PostgreSQL cannot compare JSON columns
         own_jobs = (
             select(JobDatasetRow.job_id)
@@ -166,3 +177,41 @@ class Records(Database):
             s.flush()
             s.execute(update(JobRow).where(JobRow.id == job.id).values(model_id=model.id))
             return model
+
+    # evaluation keys ---------------------------------------------------------------------------
+
+    def put_keys(
+        self, caller: Caller, key_id: str, file: str, size_bytes: int
+    ) -> tuple[EvaluationKeyRow, str]:
+        """Record ``file`` as the caller's evaluation keys ``key_id``, replacing any it had under that
+        id; returns the row and the file it replaced ("" when none), for the caller to delete."""
+        with self.session() as s:
+            row = s.scalar(
+                visible(EvaluationKeyRow, caller.center_id).where(EvaluationKeyRow.key_id == key_id)
+            )
+            replaced = row.file if row else ""
+            if row is None:
+                row = EvaluationKeyRow(
+                    center_id=caller.center_id, key_id=key_id, file=file, size_bytes=size_bytes
+                )
+                s.add(row)
+            else:
+                row.file, row.size_bytes, row.created_at = file, size_bytes, utcnow()
+        return row, replaced
+
+    def evaluation_keys(self, caller: Caller, key_id: str) -> EvaluationKeyRow:
+        """The caller's evaluation keys ``key_id``, or :class:`NotFoundError` saying how to register them."""
+        with self.session() as s:
+            row = s.scalar(
+                visible(EvaluationKeyRow, caller.center_id).where(EvaluationKeyRow.key_id == key_id)
+            )
+        if row is None:
+            raise NotFoundError(
+                f"no evaluation keys {key_id} registered for this center; send them first "
+                f"(PUT /keys/{key_id}; the center's client does so before its first encrypted query)"
+            )
+        return row
+
+    def key_files(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(EvaluationKeyRow.file)))
