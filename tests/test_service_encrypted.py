@@ -149,6 +149,9 @@ def test_encrypted_queries_are_refused_with_what_to_do(run_dir, service):
         client._request("PUT", f"/keys/{center.encryption.key_id}", content=keys[: len(keys) // 2])
     assert client.evaluation_keys() == []
     client.put_keys(keys)
+    for broken in (b"PSFE" + bytes(20), query[:-10], query + b"\0"):
+        with pytest.raises(ServiceError, match="400: "):
+            client._request("POST", f"/models/{poly}/map", content=broken)
     assert is_encrypted(client.map(poly, query))
     too_many = center.query_message(prepare(center.cfg.data).train.images[: MAX_ENCRYPTED + 1])
     with pytest.raises(ServiceError, match=f"413: .*at most {MAX_ENCRYPTED}"):
