@@ -1,5 +1,5 @@
 """Latency of a query's stages for several pipeline settings side by side, with the raw U-Net's
-inference for scale.
+inference (image to labels, as Privacy-SF's decode gives labels) for scale.
 
 Every network is freshly initialised (the arithmetic does not depend on the weights). Each setting is
 a list of ``--set`` overrides of the defaults; each repetition runs every call of every setting in
@@ -24,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from privacysf.benchmark.jobs import CLASSES_FOR_SIZES
 from privacysf.benchmark.latency import interleaved_times
 from privacysf.common.markdown import Markdown
+from privacysf.common.torchutil import class_labels
 from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.nets.unet import build_unet
 from privacysf.workflows.inprocess import untrained_pipeline
@@ -49,7 +50,7 @@ def measure(size: int, batch: int, repeats: int) -> list[dict]:
     images = np.random.default_rng(0).standard_normal((batch, 1, size, size)).astype(np.float32)
     unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).eval()
     pixels = torch.from_numpy(images)
-    calls = {"raw U-Net": lambda: unet(pixels)}
+    calls = {"raw U-Net": lambda: class_labels(unet(pixels))}  # labels out, as Privacy-SF's decode
     work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
     for name, overrides in SETTINGS.items():
         center, server = untrained_pipeline(ExperimentConfig().override(overrides), CLASSES_FOR_SIZES, size)

@@ -18,7 +18,7 @@ from monai.networks.utils import one_hot
 from torch import nn
 
 from privacysf.center.equivariance import EquivariancePenalty
-from privacysf.common.torchutil import apply_in_batches
+from privacysf.common.torchutil import apply_in_batches, class_labels
 from privacysf.common.training import FitResult, fit
 from privacysf.config import CodecConfig, ExperimentConfig
 from privacysf.data.loader import batched, mask_batches, slice_batches
@@ -122,7 +122,9 @@ def decode_masks(
 ) -> np.ndarray:
     """(N, L, C_m) mask-code tokens -> (N, H, W) label maps."""
     codec.eval()
-    return apply_in_batches(lambda t: codec.decode(tokens_to_grid(t, grid)).argmax(1), tokens, device).numpy()
+    return apply_in_batches(
+        lambda t: class_labels(codec.decode(tokens_to_grid(t, grid))), tokens, device
+    ).numpy()
 
 
 def through_wire(tokens: np.ndarray, grid: tuple[int, int], kind: str, dtype: str) -> np.ndarray:

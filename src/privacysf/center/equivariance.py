@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from privacysf.common.torchutil import class_labels
 from privacysf.metrics.segmentation import validation_dice
 
 if TYPE_CHECKING:  # the codecs train with this module's penalty
@@ -209,8 +210,8 @@ def measure(
         dice = None
         if t.labels:
             with torch.no_grad():
-                decoded = codec.decode(t.code(codes, codes.roll(1, dims=0))).argmax(1)
-                truth = t.image(y, y.roll(1, dims=0)).argmax(1)
+                decoded = class_labels(codec.decode(t.code(codes, codes.roll(1, dims=0))))
+                truth = class_labels(t.image(y, y.roll(1, dims=0)))
             dice = validation_dice(decoded.cpu().numpy(), truth.cpu().numpy(), codec.num_classes)
         rows.append(
             EquivarianceRow(

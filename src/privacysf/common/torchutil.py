@@ -51,6 +51,15 @@ def apply_in_batches(
     return torch.cat([t.cpu() for t in parts])
 
 
+def class_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Each pixel's class: the index of its largest logit along dim 1 (the first one on ties).
+
+    ``max(1).indices`` gives ``argmax(1)``'s labels, but torch's CPU argmax over the channel axis of an
+    (N, C, H, W) tensor is several times slower (on one thread, 32 × 4 × 128² logits took 142 ms
+    against 18 ms here; the argmax was an eighth of decoding that batch of mask codes)."""
+    return logits.max(1).indices
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 

@@ -13,7 +13,7 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from privacysf.common.torchutil import load_checkpoint
+from privacysf.common.torchutil import class_labels, load_checkpoint
 from privacysf.common.training import FitResult, fit
 from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.data.loader import batched, slice_batches
@@ -50,7 +50,7 @@ def predict_labels(
 ) -> np.ndarray:
     model.eval()
     out = [
-        model(torch.from_numpy(chunk).to(device)).argmax(dim=1).cpu().numpy()
+        class_labels(model(torch.from_numpy(chunk).to(device))).cpu().numpy()
         for chunk in batched(images, batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0, *images.shape[2:]), np.int64)

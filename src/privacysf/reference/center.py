@@ -10,6 +10,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from monai.networks.utils import one_hot
 from torch import nn
 
+from privacysf.common.torchutil import class_labels
 from privacysf.exchange import (
     CodeBatch,
     decode_codes,
@@ -127,7 +128,7 @@ class ReferenceCenter:
     @torch.no_grad()
     def decode_message(self, message: bytes) -> np.ndarray:
         latents = messages_to_latents(message, "mask", self.size, self.device)
-        return self.mask_codec.decoder(latents).argmax(1).cpu().numpy()
+        return class_labels(self.mask_codec.decoder(latents)).cpu().numpy()
 
     def segment(self, server, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
         return np.concatenate(

@@ -16,7 +16,7 @@ from torch import nn
 
 from privacysf.common.figures import curves
 from privacysf.common.runs import write_json
-from privacysf.common.torchutil import apply_in_batches
+from privacysf.common.torchutil import apply_in_batches, class_labels
 from privacysf.common.training import fit
 from privacysf.config import ExperimentConfig
 from privacysf.data.loader import slice_batches
@@ -83,7 +83,9 @@ def train_reference(cfg: ExperimentConfig, data, device: torch.device):
         return dice_ce(masks.decoder(masks.encode(y)), y[:, None])
 
     def mask_validate() -> float:
-        pred = apply_in_batches(lambda y: masks.decoder(masks.encode(y)).argmax(1), data.val.masks, device)
+        pred = apply_in_batches(
+            lambda y: class_labels(masks.decoder(masks.encode(y))), data.val.masks, device
+        )
         return validation_dice(pred.numpy(), data.val.masks, k)
 
     mask_fit = fit(masks, batches, mask_step, mask_validate, cfg.train, "reference mask autoencoder")
