@@ -37,7 +37,9 @@ from privacysf.attacks.setting import (
     mask_attacks,
     mode_settings,
     norm_panel,
+    recentred,
     setting_name,
+    strongest_linkage,
     well_posed,
 )
 from privacysf.center.codecs import (
@@ -77,7 +79,7 @@ DEFAULT_PUBLIC = {
 brain-3subjects: the two brains that are not queried, so the queried subject stays unseen)."""
 
 KEY_OVERRIDES = {
-    "none": ["key.enabled=false"],
+    "none": ["key.enabled=false", "key.per_query_shift=false"],
     "mix": ["key.enabled=true", "key.mix_channels=true", "key.permute_tokens=false"],
     "mix+perm": [
         "key.enabled=true",
@@ -85,6 +87,7 @@ KEY_OVERRIDES = {
         "key.permute_tokens=true",
         "mapper.kind=transformer",
     ],
+    "shift": ["key.enabled=false", "key.per_query_shift=true", "mapper.kind=poly", "mapper.padding=circular"],
 }
 PICTURE_ROWS = 5
 
@@ -138,11 +141,11 @@ def train_shadow(cfg: ExperimentConfig, public: PreparedData, num_classes: int, 
 
 
 def received(center: Center, part: SliceSet) -> Received:
-    """What the server holds of one split: its codes as decoded from the center's wire messages."""
+    """What the server holds of one split: its codes as decoded from the center's wire messages (as
+    uploaded: pairs, each rolled by its own shift when the setting shifts codes)."""
+    image_message, mask_message = center.pair_messages(part.images, part.masks)
     return Received(
-        decode_codes(center.image_message(part.images)).tokens,
-        decode_codes(center.mask_message(part.masks)).tokens,
-        list(part.case_ids),
+        decode_codes(image_message).tokens, decode_codes(mask_message).tokens, list(part.case_ids)
     )
 
 
@@ -183,6 +186,15 @@ def attack_setting(
         results["key"], jigsaw_order = key_attacks(scene, a.leaked_pairs, cfg.train.seed)
     results["image"], image_panels = image_attacks(scene, a, recipe, shadow, device, jigsaw_order)
     results["mask"], mask_panels = mask_attacks(scene, a, recipe, shadow, device)
+    if cfg.key.per_query_shift:  # the family is public: every attack again on recentred codes
+        aware = recentred(scene)
+        results["linkage"] = strongest_linkage(results["linkage"], linkage(aware))
+        for part, attack in (("image", image_attacks), ("mask", mask_attacks)):
+            entries, panels = attack(aware, a, recipe, shadow, device)
+            results[part] |= {f"{name}, recentred": entry for name, entry in entries.items()}
+            (image_panels if part == "image" else mask_panels).update(
+                {f"{name}, recentred": panel for name, panel in panels.items()}
+            )
     results["membership"] = membership_attacks(server, cfg, center.grid, center.scan, train, val, test)
 
     rows = pick_rows(data.test.masks, PICTURE_ROWS)

@@ -7,6 +7,7 @@ only through :class:`Mapper` (bytes in, bytes out), in-process or over HTTP.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -33,7 +34,7 @@ from privacysf.data.preprocess import SliceSet
 from privacysf.errors import WireFormatError
 from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes, tokens_to_grid
 from privacysf.exchange.encrypted import is_encrypted
-from privacysf.exchange.wire import SCAN_ORDER
+from privacysf.exchange.wire import SCAN_ORDER, roll_tokens
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvEncoder
 
@@ -84,8 +85,13 @@ class Center:
         """Codes as they leave the center: through the keyed transform when there is a key."""
         return self.key.forward(tokens, kind) if self.key else tokens
 
-    def _message(self, tokens: np.ndarray, kind: str, dtype: str | None) -> bytes:
-        batch = CodeBatch(self._keyed(tokens, kind), self.grid, kind, scan=self.scan)
+    def _message(
+        self, tokens: np.ndarray, kind: str, dtype: str | None, shifts: np.ndarray | None = None
+    ) -> bytes:
+        sent = self._keyed(tokens, kind)
+        if shifts is not None:
+            sent = roll_tokens(sent, self.grid, shifts)
+        batch = CodeBatch(sent, self.grid, kind, scan=self.scan)
         return encode_codes(batch, dtype or self.cfg.codec.wire_dtype)
 
     def image_message(self, images: np.ndarray) -> bytes:
@@ -94,17 +100,36 @@ class Center:
     def mask_message(self, masks: np.ndarray, dtype: str | None = None) -> bytes:
         return self._message(encode_masks(self.mask_codec, masks, self.device), "mask", dtype)
 
-    def query_message(self, images: np.ndarray) -> bytes:
-        """What a query sends the server: the image-code message, as CKKS ciphertexts when this center
-        encrypts its queries (training uploads stay :meth:`image_message`)."""
-        if self.encryption is None:
-            return self.image_message(images)
-        tokens = self._keyed(encode_images(self.image_encoder, images, self.device), "image")
-        return self.encryption.encrypt(tokens, "image", self.scan)
+    def draw_shifts(self, count: int) -> np.ndarray | None:
+        """With ``key.per_query_shift``, a fresh (rows, columns) shift of the token grid per code, from
+        the operating system's CSPRNG; used for one message (pair) and forgotten. None when off."""
+        if not self.cfg.key.per_query_shift:
+            return None
+        rng = np.random.default_rng(secrets.randbits(128))
+        return np.stack([rng.integers(0, side, count) for side in self.grid], axis=1)
 
-    def received_mask_tokens(self, message: bytes) -> np.ndarray:
+    def pair_messages(self, images: np.ndarray, masks: np.ndarray) -> tuple[bytes, bytes]:
+        """Image- and mask-code messages of training pairs as they are uploaded: with per-query shifts,
+        each pair's two codes rolled by the same fresh shift, so the server still sees true pairs."""
+        shifts = self.draw_shifts(len(images))
+        image_codes = encode_images(self.image_encoder, images, self.device)
+        mask_codes = encode_masks(self.mask_codec, masks, self.device)
+        return (
+            self._message(image_codes, "image", None, shifts),
+            self._message(mask_codes, "mask", None, shifts),
+        )
+
+    def query_message(self, images: np.ndarray, shifts: np.ndarray | None = None) -> bytes:
+        """What a query sends the server: the image-code message (rolled by ``shifts`` when given), as
+        CKKS ciphertexts when this center encrypts its queries."""
+        tokens = encode_images(self.image_encoder, images, self.device)
+        if self.encryption is None:
+            return self._message(tokens, "image", None, shifts)
+        return self.encryption.encrypt(self._keyed(tokens, "image"), "image", self.scan)
+
+    def received_mask_tokens(self, message: bytes, shifts: np.ndarray | None = None) -> np.ndarray:
         """A mask-code message as the center's decoder reads it: checked, read (decrypted when it is
-        encrypted) and un-keyed."""
+        encrypted), rolled back by the query's ``shifts`` and un-keyed."""
         if is_encrypted(message):
             if self.encryption is None:
                 raise WireFormatError("an encrypted reply reached a center that holds no CKKS key")
@@ -115,22 +140,26 @@ class Center:
                 )
         else:
             tokens = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens).tokens
+        if shifts is not None:
+            tokens = roll_tokens(tokens, self.grid, -shifts)
         return self.key.inverse(tokens, "mask") if self.key else tokens
 
-    def decode_message(self, message: bytes) -> np.ndarray:
-        return decode_masks(self.mask_codec, self.received_mask_tokens(message), self.grid, self.device)
+    def decode_message(self, message: bytes, shifts: np.ndarray | None = None) -> np.ndarray:
+        tokens = self.received_mask_tokens(message, shifts)
+        return decode_masks(self.mask_codec, tokens, self.grid, self.device)
 
     @property
     def mask_tokens(self) -> tuple[int, int]:
         return self.grid[0] * self.grid[1], self.cfg.codec.mask_channels
 
     def segment(self, server: Mapper, images: np.ndarray) -> np.ndarray:
-        """encode (and encrypt) -> server maps -> decode, for (N, 1, H, W) preprocessed images.
+        """encode (shift, encrypt) -> server maps -> decode, for (N, 1, H, W) preprocessed images.
 
         Encrypted queries go one image at a time: a message of many ciphertexts would hold the
         server's worker for seconds per image."""
         if self.encryption is None:
-            return self.decode_message(server.map(self.image_message(images)))
+            shifts = self.draw_shifts(len(images))
+            return self.decode_message(server.map(self.query_message(images, shifts)), shifts)
         return np.concatenate(
             [
                 self.decode_message(server.map(self.query_message(images[i : i + 1])))
@@ -239,12 +268,7 @@ def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str
 
 def upload_messages(center: Center, train: SliceSet, val: SliceSet) -> tuple[bytes, bytes, bytes, bytes]:
     """All a center sends for the server to learn its mapping: train and val image and mask codes."""
-    return (
-        center.image_message(train.images),
-        center.mask_message(train.masks),
-        center.image_message(val.images),
-        center.mask_message(val.masks),
-    )
+    return (*center.pair_messages(train.images, train.masks), *center.pair_messages(val.images, val.masks))
 
 
 def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) -> Center:

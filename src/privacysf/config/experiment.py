@@ -78,6 +78,7 @@ class ExperimentConfig(ConfigModel):
                     f"encryption.enabled needs a power-of-two token grid of at most 64x64; data.size "
                     f"{size} / codec.downsample {downsample} gives {size // downsample}"
                 )
+        problems += shift_conflicts(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -120,3 +121,29 @@ class ExperimentConfig(ConfigModel):
                 target = target[section]
             target[name] = yaml.safe_load(raw)
         return self.from_dict(values)
+
+
+def shift_conflicts(cfg: ExperimentConfig) -> list[str]:
+    """Why per-query shifts (``key.per_query_shift``) or circular padding cannot run with ``cfg``."""
+    problems = []
+    mapper = cfg.mapper
+    if mapper.padding == "circular" and mapper.kind != "poly":
+        problems.append(f"mapper.padding=circular is a setting of the poly mapper, not of {mapper.kind}")
+    if cfg.key.per_query_shift:
+        if mapper.kind != "poly" or mapper.padding != "circular":
+            problems.append(
+                "key.per_query_shift needs a mapper that commutes with token shifts: "
+                "--set mapper.kind=poly --set mapper.padding=circular"
+            )
+        if cfg.key.enabled and cfg.key.permute_tokens:
+            problems.append(
+                "key.per_query_shift rolls the token grid, which a secret permutation has scrambled"
+            )
+        if cfg.encryption.enabled:
+            problems.append(
+                "key.per_query_shift cannot be combined with encryption.enabled "
+                "(ciphertexts hide the codes already)"
+            )
+    if cfg.encryption.enabled and mapper.padding == "circular":
+        problems.append("encryption.enabled evaluates zero-padded convolutions: leave mapper.padding=zeros")
+    return problems

@@ -207,6 +207,12 @@ class KeyConfig(ConfigModel):
     """Multiply every token by a secret orthogonal matrix (separately for image and mask codes)."""
     permute_tokens: bool = False
     """Shuffle token positions with a secret permutation; needs an order-blind mapper (transformer)."""
+    per_query_shift: bool = False
+    """Roll every code that leaves the center by a fresh random shift of whole tokens (a training
+    pair's image and mask code by the same one; a query's reply rolled back), drawn from the operating
+    system's CSPRNG and never kept, so no two codes the server holds share an alignment. Works with
+    or without ``enabled``; needs a mapper that commutes with such shifts (``mapper.kind=poly`` with
+    ``mapper.padding=circular``). docs/threat-model.md says what it does and does not hide."""
 
 
 class EncryptionConfig(ConfigModel):
@@ -252,6 +258,9 @@ class MapperConfig(ConfigModel):
     """Widths of the unet's levels (``kind=unet`` only): the full token grid first, then each halving
     of its side; halvings past the last entry keep its width, so each level costs at most a quarter of
     the one above. Multiples of 8 (GroupNorm in groups of 8)."""
+    padding: Literal["zeros", "circular"] = "zeros"
+    """How the poly mapper's convolutions pad the token grid (``kind=poly`` only): ``circular`` makes it
+    commute exactly with whole-token cyclic shifts (``key.per_query_shift``)."""
     poly_width: int = Field(32, ge=1)
     """Channels between the poly mapper's two convolutions (``kind=poly`` only). Encrypted, its cost
     grows linearly with it: each 4 channels at 128² are one ciphertext to rotate ``4·kernel²`` times."""

@@ -76,6 +76,16 @@ def tokens_to_grid(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(n, channels, *grid)
 
 
+def roll_tokens(tokens: np.ndarray, grid: tuple[int, int], shifts: np.ndarray) -> np.ndarray:
+    """(N, L, C) raster-order codes on ``grid``, each rolled cyclically by its (rows, columns) shift."""
+    n, _, channels = tokens.shape
+    on_grid = tokens.reshape(n, *grid, channels)
+    rolled = [
+        np.roll(code, (int(dy), int(dx)), axis=(0, 1)) for code, (dy, dx) in zip(on_grid, shifts, strict=True)
+    ]
+    return np.stack(rolled).reshape(tokens.shape) if n else tokens
+
+
 def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
     if dtype not in WIRE_DTYPES:
         raise WireFormatError(f"wire dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")

@@ -41,7 +41,7 @@ def build_mapper(
     if cfg.kind == "transformer":
         return TokenTransformer(in_channels, out_channels, grid[0] * grid[1], cfg.width, cfg.depth, cfg.heads)
     if cfg.kind == "poly":
-        return PolynomialMapper(in_channels, out_channels, grid, cfg.poly_width, cfg.kernel)
+        return PolynomialMapper(in_channels, out_channels, grid, cfg.poly_width, cfg.kernel, cfg.padding)
     if cfg.kind == "unet":
         return GridUNetMapper(
             in_channels, out_channels, grid, cfg.grid_channels, cfg.res_units, cfg.use_position

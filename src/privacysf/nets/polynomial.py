@@ -15,6 +15,8 @@ exactly what the center does after decrypting.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -22,17 +24,25 @@ from torch import nn
 class PolynomialMapper(nn.Module):
     """Maps (N, L, C_in) raster-order tokens on ``grid`` to (N, L, C_out): conv, square, conv.
 
-    Both convolutions are zero-padded, so the map of a token depends on the ``2·(kernel-1)+1``-wide
-    square of tokens around it and on nothing else: the encrypted evaluation reproduces it slot by slot.
+    Both convolutions are zero-padded by default, so the map of a token depends on the
+    ``2·(kernel-1)+1``-wide square of tokens around it and on nothing else: the encrypted evaluation
+    reproduces it slot by slot. With ``padding="circular"`` the grid wraps around instead, and the map
+    commutes exactly with every cyclic shift of whole tokens (per-query shifts).
     """
 
     def __init__(
-        self, in_channels: int, out_channels: int, grid: tuple[int, int], width: int = 32, kernel: int = 3
+        self,
+        in_channels: int,
+        out_channels: int,
+        grid: tuple[int, int],
+        width: int = 32,
+        kernel: int = 3,
+        padding: Literal["zeros", "circular"] = "zeros",
     ) -> None:
         super().__init__()
         self.grid = grid
-        self.first = nn.Conv2d(in_channels, width, kernel, padding=kernel // 2)
-        self.second = nn.Conv2d(width, out_channels, kernel, padding=kernel // 2)
+        self.first = nn.Conv2d(in_channels, width, kernel, padding=kernel // 2, padding_mode=padding)
+        self.second = nn.Conv2d(width, out_channels, kernel, padding=kernel // 2, padding_mode=padding)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         hidden = self.first(tokens.transpose(1, 2).reshape(len(tokens), -1, *self.grid))

@@ -319,4 +319,6 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
         del settings["grid_channels"], settings["res_units"]
     if cfg.kind != "poly":
         del settings["poly_width"]
+    if cfg.padding == "zeros":  # the default, and all there was before circular padding
+        del settings["padding"]
     return settings

@@ -174,6 +174,11 @@ def targets(table: dict[str, dict[str, float]], centers: list[str]) -> dict[str,
 
 def run_federate(cfg: ExperimentConfig, superlink: str | None = None) -> tuple[Path, dict]:
     """All configured modes; the Flower part in simulation, or on ``superlink`` when given."""
+    if cfg.key.per_query_shift:
+        raise ConfigError(
+            "key.per_query_shift is not built into the Flower app (its test codes would go unshifted); "
+            "use it with privacysf fit, segment or the service"
+        )
     if cfg.encryption.enabled and "pooled" in cfg.federation.modes:
         others = [m for m in cfg.federation.modes if m != "pooled"]
         raise ConfigError(

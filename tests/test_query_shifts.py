@@ -1,0 +1,124 @@
+"""Per-query shifts (``key.per_query_shift``): every code leaves the center rolled by a fresh random
+shift of whole tokens, which the circular poly mapper commutes with, so segmentation is unchanged; and
+the attacker's recentring undoes the shift, which is why the threat model does not count it as a
+defence against an attacker who knows the family."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from privacysf.attacks.shifts import recentre
+from privacysf.cli import main
+from privacysf.config import ExperimentConfig
+from privacysf.data.prepare import prepare
+from privacysf.errors import ConfigError
+from privacysf.exchange import decode_codes
+from privacysf.exchange.wire import roll_tokens
+from privacysf.workflows.fit import reload_center, run_fit
+from privacysf.workflows.inprocess import load_server
+
+SHIFTED = [
+    "data.dataset=phantom",
+    "data.size=32",
+    "data.phantom_cases=12",
+    "train.epochs=15",
+    "train.progress=false",
+    "train.threads=2",
+    "codec.width=8",
+    "mapper.kind=poly",
+    "mapper.poly_width=8",
+    "mapper.padding=circular",
+    "key.per_query_shift=true",
+    "compare_unet=false",
+]
+
+
+class Recording:
+    """A mapper that keeps every image-code message it maps."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def map(self, message: bytes) -> bytes:
+        self.seen.append(message)
+        return self.inner.map(message)
+
+
+@pytest.fixture(scope="module")
+def shifted_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return run_fit(ExperimentConfig().override([*SHIFTED, f"output_dir={out}"]))
+
+
+def test_recentring_gives_one_code_for_every_shift():
+    rng = np.random.default_rng(0)
+    tokens = rng.standard_normal((6, 64, 4)).astype(np.float32)
+    tokens[:, 9:30] *= 4  # something off-centre for the centroid to find
+    for _ in range(5):
+        shifts = rng.integers(0, 8, (6, 2))
+        assert np.array_equal(recentre(roll_tokens(tokens, (8, 8), shifts), (8, 8)), recentre(tokens, (8, 8)))
+
+
+def test_shifted_queries_segment_as_unshifted_ones_and_never_line_up(shifted_run):
+    """Fails if the shift is not drawn afresh per query (two queries of one image then send the same
+    bytes) or if the reply is not rolled back (the labels then move)."""
+    run_dir, metrics = shifted_run
+    assert metrics["privacysf"]["test"]["mean"]["dice"]["mean"] > 0.7
+    cfg, center = reload_center(run_dir)
+    server = Recording(load_server(cfg, run_dir))
+    images = prepare(cfg.data).test.images[:4]
+    first, second = center.segment(server, images), center.segment(server, images)
+    unshifted = dataclasses.replace(center, cfg=cfg.override(["key.per_query_shift=false"]))
+    assert np.array_equal(first, unshifted.segment(server, images))
+    assert np.array_equal(first, second)
+    sent = [decode_codes(message).tokens for message in server.seen]
+    assert not np.array_equal(sent[0], sent[1])  # the same images, differently aligned
+    assert np.array_equal(sent[2], decode_codes(unshifted.image_message(images)).tokens)
+    # ... and yet an attacker who knows the family brings every copy to one form
+    assert np.array_equal(recentre(sent[0], center.grid), recentre(sent[1], center.grid))
+
+
+def test_uploaded_pairs_share_their_shift(shifted_run):
+    run_dir, _ = shifted_run
+    cfg, center = reload_center(run_dir)
+    data = prepare(cfg.data)
+    images, masks = data.train.images[:6], data.train.masks[:6]
+    image_message, mask_message = center.pair_messages(images, masks)
+    image_codes, mask_codes = decode_codes(image_message).tokens, decode_codes(mask_message).tokens
+    plain_images = decode_codes(center.image_message(images)).tokens
+    plain_masks = decode_codes(center.mask_message(masks)).tokens
+    for i in range(len(images)):
+        found = [
+            (dy, dx)
+            for dy in range(center.grid[0])
+            for dx in range(center.grid[1])
+            if np.array_equal(
+                roll_tokens(plain_images[i : i + 1], center.grid, np.array([[dy, dx]])),
+                image_codes[i : i + 1],
+            )
+        ]
+        assert len(found) == 1
+        rolled = roll_tokens(plain_masks[i : i + 1], center.grid, np.array([found[0]]))
+        assert np.array_equal(rolled, mask_codes[i : i + 1])
+
+
+def test_per_query_shifts_need_the_circular_poly_mapper(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="--set mapper.kind=poly --set mapper.padding=circular"):
+        ExperimentConfig().override(["key.per_query_shift=true"])
+    with pytest.raises(ConfigError, match="padding=circular is a setting of the poly mapper"):
+        ExperimentConfig().override(["mapper.padding=circular"])
+    with pytest.raises(ConfigError, match="leave mapper.padding=zeros"):
+        ExperimentConfig().override(
+            ["mapper.kind=poly", "mapper.padding=circular", "encryption.enabled=true"]
+        )
+    settings = [
+        "--set",
+        "mapper.kind=poly",
+        "--set",
+        "mapper.padding=circular",
+        "--set",
+        "key.per_query_shift=true",
+    ]
+    assert main(["federate", "--dataset", "phantom", *settings, "--set", f"output_dir={tmp_path}"]) == 2
+    assert "not built into the Flower app" in capsys.readouterr().err
