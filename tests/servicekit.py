@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import httpx
+
 from privacysf.benchmark.service_process import (  # noqa: F401 (re-exported to the service tests)
     GRID,
     TINY_MAPPER,
@@ -44,3 +46,19 @@ class LoopbackServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(30)
+
+
+class RecordingTransport(httpx.BaseTransport):
+    """An httpx transport that keeps each request (method, path, content type, body) it forwards."""
+
+    def __init__(self):
+        self.inner = httpx.HTTPTransport()
+        self.sent: list[tuple[str, str, str, bytes]] = []
+
+    def handle_request(self, request):
+        body = request.read()
+        self.sent.append((request.method, request.url.path, request.headers.get("content-type", ""), body))
+        return self.inner.handle_request(request)
+
+    def close(self):
+        self.inner.close()

@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from fitkit import TINY_POLY
 from keykit import ckks_secret_forms
 
 from privacysf.center.encryption import QueryEncryption
@@ -139,17 +140,8 @@ def test_an_encrypted_fit_scores_as_its_plaintext_twin_and_segments(tmp_path):
     ``segment`` goes through the run's own mapper with the center's keys."""
     cfg = ExperimentConfig().override(
         [
-            "data.dataset=phantom",
-            "data.size=32",
-            "data.phantom_cases=12",
-            "train.epochs=15",
-            "train.progress=false",
-            "train.threads=2",
-            "codec.width=8",
-            "mapper.kind=poly",
-            "mapper.poly_width=8",
+            *TINY_POLY,
             "encryption.enabled=true",
-            "compare_unet=false",
             f"output_dir={tmp_path}",
         ]
     )

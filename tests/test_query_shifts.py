@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from fitkit import TINY_POLY
 
 from privacysf.attacks.shifts import recentre
 from privacysf.cli import main
@@ -18,20 +19,7 @@ from privacysf.exchange.wire import roll_tokens
 from privacysf.workflows.fit import reload_center, run_fit
 from privacysf.workflows.inprocess import load_server
 
-SHIFTED = [
-    "data.dataset=phantom",
-    "data.size=32",
-    "data.phantom_cases=12",
-    "train.epochs=15",
-    "train.progress=false",
-    "train.threads=2",
-    "codec.width=8",
-    "mapper.kind=poly",
-    "mapper.poly_width=8",
-    "mapper.padding=circular",
-    "key.per_query_shift=true",
-    "compare_unet=false",
-]
+SHIFTED = [*TINY_POLY, "mapper.padding=circular", "key.per_query_shift=true"]
 
 
 class Recording:

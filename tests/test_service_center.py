@@ -7,11 +7,11 @@ of the center's networks (decoders included), and every binary body must parse a
 
 import json
 
-import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-from servicekit import LoopbackServer
+from fitkit import TINY_FIT
+from servicekit import LoopbackServer, RecordingTransport
 
 from privacysf.center.client import ServiceClient
 from privacysf.cli import main
@@ -24,17 +24,7 @@ from privacysf.server.settings import ServiceConfig
 from privacysf.workflows.fit import reload_center, run_fit
 from privacysf.workflows.remote import dataset_bundle, segment_remote, upload_run
 
-FIT = [
-    "data.dataset=phantom",
-    "data.size=32",
-    "data.phantom_cases=12",
-    "train.epochs=1",
-    "train.progress=false",
-    "train.threads=1",
-    "compare_unet=false",
-    "codec.width=8",
-    "mapper.width=8",
-]
+FIT = [*TINY_FIT, "train.epochs=1", "train.threads=1", "mapper.width=8"]
 JOB = ["--epochs", "2"]
 
 
@@ -78,22 +68,6 @@ def test_cli_walkthrough_login_upload_train_segment(run_dir, service, scan, tmp_
     assert nib.load(str(output)).shape == (48, 48, 1)
     assert main(["center", "segment", str(run_dir), "999", str(scan[0]), str(output)]) == 2
     assert "model 999 does not exist" in capsys.readouterr().err
-
-
-class RecordingTransport(httpx.BaseTransport):
-    """An httpx transport that keeps each request (method, path, content type, body) it forwards."""
-
-    def __init__(self):
-        self.inner = httpx.HTTPTransport()
-        self.sent: list[tuple[str, str, str, bytes]] = []
-
-    def handle_request(self, request):
-        body = request.read()
-        self.sent.append((request.method, request.url.path, request.headers.get("content-type", ""), body))
-        return self.inner.handle_request(request)
-
-    def close(self):
-        self.inner.close()
 
 
 def _windows(array: np.ndarray, dtypes, distinct: int = 4, width: int = 48) -> list[bytes]:

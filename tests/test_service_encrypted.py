@@ -10,12 +10,12 @@ are 4xx answers that say what to do.
 import dataclasses
 import json
 
-import httpx
 import nibabel as nib
 import numpy as np
 import pytest
+from fitkit import TINY_POLY
 from keykit import ckks_secret_forms
-from servicekit import LoopbackServer
+from servicekit import LoopbackServer, RecordingTransport
 
 from privacysf.center.client import ServiceClient
 from privacysf.cli import main
@@ -31,19 +31,7 @@ from privacysf.server.tables import ModelRow
 from privacysf.workflows.fit import reload_center, run_fit
 from privacysf.workflows.remote import segment_remote, upload_run
 
-FIT = [
-    "data.dataset=phantom",
-    "data.size=32",
-    "data.phantom_cases=12",
-    "train.epochs=2",
-    "train.progress=false",
-    "train.threads=1",
-    "compare_unet=false",
-    "codec.width=8",
-    "mapper.kind=poly",
-    "mapper.poly_width=8",
-    "encryption.enabled=true",
-]
+FIT = [*TINY_POLY, "train.epochs=2", "train.threads=1", "encryption.enabled=true"]
 POLY = {"kind": "poly", "poly_width": 8}
 MAX_ENCRYPTED = 3
 
@@ -63,21 +51,6 @@ def service(tmp_path_factory):
     server = LoopbackServer(app).start()
     yield app.state.store, server.url
     server.stop()
-
-
-class RecordingTransport(httpx.BaseTransport):
-    """Forwards requests and keeps (method, path, body) of each."""
-
-    def __init__(self):
-        self.inner = httpx.HTTPTransport()
-        self.sent: list[tuple[str, str, bytes]] = []
-
-    def handle_request(self, request):
-        self.sent.append((request.method, request.url.path, request.read()))
-        return self.inner.handle_request(request)
-
-    def close(self):
-        self.inner.close()
 
 
 def _trained_model(client: ServiceClient, run_dir, mapper: dict) -> int:
@@ -110,10 +83,10 @@ def test_encrypted_queries_through_the_service_match_the_model_on_plain_codes(ru
 
     cfg, center = reload_center(run_dir)
     assert center.encryption is not None
-    puts = [(path, body) for method, path, body in recorder.sent if method == "PUT"]
+    puts = [(path, body) for method, path, _, body in recorder.sent if method == "PUT"]
     assert [path for path, _ in puts] == [f"/keys/{center.encryption.key_id}"]
     assert EvaluationKeys.decode(puts[0][1]).key_id == center.encryption.key_id
-    maps = [body for _, path, body in recorder.sent if path.endswith("/map")]
+    maps = [body for _, path, _, body in recorder.sent if path.endswith("/map")]
     assert len(maps) == 2 and all(is_encrypted(body) for body in maps)  # one request per image slice
     assert all(len(EncryptedCodes.decode(body).ciphertexts) == 1 for body in maps)
     wire = b"".join(body for *_, body in recorder.sent)

@@ -1,0 +1,16 @@
+"""The tiny fits the tests train: phantom at 32², a few epochs, narrow networks, no raw U-Net."""
+
+from __future__ import annotations
+
+TINY_FIT = [
+    "data.dataset=phantom",
+    "data.size=32",
+    "data.phantom_cases=12",
+    "train.progress=false",
+    "compare_unet=false",
+    "codec.width=8",
+]
+"""Settings every tiny fit shares; each test adds its epochs, threads and mapper."""
+
+TINY_POLY = [*TINY_FIT, "train.epochs=15", "train.threads=2", "mapper.kind=poly", "mapper.poly_width=8"]
+"""A tiny fit with the poly mapper, trained long enough to segment the phantom (Dice > 0.7)."""
