@@ -8,16 +8,21 @@ import dataclasses
 import numpy as np
 import pytest
 from fitkit import TINY_POLY
+from servicekit import LoopbackServer
 
 from privacysf.attacks.shifts import recentre
+from privacysf.center.client import ServiceClient
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import prepare
 from privacysf.errors import ConfigError
 from privacysf.exchange import decode_codes
 from privacysf.exchange.wire import roll_tokens
+from privacysf.server.service import create_app
+from privacysf.server.settings import ServiceConfig
 from privacysf.workflows.fit import reload_center, run_fit
 from privacysf.workflows.inprocess import load_server
+from privacysf.workflows.remote import upload_run
 
 SHIFTED = [*TINY_POLY, "mapper.padding=circular", "key.per_query_shift=true"]
 
@@ -110,3 +115,30 @@ def test_per_query_shifts_need_the_circular_poly_mapper(tmp_path, capsys):
     ]
     assert main(["federate", "--dataset", "phantom", *settings, "--set", f"output_dir={tmp_path}"]) == 2
     assert "not built into the Flower app" in capsys.readouterr().err
+
+
+def test_shifted_codes_through_the_service(shifted_run, tmp_path):
+    """Uploads and queries through the service are shifted too; a circular poly model trained there
+    segments the shifted queries as the same model does unshifted ones."""
+    run_dir, _ = shifted_run
+    app = create_app(ServiceConfig(store=tmp_path / "store", poll_seconds=0.05))
+    server = LoopbackServer(app).start()
+    try:
+        _, token = app.state.store.create_center("shifting-center")
+        client = ServiceClient(server.url, token)
+        dataset = upload_run(client, run_dir, "phantom")
+        mapper = {"kind": "poly", "poly_width": 8, "padding": "circular"}
+        job = client.wait_job(
+            client.start_job([dataset["id"]], train={"epochs": 3}, mapper=mapper)["id"], poll=0.1
+        )
+        assert job["status"] == "done", job
+        cfg, center = reload_center(run_dir)
+        images = prepare(cfg.data).test.images[:4]
+        remote = Recording(client.mapper(job["model_id"]))
+        shifted = center.segment(remote, images)
+        unshifted = dataclasses.replace(center, cfg=cfg.override(["key.per_query_shift=false"]))
+        assert np.array_equal(shifted, unshifted.segment(remote, images))
+        assert not np.array_equal(decode_codes(remote.seen[0]).tokens, decode_codes(remote.seen[1]).tokens)
+        client.close()
+    finally:
+        server.stop()
