@@ -133,6 +133,10 @@ def test_encryption_needs_the_poly_mapper():
     server.initialise(GRID, 4, 4)
     with pytest.raises(ConfigError, match="mapper.kind=poly"):
         server.register_keys(b"")
+    circular = MappingServer(cfg.mapper.updated(kind="poly", padding="circular"), cfg.augment, cfg.train)
+    circular.initialise(GRID, 4, 4)
+    with pytest.raises(ConfigError, match="train one with mapper.padding=zeros"):
+        circular.register_keys(b"")
 
 
 def test_an_encrypted_fit_scores_as_its_plaintext_twin_and_segments(tmp_path):

@@ -4,6 +4,7 @@ the attacker's recentring undoes the shift, which is why the threat model does n
 defence against an attacker who knows the family."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -142,3 +143,24 @@ def test_shifted_codes_through_the_service(shifted_run, tmp_path):
         client.close()
     finally:
         server.stop()
+
+
+def test_the_attack_suite_attacks_shifted_codes_as_received_and_recentred(tmp_path):
+    settings = ["data.phantom_cases=16", "attack.attacker_steps=10", "attack.curve_steps=[5,20]"]
+    settings += ["attack.bootstrap=20", "mapper.kind=poly", "mapper.padding=circular"]
+    command = ["attack", "--dataset", "phantom", "--size", "32", "--epochs", "2", "--quiet"]
+    command += ["--out", str(tmp_path), "--modes", "task", "--keys", "shift", "--k", "0", "--seeds", "0"]
+    assert main([*command, *(arg for s in settings for arg in ("--set", s))]) == 0
+    (run,) = tmp_path.iterdir()
+    (row,) = json.loads((run / "results.json").read_text())["settings"]
+    assert row["setting"] == "task / key shift" and row["mapper"] == "poly"
+    image, linkage = row["attacks"]["image"], row["attacks"]["linkage"]
+    for name in ("nearest-code lookup k=all", "inversion k=all", "ridge k=all"):
+        assert f"{name}, recentred" in image
+    # recentring can only help the attacker: the shift hides nothing it cannot undo
+    assert (
+        image["nearest-code lookup k=all, recentred"]["ssim"]
+        >= image["nearest-code lookup k=all"]["ssim"] - 0.02
+    )
+    assert linkage["top1"] == max(linkage["as_received_top1"], linkage["recentred_top1"])
+    assert "task / key shift" in (run / "attacks.md").read_text()

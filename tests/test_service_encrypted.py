@@ -18,12 +18,13 @@ from keykit import ckks_secret_forms
 from servicekit import LoopbackServer, RecordingTransport
 
 from privacysf.center.client import ServiceClient
+from privacysf.center.encryption import QueryEncryption
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig, MapperConfig
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
 from privacysf.errors import ServiceError
-from privacysf.exchange.encrypted import EncryptedCodes, EvaluationKeys, is_encrypted
+from privacysf.exchange.encrypted import CkksParameters, EncryptedCodes, EvaluationKeys, is_encrypted
 from privacysf.server import MappingServer
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
@@ -45,7 +46,10 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     cfg = ServiceConfig(
-        store=tmp_path_factory.mktemp("svc") / "store", poll_seconds=0.05, max_encrypted_codes=MAX_ENCRYPTED
+        store=tmp_path_factory.mktemp("svc") / "store",
+        poll_seconds=0.05,
+        max_encrypted_codes=MAX_ENCRYPTED,
+        max_keys_per_center=1,
     )
     app = create_app(cfg)
     server = LoopbackServer(app).start()
@@ -120,8 +124,16 @@ def test_encrypted_queries_are_refused_with_what_to_do(run_dir, service):
         client._request("PUT", "/keys/other", content=keys)
     with pytest.raises(ServiceError, match="400"):
         client._request("PUT", f"/keys/{center.encryption.key_id}", content=keys[: len(keys) // 2])
+    foreign = EvaluationKeys.decode(keys)
+    unsupported = dataclasses.replace(foreign, params=CkksParameters(32768, (60,) * 8, 60)).encode()
+    with pytest.raises(ServiceError, match="400: .*unsupported CKKS setting"):
+        client._request("PUT", f"/keys/{center.encryption.key_id}", content=unsupported)
     assert client.evaluation_keys() == []
     client.put_keys(keys)
+    client.put_keys(keys)  # the same id again replaces, and stays within the quota
+    other_keys = QueryEncryption.create(center.encryption.grid, 3).evaluation_keys().encode()
+    with pytest.raises(ServiceError, match="429: .*replace them"):
+        client.put_keys(other_keys)
     for broken in (b"PSFE" + bytes(20), query[:-10], query + b"\0"):
         with pytest.raises(ServiceError, match="400: "):
             client._request("POST", f"/models/{poly}/map", content=broken)

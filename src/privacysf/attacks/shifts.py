@@ -5,8 +5,10 @@ tokens, so two codes of one image no longer line up and a distance between them 
 distance between what they encode. But the family is public, and an attacker can compute the same
 canonical form of every code whatever its shift: :func:`recentre` rolls each code so that the
 circular centroid of its token norms sits in the middle of the grid. For integer shifts the centroid
-moves by exactly the shift, so every shifted copy of one code recentres to the same code. Lookup,
-linkage and inversion then run on the recentred codes as they would on unshifted ones.
+moves by exactly the shift, so every shifted copy of one code recentres to the same code. Lookup and
+linkage then compare codes as they would unshifted ones. Inversion learns recentred code -> image,
+where each pair keeps its own offset between the two (the recentring moves the code, not the pixels),
+so it is a lower bound of what a cleverer alignment would recover.
 """
 
 from __future__ import annotations

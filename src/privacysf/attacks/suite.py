@@ -80,12 +80,19 @@ brain-3subjects: the two brains that are not queried, so the queried subject sta
 
 KEY_OVERRIDES = {
     "none": ["key.enabled=false", "key.per_query_shift=false"],
-    "mix": ["key.enabled=true", "key.mix_channels=true", "key.permute_tokens=false"],
+    "mix": [
+        "key.enabled=true",
+        "key.mix_channels=true",
+        "key.permute_tokens=false",
+        "key.per_query_shift=false",
+    ],
     "mix+perm": [
         "key.enabled=true",
         "key.mix_channels=true",
         "key.permute_tokens=true",
+        "key.per_query_shift=false",
         "mapper.kind=transformer",
+        "mapper.padding=zeros",
     ],
     "shift": ["key.enabled=false", "key.per_query_shift=true", "mapper.kind=poly", "mapper.padding=circular"],
 }
@@ -141,8 +148,8 @@ def train_shadow(cfg: ExperimentConfig, public: PreparedData, num_classes: int, 
 
 
 def received(center: Center, part: SliceSet) -> Received:
-    """What the server holds of one split: its codes as decoded from the center's wire messages (as
-    uploaded: pairs, each rolled by its own shift when the setting shifts codes)."""
+    """What the server holds of one split: its codes as decoded from the center's wire messages, made
+    as uploads are (pairs, each rolled by a fresh shift of its own when the setting shifts codes)."""
     image_message, mask_message = center.pair_messages(part.images, part.masks)
     return Received(
         decode_codes(image_message).tokens, decode_codes(mask_message).tokens, list(part.case_ids)

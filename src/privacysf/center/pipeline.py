@@ -31,7 +31,7 @@ from privacysf.center.keys import CenterKey, KeyedTransform
 from privacysf.common.torchutil import load_checkpoint, save_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.data.preprocess import SliceSet
-from privacysf.errors import WireFormatError
+from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes, tokens_to_grid
 from privacysf.exchange.encrypted import is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER, roll_tokens
@@ -125,6 +125,10 @@ class Center:
         tokens = encode_images(self.image_encoder, images, self.device)
         if self.encryption is None:
             return self._message(tokens, "image", None, shifts)
+        if shifts is not None:
+            raise ConfigError(
+                "per-query shifts and encrypted queries do not combine (the config refuses both)"
+            )
         return self.encryption.encrypt(self._keyed(tokens, "image"), "image", self.scan)
 
     def received_mask_tokens(self, message: bytes, shifts: np.ndarray | None = None) -> np.ndarray:

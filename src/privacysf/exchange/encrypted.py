@@ -49,6 +49,12 @@ CODE_FIELDS = frozenset({"version", "kind", "key_id", "codes", "grid", "channels
 KEY_FIELDS = frozenset({"version", "key_id", "params", "steps", "sizes"})
 
 
+SETTINGS = ((8192, (50, 35, 35, 35, 50)), (16384, (60, 40, 40, 40, 60)))
+"""The only CKKS settings (ring degree, prime sizes) messages may name: those ``for_tokens`` picks.
+A message naming another is refused before SEAL sees it, so a sender can neither make SEAL fail
+nor have the server build and keep contexts of its choosing."""
+
+
 @dataclass(frozen=True)
 class CkksParameters:
     """A CKKS setting: ring ``degree`` (slots = degree / 2), prime sizes in bits, scale 2^``scale_bits``.
@@ -79,7 +85,7 @@ class CkksParameters:
         token count moves whole channels only if the block's length divides the slot count, so the
         token count must divide it (a power-of-two grid).
         """
-        for degree, chain in ((8192, (50, 35, 35, 35, 50)), (16384, (60, 40, 40, 40, 60))):
+        for degree, chain in SETTINGS:
             if (degree // 2) % tokens == 0:
                 return cls(degree, chain, chain[1])
         raise WireFormatError(
@@ -261,6 +267,8 @@ class EvaluationKeys:
             steps = [int(s) for s in header["steps"]]
         except (KeyError, TypeError, ValueError):
             raise WireFormatError("evaluation keys: params or steps are malformed") from None
+        if (params.degree, params.moduli_bits) not in SETTINGS or params.scale_bits != params.moduli_bits[1]:
+            raise WireFormatError(f"evaluation keys for an unsupported CKKS setting {params.to_dict()}")
         return cls(str(header["key_id"]), params, steps, blobs[0], blobs[1])
 
     def load(self) -> tuple[seal.RelinKeys, seal.GaloisKeys]:

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from privacysf.errors import FederationError
+from privacysf.config import ExperimentConfig
+from privacysf.errors import ConfigError, FederationError
 
 T = TypeVar("T")
 
@@ -138,3 +139,20 @@ def upload_parts(bundle: Mapping[str, bytes]) -> tuple[bytes, bytes, bytes, byte
     """A center's code bundle in ``MappingServer.fit``'s order (:data:`UPLOAD_PARTS`)."""
     train_images, train_masks, val_images, val_masks = (bundle[part] for part in UPLOAD_PARTS)
     return train_images, train_masks, val_images, val_masks
+
+
+def check_settings(cfg: ExperimentConfig) -> None:
+    """Refuse settings the Flower app does not carry, before any center trains (``federate`` and the
+    ServerApp both call this, so a run started with ``flwr run`` is refused too)."""
+    if cfg.key.per_query_shift:
+        raise ConfigError(
+            "key.per_query_shift is not built into the Flower app (its test codes would go unshifted); "
+            "use it with privacysf fit, segment or the service"
+        )
+    if cfg.encryption.enabled and "pooled" in cfg.federation.modes:
+        others = [m for m in cfg.federation.modes if m != "pooled"]
+        raise ConfigError(
+            "federation mode pooled gives its mapper a center embedding, which encrypted queries cannot "
+            "carry (the server cannot tell whose ciphertext it maps); with encryption.enabled drop it: "
+            f"--set 'federation.modes=[{','.join(others or ['pooled-noembed'])}]'"
+        )

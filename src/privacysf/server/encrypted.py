@@ -18,11 +18,13 @@ rescaling removes, so every layer ends at the scale it started from.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import tenseal.sealapi as seal
 import torch
 
-from privacysf.errors import ConfigError, WireFormatError
+from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
 from privacysf.exchange.encrypted import (
     CkksParameters,
     EncryptedCodes,
@@ -157,8 +159,9 @@ class EncryptedMapper:
         self.in_channels = model.first.in_channels
         self.out_channels = model.second.out_channels
 
-    def map(self, query: EncryptedCodes) -> EncryptedCodes:
-        """Encrypted image codes -> encrypted mask codes under the same key."""
+    def map(self, query: EncryptedCodes, deadline: float | None = None) -> EncryptedCodes:
+        """Encrypted image codes -> encrypted mask codes under the same key; past ``deadline``
+        (``time.monotonic()``, checked between codes) the rest is refused, saying how many fit."""
         if query.key_id != self.key_id:
             raise WireFormatError(
                 f"codes encrypted under key {query.key_id}; this mapper holds {self.key_id}"
@@ -170,8 +173,13 @@ class EncryptedMapper:
             )
         if any(len(code) != -(-self.in_channels // self.per) for code in query.ciphertexts):
             raise WireFormatError("encrypted codes hold the wrong number of ciphertexts per code")
-        replies = []
+        replies: list[list[bytes]] = []
         for blobs in query.ciphertexts:
+            if replies and deadline is not None and time.monotonic() > deadline:
+                raise PayloadTooLargeError(
+                    f"mapping {len(query.ciphertexts)} encrypted codes takes longer than this server "
+                    f"allows per request; {len(replies)} fit: send fewer codes per request"
+                )
             ciphers = [load_bytes(seal.Ciphertext, self.context, b, "an encrypted code") for b in blobs]
             if any(c.parms_id() != self.context.first_parms_id() for c in ciphers):
                 raise WireFormatError("encrypted codes must arrive fresh, at the first level of the chain")

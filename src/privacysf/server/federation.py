@@ -312,6 +312,7 @@ def map_test(server: MappingServer, bundle: Mapping[str, bytes], center: int | N
 def _main(settings: Mapping[str, Any] | None, grid: Grid, context: Context) -> None:
     settings = settings or context.run_config
     cfg = ExperimentConfig.from_dict(json.loads(str(settings["config"])))
+    flower.check_settings(cfg)
     folder = Path(str(settings["run-dir"])) / "server"
     Federation(grid, cfg, folder, int(settings["num-centers"])).run()
 

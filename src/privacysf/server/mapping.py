@@ -213,7 +213,7 @@ class MappingServer:
         if self.model is None:
             raise ConfigError("the mapping network is not trained or loaded yet")
         if is_encrypted(image_codes):
-            return self.map_encrypted(image_codes)
+            return self.map_encrypted(image_codes, deadline)
         if self.centers and (center is None or not 0 <= center < self.centers):
             raise ConfigError(
                 f"this mapper serves {self.centers} centers; say which one (0..{self.centers - 1})"
@@ -257,6 +257,11 @@ class MappingServer:
                 f"encrypted queries need a mapper trained with mapper.kind=poly; this one is "
                 f"{self.mapper_cfg.kind}"
             )
+        if self.mapper_cfg.padding != "zeros":  # the encrypted convolutions fold in zero padding
+            raise ConfigError(
+                f"encrypted queries need a poly mapper with zero padding; this one pads "
+                f"{self.mapper_cfg.padding}: train one with mapper.padding=zeros"
+            )
         keys = EvaluationKeys.decode(message)
         self.encrypted[keys.key_id] = EncryptedMapper(self.model, keys)
         return keys.key_id
@@ -265,14 +270,15 @@ class MappingServer:
         """Ids of the centers' evaluation keys this mapper holds."""
         return set(self.encrypted)
 
-    def map_encrypted(self, message: bytes) -> bytes:
-        """Encrypted image codes in, encrypted mask codes out, under keys :meth:`register_keys` took."""
+    def map_encrypted(self, message: bytes, deadline: float | None = None) -> bytes:
+        """Encrypted image codes in, encrypted mask codes out, under keys :meth:`register_keys` took;
+        ``deadline`` as for :meth:`predict_tokens`, checked between codes."""
         query = EncryptedCodes.decode(message, expect_kind="image")
         if query.key_id not in self.encrypted:
             raise ConfigError(
                 f"no evaluation keys for CKKS key {query.key_id}; the center must register its keys first"
             )
-        return self.encrypted[query.key_id].map(query).encode()
+        return self.encrypted[query.key_id].map(query, deadline).encode()
 
     def save(self, path: Path) -> None:
         if self.model is None:

@@ -7,6 +7,7 @@ import threading
 from collections import OrderedDict
 
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
+from privacysf.errors import ConflictError
 from privacysf.server.mapping import MappingServer
 from privacysf.server.store import Store
 from privacysf.server.tables import EvaluationKeyRow, ModelRow
@@ -30,19 +31,26 @@ class ModelCache:
         server = MappingServer(MapperConfig(**row.mapper), AugmentConfig(), TrainConfig(device="cpu"))
         server.load(self.store.files.model(row.file), tuple(row.grid), row.in_channels, row.out_channels)
         with self.lock:
-            self.loaded[row.id] = server
+            server = self.loaded.setdefault(row.id, server)  # a concurrent first request may have won
             while len(self.loaded) > self.store.cfg.model_cache:
                 dropped, _ = self.loaded.popitem(last=False)
                 self.registered = {k: v for k, v in self.registered.items() if k[0] != dropped}
         return server
 
     def with_keys(self, row: ModelRow, keys: EvaluationKeyRow) -> MappingServer:
-        """The model, holding the center's evaluation ``keys`` (read from the store once per key file)."""
+        """The model, holding the center's evaluation ``keys`` (read from the store once per key file,
+        and again whenever the loaded model lacks them: it may have been evicted and reloaded)."""
         server = self.get(row)
         with self.lock:
             current = self.registered.get((row.id, keys.key_id))
-        if current != keys.file:
-            server.register_keys(self.store.files.key(keys.file).read_bytes())
+        if current != keys.file or keys.key_id not in server.key_ids():
+            try:
+                message = self.store.files.key(keys.file).read_bytes()
+            except FileNotFoundError:  # replaced by a PUT since this request looked them up
+                raise ConflictError(
+                    f"evaluation keys {keys.key_id} were just replaced; send the query again"
+                ) from None
+            server.register_keys(message)
             with self.lock:
                 self.registered[(row.id, keys.key_id)] = keys.file
         return server

@@ -26,9 +26,13 @@ class ServiceConfig:
     """Most codes in one mapping request. Mapping costs CPU time per code, so this bounds how long one
     request holds a worker: a bigger batch is refused with 413 and the client sends it in parts."""
     max_encrypted_codes: int = 16
-    """Most encrypted codes in one mapping request: each costs the server over a second of CPU (1.2 s
-    at 128², 2.5 s at 256² on two threads, docs/benchmarks/encrypted_queries.md), so 16 stay well
-    within ``map_seconds``; the center's client sends one image per request."""
+    """Most encrypted codes in one mapping request: each costs the default poly mapper over a second of
+    CPU (1.2 s at 128², 2.5 s at 256² on two threads, docs/benchmarks/encrypted_queries.md), and a
+    wider one more, so ``map_seconds`` is checked between codes too; the center's client sends one
+    image per request."""
+    max_keys_per_center: int = 4
+    """Sets of evaluation keys one center may register (each held in memory by every model it queries,
+    72 MB at 128²); more are refused with 429 until it replaces one under the same id."""
     max_key_bytes: int = 256 * MiB
     """Largest upload of a center's CKKS evaluation keys (72 MB for a 16x16 token grid, 18 MB for 32x32)."""
     map_seconds: float = 60.0

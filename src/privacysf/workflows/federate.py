@@ -32,6 +32,7 @@ from privacysf.data.centers import CenterData, prepare_centers
 from privacysf.data.prepare import PreparedData, describe
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, PrivacySFError
+from privacysf.exchange import flower
 from privacysf.metrics.evaluation import score_test
 from privacysf.metrics.segmentation import Summary
 from privacysf.nets.unet import predict_labels, train_unet
@@ -174,18 +175,7 @@ def targets(table: dict[str, dict[str, float]], centers: list[str]) -> dict[str,
 
 def run_federate(cfg: ExperimentConfig, superlink: str | None = None) -> tuple[Path, dict]:
     """All configured modes; the Flower part in simulation, or on ``superlink`` when given."""
-    if cfg.key.per_query_shift:
-        raise ConfigError(
-            "key.per_query_shift is not built into the Flower app (its test codes would go unshifted); "
-            "use it with privacysf fit, segment or the service"
-        )
-    if cfg.encryption.enabled and "pooled" in cfg.federation.modes:
-        others = [m for m in cfg.federation.modes if m != "pooled"]
-        raise ConfigError(
-            "federation mode pooled gives its mapper a center embedding, which encrypted queries cannot "
-            "carry (the server cannot tell whose ciphertext it maps); with encryption.enabled drop it: "
-            f"--set 'federation.modes=[{','.join(others or ['pooled-noembed'])}]'"
-        )
+    flower.check_settings(cfg)
     if "fedavg-codecs" in cfg.federation.modes:  # refuse before any center trains
         secret_path(cfg.federation)
         if not superlink:  # in simulation the centers read the secret on this machine: check it now

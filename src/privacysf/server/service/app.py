@@ -232,7 +232,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
             **unauthorised,
             400: {"description": "not evaluation keys, or keys of another id"},
             408: {"description": "the body stalled"},
+            409: {"description": "the same new keys sent twice at once"},
             413: {"description": "too big"},
+            429: {"description": "the center holds as many sets of keys as the server keeps"},
+            503: {"description": "too many uploads at once; retry after Retry-After seconds"},
         },
     )
     async def put_keys(center: Center, request: Request, key_id: Annotated[KeyId, Path()]) -> KeysOut:
@@ -240,8 +243,10 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         encrypted queries carry, replacing any it registered under that id. They let the server map
         those queries and read none of them; the secret key is never sent."""
         refuse_declared_size(request, cfg.max_key_bytes)
-        body = await read_limited(request, cfg.max_key_bytes, cfg.body_timeout_seconds)
-        return _from_row(KeysOut)(await run_in_threadpool(store.keep_keys, center, key_id, body))
+        with uploads.slot():  # up to max_key_bytes in memory each: as many at once as uploads
+            body = await read_limited(request, cfg.max_key_bytes, cfg.body_timeout_seconds)
+            row = await run_in_threadpool(store.keep_keys, center, key_id, body)
+        return _from_row(KeysOut)(row)
 
     @app.post(
         "/jobs",

@@ -32,7 +32,7 @@ def keep_keys(store: Store, caller: Caller, key_id: str, payload: bytes) -> Eval
     file = f"{uuid.uuid4().hex}.psfk"
     store.files.write_key(file, payload)
     try:
-        row, replaced = store.put_keys(caller, key_id, file, len(payload))
+        row, replaced = store.put_keys(caller, key_id, file, len(payload), store.cfg.max_keys_per_center)
     except BaseException:
         store.files.key(file).unlink(missing_ok=True)
         raise

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select, update
+from sqlalchemy.exc import IntegrityError
 
-from privacysf.errors import ConfigError, NotFoundError
+from privacysf.errors import ConfigError, ConflictError, NotFoundError, QuotaError
 from privacysf.exchange import DatasetLayout, one_code_space
 from privacysf.server.store.accounts import Caller
 from privacysf.server.store.database import Database
@@ -181,16 +182,35 @@ class Records(Database):
     # evaluation keys ---------------------------------------------------------------------------
 
     def put_keys(
-        self, caller: Caller, key_id: str, file: str, size_bytes: int
+        self, caller: Caller, key_id: str, file: str, size_bytes: int, max_keys: int
     ) -> tuple[EvaluationKeyRow, str]:
         """Record ``file`` as the caller's evaluation keys ``key_id``, replacing any it had under that
-        id; returns the row and the file it replaced ("" when none), for the caller to delete."""
+        id; returns the row and the file it replaced ("" when none), for the caller to delete. A new id
+        past ``max_keys`` of the caller's is a :class:`QuotaError`."""
+        try:
+            return self._put_keys(caller, key_id, file, size_bytes, max_keys)
+        except IntegrityError:  # the same new id recorded by a concurrent request
+            raise ConflictError(
+                f"evaluation keys {key_id} were sent twice at once; send them again"
+            ) from None
+
+    def _put_keys(
+        self, caller: Caller, key_id: str, file: str, size_bytes: int, max_keys: int
+    ) -> tuple[EvaluationKeyRow, str]:
         with self.session() as s:
             row = s.scalar(
                 visible(EvaluationKeyRow, caller.center_id).where(EvaluationKeyRow.key_id == key_id)
             )
             replaced = row.file if row else ""
             if row is None:
+                held = s.scalar(
+                    select(func.count()).select_from(visible(EvaluationKeyRow, caller.center_id).subquery())
+                )
+                if held is not None and held >= max_keys:
+                    raise QuotaError(
+                        f"this center already registered {held} sets of evaluation keys, the most this "
+                        "server keeps; send new keys under an id it holds (GET /keys) to replace them"
+                    )
                 row = EvaluationKeyRow(
                     center_id=caller.center_id, key_id=key_id, file=file, size_bytes=size_bytes
                 )
