@@ -10,18 +10,17 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from fitkit import TINY_FIT
+from fitkit import TINY_FIT, fit_run
 from servicekit import LoopbackServer, RecordingTransport
 
 from privacysf.center.client import ServiceClient
 from privacysf.cli import main
-from privacysf.config import ExperimentConfig
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
 from privacysf.exchange import decode_codes, split_messages
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
-from privacysf.workflows.fit import reload_center, run_fit
+from privacysf.workflows.fit import reload_center
 from privacysf.workflows.remote import dataset_bundle, segment_remote, upload_run
 
 FIT = [*TINY_FIT, "train.epochs=1", "train.threads=1", "mapper.width=8"]
@@ -30,8 +29,7 @@ JOB = ["--epochs", "2"]
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    return run_fit(ExperimentConfig().override([*FIT, f"output_dir={out}"]))[0]
+    return fit_run(tmp_path_factory, FIT)
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from fitkit import TINY_POLY
+from fitkit import TINY_POLY, fit_run
 from keykit import ckks_secret_forms
 from servicekit import LoopbackServer, RecordingTransport
 
 from privacysf.center.client import ServiceClient
 from privacysf.center.encryption import QueryEncryption
 from privacysf.cli import main
-from privacysf.config import ExperimentConfig, MapperConfig
+from privacysf.config import MapperConfig
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
 from privacysf.errors import ServiceError
@@ -29,7 +29,7 @@ from privacysf.server import MappingServer
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.tables import ModelRow
-from privacysf.workflows.fit import reload_center, run_fit
+from privacysf.workflows.fit import reload_center
 from privacysf.workflows.remote import segment_remote, upload_run
 
 FIT = [*TINY_POLY, "train.epochs=2", "train.threads=1", "encryption.enabled=true"]
@@ -39,8 +39,7 @@ MAX_ENCRYPTED = 3
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    return run_fit(ExperimentConfig().override([*FIT, f"output_dir={out}"]))[0]
+    return fit_run(tmp_path_factory, FIT)
 
 
 @pytest.fixture(scope="module")
