@@ -117,9 +117,7 @@ def main() -> None:
             "U-Net's on the same split (mean over seeds), and the strongest image attack's SSIM beside "
             "the mean image of the same leaked pairs, pooled over the attacked queries of every seed "
             f"(`tools/privacy_curve.py`). Targets: Dice ≥ {DICE_TARGET} × U-Net with a gain ≤ "
-            f"{GAIN_TARGET}. Sources: "
-            + "; ".join(item.replace("=", ": ", 1) for item in args.runs)
-            + "."
+            f"{GAIN_TARGET}. Sources: " + "; ".join(item.replace("=", ": ", 1) for item in args.runs) + "."
         )
         .extend(table(found))
         .figure("privacy–utility", "curve.png")
