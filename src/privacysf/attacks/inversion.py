@@ -36,6 +36,8 @@ class DecoderRecipe:
     downsample: int
     steps: int
     lr: float
+    norm: str
+    """The centers' ``codec.norm``: the attacker builds the decoder family the centers use."""
     batch_size: int = 8
     seed: int = 0
 
@@ -78,7 +80,9 @@ def train_decoder(
     """
     g = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    decoder = ConvDecoder(tokens.shape[-1], out_channels, recipe.width, recipe.downsample).to(device)
+    decoder = ConvDecoder(tokens.shape[-1], out_channels, recipe.width, recipe.downsample, recipe.norm).to(
+        device
+    )
     optimiser = torch.optim.Adam(decoder.parameters(), lr=recipe.lr)
     codes = tokens_to_grid(torch.from_numpy(tokens), grid)
     goal = torch.from_numpy(targets)

@@ -182,7 +182,9 @@ def attack_setting(
         true_order,
     )
     width = a.decoder_width or cfg.codec.width
-    recipe = DecoderRecipe(width, cfg.codec.downsample, a.attacker_steps, cfg.train.lr, seed=cfg.train.seed)
+    recipe = DecoderRecipe(
+        width, cfg.codec.downsample, a.attacker_steps, cfg.train.lr, cfg.codec.norm, seed=cfg.train.seed
+    )
     results: dict = {
         "well_posed": well_posed(scene, shadow),
         "encoded": encoded_analysis(scene, a.candidates),

@@ -51,8 +51,8 @@ class MaskCodec(nn.Module):
     def __init__(self, num_classes: int, cfg: CodecConfig) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.encoder = ConvEncoder(num_classes, cfg.mask_channels, cfg.width, cfg.downsample)
-        self.decoder = ConvDecoder(cfg.mask_channels, num_classes, cfg.width, cfg.downsample)
+        self.encoder = ConvEncoder(num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm)
+        self.decoder = ConvDecoder(cfg.mask_channels, num_classes, cfg.width, cfg.downsample, cfg.norm)
         self.register_buffer("logit_offset", torch.zeros(num_classes, 1, 1))
         self.register_load_state_dict_pre_hook(_take_offset_shape)
 
@@ -86,7 +86,7 @@ def build_image_encoder(cfg: CodecConfig) -> ConvEncoder:
     Training, loading and the untrained networks of size/latency measurements all build it here, so a
     change of its shape reaches every one of them.
     """
-    return ConvEncoder(1, cfg.image_channels, cfg.width, cfg.downsample)
+    return ConvEncoder(1, cfg.image_channels, cfg.width, cfg.downsample, cfg.norm)
 
 
 def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
@@ -100,6 +100,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "image_channels": c.image_channels,
         "mask_channels": c.mask_channels,
         "width": c.width,
+        "norm": c.norm,
         "image_mode": c.image_mode if part == "image-encoder" else None,
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
     }
@@ -211,7 +212,7 @@ class AutoencoderObjective:
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
         c = cfg.codec
         self.encoder = encoder
-        self.decoder = ConvDecoder(c.image_channels, 1, c.width, c.downsample).to(device)
+        self.decoder = ConvDecoder(c.image_channels, 1, c.width, c.downsample, c.norm).to(device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"image_decoder": self.decoder}
@@ -292,7 +293,7 @@ class PrivateObjective(TaskObjective):
         super().__init__(cfg, encoder, codec, device)
         c = cfg.codec
         self.weight = c.private_weight
-        self.attacker = ConvDecoder(c.image_channels, 1, c.width, c.downsample).to(device)
+        self.attacker = ConvDecoder(c.image_channels, 1, c.width, c.downsample, c.norm).to(device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {**super().modules(), "attacker_decoder": self.attacker}

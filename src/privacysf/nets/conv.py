@@ -3,6 +3,11 @@
 An encoder halves the resolution ``log2(downsample)`` times with residual units and ends in a 1×1
 convolution and tanh, so codes are bounded in [-1, 1]: bounded codes quantise to int8 cleanly and give
 the server's MSE a fixed scale. A decoder mirrors it with transposed convolutions.
+
+``norm`` is a MONAI norm name (``codec.norm``). Batch norm, not the instance norm MONAI's U-Net uses,
+is the center's default: an instance norm rescales every token by statistics of the whole slice, so
+the air around a small head at the top of a scan gets other features than the air around a large one,
+and codes of slices unlike the training ones decode foreground outside the body.
 """
 
 from __future__ import annotations
@@ -13,8 +18,6 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-NORM = "instance"
-
 
 def _stages(downsample: int) -> int:
     stages = int(math.log2(downsample))
@@ -24,15 +27,15 @@ def _stages(downsample: int) -> int:
 
 
 class ConvEncoder(nn.Module):
-    def __init__(self, in_channels: int, code_channels: int, width: int, downsample: int) -> None:
+    def __init__(self, in_channels: int, code_channels: int, width: int, downsample: int, norm: str) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for i in range(_stages(downsample)):
             out = width * 2**i
-            layers.append(ResidualUnit(2, channels, out, strides=2, subunits=2, norm=NORM))
+            layers.append(ResidualUnit(2, channels, out, strides=2, subunits=2, norm=norm))
             channels = out
-        layers.append(ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=NORM))
+        layers.append(ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm))
         layers.append(nn.Conv2d(channels, code_channels, 1))
         self.net = nn.Sequential(*layers)
 
@@ -41,20 +44,20 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    def __init__(self, code_channels: int, out_channels: int, width: int, downsample: int) -> None:
+    def __init__(self, code_channels: int, out_channels: int, width: int, downsample: int, norm: str) -> None:
         super().__init__()
         stages = _stages(downsample)
         channels = width * 2 ** (stages - 1)
         layers: list[nn.Module] = [
             nn.Conv2d(code_channels, channels, 1),
-            ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=NORM),
+            ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm),
         ]
         for i in reversed(range(stages)):
             out = width * 2 ** max(i - 1, 0)
             layers.append(
-                Convolution(2, channels, out, strides=2, is_transposed=True, norm=NORM, kernel_size=3)
+                Convolution(2, channels, out, strides=2, is_transposed=True, norm=norm, kernel_size=3)
             )
-            layers.append(ResidualUnit(2, out, out, strides=1, subunits=1, norm=NORM))
+            layers.append(ResidualUnit(2, out, out, strides=1, subunits=1, norm=norm))
             channels = out
         layers.append(nn.Conv2d(channels, out_channels, 1))
         self.net = nn.Sequential(*layers)
