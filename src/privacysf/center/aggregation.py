@@ -127,7 +127,8 @@ def mask_weights(
     masked = {}
     for name, array in flower.weights_record(parts).items():
         fixed = masking.to_fixed(array.numpy().astype(np.float64) * examples, centers, name)
-        masked[name] = Array(fixed + secret.pad(run_id, round_, nonce, name, fixed.size).reshape(fixed.shape))
+        pad = secret.pad(run_id, round_, nonce, name, fixed.size).reshape(fixed.shape)
+        masked[name] = Array(np.asarray(fixed + pad))  # a 0-d sum is a numpy scalar, not an array
     return {"weights": ArrayRecord(masked), masking.MASK: ConfigRecord({"nonce": nonce})}
 
 
@@ -145,5 +146,6 @@ def unmask(
     for key in total.arrays:
         masked = masking.uint32_array(total.arrays, key)
         pads = secret.pads(run_id, total.round, total.nonces, key, masked.size).reshape(masked.shape)
-        averaged[key] = Array((masking.from_fixed(masked - pads) / total.examples).astype(np.float32))
+        mean = masking.from_fixed(masked - pads) / total.examples
+        averaged[key] = Array(np.asarray(mean, dtype=np.float32))
     return flower.record_weights(ArrayRecord(averaged))

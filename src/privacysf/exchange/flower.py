@@ -77,7 +77,8 @@ def weights_record(parts: dict[str, dict[str, torch.Tensor]]) -> ArrayRecord:
     """State dicts of a network's parts (``{"model": ..., "task_head": ...}``) as one ArrayRecord."""
     return ArrayRecord(
         {
-            f"{part}/{name}": Array(np.ascontiguousarray(value.detach().cpu().numpy()))
+            # np.array, not np.ascontiguousarray, which turns a batch norm's 0-d step count into shape (1,)
+            f"{part}/{name}": Array(np.array(value.detach().cpu().numpy(), order="C"))
             for part, state in parts.items()
             for name, value in state.items()
         }
