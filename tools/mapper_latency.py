@@ -30,12 +30,14 @@ from privacysf.nets.unet import build_unet
 from privacysf.workflows.inprocess import untrained_pipeline
 
 SETTINGS: dict[str, list[str]] = {
-    "unet mapper, codec width 32": ["codec.width=32"],
+    "defaults, instance norm": ["codec.norm=instance"],
     "defaults": [],
+    "poly mapper, instance norm": ["mapper.kind=poly", "codec.norm=instance"],
     "poly mapper": ["mapper.kind=poly"],
 }
-"""The settings compared: the codec width of earlier defaults, today's defaults, and the poly mapper
-(the one encrypted queries need; here on plain codes)."""
+"""The settings compared: today's defaults (batch norm in the center networks) and the poly mapper
+(the one encrypted queries need; here on plain codes), each beside its instance-norm form of the
+previous version (``codec.norm``)."""
 
 
 def gflop(fn) -> float:

@@ -18,6 +18,7 @@ from monai.networks.utils import one_hot
 from torch import nn
 
 from privacysf.center.equivariance import EquivariancePenalty
+from privacysf.center.norm_statistics import load_shared_state
 from privacysf.common.torchutil import apply_in_batches, class_labels
 from privacysf.common.training import FitResult, fit
 from privacysf.config import CodecConfig, ExperimentConfig
@@ -153,8 +154,8 @@ def train_mask_codec(
     averaged codec.
     """
     codec = MaskCodec(num_classes, cfg.codec).to(device)
-    if initial:
-        codec.load_state_dict(initial["model"])
+    if initial:  # averaged weights: batch-norm statistics are relearnt in this round's training
+        load_shared_state(codec, initial["model"])
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     grid = token_grid(cfg.data.size, cfg.codec)
     wire_dtype = cfg.codec.wire_dtype
@@ -244,6 +245,7 @@ class TaskObjective:
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         for p in codec.parameters():
             p.requires_grad_(False)
+        codec.eval()  # frozen: its batch norms use, and keep, the statistics of the codec's training
 
     def modules(self) -> dict[str, nn.Module]:
         return {"task_head": self.head}
@@ -331,7 +333,7 @@ def train_image_encoder(
     objective = IMAGE_MODES[mode](cfg, encoder, codec, device)
     if initial:
         for name, module in {"model": encoder, **objective.modules()}.items():
-            module.load_state_dict(initial[name])
+            load_shared_state(module, initial[name])
     batches = slice_batches(train, cfg.train, device, seed_offset=1)
     penalty = equivariance_penalty(cfg)
 

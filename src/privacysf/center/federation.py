@@ -23,15 +23,18 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from privacysf.center.aggregation import FederationSecret, mask_weights, unmask
 from privacysf.center.codecs import (
     MaskCodec,
+    build_image_encoder,
     codec_signature,
     token_grid,
     train_image_encoder,
     train_mask_codec,
 )
+from privacysf.center.norm_statistics import load_shared_state, recalibrate_norms, shared_state
 from privacysf.center.pipeline import (
     IMAGE_ENCODER,
     MASK_CODEC,
@@ -42,7 +45,13 @@ from privacysf.center.pipeline import (
     train_center,
     upload_messages,
 )
-from privacysf.common.torchutil import load_checkpoint, resolve_device, save_checkpoint, seed_everything
+from privacysf.common.torchutil import (
+    apply_in_batches,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    seed_everything,
+)
 from privacysf.config import ExperimentConfig
 from privacysf.data.centers import CenterData, prepare_centers
 from privacysf.errors import FederationError
@@ -175,7 +184,7 @@ def mask_codec_round(message: Message, s: Site) -> Message:
     codec, result = train_mask_codec(
         cfg, data.train, data.val, s.classes, s.device, None, shared_weights(message, s)
     )
-    return masked_reply(message, started, s, codec.state_dict(), result.best_score)
+    return masked_reply(message, started, s, shared_state(codec), result.best_score)
 
 
 def _final_weights(message: Message, s: Site, name: str) -> dict[str, torch.Tensor]:
@@ -187,10 +196,22 @@ def _final_weights(message: Message, s: Site, name: str) -> dict[str, torch.Tens
 
 
 def _shared_codec(message: Message, s: Site) -> MaskCodec:
-    """The averaged mask codec the server sent with an image-encoder or shared-codes message."""
+    """The averaged mask codec the server sent with an image-encoder or shared-codes message, with
+    batch-norm statistics of this center's training masks (only weights are averaged)."""
     codec = MaskCodec(s.classes, s.cfg.codec)
-    codec.load_state_dict(_final_weights(message, s, "mask_codec"))
-    return codec.to(s.device).eval()
+    load_shared_state(codec, _final_weights(message, s, "mask_codec")).to(s.device)
+    masks = s.center.data.train.masks
+    recalibrate_norms(
+        codec, lambda: apply_in_batches(lambda y: codec.decode(codec.encode(y)), masks, s.device)
+    )
+    return codec
+
+
+def _shared_encoder(message: Message, s: Site) -> nn.Module:
+    """The averaged image encoder, with batch-norm statistics of this center's training images."""
+    encoder = load_shared_state(build_image_encoder(s.cfg.codec), _final_weights(message, s, "image_encoder"))
+    images = s.center.data.train.images
+    return recalibrate_norms(encoder.to(s.device), lambda: apply_in_batches(encoder, images, s.device))
 
 
 def image_encoder_round(message: Message, s: Site) -> Message:
@@ -214,7 +235,7 @@ def image_encoder_round(message: Message, s: Site) -> Message:
         {"signature": _signature(s, "image-parts"), **{k: m.state_dict() for k, m in parts.items()}},
     )
     # only the encoder is averaged: an image decoder or attacker decoder never leaves the center
-    return masked_reply(message, started, s, encoder.state_dict(), result.best_score)
+    return masked_reply(message, started, s, shared_state(encoder), result.best_score)
 
 
 def shared_codes(message: Message, s: Site) -> Message:
@@ -222,12 +243,12 @@ def shared_codes(message: Message, s: Site) -> Message:
     started = time.perf_counter()
     folder = s.folder / flower.SHARED
     codec = _shared_codec(message, s)
-    encoder_state = _final_weights(message, s, "image_encoder")
+    encoder = _shared_encoder(message, s)
     save_checkpoint(
         folder / MASK_CODEC, {"signature": _signature(s, "mask-codec"), "model": codec.state_dict()}
     )
     save_checkpoint(
-        folder / IMAGE_ENCODER, {"signature": _signature(s, "image-encoder"), "model": encoder_state}
+        folder / IMAGE_ENCODER, {"signature": _signature(s, "image-encoder"), "model": encoder.state_dict()}
     )
     draw_key(s.cfg, folder)  # the center's own keys, never sent: loaded back with the codecs
     draw_encryption(s.cfg, token_grid(s.cfg.data.size, s.cfg.codec), folder)

@@ -1,0 +1,42 @@
+"""The center's networks: a token's code depends on its neighbourhood, not on the rest of the slice."""
+
+import torch
+
+from privacysf.center.codecs import MaskCodec, build_image_encoder
+from privacysf.config import CodecConfig
+
+SIZE = 128
+FAR = slice(96, 128)
+"""Pixels far from the top-left quarter where the two slices differ (beyond the encoders' reach)."""
+
+
+def _two_slices() -> tuple[torch.Tensor, torch.Tensor]:
+    """Air everywhere but a small or a large bright square in the top-left quarter (a small head at
+    the top of a scan against a large one in its middle)."""
+    small, large = torch.zeros(2, 1, 1, SIZE, SIZE)
+    small[..., 20:28, 20:28] = 1.0
+    large[..., 4:60, 4:60] = 1.0
+    return small, large
+
+
+def _far_tokens(code: torch.Tensor, downsample: int) -> torch.Tensor:
+    far = slice(FAR.start // downsample, FAR.stop // downsample)
+    return code[..., far, far]
+
+
+def test_codes_of_air_far_from_the_body_do_not_depend_on_the_body_with_the_default_norm():
+    """Fails with ``codec.norm=instance``: per-slice statistics move every token of the slice."""
+    for norm, same in (("batch", True), ("instance", False)):
+        cfg = CodecConfig(norm=norm)
+        torch.manual_seed(0)
+        encoder = build_image_encoder(cfg).eval()
+        torch.manual_seed(0)
+        codec = MaskCodec(2, cfg).eval()
+        small, large = _two_slices()
+        with torch.no_grad():
+            images = [_far_tokens(encoder(x), cfg.downsample) for x in (small, large)]
+            masks = [_far_tokens(codec.encode(x[:, 0].long()), cfg.downsample) for x in (small, large)]
+            decoded = [codec.decode(codec.encode(x[:, 0].long()))[..., FAR, FAR] for x in (small, large)]
+        for a, b in (images, masks, decoded):
+            assert torch.allclose(a, b, atol=1e-5) is same, norm
+    assert CodecConfig().norm == "batch"
