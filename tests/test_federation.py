@@ -21,6 +21,7 @@ from keykit import assert_no_secret, ckks_secret_forms, raw_forms
 from privacysf.center.aggregation import FederationSecret, mask_weights, unmask
 from privacysf.center.codecs import MaskCodec
 from privacysf.center.federation import LOCAL_PARTS
+from privacysf.center.norm_statistics import statistics_keys
 from privacysf.center.pipeline import MASK_CODEC, load_center
 from privacysf.cli import main
 from privacysf.config import ExperimentConfig, MapperConfig
@@ -393,7 +394,9 @@ def test_fedavg_codecs_leaves_the_server_only_masked_sums_that_decode_to_noise(t
     classes = len(REGISTRY["phantom"].class_names)
     center_codec, server_codec = MaskCodec(classes, cfg.codec), MaskCodec(classes, cfg.codec)
     center_codec.load_state_dict(kept[0])
-    server_codec.load_state_dict(server_view)
+    # batch-norm statistics never leave a center; the server is given the center's own here
+    assert not statistics_keys(center_codec) & set(unmasked["model"])
+    server_codec.load_state_dict({**kept[0], **server_view})
     labels = np.stack([c.mask[..., 0] for c in phantom_cases(12, 32, 99)])  # masks neither codec saw
     with torch.no_grad():
         code = center_codec.eval().encode(torch.as_tensor(labels, dtype=torch.long))
