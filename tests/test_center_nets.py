@@ -1,9 +1,14 @@
 """The center's networks: a token's code depends on its neighbourhood, not on the rest of the slice."""
 
+import json
+
 import torch
 
-from privacysf.center.codecs import MaskCodec, build_image_encoder
-from privacysf.config import CodecConfig
+from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signature
+from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
+from privacysf.common.torchutil import save_checkpoint
+from privacysf.config import CodecConfig, ExperimentConfig
+from privacysf.workflows.fit import reload_center
 
 SIZE = 128
 FAR = slice(96, 128)
@@ -40,3 +45,21 @@ def test_codes_of_air_far_from_the_body_do_not_depend_on_the_body_with_the_defau
         for a, b in (images, masks, decoded):
             assert torch.allclose(a, b, atol=1e-5) is same, norm
     assert CodecConfig().norm == "batch"
+
+
+def test_a_run_folder_saved_before_the_norm_setting_reloads_with_instance_norm(tmp_path):
+    """Fails without the migration in ``reload_center``: its checkpoints' signature would not match."""
+    cfg = ExperimentConfig().override(["codec.norm=instance", "codec.width=8"])
+    saved = cfg.to_dict()
+    del saved["codec"]["norm"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "data.json").write_text(json.dumps({"classes": ["background", "brain"]}))
+    for path, part, net in (
+        (MASK_CODEC, "mask-codec", MaskCodec(2, cfg.codec)),
+        (IMAGE_ENCODER, "image-encoder", build_image_encoder(cfg.codec)),
+    ):
+        signature = {k: v for k, v in codec_signature(cfg, 2, part).items() if k != "norm"}
+        save_checkpoint(tmp_path / path, {"signature": signature, "model": net.state_dict()})
+    loaded, center = reload_center(tmp_path, "cpu")
+    assert loaded.codec.norm == "instance"
+    assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in center.mask_codec.modules())

@@ -4,6 +4,7 @@ ceiling, from ``privacysf fit`` run folders (issue 16's target table).
     .venv/bin/python tools/case_table.py runs/ [more folders]
     .venv/bin/python tools/case_table.py --timing runs/   # training seconds per stage instead
     .venv/bin/python tools/case_table.py --encrypted runs/   # encrypted queries against plain codes
+    .venv/bin/python tools/case_table.py runs/ --against old-runs/   # paired with the same pairs there
 
 With ``--timing`` each row gives the seconds of every training stage, their sum and that sum over the
 raw U-Net's training on the same split in the same run (issue 17's "<= 3 x" target): the stages and
@@ -12,6 +13,10 @@ absolute seconds depend on what else the machine was doing.
 
 With ``--encrypted`` the runs made with ``encryption.enabled`` give the test Dice of their encrypted
 queries beside the same mapper's on plain codes, with seconds and bytes per query.
+
+With ``--against FOLDER`` each dataset-seed pair run in both places gives Privacy-SF's Dice and the
+ceiling there ("before") and here, and the mean change over the pairs (the first run of a pair
+where a folder holds several).
 
 Each figure is read from a run's ``metrics.json`` (``per_case_3d.foreground_only``: each test case's
 slices stacked into one volume, classes the case holds averaged, then the mean over cases). A run
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from privacysf.metrics.evaluation import dice_3d
@@ -102,6 +108,35 @@ def print_encrypted(rows: list[dict]) -> None:
         )
 
 
+def print_pairs(rows: list[dict], before: list[dict]) -> None:
+    earlier = {}
+    for r in before:
+        earlier.setdefault((r["dataset"], r["seed"]), r)
+    print("| dataset | seed | Privacy-SF before | now | change | ceiling before | now |")
+    print("|---|---|---|---|---|---|---|")
+    changes = []
+    for r in rows:
+        b = earlier.get((r["dataset"], r["seed"]))
+        if b is None or r["ours"] is None or b["ours"] is None:
+            continue
+        changes.append(r["ours"] - b["ours"])
+        print(
+            f"| {r['dataset']} | {r['seed']} | {_cell(b['ours'])} | {_cell(r['ours'])} | "
+            f"{changes[-1]:+.3f} | {_cell(b['ceiling'])} | {_cell(r['ceiling'])} |"
+        )
+    if changes:
+        higher = sum(c > 0 for c in changes)
+        print(
+            f"\n{len(changes)} pairs: mean change {sum(changes) / len(changes):+.3f}, "
+            f"median {statistics.median(changes):+.3f}, higher now on {higher}"
+        )
+
+
+def _runs(folders: list[Path]) -> list[dict]:
+    runs = sorted({m.parent for f in folders for m in f.glob("*-privacysf-task-*/metrics.json")})
+    return sorted((row(r) for r in runs), key=lambda r: (r["dataset"], r["seed"]))
+
+
 def _cell_seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -112,9 +147,12 @@ def main() -> None:
     table = parser.add_mutually_exclusive_group()
     table.add_argument("--timing", action="store_true", help="training seconds per stage, not Dice")
     table.add_argument("--encrypted", action="store_true", help="encrypted queries against plain codes")
+    table.add_argument("--against", type=Path, help="folder of earlier runs: paired Dice changes")
     args = parser.parse_args()
-    runs = sorted({m.parent for f in args.folders for m in f.glob("*-privacysf-task-*/metrics.json")})
-    rows = sorted((row(r) for r in runs), key=lambda r: (r["dataset"], r["seed"]))
+    rows = _runs(args.folders)
+    if args.against:
+        print_pairs(rows, _runs([args.against]))
+        return
     printer = print_timing if args.timing else print_encrypted if args.encrypted else print_dice
     printer(rows)
 

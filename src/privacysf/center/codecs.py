@@ -101,7 +101,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "image_channels": c.image_channels,
         "mask_channels": c.mask_channels,
         "width": c.width,
-        "norm": c.norm,
+        "norm": None if c.norm == "instance" else c.norm,  # checkpoints from before codec.norm: instance
         "image_mode": c.image_mode if part == "image-encoder" else None,
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
     }

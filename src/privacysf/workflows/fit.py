@@ -160,6 +160,8 @@ def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[Experi
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a Privacy-SF run folder (no config.json)")
     cfg = ExperimentConfig.load(config_path)
+    if "norm" not in json.loads(config_path.read_text()).get("codec", {}):
+        cfg = cfg.override(["codec.norm=instance"])  # saved before codec.norm existed: instance norm then
     if device_name:
         cfg = cfg.override([f"train.device={device_name}"])
     data_path = run_dir / "data.json"
