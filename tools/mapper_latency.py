@@ -29,15 +29,18 @@ from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.nets.unet import build_unet
 from privacysf.workflows.inprocess import untrained_pipeline
 
-SETTINGS: dict[str, list[str]] = {
-    "defaults, instance norm": ["codec.norm=instance"],
-    "defaults": [],
-    "poly mapper, instance norm": ["mapper.kind=poly", "codec.norm=instance"],
-    "poly mapper": ["mapper.kind=poly"],
+SETTINGS: dict[str, tuple[list[str], bool]] = {
+    "defaults, instance norm": (["codec.norm=instance"], True),
+    "defaults": ([], True),
+    "poly mapper, instance norm": (["mapper.kind=poly", "codec.norm=instance"], True),
+    "poly mapper, batch norm not folded": (["mapper.kind=poly"], False),
+    "poly mapper": (["mapper.kind=poly"], True),
 }
-"""The settings compared: today's defaults (batch norm in the center networks) and the poly mapper
-(the one encrypted queries need; here on plain codes), each beside its instance-norm form of the
-previous version (``codec.norm``)."""
+"""The settings compared, as (``--set`` overrides, center networks served): today's defaults (batch
+norm in the center networks, folded into the convolutions for serving) and the poly mapper (the one
+encrypted queries need; here on plain codes), beside the instance-norm form of the previous versions
+(``codec.norm``) and, for the poly mapper, the batch-norm networks as trained, not folded
+(:meth:`privacysf.center.pipeline.Center.serving`)."""
 
 
 def gflop(fn) -> float:
@@ -54,8 +57,9 @@ def measure(size: int, batch: int, repeats: int) -> list[dict]:
     pixels = torch.from_numpy(images)
     calls = {"raw U-Net": lambda: class_labels(unet(pixels))}  # labels out, as Privacy-SF's decode
     work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
-    for name, overrides in SETTINGS.items():
-        center, server = untrained_pipeline(ExperimentConfig().override(overrides), CLASSES_FOR_SIZES, size)
+    for name, (overrides, served) in SETTINGS.items():
+        cfg = ExperimentConfig().override(overrides)
+        center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size, served=served)
         up = center.image_message(images)
         down = server.map(up)
         stages = {
@@ -105,7 +109,10 @@ def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
             "repetitions after one warm-up: medians; total is the median of the per-repetition sums "
             "and × raw U-Net the median of their per-repetition ratios (`tools/mapper_latency.py`). "
             "Settings: "
-            + "; ".join(f"{name}: `{' '.join(o) or 'no override'}`" for name, o in SETTINGS.items())
+            + "; ".join(
+                f"{name}: `{' '.join(o) or 'no override'}`{'' if served else ', not served'}"
+                for name, (o, served) in SETTINGS.items()
+            )
             + "."
         )
         .table(

@@ -8,7 +8,7 @@ only through :class:`Mapper` (bytes in, bytes out), in-process or over HTTP.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -37,6 +37,7 @@ from privacysf.exchange.encrypted import is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER, roll_tokens
 from privacysf.metrics import mean_dice
 from privacysf.nets.conv import ConvEncoder
+from privacysf.nets.inference import inference_copy
 
 MASK_CODEC = Path("center") / "mask_codec.pt"
 IMAGE_ENCODER = Path("center") / "image_encoder.pt"
@@ -76,6 +77,20 @@ class Center:
     """The secret keyed transform applied to every code before it leaves (None: codes go as they are)."""
     encryption: QueryEncryption | None = None
     """The CKKS keys queries are encrypted with (None: queries go as plain codes)."""
+
+    def serving(self) -> Center:
+        """This center with inference copies of its networks (batch norms folded into convolutions,
+        channels-last; :func:`privacysf.nets.inference.inference_copy`), for segmenting, not training.
+
+        The empty-mask guard is run again on the copy, so its guarantee holds for the decoder that
+        serves (the fold changes logits by float rounding only, so it raises nothing in practice)."""
+        served = replace(
+            self,
+            mask_codec=inference_copy(self.mask_codec),
+            image_encoder=inference_copy(self.image_encoder),
+        )
+        guard_empty_masks(served)
+        return served
 
     @property
     def scan(self) -> str:

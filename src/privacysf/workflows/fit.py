@@ -40,13 +40,14 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     center, center_fits = train_center(cfg, data.train, data.val, k, device, run_dir)
     center_seconds = time.perf_counter() - started
     server, server_fit, upload = fit_server(cfg, center, data.train, data.val, run_dir)
-    plain_center = dataclasses.replace(center, encryption=None)
+    served = center.serving()  # scored as `privacysf segment` will run it
+    plain_center = dataclasses.replace(served, encryption=None)
     pred = plain_center.segment(server, data.test.images)
-    payload = payload_bytes(center, server, data.test.images[0])
+    payload = payload_bytes(served, server, data.test.images[0])
     encrypted = None
-    if center.encryption:  # the headline is then the encrypted queries' result
-        pred, encrypted = encrypted_queries(center, server, data, pred)
-    ceiling_scores = {dtype: ceiling_by_class(center, data, dtype) for dtype in WIRE_DTYPES}
+    if served.encryption:  # the headline is then the encrypted queries' result
+        pred, encrypted = encrypted_queries(served, server, data, pred)
+    ceiling_scores = {dtype: ceiling_by_class(served, data, dtype) for dtype in WIRE_DTYPES}
     ceilings = {dtype: scored["mean"]["dice"]["mean"] for dtype, scored in ceiling_scores.items()}
     metrics: dict = {
         "dataset": data.info.name,
@@ -155,7 +156,8 @@ def ceiling_by_class(center: Center, data: PreparedData, dtype: str) -> Summary:
 
 
 def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[ExperimentConfig, Center]:
-    """The center's own models of a finished run, with its config (the server's mapper not loaded)."""
+    """The center's own models of a finished run, with its config (the server's mapper not loaded), as
+    served: inference copies of its networks (:meth:`Center.serving`)."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a Privacy-SF run folder (no config.json)")
@@ -168,7 +170,7 @@ def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[Experi
     if not data_path.is_file():
         raise ConfigError(f"{run_dir} has no data.json; it is not a complete Privacy-SF run folder")
     num_classes = len(json.loads(data_path.read_text())["classes"])
-    return cfg, load_center(cfg, num_classes, run_dir, resolve_device(cfg.train.device))
+    return cfg, load_center(cfg, num_classes, run_dir, resolve_device(cfg.train.device)).serving()
 
 
 def reload(run_dir: Path, device_name: str | None = None):

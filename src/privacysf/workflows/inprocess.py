@@ -51,13 +51,14 @@ def payload_bytes(center: QueryClient, server: Mapper, image: np.ndarray) -> Pay
 
 
 def untrained_pipeline(
-    cfg: ExperimentConfig, num_classes: int, size: int, device_name: str = "cpu"
+    cfg: ExperimentConfig, num_classes: int, size: int, device_name: str = "cpu", served: bool = True
 ) -> tuple[Center, MappingServer]:
     """A center and server with fresh networks at ``size``²: for sizes and timings, not for results.
 
     Message sizes depend on the grid, values per token and wire dtype, and compute time on the
     architecture, not on training, so fresh networks give exact payloads and representative latency
-    at any image size without training at that size.
+    at any image size without training at that size. The center's networks are in their served form
+    (:meth:`Center.serving`), as a fitted run's are when it segments, unless ``served`` is False.
     """
     sized = cfg.override([f"data.size={size}", f"train.device={device_name}"])
     c, device = sized.codec, torch.device(device_name)
@@ -68,6 +69,8 @@ def untrained_pipeline(
         token_grid(size, c),
         device,
     )
+    if served:
+        center = center.serving()
     server = MappingServer(sized.mapper, sized.augment, sized.train)
     server.initialise(center.grid, c.image_channels, c.mask_channels)
     return center, server

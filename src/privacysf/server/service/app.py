@@ -164,8 +164,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         """Stream a dataset: train image, train mask, val image, val mask codes, four wire messages back
         to back. Stored only once complete, checksum-verified and valid."""
         refuse_declared_size(request, cfg.max_upload_bytes)
-        await uploads.refuse_when_full(request)
-        with uploads.slot():
+        async with uploads.slot(request):
             upload = store.dataset_upload(center, name, sha256)
             try:
                 async for chunk in body_chunks(request, cfg.body_timeout_seconds):
@@ -244,8 +243,7 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         encrypted queries carry, replacing any it registered under that id. They let the server map
         those queries and read none of them; the secret key is never sent."""
         refuse_declared_size(request, cfg.max_key_bytes)
-        await uploads.refuse_when_full(request)
-        with uploads.slot():  # up to max_key_bytes in memory each: as many at once as uploads
+        async with uploads.slot(request):  # up to max_key_bytes in memory each: as many at once as uploads
             body = await read_limited(request, cfg.max_key_bytes, cfg.body_timeout_seconds)
             row = await run_in_threadpool(store.keep_keys, center, key_id, body)
         return _from_row(KeysOut)(row)

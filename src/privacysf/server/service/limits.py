@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import h11
@@ -28,7 +28,7 @@ from privacysf.server.settings import ServiceConfig
 RETRY_AFTER_SECONDS = 5
 """What a client refused for lack of an upload slot is told to wait before trying again."""
 DRAIN_BYTES = 64 * 1024
-"""A refused request's body is read first up to this size (see :meth:`UploadGate.refuse_when_full`)."""
+"""A refused request's body is read first up to this size (see :meth:`UploadGate.slot`)."""
 DRAIN_SECONDS = 1.0
 """How long a refused request's body is awaited per chunk before the 503 goes out anyway."""
 
@@ -44,31 +44,24 @@ class UploadGate:
     def __init__(self, limit: int) -> None:
         self.limit, self.active = limit, 0
 
-    async def refuse_when_full(self, request: Request) -> None:
-        """The 503 of :meth:`slot`, after reading a body of at most :data:`DRAIN_BYTES`: a socket closed
-        with the client's bytes unread is reset by TCP, and the reset can destroy the 503 before the
-        client reads it (the client then sees a dropped connection, not Retry-After)."""
-        if self.active < self.limit:
-            return
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) <= DRAIN_BYTES:
-            with suppress(HTTPException):  # a client that stalls is refused all the same
-                async for _ in body_chunks(request, DRAIN_SECONDS):
-                    pass
-        raise self._full()  # even if a slot freed meanwhile: this body is already read
-
-    def _full(self) -> HTTPException:
-        return HTTPException(
-            503,
-            detail=f"this server already receives {self.limit} uploads at once; "
-            f"retry in {RETRY_AFTER_SECONDS} s",
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
-
-    @contextmanager
-    def slot(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def slot(self, request: Request) -> AsyncIterator[None]:
+        """One upload slot for ``request`` while the block runs, or 503 with Retry-After when all are
+        taken. A refused body of at most :data:`DRAIN_BYTES` is read first: a socket closed with the
+        client's bytes unread is reset by TCP, and the reset can destroy the 503 before the client
+        reads it (the client then sees a dropped connection, not Retry-After)."""
         if self.active >= self.limit:
-            raise self._full()
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) <= DRAIN_BYTES:
+                with suppress(HTTPException):  # a client that stalls is refused all the same
+                    async for _ in body_chunks(request, DRAIN_SECONDS):
+                        pass
+            raise HTTPException(  # even if a slot freed meanwhile: this body is already read
+                503,
+                detail=f"this server already receives {self.limit} uploads at once; "
+                f"retry in {RETRY_AFTER_SECONDS} s",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            )
         self.active += 1
         try:
             yield

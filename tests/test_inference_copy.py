@@ -1,0 +1,92 @@
+"""Inference copies of the center's networks answer as the trained networks do, without their batch norms."""
+
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from privacysf.center.codecs import MaskCodec, build_image_encoder, token_grid
+from privacysf.center.pipeline import Center
+from privacysf.config import CodecConfig, ExperimentConfig
+from privacysf.exchange import WIRE_DTYPES
+from privacysf.nets.inference import inference_copy
+
+SIZE = 64
+M = TypeVar("M", bound=nn.Module)
+
+
+def _with_statistics(net: M) -> M:
+    """``net`` after a few training-mode passes, so its batch norms hold statistics and affine
+    parameters far from the identity a fresh one starts at (a fold of an identity proves nothing)."""
+    torch.manual_seed(0)
+    for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+        nn.init.uniform_(norm.weight, 0.5, 1.5)
+        nn.init.uniform_(norm.bias, -0.3, 0.3)
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            if isinstance(net, MaskCodec):
+                net.decode(net.encode(torch.randint(0, 3, (4, SIZE, SIZE))))
+            else:
+                net(torch.rand(4, 1, SIZE, SIZE) * 2 - 0.5)
+    return net.eval()
+
+
+def _norms(net: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
+def test_the_copy_folds_every_batch_norm_and_answers_as_the_network_does():
+    """Fails if a transposed convolution is folded as a plain one, or a norm is left out of the fold."""
+    cfg = CodecConfig(norm="batch")
+    encoder = _with_statistics(build_image_encoder(cfg))
+    codec = _with_statistics(MaskCodec(3, cfg))
+    images = torch.rand(2, 1, SIZE, SIZE)
+    labels = torch.randint(0, 3, (2, SIZE, SIZE))
+    served_encoder, served_codec = inference_copy(encoder), inference_copy(codec)
+    assert _norms(served_encoder) == _norms(served_codec) == 0
+    assert served_codec.decoder.net[1].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        code = codec.encode(labels)
+        pairs = [
+            (encoder(images), served_encoder(images)),
+            (code, served_codec.encode(labels)),
+            (codec.decode(code), served_codec.decode(code)),
+        ]
+    for trained, served in pairs:
+        assert torch.allclose(trained, served, atol=1e-4, rtol=1e-4)
+        assert trained.abs().max() > 0.05  # not an all-zero answer that any copy would match
+
+
+def test_the_trained_network_is_left_as_it_was():
+    """Fails if the fold works on the network itself: the center could neither train nor save it."""
+    codec = _with_statistics(MaskCodec(3, CodecConfig(norm="batch")))
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    inference_copy(codec)
+    assert _norms(codec) > 0
+    assert all(torch.equal(before[k], v) for k, v in codec.state_dict().items())
+
+
+def test_a_network_with_instance_norm_is_copied_unchanged():
+    codec = MaskCodec(3, CodecConfig(norm="instance"))
+    served = inference_copy(codec)
+    assert [type(m) for m in served.modules()] == [type(m) for m in codec.modules()]
+    assert not served.training
+
+
+def test_a_served_center_decodes_every_empty_mask_empty():
+    """The empty-mask guard holds for the decoder that serves, over every wire dtype."""
+    cfg = ExperimentConfig().override([f"data.size={SIZE}", "codec.norm=batch"])
+    center = Center(
+        cfg,
+        _with_statistics(MaskCodec(3, cfg.codec)),
+        _with_statistics(build_image_encoder(cfg.codec)),
+        token_grid(SIZE, cfg.codec),
+        torch.device("cpu"),
+    )
+    served = center.serving()
+    assert _norms(served.mask_codec) == 0
+    empty = np.zeros((2, SIZE, SIZE), np.int64)
+    for dtype in WIRE_DTYPES:
+        assert not served.decode_message(served.mask_message(empty, dtype)).any(), dtype
