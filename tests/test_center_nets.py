@@ -47,19 +47,35 @@ def test_codes_of_air_far_from_the_body_do_not_depend_on_the_body_with_the_defau
     assert CodecConfig().norm == "batch"
 
 
-def test_a_run_folder_saved_before_the_norm_setting_reloads_with_instance_norm(tmp_path):
-    """Fails without the migration in ``reload_center``: its checkpoints' signature would not match."""
-    cfg = ExperimentConfig().override(["codec.norm=instance", "codec.width=8"])
+def _save_run(folder, cfg: ExperimentConfig, drop_norm: bool) -> None:
+    """A run folder of fresh center networks (``drop_norm``: as saved before ``codec.norm`` existed)."""
     saved = cfg.to_dict()
-    del saved["codec"]["norm"]
-    (tmp_path / "config.json").write_text(json.dumps(saved))
-    (tmp_path / "data.json").write_text(json.dumps({"classes": ["background", "brain"]}))
+    if drop_norm:
+        del saved["codec"]["norm"]
+    (folder / "config.json").write_text(json.dumps(saved))
+    (folder / "data.json").write_text(json.dumps({"classes": ["background", "brain"]}))
     for path, part, net in (
         (MASK_CODEC, "mask-codec", MaskCodec(2, cfg.codec)),
         (IMAGE_ENCODER, "image-encoder", build_image_encoder(cfg.codec)),
     ):
-        signature = {k: v for k, v in codec_signature(cfg, 2, part).items() if k != "norm"}
-        save_checkpoint(tmp_path / path, {"signature": signature, "model": net.state_dict()})
+        signature = codec_signature(cfg, 2, part)
+        if drop_norm:
+            del signature["norm"]
+        save_checkpoint(folder / path, {"signature": signature, "model": net.state_dict()})
+
+
+def test_a_run_folder_saved_before_the_norm_setting_reloads_with_instance_norm(tmp_path):
+    """Fails without the migration in ``reload_center``: its checkpoints' signature would not match."""
+    _save_run(tmp_path, ExperimentConfig().override(["codec.norm=instance", "codec.width=8"]), True)
     loaded, center = reload_center(tmp_path, "cpu")
     assert loaded.codec.norm == "instance"
     assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in center.mask_codec.modules())
+
+
+def test_a_reloaded_batch_norm_run_segments_with_its_norms_folded(tmp_path):
+    """Fails if ``reload_center`` (what ``privacysf segment`` and the service client load) stops
+    serving the center: its networks would still hold their batch norms."""
+    _save_run(tmp_path, ExperimentConfig().override(["codec.norm=batch", "codec.width=8"]), False)
+    _, center = reload_center(tmp_path, "cpu")
+    for net in (center.mask_codec, center.image_encoder):
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())

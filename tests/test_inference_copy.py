@@ -85,8 +85,10 @@ def test_a_served_center_decodes_every_empty_mask_empty():
         token_grid(SIZE, cfg.codec),
         torch.device("cpu"),
     )
+    offset = center.mask_codec.logit_offset.clone()
     served = center.serving()
     assert _norms(served.mask_codec) == 0
+    assert torch.equal(center.mask_codec.logit_offset, offset)  # the guard raised the copy's only
     empty = np.zeros((2, SIZE, SIZE), np.int64)
     for dtype in WIRE_DTYPES:
         assert not served.decode_message(served.mask_message(empty, dtype)).any(), dtype

@@ -14,6 +14,7 @@ from fitkit import TINY_FIT, fit_run
 from servicekit import LoopbackServer, RecordingTransport
 
 from privacysf.center.client import ServiceClient
+from privacysf.center.pipeline import load_center
 from privacysf.cli import main
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
@@ -97,8 +98,14 @@ def test_a_center_sends_codes_only(run_dir, service, scan, tmp_path):
         "images": _windows(data.train.images[:, 0], ["<f4", "<f8", "<f2"]),
         "masks": _windows(data.train.masks, ["<i8", "<i4", "<i2", "u1"], distinct=2),
     }
-    for name, module in [("mask codec", center.mask_codec), ("image encoder", center.image_encoder)]:
-        tensors = [t for t in module.state_dict().values() if t.numel() >= 16 and t.is_floating_point()]
+    trained = load_center(cfg, data.info.num_classes, run_dir, center.device)  # as saved, not folded
+    for name, parts in [
+        ("mask codec", (center.mask_codec, trained.mask_codec)),
+        ("image encoder", (center.image_encoder, trained.image_encoder)),
+    ]:
+        tensors = [
+            t for m in parts for t in m.state_dict().values() if t.numel() >= 16 and t.is_floating_point()
+        ]
         secrets[name] = [t.flatten()[:12].numpy().astype("<f4").tobytes() for t in tensors]
         secrets[name] += [t.flatten()[:12].numpy().astype("<f2").tobytes() for t in tensors]
     assert all(len(windows) > 5 for windows in secrets.values()), {k: len(v) for k, v in secrets.items()}

@@ -271,7 +271,7 @@ def evaluate_codes(message: Message, s: Site) -> Message:
     """Decode the mapped test codes of every mode with this center's codecs; score; keep predictions."""
     started = time.perf_counter()
     codecs = flower.field(message.content.config_records["task"], "codecs", str)
-    center = load_center(s.cfg, s.classes, s.folder / codecs, s.device)
+    center = load_center(s.cfg, s.classes, s.folder / codecs, s.device).serving()
     scores = {}
     codes = message.content.config_records["codes"]
     for mode in codes:

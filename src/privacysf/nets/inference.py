@@ -38,7 +38,8 @@ def inference_copy(module: M) -> M:
     for unit in served.modules():
         norm = _leading_batch_norm(unit)
         conv = getattr(unit, "conv", None)
-        if norm is not None and isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)):
+        # torch folds a transposed convolution's scale per output channel correctly for one group only
+        if norm is not None and isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and conv.groups == 1:
             unit.conv = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, nn.ConvTranspose2d))
             setattr(unit.adn, "N", nn.Identity())  # noqa: B010 (the step is named N in MONAI's ADN)
     return served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]

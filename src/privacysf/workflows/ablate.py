@@ -36,6 +36,7 @@ def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
     session = open_run(cfg, "ablation")
     device, data, run_dir = session.device, session.data, session.run_dir
     center, _ = train_center(cfg, data.train, data.val, data.info.num_classes, device, run_dir)
+    served = center.serving()  # each variant scored as `privacysf segment` runs the center
     results = {}
     for name, augment in variants(cfg.augment).items():
         seed_everything(cfg.train.seed, cfg.train.threads)
@@ -46,7 +47,7 @@ def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
             data.val,
             run_dir / "variants" / name.replace(" ", "_"),
         )
-        test = score_test(center.segment(server, data.test.images), data)
+        test = score_test(served.segment(server, data.test.images), data)
         results[name] = {
             "augment": augment.model_dump(),
             "dice": test["mean"]["dice"],
