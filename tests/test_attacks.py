@@ -19,7 +19,7 @@ from privacysf.attacks.measures import (
     ssim_matrix,
 )
 from privacysf.attacks.shadow import align_channels
-from privacysf.center.codecs import _ReverseGradient
+from privacysf.center.image_encoder import _ReverseGradient
 from privacysf.cli import main
 from privacysf.nets.transformer import TokenTransformer
 

@@ -133,9 +133,9 @@ def test_codec_refuses_unknown_classes_and_foreign_checkpoints(fitted):
 
 def test_every_configurable_mode_has_an_objective():
     from privacysf import config
-    from privacysf.center import codecs
+    from privacysf.center import image_encoder
 
-    assert set(codecs.IMAGE_MODES) == set(config.IMAGE_MODES)
+    assert set(image_encoder.IMAGE_MODES) == set(config.IMAGE_MODES)
 
 
 def test_keyed_pipeline_segments_and_never_ships_the_key(fitted, tmp_path):

@@ -47,9 +47,9 @@ from privacysf.center.codecs import (
     encode_images,
     encode_masks,
     token_grid,
-    train_image_encoder,
     train_mask_codec,
 )
+from privacysf.center.image_encoder import train_image_encoder
 from privacysf.center.pipeline import Center, draw_key
 from privacysf.common.figures import image_grid, pick_rows
 from privacysf.common.runs import new_run_dir, write_json

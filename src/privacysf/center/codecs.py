@@ -1,9 +1,9 @@
-"""The center's networks: a mask codec (encoder + decoder) and an image encoder.
+"""The center's networks: a mask codec (encoder + decoder) and an image encoder, and the mask
+codec's training.
 
 All of them stay in the hospital. The mask codec's round-trip Dice on ground-truth masks is the
 ceiling of the whole pipeline: the server can at best return the code of the true mask. The image
-encoder is trained in one of the modes of :data:`IMAGE_MODES`; a mode is an objective object, so a
-new one (the adversarial ``private`` mode) is one more entry, not a new branch through the code.
+encoder's training modes are in :mod:`privacysf.center.image_encoder`.
 """
 
 from __future__ import annotations
@@ -22,14 +22,13 @@ from privacysf.center.norm_statistics import load_shared_state
 from privacysf.common.torchutil import apply_in_batches, class_labels
 from privacysf.common.training import FitResult, fit
 from privacysf.config import CodecConfig, ExperimentConfig
-from privacysf.data.loader import batched, mask_batches, slice_batches
+from privacysf.data.loader import mask_batches, slice_batches
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, DataError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, grid_to_tokens, tokens_to_grid
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import validation_dice
 from privacysf.nets.conv import ConvDecoder, ConvEncoder
-from privacysf.nets.mappers import build_task_head
 
 
 def token_grid(size: int, cfg: CodecConfig) -> tuple[int, int]:
@@ -205,151 +204,3 @@ def codec_batches(
         return mask_batches(train.masks, num_classes, t, cfg.codec, device)
     passes = slice_batches(train, t.updated(min_steps=1), device)  # one pass, as before draws
     return lambda epoch: (masks for _, masks in passes(epoch))
-
-
-class AutoencoderObjective:
-    """``autoencoder`` mode: the code must let a (center-kept) image decoder rebuild the image."""
-
-    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
-        c = cfg.codec
-        self.encoder = encoder
-        self.decoder = ConvDecoder(c.image_channels, 1, c.width, c.downsample, c.norm).to(device)
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"image_decoder": self.decoder}
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
-
-    def score(self, val: SliceSet, device) -> float:
-        errors = [
-            torch.nn.functional.mse_loss(self.decoder(self.encoder(xb)), xb).item()
-            for xb in (torch.from_numpy(b).to(device) for b in batched(val.images, 32))
-        ]
-        return -float(np.mean(errors))
-
-
-class TaskObjective:
-    """``task`` mode: a center-side head must predict the mask code from the image code.
-
-    The code keeps what segmentation needs and is free to drop the rest. The head is trained on the
-    code MSE (what the server will optimise) plus the Dice-CE of the decoded mask through the frozen
-    mask decoder, so the code is shaped by segmentation quality, not only by code distance.
-    """
-
-    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
-        c = cfg.codec
-        self.encoder, self.codec = encoder, codec
-        self.grid = token_grid(cfg.data.size, c)
-        self.head = build_task_head(cfg.mapper, self.grid, c.image_channels, c.mask_channels).to(device)
-        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
-        for p in codec.parameters():
-            p.requires_grad_(False)
-        codec.eval()  # frozen: its batch norms use, and keep, the statistics of the codec's training
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {"task_head": self.head}
-
-    def _predict_code(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(grid_to_tokens(self.encoder(x)))
-
-    def task_loss(self, code: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = grid_to_tokens(self.codec.encode(y))
-        predicted = self.head(grid_to_tokens(code))
-        logits = self.codec.decode(tokens_to_grid(predicted, self.grid))
-        return torch.nn.functional.mse_loss(predicted, target) + self.seg_loss(logits, y[:, None])
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.task_loss(self.encoder(x), y)
-
-    def score(self, val: SliceSet, device) -> float:
-        codes = apply_in_batches(self._predict_code, val.images, device).numpy()
-        labels = decode_masks(self.codec, codes, self.grid, device)
-        return validation_dice(labels, val.masks, self.codec.num_classes)
-
-
-class _ReverseGradient(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by ``-weight`` (Ganin & Lempitsky, 2015)."""
-
-    @staticmethod
-    def forward(ctx, code: torch.Tensor, weight: float) -> torch.Tensor:
-        ctx.weight = weight
-        return code.view_as(code)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.weight * grad, None
-
-
-class PrivateObjective(TaskObjective):
-    """``private`` mode: ``task`` plus an attacker decoder trained in the loop to rebuild the image.
-
-    The attacker minimises its reconstruction error from the code; the gradient reaching the encoder
-    through it is reversed and scaled by λ (``codec.private_weight``), so the encoder learns codes that
-    serve the task head while spoiling the best reconstruction the attacker can find. λ trades Dice for
-    privacy; the attack suite measures both ends.
-    """
-
-    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
-        super().__init__(cfg, encoder, codec, device)
-        c = cfg.codec
-        self.weight = c.private_weight
-        self.attacker = ConvDecoder(c.image_channels, 1, c.width, c.downsample, c.norm).to(device)
-
-    def modules(self) -> dict[str, nn.Module]:
-        return {**super().modules(), "attacker_decoder": self.attacker}
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        code = self.encoder(x)
-        reconstruction = self.attacker(_ReverseGradient.apply(code, self.weight))
-        return self.task_loss(code, y) + torch.nn.functional.mse_loss(reconstruction, x)
-
-
-IMAGE_MODES: dict[str, Callable[..., AutoencoderObjective | TaskObjective]] = {
-    "autoencoder": AutoencoderObjective,
-    "task": TaskObjective,
-    "private": PrivateObjective,
-}
-
-
-def train_image_encoder(
-    cfg: ExperimentConfig,
-    train: SliceSet,
-    val: SliceSet,
-    codec: MaskCodec,
-    device: torch.device,
-    checkpoint: Path | None,
-    initial: dict[str, dict] | None = None,
-) -> tuple[ConvEncoder, FitResult, dict[str, nn.Module]]:
-    """Train the image encoder in its mode; also return the mode's center-side parts (decoder, head).
-
-    ``initial`` maps ``"model"`` and the mode's part names to state dicts to start from (a federated
-    round starts from the averaged encoder and head).
-    """
-    mode = cfg.codec.image_mode  # checked against config.IMAGE_MODES when the config was built
-    c = cfg.codec
-    encoder = build_image_encoder(c).to(device)
-    objective = IMAGE_MODES[mode](cfg, encoder, codec, device)
-    if initial:
-        for name, module in {"model": encoder, **objective.modules()}.items():
-            load_shared_state(module, initial[name])
-    batches = slice_batches(train, cfg.train, device, seed_offset=1)
-    penalty = equivariance_penalty(cfg)
-
-    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        loss = objective.loss(*batch)
-        return loss + penalty(encoder, batch[0]) if penalty else loss
-
-    result = fit(
-        encoder,
-        batches,
-        step,
-        lambda: objective.score(val, device),
-        cfg.train,
-        f"center image encoder ({mode})",
-        checkpoint,
-        codec_signature(cfg, codec.num_classes, "image-encoder"),
-        modules=objective.modules(),
-    )
-    return encoder, result, objective.modules()

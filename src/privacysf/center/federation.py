@@ -31,9 +31,9 @@ from privacysf.center.codecs import (
     build_image_encoder,
     codec_signature,
     token_grid,
-    train_image_encoder,
     train_mask_codec,
 )
+from privacysf.center.image_encoder import train_image_encoder
 from privacysf.center.norm_statistics import load_shared_state, recalibrate_norms, shared_state
 from privacysf.center.pipeline import (
     IMAGE_ENCODER,

@@ -23,10 +23,10 @@ from privacysf.center.codecs import (
     encode_images,
     encode_masks,
     token_grid,
-    train_image_encoder,
     train_mask_codec,
 )
 from privacysf.center.encryption import QueryEncryption
+from privacysf.center.image_encoder import train_image_encoder
 from privacysf.center.keys import CenterKey, KeyedTransform
 from privacysf.common.torchutil import load_checkpoint, save_checkpoint
 from privacysf.config import ExperimentConfig

@@ -37,7 +37,7 @@ def _power_of_two(value: int) -> int:
 Probability = Annotated[float, Field(ge=0, le=1)]
 ImageMode = Literal["autoencoder", "task", "private"]
 IMAGE_MODES = get_args(ImageMode)
-"""Image-encoder training modes; each has an objective in ``privacysf.center.codecs.IMAGE_MODES``."""
+"""Image-encoder training modes; each has an objective in ``privacysf.center.image_encoder.IMAGE_MODES``."""
 WireDtype = Literal["float32", "float16", "int8"]
 WIRE_DTYPE_NAMES = get_args(WireDtype)
 """Value types of codes on the wire (``privacysf.exchange.wire`` maps each to its numpy dtype)."""
