@@ -60,7 +60,9 @@ class UploadGate:
                 503,
                 detail=f"this server already receives {self.limit} uploads at once; "
                 f"retry in {RETRY_AFTER_SECONDS} s",
-                headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                # closed, not kept alive: the client comes back after Retry-After, about when the server's
+                # idle timeout closes a kept connection, and a request sent as it closes is lost
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
             )
         self.active += 1
         try:
