@@ -27,11 +27,13 @@ from privacysf.config.studies import (
     CENTER_PARTITIONS,
     FEDERATION_MODES,
     KEY_SETTINGS,
+    AblationConfig,
     AttackConfig,
     FederationConfig,
 )
 
 __all__ = [
+    "AblationConfig",
     "AUGMENTATIONS",
     "CENTER_PARTITIONS",
     "FEDERATION_MODES",

@@ -29,7 +29,7 @@ from privacysf.config.sections import (
     dp_conflicts,
     permutation_conflicts,
 )
-from privacysf.config.studies import AttackConfig, FederationConfig
+from privacysf.config.studies import AblationConfig, AttackConfig, FederationConfig
 from privacysf.errors import ConfigError
 
 
@@ -51,6 +51,7 @@ class ExperimentConfig(ConfigModel):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
 
     @model_validator(mode="after")
     def _sections_fit_together(self) -> ExperimentConfig:

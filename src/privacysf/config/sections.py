@@ -180,12 +180,14 @@ class CodecConfig(ConfigModel):
     ``batch``, and Privacy-SF's Dice 0.24 and 0.88 (``docs/results.md``)."""
     code_noise: float = Field(0.1, ge=0)
     """Gaussian noise on mask codes while the codec trains, so its decoder tolerates mapping errors."""
-    mask_steps: int = Field(24, ge=0)
+    mask_steps: int = Field(12, ge=0)
     """Optimiser steps per epoch of the mask codec, each on ``train.batch_size`` training masks drawn
     with replacement and reshaped (flips, right-angle turns, a random affine; with ``train.augment``).
     The codec sees masks only, so it can learn from shapes no image has to match; and a set of 10
     slices would give it 2 steps an epoch (int8 test ceiling on totalseg-mr, 30 epochs: 0.529 with
-    one pass per epoch, 0.969 with 40 such steps). 0: one pass over the training masks per epoch."""
+    one pass per epoch, 0.969 with 40 such steps). 0: one pass over the training masks per epoch.
+    12 halves the codec's training time against the 24 of earlier versions; its ceiling drops by
+    about 0.01 and Privacy-SF's Dice does not (docs/results.md, "Lighter training")."""
     balance_classes: bool = True
     """Draw the mask codec's label maps so that each class, and "no foreground", is drawn about
     equally often (with ``mask_steps``), so a class on few slices is not left out of the code."""
@@ -272,8 +274,10 @@ class MapperConfig(ConfigModel):
     poly_width: int = Field(32, ge=1)
     """Channels between the poly mapper's two convolutions (``kind=poly`` only). Encrypted, its cost
     grows linearly with it: each 4 channels at 128² are one ciphertext to rotate ``4·kernel²`` times."""
-    res_units: int = Field(2, ge=0, le=4)
-    """Residual units per level of the unet (``kind=unet`` only; MONAI ``UNet``'s ``num_res_units``)."""
+    res_units: int = Field(1, ge=0, le=4)
+    """Residual blocks per level of the unet on each way (``kind=unet`` only). 1 trains and answers
+    at about 2.6 × the speed of the 2 of earlier versions, whose Dice it matches (docs/results.md,
+    "Lighter training"); the center's ``task``-mode head is built the same way, so it gets lighter too."""
     depth: int = Field(2, ge=1)
     """Transformer layers (``kind=transformer`` only)."""
     heads: int = Field(4, ge=1)

@@ -1,13 +1,14 @@
-"""The sections of the two studies built on runs: multi-center federation and the attack suite."""
+"""The sections of the studies built on runs: multi-center federation, the attack suite and the
+augmentation ablation."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from privacysf.config.model import ConfigModel
-from privacysf.config.sections import IMAGE_MODES, ImageMode
+from privacysf.config.sections import AUGMENTATIONS, IMAGE_MODES, ImageMode
 
 CenterPartition = Literal["iid", "size-skew", "label-skew"]
 CENTER_PARTITIONS = get_args(CenterPartition)
@@ -80,3 +81,39 @@ class AttackConfig(ConfigModel):
     """Re-identification: candidate images a code is matched against."""
     bootstrap: int = Field(1000, ge=1)
     """Bootstrap resamples for the membership-inference AUC interval."""
+
+
+class AblationConfig(ConfigModel):
+    """The augmentation study (``privacysf ablate``): policies × centers × training shares × seeds.
+
+    For each training share and seed (one split, ``data.seed`` = ``train.seed``), one center is
+    trained per equivariance weight, the server's mapper is retrained on its codes once per policy,
+    and the raw U-Net (with its own image-space augmentation, ``train.augment``) is trained on the same
+    slices. Every Dice change is paired within a seed, so the intervals are over seeds.
+    """
+
+    policies: tuple[str, ...] = Field(AUGMENTATIONS, min_length=1)
+    """Server-side policies tried beside "none": each a ``+``-joined set of augmentations switched on
+    together at probability 0.5 (``flip``, ``flip+shift``, …)."""
+    fractions: tuple[Annotated[float, Field(gt=0, le=1)], ...] | None = Field(None, min_length=1)
+    """Shares of the training slices kept, each a ``data.train_fraction``; unset: that one alone."""
+    seeds: tuple[Annotated[int, Field(ge=0)], ...] | None = Field(None, min_length=1)
+    """Each one split and one training of everything (``data.seed`` and ``train.seed``); intervals
+    need at least two. Unset: ``data.seed`` and ``train.seed`` as configured, one cell."""
+    equivariance: tuple[Annotated[float, Field(ge=0)], ...] = Field((0.0,), min_length=1)
+    """``codec.equivariance`` weights of the centers compared; the first is the reference every Dice
+    change is measured against (with the "none" policy)."""
+    compare_unet: bool = True
+    """Also train the raw U-Net on each share and seed: the gap the augmentation should narrow."""
+
+    @field_validator("policies")
+    @classmethod
+    def _known_augmentations(cls, policies: tuple[str, ...]) -> tuple[str, ...]:
+        for policy in policies:
+            unknown = [name for name in policy.split("+") if name not in AUGMENTATIONS]
+            if unknown or not policy:
+                raise ValueError(
+                    f"policy {policy!r}: {', '.join(unknown) or 'empty'} is not one of "
+                    f"{', '.join(AUGMENTATIONS)} (join several with +)"
+                )
+        return policies

@@ -45,7 +45,7 @@ class GridUNetMapper(nn.Module):
         out_channels: int,
         grid: tuple[int, int],
         channels: tuple[int, ...] = (32, 64, 128),
-        res_units: int = 2,
+        res_units: int = 1,
         use_position: bool = True,
     ) -> None:
         super().__init__()

@@ -1,30 +1,41 @@
-"""``privacysf ablate``: the effect of each server-side code augmentation on Dice.
+"""``privacysf ablate``: does a server-side code augmentation help, on how much data, with which center?
 
-The center's codecs are trained once; the server mapper is then retrained on the same codes with no
-augmentation, with each augmentation alone, and with the configured default set minus each member,
-so every row differs from its reference in one switch only.
+For each training share and seed (:class:`~privacysf.config.studies.AblationConfig`) one center is
+trained per equivariance weight, then the server's mapper is retrained on that center's codes with no
+augmentation, with each policy, and with the configured default set minus each member, so every row
+differs from its reference in one switch; the raw U-Net trains on the same slices for the gap. Each
+cell is written to ``ablation.json`` as soon as it is scored, so a stopped study keeps what it has;
+``ablation.md`` (:mod:`privacysf.workflows.ablation_table`) pairs every change within a seed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from privacysf.center.pipeline import train_center
-from privacysf.common.runs import write_json, write_text
-from privacysf.common.torchutil import seed_everything
+from privacysf.common.runs import new_run_dir, write_json, write_text
+from privacysf.common.torchutil import resolve_device, seed_everything
 from privacysf.config import AUGMENTATIONS as SWITCHES
 from privacysf.config import AugmentConfig, ExperimentConfig
-from privacysf.metrics.evaluation import score_test
+from privacysf.data.prepare import PreparedData, describe, prepare
+from privacysf.metrics.evaluation import dice_3d, score_test
+from privacysf.metrics.segmentation import Summary
+from privacysf.nets.unet import predict_labels, train_unet
+from privacysf.workflows.ablation_table import ablation_markdown
 from privacysf.workflows.inprocess import fit_server
-from privacysf.workflows.session import open_run
 
 PROBABILITY = 0.5
 
 
-def variants(default: AugmentConfig) -> dict[str, AugmentConfig]:
+def variants(default: AugmentConfig, policies: Sequence[str] = SWITCHES) -> dict[str, AugmentConfig]:
+    """``none``, ``+policy`` for each policy (its ``+``-joined augmentations on together) and, when the
+    configured default switches some on, ``default`` and ``default -name`` for each of them."""
     off = default.updated(**{name: 0.0 for name in SWITCHES})
     rows = {"none": off}
-    rows.update({f"+{name}": off.updated(**{name: PROBABILITY}) for name in SWITCHES})
+    rows.update(
+        {f"+{policy}": off.updated(**dict.fromkeys(policy.split("+"), PROBABILITY)) for policy in policies}
+    )
     enabled = [name for name in SWITCHES if getattr(default, name) > 0]
     if enabled:
         rows["default"] = default
@@ -32,42 +43,75 @@ def variants(default: AugmentConfig) -> dict[str, AugmentConfig]:
     return rows
 
 
-def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
-    session = open_run(cfg, "ablation")
-    device, data, run_dir = session.device, session.data, session.run_dir
-    center, _ = train_center(cfg, data.train, data.val, data.info.num_classes, device, run_dir)
+def _scores(test: Summary) -> dict:
+    volume = dice_3d(test)
+    return {"dice_3d": volume["mean"] if volume else None, "slice_dice": test["mean"]["dice"]["mean"]}
+
+
+def _center_rows(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) -> dict[str, dict]:
+    """One center trained with ``cfg``, and the test scores of one mapper per augmentation variant."""
+    center, _ = train_center(cfg, data.train, data.val, data.info.num_classes, device, folder)
     served = center.serving()  # each variant scored as `privacysf segment` runs the center
-    results = {}
-    for name, augment in variants(cfg.augment).items():
+    rows = {}
+    for name, augment in variants(cfg.augment, cfg.ablation.policies).items():
         seed_everything(cfg.train.seed, cfg.train.threads)
-        server, fit_result, _ = fit_server(
-            cfg.updated(augment=augment),
-            center,
-            data.train,
-            data.val,
-            run_dir / "variants" / name.replace(" ", "_"),
-        )
-        test = score_test(served.segment(server, data.test.images), data)
-        results[name] = {
+        variant_cfg, variant_dir = cfg.updated(augment=augment), folder / "variants" / name.replace(" ", "_")
+        server, fit_result, _ = fit_server(variant_cfg, center, data.train, data.val, variant_dir)
+        rows[name] = {
+            **_scores(score_test(served.segment(server, data.test.images), data)),
             "augment": augment.model_dump(),
-            "dice": test["mean"]["dice"],
-            "hd95": test["mean"]["hd95"],
             "best_val_mse": -fit_result.best_score,
         }
-        print(f"  {name:22s} Dice {test['mean']['dice']['mean']:.4f}", flush=True)
-    summary = {"dataset": data.info.name, "mode": cfg.codec.image_mode, "results": results}
-    write_json(run_dir / "ablation.json", summary)
-    reference = results["none"]["dice"]["mean"]
-    lines = [
-        f"# Augmentation ablation on {data.info.name} ({cfg.codec.image_mode} mode)",
-        "",
-        "| variant | test Dice | Δ vs none | val code MSE |",
-        "|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        lines.append(
-            f"| {name} | {r['dice']['mean']:.4f} ± {r['dice']['std']:.4f} | "
-            f"{r['dice']['mean'] - reference:+.4f} | {r['best_val_mse']:.5f} |"
-        )
-    write_text(run_dir / "ablation.md", "\n".join(lines) + "\n")
+        print(f"    {name:22s} 3-D Dice {rows[name]['dice_3d']:.4f}", flush=True)
+    return rows
+
+
+def run_cell(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) -> dict:
+    """Every center and policy, and the raw U-Net, on one share and seed (``cfg.data``)."""
+    cell: dict = {
+        "fraction": cfg.data.train_fraction,
+        "seed": cfg.data.seed,
+        "train_slices": len(data.train),
+        "centers": {},
+    }
+    for weight in cfg.ablation.equivariance:
+        print(f"  center, codec.equivariance={weight:g}", flush=True)
+        seed_everything(cfg.train.seed, cfg.train.threads)
+        center_cfg = cfg.override([f"codec.equivariance={weight}"])
+        center_dir = folder / f"equivariance{weight:g}"
+        cell["centers"][f"{weight:g}"] = _center_rows(center_cfg, data, device, center_dir)
+    if cfg.ablation.compare_unet:
+        seed_everything(cfg.train.seed, cfg.train.threads)
+        unet, _ = train_unet(cfg, data, device, folder / "baseline" / "unet.pt")
+        cell["unet"] = _scores(score_test(predict_labels(unet, data.test.images, device), data))
+        print(f"    raw U-Net              3-D Dice {cell['unet']['dice_3d']:.4f}", flush=True)
+    return cell
+
+
+def study_cells(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """One config per training share × seed of ``cfg.ablation``; an unset list keeps ``cfg.data``'s."""
+    study = cfg.ablation
+    shares = [[f"data.train_fraction={share}"] for share in study.fractions or ()] or [[]]
+    seeds = [[f"data.seed={seed}", f"train.seed={seed}"] for seed in study.seeds or ()] or [[]]
+    return [cfg.override(share + seed) for share in shares for seed in seeds]
+
+
+def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
+    """Every training share × seed in turn; returns the run folder and ``ablation.json``'s content."""
+    study = cfg.ablation
+    cells = study_cells(cfg)
+    device = resolve_device(cfg.train.device)
+    first = prepare(cells[0].data)  # a bad dataset fails before the run folder exists
+    run_dir = new_run_dir(cfg.output_dir, f"ablation-{Path(cfg.data.dataset).name}")
+    cfg.save(run_dir / "config.json")
+    write_json(run_dir / "data.json", describe(first))
+    summary: dict = {"dataset": first.info.name, "mode": cfg.codec.image_mode, "cells": []}
+    for i, cell_cfg in enumerate(cells):
+        share, seed = cell_cfg.data.train_fraction, cell_cfg.data.seed
+        print(f"[{i + 1}/{len(cells)}] training share {share:g}, seed {seed}", flush=True)
+        data = first if i == 0 else prepare(cell_cfg.data)
+        folder = run_dir / "cells" / f"share{share:g}-seed{seed}"
+        summary["cells"].append(run_cell(cell_cfg, data, device, folder))
+        write_json(run_dir / "ablation.json", summary)
+        write_text(run_dir / "ablation.md", ablation_markdown(summary, study))
     return run_dir, summary

@@ -1,0 +1,85 @@
+"""The augmentation study's table: per training share, center and policy, the mean 3-D Dice over
+seeds and its change against the reference, each with a 95 % Student-t interval over seeds.
+
+Changes are paired within a seed (same split, same center training, same test cases), so the
+interval is that of the per-seed differences, much narrower than the spread of Dice across splits.
+The reference of every change is the first center (``ablation.equivariance[0]``) with no
+augmentation: the Privacy-SF a user gets without the study's settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+from privacysf.common.markdown import Markdown, interval
+from privacysf.config import AblationConfig
+
+REFERENCE_POLICY = "none"
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95 % Student-t interval of ``values`` (one per seed); NaN bounds below two values."""
+    v = np.asarray(values, float)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def _shown(values: Sequence[float]) -> str:
+    mean, low, high = t_interval(values)
+    return f"{mean:+.3f}" if math.isnan(low) else interval(mean, low, high, 3)
+
+
+def _level(values: Sequence[float]) -> str:
+    return _shown(values).removeprefix("+")
+
+
+def ablation_rows(summary: dict, study: AblationConfig) -> list[list[str]]:
+    """One row per share × center × policy (and one for the raw U-Net per share) over every seed the
+    share has finished; changes and gaps are paired within each seed."""
+    reference_center = f"{study.equivariance[0]:g}"
+    rows = []
+    for share in dict.fromkeys(c["fraction"] for c in summary["cells"]):
+        cells = [c for c in summary["cells"] if c["fraction"] == share]
+        if not cells:
+            continue
+        reference = [c["centers"][reference_center][REFERENCE_POLICY]["dice_3d"] for c in cells]
+        unet = [c["unet"]["dice_3d"] for c in cells if "unet" in c]
+        label = f"{share:g} ({cells[0]['train_slices']} slices)"
+        for center in cells[0]["centers"]:
+            for policy in cells[0]["centers"][center]:
+                dice = [c["centers"][center][policy]["dice_3d"] for c in cells]
+                change = [d - r for d, r in zip(dice, reference, strict=True)]
+                gap = [u - d for u, d in zip(unet, dice, strict=True)] if len(unet) == len(cells) else []
+                rows.append(
+                    [label, center, policy, _level(dice), _shown(change), _shown(gap) if gap else "–"]
+                )
+        if len(unet) == len(cells):
+            rows.append([label, "–", "raw U-Net (image-space augmentation)", _level(unet), "–", "–"])
+    return rows
+
+
+def ablation_markdown(summary: dict, study: AblationConfig) -> str:
+    seeds = sorted({c["seed"] for c in summary["cells"]})
+    doc = Markdown().heading(
+        f"Augmentation study on {summary['dataset']} ({summary['mode']} mode), seeds "
+        + ", ".join(map(str, seeds)),
+        1,
+    )
+    doc.paragraph(
+        "3-D per-case foreground Dice on each seed's test cases: mean over seeds [95 % t-interval over "
+        "seeds]. Change: paired within each seed against the center with codec.equivariance="
+        f"{study.equivariance[0]:g} and no augmentation. Gap: raw U-Net minus this row, paired likewise "
+        "(positive: the U-Net is ahead)."
+    )
+    doc.table(
+        ["training share", "codec.equivariance", "policy", "3-D Dice", "change", "gap to raw U-Net"],
+        ablation_rows(summary, study),
+    )
+    return doc.text()

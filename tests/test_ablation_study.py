@@ -1,0 +1,91 @@
+"""The augmentation study: pairing within seeds, its intervals, and one tiny study end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from privacysf.config import AblationConfig, AugmentConfig, ExperimentConfig
+from privacysf.errors import ConfigError
+from privacysf.workflows.ablate import run_ablation, study_cells, variants
+from privacysf.workflows.ablation_table import ablation_rows, t_interval
+from tests.fitkit import TINY_FIT
+
+
+def _cell(seed: int, none: float, flip: float, unet: float) -> dict:
+    rows = {"none": {"dice_3d": none}, "+flip": {"dice_3d": flip}}
+    return {
+        "fraction": 0.25,
+        "seed": seed,
+        "train_slices": 9,
+        "centers": {"0": rows},
+        "unet": {"dice_3d": unet},
+    }
+
+
+def test_changes_are_paired_within_seeds():
+    """Splits differ a lot (0.5 to 0.7) and the policy adds 0.04-0.06 on each: the paired interval
+    must exclude 0, which an interval of the Dice levels alone could never show."""
+    summary = {"cells": [_cell(0, 0.50, 0.55, 0.60), _cell(1, 0.60, 0.66, 0.70), _cell(2, 0.70, 0.74, 0.75)]}
+    rows = {
+        row[2]: row for row in ablation_rows(summary, AblationConfig(policies=("flip",), fractions=(0.25,)))
+    }
+    assert rows["none"][4] == "0.000 [0.000, 0.000]"
+    half = 4.3027 * 0.01 / math.sqrt(3)  # t(0.975, 2) · sd of (0.05, 0.06, 0.04) / √3
+    assert rows["+flip"][4] == f"{0.05:.3f} [{0.05 - half:.3f}, {0.05 + half:.3f}]"
+    assert rows["+flip"][3].startswith("0.650 [")  # the level's interval spans the splits' spread
+    assert rows["+flip"][5].startswith("0.033 [")  # U-Net ahead by 0.05, 0.04, 0.01
+    assert rows["raw U-Net (image-space augmentation)"][3].startswith("0.683 [")
+
+
+def test_the_study_keeps_the_configured_share_and_seed_unless_it_lists_its_own():
+    cfg = ExperimentConfig().override(["data.train_fraction=0.25", "data.seed=4", "train.seed=4"])
+    [alone] = study_cells(cfg)
+    assert (alone.data.train_fraction, alone.data.seed, alone.train.seed) == (0.25, 4, 4)
+    cells = study_cells(cfg.override(["ablation.fractions=[0.1, 0.5]", "ablation.seeds=[0, 1]"]))
+    assert [(c.data.train_fraction, c.data.seed, c.train.seed) for c in cells] == [
+        (0.1, 0, 0),
+        (0.1, 1, 1),
+        (0.5, 0, 0),
+        (0.5, 1, 1),
+    ]
+
+
+def test_one_seed_gives_a_mean_without_an_interval():
+    mean, low, high = t_interval([0.3])
+    assert mean == 0.3 and math.isnan(low) and math.isnan(high)
+
+
+def test_a_policy_switches_its_augmentations_on_together():
+    rows = variants(AugmentConfig(), ("flip+shift", "mixup"))
+    assert set(rows) == {"none", "+flip+shift", "+mixup"}
+    assert rows["+flip+shift"].flip == rows["+flip+shift"].shift == 0.5
+    assert rows["+flip+shift"].mixup == 0 and rows["+mixup"].flip == 0
+
+
+def test_an_unknown_augmentation_in_a_policy_is_refused_by_name():
+    with pytest.raises(ConfigError, match="'flip\\+flop': flop is not one of"):
+        ExperimentConfig().override(["ablation.policies=[flip, flip+flop]"])
+
+
+def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
+    settings = [*TINY_FIT, "train.epochs=1", "train.threads=1", f"output_dir={tmp_path}"]
+    study = ["ablation.policies=[flip]", "ablation.fractions=[0.5]", "ablation.seeds=[0, 1]"]
+    full = ExperimentConfig().override(settings)
+    run_dir, summary = run_ablation(full.override(study))
+
+    cells = summary["cells"]
+    assert [(c["fraction"], c["seed"]) for c in cells] == [(0.5, 0), (0.5, 1)]
+    from privacysf.data.prepare import prepare
+
+    assert cells[0]["train_slices"] < len(prepare(full.data).train)  # the share was applied
+    for cell in cells:
+        assert set(cell["centers"]["0"]) == {"none", "+flip"}
+        assert cell["centers"]["0"]["+flip"]["augment"]["flip"] == 0.5
+        assert 0 <= cell["unet"]["dice_3d"] <= 1
+        assert (run_dir / "cells" / f"share0.5-seed{cell['seed']}" / "baseline" / "unet.pt").is_file()
+    assert json.loads((run_dir / "ablation.json").read_text()) == summary
+    table = (run_dir / "ablation.md").read_text()
+    assert "seeds 0, 1" in table and "| 0.5 (" in table and "raw U-Net" in table
