@@ -86,6 +86,10 @@ def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
         assert cell["centers"]["0"]["+flip"]["augment"]["flip"] == 0.5
         assert 0 <= cell["unet"]["dice_3d"] <= 1
         assert (run_dir / "cells" / f"share0.5-seed{cell['seed']}" / "baseline" / "unet.pt").is_file()
+        errors = {row["transform"]: row for row in cell["equivariance"]["0"]}
+        assert errors["none (reference)"]["image_relative"] == 0
+        assert 0 < errors["flip left-right"]["image_relative"] < 10
     assert json.loads((run_dir / "ablation.json").read_text()) == summary
     table = (run_dir / "ablation.md").read_text()
     assert "seeds 0, 1" in table and "| 0.5 (" in table and "raw U-Net" in table
+    assert "| 0 | flip left-right | flip |" in table

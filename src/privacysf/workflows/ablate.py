@@ -11,8 +11,10 @@ cell is written to ``ablation.json`` as soon as it is scored, so a stopped study
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
+from privacysf.center.equivariance import measure
 from privacysf.center.pipeline import train_center
 from privacysf.common.runs import new_run_dir, write_json, write_text
 from privacysf.common.torchutil import resolve_device, seed_everything
@@ -48,10 +50,16 @@ def _scores(test: Summary) -> dict:
     return {"dice_3d": volume["mean"] if volume else None, "slice_dice": test["mean"]["dice"]["mean"]}
 
 
-def _center_rows(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) -> dict[str, dict]:
-    """One center trained with ``cfg``, and the test scores of one mapper per augmentation variant."""
+def _center_rows(
+    cfg: ExperimentConfig, data: PreparedData, device, folder: Path
+) -> tuple[dict[str, dict], list[dict]]:
+    """One center trained with ``cfg``: the test scores of one mapper per augmentation variant, and
+    its encoders' equivariance errors on the test slices under every transform the server can apply."""
     center, _ = train_center(cfg, data.train, data.val, data.info.num_classes, device, folder)
     served = center.serving()  # each variant scored as `privacysf segment` runs the center
+    errors = measure(
+        served.image_encoder, served.mask_codec, data.test.images, data.test.masks, cfg.codec.downsample
+    )
     rows = {}
     for name, augment in variants(cfg.augment, cfg.ablation.policies).items():
         seed_everything(cfg.train.seed, cfg.train.threads)
@@ -63,7 +71,7 @@ def _center_rows(cfg: ExperimentConfig, data: PreparedData, device, folder: Path
             "best_val_mse": -fit_result.best_score,
         }
         print(f"    {name:22s} 3-D Dice {rows[name]['dice_3d']:.4f}", flush=True)
-    return rows
+    return rows, [asdict(row) for row in errors]
 
 
 def run_cell(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) -> dict:
@@ -73,13 +81,15 @@ def run_cell(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) ->
         "seed": cfg.data.seed,
         "train_slices": len(data.train),
         "centers": {},
+        "equivariance": {},
     }
     for weight in cfg.ablation.equivariance:
         print(f"  center, codec.equivariance={weight:g}", flush=True)
         seed_everything(cfg.train.seed, cfg.train.threads)
         center_cfg = cfg.override([f"codec.equivariance={weight}"])
         center_dir = folder / f"equivariance{weight:g}"
-        cell["centers"][f"{weight:g}"] = _center_rows(center_cfg, data, device, center_dir)
+        rows, errors = _center_rows(center_cfg, data, device, center_dir)
+        cell["centers"][f"{weight:g}"], cell["equivariance"][f"{weight:g}"] = rows, errors
     if cfg.ablation.compare_unet:
         seed_everything(cfg.train.seed, cfg.train.threads)
         unet, _ = train_unet(cfg, data, device, folder / "baseline" / "unet.pt")

@@ -51,7 +51,8 @@ def ablation_rows(summary: dict, study: AblationConfig) -> list[list[str]]:
             continue
         reference = [c["centers"][reference_center][REFERENCE_POLICY]["dice_3d"] for c in cells]
         unet = [c["unet"]["dice_3d"] for c in cells if "unet" in c]
-        label = f"{share:g} ({cells[0]['train_slices']} slices)"
+        slices = sorted({c["train_slices"] for c in cells})
+        label = f"{share:g} ({'-'.join(map(str, dict.fromkeys([slices[0], slices[-1]])))} slices)"
         for center in cells[0]["centers"]:
             for policy in cells[0]["centers"][center]:
                 dice = [c["centers"][center][policy]["dice_3d"] for c in cells]
@@ -62,6 +63,27 @@ def ablation_rows(summary: dict, study: AblationConfig) -> list[list[str]]:
                 )
         if len(unet) == len(cells):
             rows.append([label, "–", "raw U-Net (image-space augmentation)", _level(unet), "–", "–"])
+    return rows
+
+
+def equivariance_rows(summary: dict) -> list[list[str]]:
+    """Per center and transform: the relative equivariance error of each encoder, mean over the
+    cells (shares and seeds) that measured it, and the worst cell."""
+    measured = [cell["equivariance"] for cell in summary["cells"] if cell.get("equivariance")]
+    rows = []
+    for center in measured[0] if measured else ():
+        for i, first in enumerate(measured[0][center]):
+            image = [cell[center][i]["image_relative"] for cell in measured]
+            mask = [cell[center][i]["mask_relative"] for cell in measured]
+            rows.append(
+                [
+                    center,
+                    first["transform"],
+                    first["server_option"] or "–",
+                    f"{np.mean(image):.3f} (worst {max(image):.3f})",
+                    f"{np.mean(mask):.3f} (worst {max(mask):.3f})",
+                ]
+            )
     return rows
 
 
@@ -82,4 +104,11 @@ def ablation_markdown(summary: dict, study: AblationConfig) -> str:
         ["training share", "codec.equivariance", "policy", "3-D Dice", "change", "gap to raw U-Net"],
         ablation_rows(summary, study),
     )
+    if errors := equivariance_rows(summary):
+        doc.paragraph(
+            "Equivariance error of each center's encoders on the test slices: ‖E(T x) − T E(x)‖ over "
+            "‖T E(x)‖ for each transform T, mean over the cells above (worst cell in brackets). A "
+            "policy teaches the server true pairs only where its transforms' errors are small."
+        )
+        doc.table(["codec.equivariance", "transform", "server option", "image code", "mask code"], errors)
     return doc.text()
