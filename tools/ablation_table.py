@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,6 +24,9 @@ def pooled_studies(runs: list[Path]) -> list[tuple[dict, ExperimentConfig]]:
     """(pooled summary, config of its first run) per dataset, in the order datasets first appear."""
     by_dataset: dict[str, list[tuple[dict, ExperimentConfig]]] = defaultdict(list)
     for run in runs:
+        if not (run / "ablation.json").is_file():
+            print(f"{run}: no ablation.json (no cell finished yet), left out", file=sys.stderr)
+            continue
         summary = json.loads((run / "ablation.json").read_text())
         by_dataset[summary["dataset"]].append((summary, ExperimentConfig.load(run / "config.json")))
     studies = []
