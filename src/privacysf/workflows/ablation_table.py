@@ -47,8 +47,6 @@ def ablation_rows(summary: dict, study: AblationConfig) -> list[list[str]]:
     rows = []
     for share in dict.fromkeys(c["fraction"] for c in summary["cells"]):
         cells = [c for c in summary["cells"] if c["fraction"] == share]
-        if not cells:
-            continue
         reference = [c["centers"][reference_center][REFERENCE_POLICY]["dice_3d"] for c in cells]
         unet = [c["unet"]["dice_3d"] for c in cells if "unet" in c]
         slices = sorted({c["train_slices"] for c in cells})
