@@ -5,7 +5,8 @@ change of Dice between them is the mapper's, not a retrained center's.
 
     PYTHONPATH=src .venv/bin/python tools/remap.py runs/<fit-run> mapper.res_units=1 mapper.res_units=2
 
-Each setting is a comma-separated list of ``--set`` overrides; mappers are written under ``--out``.
+Each setting is a comma-separated list of ``--set`` overrides of the mapper or its training (not of
+``data`` or ``codec``, which the fixed center fixes); mappers are written under ``--out``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from privacysf.common.torchutil import seed_everything
 from privacysf.data.prepare import prepare
-from privacysf.metrics.evaluation import dice_3d, score_test
+from privacysf.workflows.ablate import remap_scores
 from privacysf.workflows.fit import reload_center
-from privacysf.workflows.inprocess import fit_server
 
 
 def main() -> None:
@@ -26,18 +25,18 @@ def main() -> None:
     parser.add_argument("settings", nargs="+", help="comma-separated --set overrides, one mapper each")
     parser.add_argument("--out", type=Path, default=Path("runs/remap"), help="where the mappers go")
     args = parser.parse_args()
+    base, center = reload_center(args.run)  # loaded and its data prepared once for every setting
+    data = prepare(base.data)
     print("| setting | val code MSE | 3-D Dice | slice Dice | mapper s |\n|---|---|---|---|---|")
     for setting in args.settings:
-        cfg, center = reload_center(args.run)
-        cfg = cfg.override(["train.progress=false", *setting.split(",")])
-        data = prepare(cfg.data)
-        seed_everything(cfg.train.seed, cfg.train.threads)
-        server, fit, _ = fit_server(cfg, center, data.train, data.val, args.out / setting.replace(",", "_"))
-        test = score_test(center.segment(server, data.test.images), data)
-        volume = dice_3d(test)
+        cfg = base.override(["train.progress=false", *setting.split(",")])
+        if (cfg.data, cfg.codec) != (base.data, base.codec):
+            raise SystemExit(f"{setting}: changes data.* or codec.*, which the run's fixed center fixes")
+        scores = remap_scores(cfg, center, center, data, args.out / setting.replace(",", "_"))
+        dice = scores["dice_3d"]
         print(
-            f"| {setting} | {-fit.best_score:.4f} | {volume['mean'] if volume else float('nan'):.3f} | "
-            f"{test['mean']['dice']['mean']:.3f} | {fit.seconds:.0f} |",
+            f"| {setting} | {scores['best_val_mse']:.4f} | {'-' if dice is None else f'{dice:.3f}'} | "
+            f"{scores['slice_dice']:.3f} | {scores['mapper_seconds']:.0f} |",
             flush=True,
         )
 

@@ -15,17 +15,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 from privacysf.center.equivariance import measure
-from privacysf.center.pipeline import train_center
-from privacysf.common.runs import new_run_dir, write_json, write_text
-from privacysf.common.torchutil import resolve_device, seed_everything
+from privacysf.center.pipeline import Center, train_center
+from privacysf.common.runs import write_json, write_text
+from privacysf.common.torchutil import seed_everything
 from privacysf.config import AUGMENTATIONS as SWITCHES
 from privacysf.config import AugmentConfig, ExperimentConfig
-from privacysf.data.prepare import PreparedData, describe, prepare
+from privacysf.data.prepare import PreparedData, prepare
 from privacysf.metrics.evaluation import dice_3d, score_test
 from privacysf.metrics.segmentation import Summary
 from privacysf.nets.unet import predict_labels, train_unet
 from privacysf.workflows.ablation_table import ablation_markdown
 from privacysf.workflows.inprocess import fit_server
+from privacysf.workflows.session import open_run
 
 PROBABILITY = 0.5
 
@@ -62,16 +63,27 @@ def _center_rows(
     )
     rows = {}
     for name, augment in variants(cfg.augment, cfg.ablation.policies).items():
-        seed_everything(cfg.train.seed, cfg.train.threads)
-        variant_cfg, variant_dir = cfg.updated(augment=augment), folder / "variants" / name.replace(" ", "_")
-        server, fit_result, _ = fit_server(variant_cfg, center, data.train, data.val, variant_dir)
+        variant_dir = folder / "variants" / name.replace(" ", "_")
         rows[name] = {
-            **_scores(score_test(served.segment(server, data.test.images), data)),
+            **remap_scores(cfg.updated(augment=augment), center, served, data, variant_dir),
             "augment": augment.model_dump(),
-            "best_val_mse": -fit_result.best_score,
         }
         print(f"    {name:22s} 3-D Dice {rows[name]['dice_3d']:.4f}", flush=True)
     return rows, [asdict(row) for row in errors]
+
+
+def remap_scores(
+    cfg: ExperimentConfig, center: Center, served: Center, data: PreparedData, folder: Path
+) -> dict:
+    """Train one server mapper with ``cfg`` on ``center``'s codes and score it on the test slices as
+    ``served`` segments them: the center stays fixed, so rows differ in the mapper alone."""
+    seed_everything(cfg.train.seed, cfg.train.threads)
+    server, fit_result, _ = fit_server(cfg, center, data.train, data.val, folder)
+    return {
+        **_scores(score_test(served.segment(server, data.test.images), data)),
+        "best_val_mse": -fit_result.best_score,
+        "mapper_seconds": round(fit_result.seconds, 1),
+    }
 
 
 def run_cell(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) -> dict:
@@ -110,11 +122,8 @@ def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
     """Every training share × seed in turn; returns the run folder and ``ablation.json``'s content."""
     study = cfg.ablation
     cells = study_cells(cfg)
-    device = resolve_device(cfg.train.device)
-    first = prepare(cells[0].data)  # a bad dataset fails before the run folder exists
-    run_dir = new_run_dir(cfg.output_dir, f"ablation-{Path(cfg.data.dataset).name}")
-    cfg.save(run_dir / "config.json")
-    write_json(run_dir / "data.json", describe(first))
+    session = open_run(cells[0], "ablation")  # config.json: the first cell's, the study section whole
+    device, first, run_dir = session.device, session.data, session.run_dir
     summary: dict = {"dataset": first.info.name, "mode": cfg.codec.image_mode, "cells": []}
     for i, cell_cfg in enumerate(cells):
         share, seed = cell_cfg.data.train_fraction, cell_cfg.data.seed
