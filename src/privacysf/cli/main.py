@@ -234,7 +234,7 @@ def make_parser() -> argparse.ArgumentParser:
     fit.set_defaults(func=cmd_fit)
 
     demo = commands.add_parser(
-        "demo", help="Privacy-SF vs raw U-Net on icbm152-tissue (10-20 min on 2 cores)"
+        "demo", help="Privacy-SF vs raw U-Net on icbm152-tissue (about 6 min on 2 cores)"
     )
     add_config_options(demo, default_dataset="icbm152-tissue")
     demo.set_defaults(func=cmd_demo)
