@@ -46,6 +46,7 @@ def test_a_fixed_code_per_position_breaks_every_reordering_but_not_a_splice_or_m
     assert errors["none (reference)"] < 1e-6
     assert errors["mixup, weight 0.5"] < 1e-6  # a fixed bias survives a convex mix
     assert errors["splice a quarter of the tokens"] < 1e-6  # and keeps every token in its place
+    assert errors["cutmix the central box (a quarter)"] < 1e-6
     for name in ("flip left-right", "flip up-down", "reverse (180° turn)", "90° turn", "shift 1 token(s)"):
         assert errors[name] > 0.1, name
 

@@ -71,6 +71,8 @@ def test_the_reported_budget_is_opacus_accounting_of_the_steps_taken(monkeypatch
     assert plain.privacy is None
 
 
-def test_dp_refuses_augmentations_that_mix_pairs():
-    with pytest.raises(ConfigError, match="mixup"):
-        ExperimentConfig().override(["mapper.dp_noise=1.0", "augment.mixup=0.5"])
+@pytest.mark.parametrize("name", ["mixup", "splice", "cutmix"])
+def test_dp_refuses_augmentations_that_mix_pairs(name):
+    with pytest.raises(ConfigError, match=name):
+        ExperimentConfig().override(["mapper.dp_noise=1.0", f"augment.{name}=0.5"])
+    ExperimentConfig().override(["mapper.dp_noise=1.0", "augment.span_mask=0.5"])  # one pair: allowed

@@ -57,10 +57,17 @@ def _segment_mask(shape: tuple[int, int], start: float, fraction: float) -> torc
     return chosen.reshape(shape)
 
 
-def _splice(x: torch.Tensor, partner: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Replace the segment's tokens (or the pixels under them) of ``x`` with ``partner``'s."""
-    tokens = _segment_mask(grid, start=1 / 3, fraction=1 / 4)
-    factor = x.shape[-1] // grid[1]
+def _box_mask(shape: tuple[int, int]) -> torch.Tensor:
+    """The (h, w) tokens of the central box, half of each side, as ``augment.cutmix`` cuts boxes."""
+    h, w = shape
+    chosen = torch.zeros(shape, dtype=torch.bool)
+    chosen[h // 4 : h // 4 + max(1, h // 2), w // 4 : w // 4 + max(1, w // 2)] = True
+    return chosen
+
+
+def _paste(x: torch.Tensor, partner: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Replace the chosen (h, w) ``tokens`` of ``x`` (or the pixels under them) with ``partner``'s."""
+    factor = x.shape[-1] // tokens.shape[1]
     region = tokens.repeat_interleave(factor, 0).repeat_interleave(factor, 1).to(x.device)
     return torch.where(region, partner, x)
 
@@ -75,8 +82,13 @@ def transforms(grid: tuple[int, int], downsample: int, max_shift: int = 2) -> li
     def shift(k: int, scale: int) -> Pair:
         return one(lambda t: t.roll((k * scale, k * scale), dims=(-2, -1)))
 
+    segment, box = _segment_mask(grid, start=1 / 3, fraction=1 / 4), _box_mask(grid)
+
     def splice(x: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
-        return _splice(x, partner, grid)
+        return _paste(x, partner, segment)
+
+    def cutmix(x: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+        return _paste(x, partner, box)
 
     def mix(x: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
         return 0.5 * x + 0.5 * partner
@@ -97,6 +109,7 @@ def transforms(grid: tuple[int, int], downsample: int, max_shift: int = 2) -> li
             for k in sorted({1, max_shift})
         ),
         CodeTransform("splice a quarter of the tokens", "splice", splice, splice),
+        CodeTransform("cutmix the central box (a quarter)", "cutmix", cutmix, cutmix),
         CodeTransform("mixup, weight 0.5", "mixup", mix, mix, labels=False),
     ]
 

@@ -42,9 +42,9 @@ WireDtype = Literal["float32", "float16", "int8"]
 WIRE_DTYPE_NAMES = get_args(WireDtype)
 """Value types of codes on the wire (``privacysf.exchange.wire`` maps each to its numpy dtype)."""
 CodecNorm = Literal["batch", "instance"]
-ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice")
+ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "cutmix")
 """Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
-AUGMENTATIONS = (*ORDER_AUGMENTATIONS, "mixup", "token_dropout", "noise")
+AUGMENTATIONS = (*ORDER_AUGMENTATIONS, "mixup", "token_dropout", "span_mask", "noise")
 """The server-side code augmentations, each a probability field of :class:`AugmentConfig`."""
 TRANSFORMER_LR = 5e-4
 """Default learning rate of the transformer mapper: at the shared 3e-3 its training diverged on
@@ -334,11 +334,15 @@ class AugmentConfig(ConfigModel):
     max_shift: int = Field(2, ge=0)
     splice: Probability = 0.0
     """Cut a contiguous token segment from another pair and splice it into both codes."""
+    cutmix: Probability = 0.0
+    """Paste a box of tokens (1/4 to 1/2 of each side) from another pair into both codes."""
     mixup: Probability = 0.0
     """Convex mix of two pairs, both codes with the same weight ~ Beta(alpha, alpha)."""
     mixup_alpha: float = Field(0.4, gt=0)
     token_dropout: Probability = 0.0
     """Zero 10% of the input tokens (image code only)."""
+    span_mask: Probability = 0.0
+    """Zero one contiguous span of 10-25 % of the input tokens in scan order (image code only)."""
     noise: Probability = 0.0
     """Gaussian noise (std 0.05) on the input code only."""
 
@@ -349,9 +353,10 @@ class AugmentConfig(ConfigModel):
 
 def dp_conflicts(mapper: MapperConfig, augment: AugmentConfig) -> list[str]:
     """Why DP-SGD's accounting would not hold for the mapper with these augmentations: ``mixup`` and
-    ``splice`` build each training pair from two, so one pair's influence is no longer one gradient."""
+    ``splice``/``cutmix`` build each training pair from two, so one pair's influence is no longer one
+    gradient."""
     if mapper.dp_noise > 0 and (
-        mixed := [name for name in ("mixup", "splice") if getattr(augment, name) > 0]
+        mixed := [name for name in ("mixup", "splice", "cutmix") if getattr(augment, name) > 0]
     ):
         return [f"mapper.dp_noise needs augment.{'/'.join(mixed)} = 0 (they mix two pairs into one)"]
     return []

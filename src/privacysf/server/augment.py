@@ -1,9 +1,11 @@
 """Augmentation of code pairs on the server, which can no longer augment images.
 
 Every transform acts on the image code and the mask code of a pair together, so the pair stays a
-valid example, except ``token_dropout`` and ``noise``, which perturb only the input. Reorderings
-(reverse, flip, shift) are only valid to the extent the center's encoders commute with them; that is
-why each is an option measured in the ablation rather than on by default.
+valid example, except ``token_dropout``, ``span_mask`` and ``noise``, which perturb only the input.
+Reorderings and cuts (reverse, flip, shift, splice, cutmix) are only valid to the extent the
+center's encoders commute with them; that is why each is an option measured in the ablation rather
+than on by default. A key's channel mixing (without its permutation) changes none of this: it is one
+linear map applied to every token, so it commutes with moving, cutting, zeroing and mixing tokens.
 """
 
 from __future__ import annotations
@@ -50,6 +52,25 @@ def splice(x, y, grid, g):
     return x, y
 
 
+def cutmix(x, y, grid, g):
+    """Paste a box of tokens (a quarter to a half of each side) from another pair into both codes: the
+    2-D cut of ``splice``, so a pasted region stays a region of the image, not a band of rows."""
+    h, w = grid
+    size_h = int(torch.randint(max(1, h // 4), max(1, h // 2) + 1, (1,), generator=g))
+    size_w = int(torch.randint(max(1, w // 4), max(1, w // 2) + 1, (1,), generator=g))
+    top = int(torch.randint(0, h - size_h + 1, (1,), generator=g))
+    left = int(torch.randint(0, w - size_w + 1, (1,), generator=g))
+    partner = torch.randperm(len(x), generator=g)
+    rows, cols = slice(top, top + size_h), slice(left, left + size_w)
+
+    def paste(t: torch.Tensor) -> torch.Tensor:
+        out = _grid(t, grid).clone()
+        out[:, rows, cols] = out[partner, rows, cols]
+        return out.reshape(t.shape)
+
+    return paste(x), paste(y)
+
+
 def make_mixup(alpha: float):
     def mixup(x, y, grid, g):
         seed = int(torch.randint(2**31 - 1, (1,), generator=g))
@@ -66,6 +87,17 @@ def token_dropout(x, y, grid, g):
     return x * keep[..., None], y
 
 
+def span_mask(x, y, grid, g):
+    """Zero one contiguous span of a tenth to a quarter of the input's tokens (image code only), the
+    span masking of sequence models; under a secret permutation the span is scattered tokens."""
+    length = x.shape[1]
+    size = int(torch.randint(max(1, length // 10), max(1, length // 4) + 1, (1,), generator=g))
+    start = int(torch.randint(0, length - size + 1, (1,), generator=g))
+    x = x.clone()
+    x[:, start : start + size] = 0
+    return x, y
+
+
 def noise(x, y, grid, g):
     return x + NOISE_STD * torch.randn(x.shape, generator=g).to(x.device), y
 
@@ -77,8 +109,10 @@ def pipeline(cfg: AugmentConfig) -> list[tuple[str, float, object]]:
         ("flip", cfg.flip, flip),
         ("shift", cfg.shift, make_shift(cfg.max_shift)),
         ("splice", cfg.splice, splice),
+        ("cutmix", cfg.cutmix, cutmix),
         ("mixup", cfg.mixup, make_mixup(cfg.mixup_alpha)),
         ("token_dropout", cfg.token_dropout, token_dropout),
+        ("span_mask", cfg.span_mask, span_mask),
         ("noise", cfg.noise, noise),
     ]
     return [(name, p, fn) for name, p, fn in steps if p > 0]
