@@ -33,12 +33,15 @@ SETTINGS: dict[str, tuple[list[str], bool]] = {
     "defaults before res_units=1": (["mapper.res_units=2"], True),
     "defaults": ([], True),
     "poly mapper": (["mapper.kind=poly"], True),
+    "coarse grid": (["codec.downsample=8", "codec.image_channels=3", "codec.mask_channels=3"], True),
 }
 """The settings compared, as (``--set`` overrides, center networks served): today's defaults (batch
 norm in the center networks, folded into the convolutions for serving; one residual block per level
 of the unet mapper), the same with the two blocks per level of earlier versions, and the poly mapper
-(the one encrypted queries need; here on plain codes). The instance-norm and unfolded forms were
-compared in an earlier run of this tool (docs/results.md, "Served center networks")."""
+(the one encrypted queries need; here on plain codes), and a coarser token grid (one token per 8×8
+pixels, 3 values per token: under 1/8 of a uint8 image per 256² query). The instance-norm and
+unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
+networks")."""
 
 
 def gflop(fn) -> float:
