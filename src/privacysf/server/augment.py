@@ -41,15 +41,21 @@ def make_shift(max_shift: int):
     return shift
 
 
+def _from_partner(x, y, tokens: torch.Tensor, g):
+    """Both codes with the chosen ``tokens`` (a bool mask over the L tokens) taken from one other pair
+    of the batch: the cut that ``splice`` and ``cutmix`` share, so mask codes are cut where images are."""
+    partner = torch.randperm(len(x), generator=g)
+    keep = ~tokens.to(x.device)[None, :, None]
+    return torch.where(keep, x, x[partner]), torch.where(keep, y, y[partner])
+
+
 def splice(x, y, grid, g):
     length = x.shape[1]
     size = int(torch.randint(length // 8, length // 2 + 1, (1,), generator=g))
     start = int(torch.randint(0, length - size + 1, (1,), generator=g))
-    partner = torch.randperm(len(x), generator=g)
-    x, y = x.clone(), y.clone()
-    x[:, start : start + size] = x[partner, start : start + size]
-    y[:, start : start + size] = y[partner, start : start + size]
-    return x, y
+    tokens = torch.zeros(length, dtype=torch.bool)
+    tokens[start : start + size] = True
+    return _from_partner(x, y, tokens, g)
 
 
 def cutmix(x, y, grid, g):
@@ -60,15 +66,9 @@ def cutmix(x, y, grid, g):
     size_w = int(torch.randint(max(1, w // 4), max(1, w // 2) + 1, (1,), generator=g))
     top = int(torch.randint(0, h - size_h + 1, (1,), generator=g))
     left = int(torch.randint(0, w - size_w + 1, (1,), generator=g))
-    partner = torch.randperm(len(x), generator=g)
-    rows, cols = slice(top, top + size_h), slice(left, left + size_w)
-
-    def paste(t: torch.Tensor) -> torch.Tensor:
-        out = _grid(t, grid).clone()
-        out[:, rows, cols] = out[partner, rows, cols]
-        return out.reshape(t.shape)
-
-    return paste(x), paste(y)
+    tokens = torch.zeros(grid, dtype=torch.bool)
+    tokens[top : top + size_h, left : left + size_w] = True
+    return _from_partner(x, y, tokens.flatten(), g)
 
 
 def make_mixup(alpha: float):
