@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from PIL import Image
 
 
@@ -82,6 +83,14 @@ def write_plain_pair(
     write_nifti(root / "images" / f"{name}.nii.gz", image)
     write_nifti(root / "masks" / f"{name}.nii.gz", labels, mask_spacing)
     return root
+
+
+@pytest.fixture(autouse=True)
+def two_torch_threads():
+    """Every test starts on two torch threads, whatever the test before it set (``train.threads``
+    sets torch's process-wide count and nothing resets it). Float sums depend on the thread count, so
+    without this a near tie in a tiny run could fall either way depending on the order of the suite."""
+    torch.set_num_threads(2)
 
 
 @pytest.fixture

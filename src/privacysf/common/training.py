@@ -138,9 +138,11 @@ def fit(
     rewritten after every epoch: when it exists at the start, training continues after the epoch it
     records, so a process killed mid-training loses at most one epoch. ``on_epoch`` receives each
     epoch's history record (progress reporting for callers such as the service's job runner, whose
-    output is its job log); without it one summary line is printed when training ends, with or without
-    progress bars. ``wrap_optimizer`` turns the Adam optimiser into another that steps it (DP-SGD's
-    clipping and noise, ``privacysf.server.private_training``).
+    output is its job log) before that rewrite, so a process killed between the two reports the epoch
+    twice instead of never, and the rewrite happens even when the hook raises. Without a hook one
+    summary line is printed when training ends, with or without progress bars. ``wrap_optimizer``
+    turns the Adam optimiser into another that steps it (DP-SGD's clipping and noise,
+    ``privacysf.server.private_training``).
     """
     parts = {"model": model, **(modules or {})}
     params = [p for m in parts.values() for p in m.parameters()]
@@ -187,20 +189,22 @@ def fit(
                 best_state = {k: copy.deepcopy(m.state_dict()) for k, m in parts.items()}
                 if checkpoint is not None:
                     save_checkpoint(checkpoint, {"signature": signature or {}, "epoch": epoch, **best_state})
-            if resume is not None:
-                loop_state = {
-                    "parts": {k: m.state_dict() for k, m in parts.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    "best_state": best_state,
-                    "history": history,
-                    "epoch": epoch,
-                }
-                save_checkpoint(resume, loop_state)
-            if on_epoch is not None:
-                on_epoch(history[-1])
+            try:  # reported before the resume file records the epoch: a kill in between repeats it
+                if on_epoch is not None:
+                    on_epoch(history[-1])
+            finally:  # and a hook that leaves training (a stopping worker, a cancel) keeps the epoch
+                if resume is not None:
+                    loop_state = {
+                        "parts": {k: m.state_dict() for k, m in parts.items()},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "best_score": best_score,
+                        "best_epoch": best_epoch,
+                        "best_state": best_state,
+                        "history": history,
+                        "epoch": epoch,
+                    }
+                    save_checkpoint(resume, loop_state)
             bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", best=f"{best_score:.4f}")
             if out_of_patience(epoch, best_epoch, cfg.patience):
                 break
