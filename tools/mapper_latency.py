@@ -39,9 +39,9 @@ SETTINGS: dict[str, tuple[list[str], bool]] = {
 """The settings compared, as (``--set`` overrides, center networks served): today's defaults (batch
 norm in the center networks, folded into the convolutions for serving; one residual block per level
 of the unet mapper), the same with the two blocks per level of earlier versions, the unet mapper at
-half the width on its three top levels (a quarter of their arithmetic; it lost 0.012 of Dice, see
-docs/results.md "A narrower grid mapper"), the poly mapper
-(the one encrypted queries need; here on plain codes), and a coarser token grid (one token per 8×8
+half the width on its three top levels (a quarter of their arithmetic; it lost 0.011 of 3-D Dice,
+docs/results.md "A narrower grid mapper"), the poly mapper (the one encrypted queries need; here on
+plain codes), and a coarser token grid (one token per 8×8
 pixels, 3 values per token: under 1/8 of a uint8 image per 256² query). The instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""
