@@ -47,11 +47,12 @@ def test_codes_of_air_far_from_the_body_do_not_depend_on_the_body_with_the_defau
     assert CodecConfig().norm == "batch"
 
 
-def _save_run(folder, cfg: ExperimentConfig, drop_norm: bool) -> None:
-    """A run folder of fresh center networks (``drop_norm``: as saved before ``codec.norm`` existed)."""
+def _save_run(folder, cfg: ExperimentConfig, predates: tuple[str, ...] = ()) -> None:
+    """A run folder of fresh center networks, as saved before the ``codec`` settings ``predates``
+    existed (not in its config.json nor in its checkpoints' signatures)."""
     saved = cfg.to_dict()
-    if drop_norm:
-        del saved["codec"]["norm"]
+    for name in predates:
+        del saved["codec"][name]
     (folder / "config.json").write_text(json.dumps(saved))
     (folder / "data.json").write_text(json.dumps({"classes": ["background", "brain"]}))
     for path, part, net in (
@@ -59,23 +60,34 @@ def _save_run(folder, cfg: ExperimentConfig, drop_norm: bool) -> None:
         (IMAGE_ENCODER, "image-encoder", build_image_encoder(cfg.codec)),
     ):
         signature = codec_signature(cfg, 2, part)
-        if drop_norm:
-            del signature["norm"]
+        for name in predates:
+            signature.pop(name)
         save_checkpoint(folder / path, {"signature": signature, "model": net.state_dict()})
 
 
 def test_a_run_folder_saved_before_the_norm_setting_reloads_with_instance_norm(tmp_path):
     """Fails without the migration in ``reload_center``: its checkpoints' signature would not match."""
-    _save_run(tmp_path, ExperimentConfig().override(["codec.norm=instance", "codec.width=8"]), True)
+    _save_run(tmp_path, ExperimentConfig().override(["codec.norm=instance", "codec.width=8"]), ("norm",))
     loaded, center = reload_center(tmp_path, "cpu")
     assert loaded.codec.norm == "instance"
     assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in center.mask_codec.modules())
 
 
+def test_a_run_folder_saved_before_the_mask_decoder_width_reloads_with_a_full_width_decoder(tmp_path):
+    """Fails without the migration in ``reload_center``: the default narrower decoder would not match
+    its checkpoint's signature (and could not take its weights)."""
+    before = ExperimentConfig().override(["codec.mask_decoder_width=16"])
+    _save_run(tmp_path, before, ("mask_decoder_width",))
+    loaded, center = reload_center(tmp_path, "cpu")
+    assert loaded.codec.mask_decoder_width == loaded.codec.width == 16
+    assert center.mask_codec.decoder.net[-1].in_channels == 16
+    assert ExperimentConfig().codec.mask_decoder_width == 8  # the migration is needed at all
+
+
 def test_a_reloaded_batch_norm_run_segments_with_its_norms_folded(tmp_path):
     """Fails if ``reload_center`` (what ``privacysf segment`` and the service client load) stops
     serving the center: its networks would still hold their batch norms."""
-    _save_run(tmp_path, ExperimentConfig().override(["codec.norm=batch", "codec.width=8"]), False)
+    _save_run(tmp_path, ExperimentConfig().override(["codec.norm=batch", "codec.width=8"]))
     _, center = reload_center(tmp_path, "cpu")
     for net in (center.mask_codec, center.image_encoder):
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())

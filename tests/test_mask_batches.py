@@ -103,3 +103,17 @@ def test_a_small_set_gets_min_steps_an_epoch_and_a_large_one_keeps_its_single_pa
     many = epoch_order(200, 8, 12, seed=3)
     assert len(many) == 25
     np.testing.assert_array_equal(np.concatenate(many), np.random.default_rng(3).permutation(200))
+
+
+def test_the_mask_codec_trains_its_own_epochs_at_most_train_epochs():
+    """Fails if ``codec.mask_epochs`` stops reaching the codec's training loop, or stops being capped
+    by ``train.epochs`` (a federated round's local epochs are set there)."""
+    settings = ["data.dataset=phantom", "data.size=32", "data.phantom_cases=6", "train.epochs=3"]
+    settings += ["train.progress=false", "train.patience=5", "codec.width=4", "codec.mask_steps=1"]
+    cfg = ExperimentConfig().override(settings)
+    data = prepare(cfg.data)
+    k = data.info.num_classes
+    for mask_epochs, trained in ((None, 3), (2, 2), (9, 3)):
+        run = cfg.override([f"codec.mask_epochs={'null' if mask_epochs is None else mask_epochs}"])
+        _, result = train_mask_codec(run, data.train, data.val, k, CPU, None)
+        assert result.epochs_trained == trained, mask_epochs

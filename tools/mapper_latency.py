@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,16 +30,30 @@ from privacysf.config import ExperimentConfig, UNetConfig
 from privacysf.nets.unet import build_unet
 from privacysf.workflows.inprocess import untrained_pipeline
 
-SETTINGS: dict[str, tuple[list[str], bool]] = {
-    "defaults before res_units=1": (["mapper.res_units=2"], True),
-    "defaults": ([], True),
-    "narrow grid mapper": (["mapper.grid_channels=[16,32,64,128]"], True),
-    "poly mapper": (["mapper.kind=poly"], True),
-    "coarse grid": (["codec.downsample=8", "codec.image_channels=3", "codec.mask_channels=3"], True),
+
+class Setting(NamedTuple):
+    overrides: list[str]
+    """``--set`` overrides of the defaults."""
+    served: bool = True
+    """Center networks and mapper in their served form (``untrained_pipeline``'s ``served``)."""
+    mapper_channels_last: bool = True
+    """With ``served``: keep the mapper's weights in the channels-last layout serving puts them in."""
+
+
+SETTINGS: dict[str, Setting] = {
+    "defaults before mask_decoder_width=8": Setting(["codec.mask_decoder_width=16"]),
+    "defaults": Setting([]),
+    "defaults, mapper in the default layout": Setting([], mapper_channels_last=False),
+    "narrow grid mapper": Setting(["mapper.grid_channels=[16,32,64,128]"]),
+    "poly mapper": Setting(["mapper.kind=poly"]),
+    "coarse grid": Setting(["codec.downsample=8", "codec.image_channels=3", "codec.mask_channels=3"]),
 }
-"""The settings compared, as (``--set`` overrides, center networks served): today's defaults (batch
-norm in the center networks, folded into the convolutions for serving; one residual block per level
-of the unet mapper), the same with the two blocks per level of earlier versions, the unet mapper at
+"""The settings compared: today's defaults (batch norm in the center networks, folded into the
+convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
+mapper; a mask decoder 8 wide at full resolution), the same with the decoder 16 wide there as in
+earlier versions (the two blocks per level before ``mapper.res_units=1`` are compared in
+docs/results.md, "Lighter training"), the defaults with the mapper's weights left in torch's default
+layout, the unet mapper at
 half the width on its three top levels (a quarter of their arithmetic; it lost 0.011 of 3-D Dice,
 docs/results.md "A narrower grid mapper"), the poly mapper (the one encrypted queries need; here on
 plain codes), and a coarser token grid (one token per 8×8
@@ -61,9 +76,11 @@ def measure(size: int, batch: int, repeats: int) -> list[dict]:
     pixels = torch.from_numpy(images)
     calls = {"raw U-Net": lambda: class_labels(unet(pixels))}  # labels out, as Privacy-SF's decode
     work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
-    for name, (overrides, served) in SETTINGS.items():
-        cfg = ExperimentConfig().override(overrides)
-        center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size, served=served)
+    for name, setting in SETTINGS.items():
+        cfg = ExperimentConfig().override(setting.overrides)
+        center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size, served=setting.served)
+        if not setting.mapper_channels_last and server.model is not None:
+            server.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         up = center.image_message(images)
         down = server.map(up)
         stages = {
@@ -114,8 +131,10 @@ def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
             "and × raw U-Net the median of their per-repetition ratios (`tools/mapper_latency.py`). "
             "Settings: "
             + "; ".join(
-                f"{name}: `{' '.join(o) or 'no override'}`{'' if served else ', not served'}"
-                for name, (o, served) in SETTINGS.items()
+                f"{name}: `{' '.join(setting.overrides) or 'no override'}`"
+                + ("" if setting.served else ", not served")
+                + ("" if setting.mapper_channels_last else ", mapper weights in the default layout")
+                for name, setting in SETTINGS.items()
             )
             + "."
         )

@@ -21,7 +21,7 @@ from privacysf.center.equivariance import EquivariancePenalty
 from privacysf.center.norm_statistics import load_shared_state
 from privacysf.common.torchutil import apply_in_batches, class_labels
 from privacysf.common.training import FitResult, fit
-from privacysf.config import CodecConfig, ExperimentConfig
+from privacysf.config import CodecConfig, ExperimentConfig, TrainConfig
 from privacysf.data.loader import mask_batches, slice_batches
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, DataError
@@ -52,7 +52,9 @@ class MaskCodec(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.encoder = ConvEncoder(num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm)
-        self.decoder = ConvDecoder(cfg.mask_channels, num_classes, cfg.width, cfg.downsample, cfg.norm)
+        self.decoder = ConvDecoder(
+            cfg.mask_channels, num_classes, cfg.width, cfg.downsample, cfg.norm, cfg.mask_decoder_width
+        )
         self.register_buffer("logit_offset", torch.zeros(num_classes, 1, 1))
         self.register_load_state_dict_pre_hook(_take_offset_shape)
 
@@ -101,6 +103,10 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "mask_channels": c.mask_channels,
         "width": c.width,
         "norm": None if c.norm == "instance" else c.norm,  # checkpoints from before codec.norm: instance
+        # checkpoints from before codec.mask_decoder_width decoded at full resolution with ``width``
+        "mask_decoder_width": (
+            None if part != "mask-codec" or c.mask_decoder_width == c.width else c.mask_decoder_width
+        ),
         "image_mode": c.image_mode if part == "image-encoder" else None,
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
     }
@@ -178,12 +184,18 @@ def train_mask_codec(
         codec_batches(cfg, train, num_classes, device),
         step,
         validate,
-        cfg.train,
+        _codec_training(cfg),
         "center mask codec",
         checkpoint,
         codec_signature(cfg, num_classes, "mask-codec"),
     )
     return codec, result
+
+
+def _codec_training(cfg: ExperimentConfig) -> TrainConfig:
+    """``train`` with the mask codec's own number of epochs (``codec.mask_epochs``), if set."""
+    epochs = cfg.codec.mask_epochs
+    return cfg.train if epochs is None else cfg.train.updated(epochs=min(epochs, cfg.train.epochs))
 
 
 def equivariance_penalty(cfg: ExperimentConfig) -> EquivariancePenalty | None:

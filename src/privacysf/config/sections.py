@@ -171,6 +171,12 @@ class CodecConfig(ConfigModel):
     per training step and a quarter of its arithmetic; over eleven fits made at both widths the 3-D
     Dice moved by +0.000 on average (``docs/method.md``). Raise it where the mask codec's ceiling
     (``tools/codec_ceiling.py``) limits Dice."""
+    mask_decoder_width: int = Field(8, ge=1)
+    """Width of the mask decoder's last stage, the one at full image resolution (the stages before it
+    keep ``width``'s rule). That stage is most of the decoder's arithmetic, and the decoder runs in
+    every mask-codec and image-encoder training step and in every query's decode; before this
+    setting it was ``width`` (16). docs/results.md ("A narrower mask decoder") has what 8 saves and
+    costs."""
     norm: CodecNorm = "batch"
     """Normalisation inside both center networks. ``batch`` (statistics of the training slices, fixed
     once trained) keeps a token's features independent of the rest of its slice; ``instance`` (per
@@ -188,6 +194,11 @@ class CodecConfig(ConfigModel):
     one pass per epoch, 0.969 with 40 such steps). 0: one pass over the training masks per epoch.
     12 halves the codec's training time against the 24 of earlier versions; its ceiling drops by
     about 0.01 and Privacy-SF's Dice does not (docs/results.md, "Lighter training")."""
+    mask_epochs: int | None = Field(None, ge=1)
+    """Epochs of the mask codec, at most ``train.epochs`` (unset: ``train.epochs``). Its learning rate
+    follows its own cosine schedule over them, so fewer epochs anneal sooner rather than stop
+    mid-schedule. 20 took 0.69 of the codec's time over nine fits without moving the mean Dice, but
+    cost the CT codec 0.03-0.07 of its ceiling (docs/results.md, "Fewer mask-codec epochs")."""
     balance_classes: bool = True
     """Draw the mask codec's label maps so that each class, and "no foreground", is drawn about
     equally often (with ``mask_steps``), so a class on few slices is not left out of the code."""

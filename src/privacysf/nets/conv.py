@@ -44,7 +44,22 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    def __init__(self, code_channels: int, out_channels: int, width: int, downsample: int, norm: str) -> None:
+    """Codes back to full-resolution outputs, the encoder's stages in reverse.
+
+    ``top_width`` (default ``width``) is the width of the last stage, the only one at full resolution:
+    with four times the pixels of the stage before, it holds most of the decoder's arithmetic, so a
+    narrower one is the cheapest place to save (``codec.mask_decoder_width``).
+    """
+
+    def __init__(
+        self,
+        code_channels: int,
+        out_channels: int,
+        width: int,
+        downsample: int,
+        norm: str,
+        top_width: int | None = None,
+    ) -> None:
         super().__init__()
         stages = _stages(downsample)
         channels = width * 2 ** (stages - 1)
@@ -53,7 +68,7 @@ class ConvDecoder(nn.Module):
             ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm),
         ]
         for i in reversed(range(stages)):
-            out = width * 2 ** max(i - 1, 0)
+            out = width * 2 ** (i - 1) if i else top_width or width
             layers.append(
                 Convolution(2, channels, out, strides=2, is_transposed=True, norm=norm, kernel_size=3)
             )

@@ -159,7 +159,19 @@ class MappingServer:
             if per_pair is not None:
                 per_pair.remove_hooks()
         self.privacy = private.spent() if private else None
+        self.prepare_for_serving()
         return result
+
+    def prepare_for_serving(self) -> None:
+        """Put the mapper's convolution weights in channels-last layout on the CPU (done after
+        :meth:`fit_pooled` and :meth:`load`).
+
+        oneDNN's convolutions then run without reordering every feature map; the grid mapper's map
+        took about 0.85 of its time in the default layout (256², batch 1 and 32, one thread). The
+        values are unchanged, so answers and checkpoints are too. CUDA is left as it is.
+        """
+        if self.model is not None and self.device.type == "cpu":
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         return model(tokens, centers) if self.centers else model(tokens)
@@ -295,6 +307,7 @@ class MappingServer:
         )
         model.load_state_dict(state["model"])
         model.eval()
+        self.prepare_for_serving()
 
 
 def private_training(cfg: MapperConfig, batch_size: int, pairs: int):

@@ -58,7 +58,8 @@ def untrained_pipeline(
     Message sizes depend on the grid, values per token and wire dtype, and compute time on the
     architecture, not on training, so fresh networks give exact payloads and representative latency
     at any image size without training at that size. The center's networks are in their served form
-    (:meth:`Center.serving`), as a fitted run's are when it segments, unless ``served`` is False.
+    (:meth:`Center.serving`) and the mapper's likewise (:meth:`MappingServer.prepare_for_serving`), as
+    a fitted run's are when it segments, unless ``served`` is False.
     """
     sized = cfg.override([f"data.size={size}", f"train.device={device_name}"])
     c, device = sized.codec, torch.device(device_name)
@@ -73,6 +74,8 @@ def untrained_pipeline(
         center = center.serving()
     server = MappingServer(sized.mapper, sized.augment, sized.train)
     server.initialise(center.grid, c.image_channels, c.mask_channels)
+    if served:
+        server.prepare_for_serving()
     return center, server
 
 

@@ -1,0 +1,102 @@
+"""How finely must the codes travel? A fitted run's test Dice with both codes rounded coarser.
+
+Each run's test slices are sent as queries with the run's own networks as trained, and both codes
+of a query, the image code up and the mapper's mask code down, are rounded to ``n`` evenly spaced
+values in [-1, 1] (``n = 255`` is the int8 wire's grid). Nothing is retrained for the coarser
+rounding, so a value count that keeps the Dice here is one a codec trained through that rounding
+(as ``codec.wire_dtype`` trains them) should keep too. Bytes per 256² query assume ``ceil(log2 n)``
+bits per value, packed, plus the two headers; the wire today sends a whole byte per value (int8).
+
+    PYTHONPATH=src .venv/bin/python tools/code_bits.py RUN [RUN ...] [--values 255 16 8 4 3]
+
+Runs with a key, per-query shifts or encrypted queries are refused: this measures plain codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from privacysf.center.codecs import decode_masks, encode_images
+from privacysf.common.markdown import Markdown
+from privacysf.config import CodecConfig
+from privacysf.data.prepare import prepare
+from privacysf.errors import ConfigError
+from privacysf.exchange.wire import SCAN_ORDER, encode_header
+from privacysf.metrics.evaluation import dice_3d, score_test
+from privacysf.workflows.fit import reload
+
+QUERY_SIDE = 256
+
+
+def rounded(codes: np.ndarray, values: int) -> np.ndarray:
+    """``codes`` in [-1, 1] rounded to ``values`` evenly spaced numbers spanning [-1, 1]."""
+    steps = values - 1
+    return (np.clip(np.rint((codes + 1) / 2 * steps), 0, steps) / steps * 2 - 1).astype(np.float32)
+
+
+def query_bytes(values: int, codec: CodecConfig) -> int:
+    """Bytes both ways of a 256² query whose code values are packed at ``ceil(log2 values)`` bits,
+    with each message's prefix and header as the wire writes them."""
+    side = QUERY_SIDE // codec.downsample
+    total = 0
+    for kind, channels in (("image", codec.image_channels), ("mask", codec.mask_channels)):
+        header = encode_header(kind, "int8", (1, side * side, channels), (side, side), SCAN_ORDER)
+        total += len(header) + math.ceil(side * side * channels * math.ceil(math.log2(values)) / 8)
+    return total
+
+
+def run_dice(run: Path, counts: list[int]) -> dict:
+    """3-D per-case Dice of ``run``'s test split at each value count, and what the run is."""
+    cfg, center, server = reload(run)
+    if cfg.key.enabled or cfg.key.per_query_shift or cfg.encryption.enabled:
+        raise ConfigError(f"{run} sends keyed, shifted or encrypted codes; this tool measures plain ones")
+    data = prepare(cfg.data)
+    images = encode_images(center.image_encoder, data.test.images, center.device)
+    dice = {}
+    for values in counts:
+        mapped = server.predict_tokens(torch.from_numpy(rounded(images, values))).cpu().numpy()
+        labels = decode_masks(center.mask_codec, rounded(mapped, values), center.grid, center.device)
+        dice[values] = dice_3d(score_test(labels, data))["mean"]
+    return {"dataset": data.info.name, "seed": cfg.data.seed, "dice": dice, "codec": cfg.codec}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--values", type=int, nargs="+", default=[255, 16, 8, 4, 3])
+    args = parser.parse_args()
+    if any(v < 2 for v in args.values):
+        parser.error("--values must each be at least 2 (a code number needs two values to say anything)")
+    rows = []
+    for run in args.runs:
+        result = run_dice(run, args.values)
+        rows.append(result)
+        print(
+            result["dataset"], result["seed"], {v: round(d, 3) for v, d in result["dice"].items()}, flush=True
+        )
+    base = args.values[0]
+    table = [[r["dataset"], r["seed"], *(r["dice"][v] for v in args.values)] for r in rows]
+    changes = [statistics.mean(r["dice"][v] - r["dice"][base] for r in rows) for v in args.values]
+    worst = [min(r["dice"][v] - r["dice"][base] for r in rows) for v in args.values]
+    sizes = [str(query_bytes(v, rows[0]["codec"])) for v in args.values]
+    summary = [["mean change", "", *changes], ["worst change", "", *worst], ["B per 256² query", "", *sizes]]
+    print(
+        Markdown()
+        .paragraph(f"3-D per-case Dice, both codes rounded to n values; changes against n = {base}:")
+        .table(
+            ["dataset", "seed", *(f"{v} values" for v in args.values)],
+            [*table, *summary],
+            ["", "", *[".3f"] * len(args.values)],
+        )
+        .text()
+    )
+
+
+if __name__ == "__main__":
+    main()
