@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signature
@@ -73,15 +74,16 @@ def test_a_run_folder_saved_before_the_norm_setting_reloads_with_instance_norm(t
     assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in center.mask_codec.modules())
 
 
-def test_a_run_folder_saved_before_the_mask_decoder_width_reloads_with_a_full_width_decoder(tmp_path):
-    """Fails without the migration in ``reload_center``: the default narrower decoder would not match
-    its checkpoint's signature (and could not take its weights)."""
-    before = ExperimentConfig().override(["codec.mask_decoder_width=16"])
+@pytest.mark.parametrize("width", [16, 32])
+def test_a_run_folder_saved_before_the_mask_decoder_width_reloads_with_a_full_width_decoder(tmp_path, width):
+    """Fails without the migration in ``ExperimentConfig.load_run``: the default narrower decoder would
+    not match its checkpoint's signature (and could not take its weights)."""
+    before = ExperimentConfig().override([f"codec.width={width}", f"codec.mask_decoder_width={width}"])
     _save_run(tmp_path, before, ("mask_decoder_width",))
     loaded, center = reload_center(tmp_path, "cpu")
-    assert loaded.codec.mask_decoder_width == loaded.codec.width == 16
-    assert center.mask_codec.decoder.net[-1].in_channels == 16
-    assert ExperimentConfig().codec.mask_decoder_width == 8  # the migration is needed at all
+    assert loaded.codec.top_decoder_width == width
+    assert center.mask_codec.decoder.net[-1].in_channels == width
+    assert CodecConfig(width=width).top_decoder_width == width // 2  # the migration is needed at all
 
 
 def test_a_reloaded_batch_norm_run_segments_with_its_norms_folded(tmp_path):

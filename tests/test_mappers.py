@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from privacysf.benchmark.service_process import codes
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
 from privacysf.errors import ConfigError
 from privacysf.nets.grid import GridUNetMapper
@@ -98,19 +99,25 @@ def test_a_unet_checkpoint_records_its_levels_and_a_cnn_checkpoint_keeps_its_old
     assert "grid_channels" not in cnn.signature and "res_units" not in cnn.signature
 
 
-def test_a_loaded_mapper_serves_with_channels_last_weights_and_the_same_answers(tmp_path):
-    """Fails if ``MappingServer.load`` stops putting the weights in channels-last layout (the faster
-    one for oneDNN's convolutions), or if the layout changed what the mapper answers."""
-    trained = MappingServer(SMALL_UNET, AugmentConfig(), TrainConfig(device="cpu"))
+def _channels_last(server: MappingServer) -> bool:
+    assert server.model is not None
+    convs = [m for m in server.model.modules() if isinstance(m, nn.Conv2d)]
+    weights = [m.weight for m in convs if m.kernel_size != (1, 1)]  # 1×1 weights are both layouts at once
+    return bool(weights) and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+
+
+def test_a_trained_or_loaded_mapper_serves_with_channels_last_weights_and_the_same_answers(tmp_path):
+    """Fails if ``MappingServer.fit`` or ``load`` stops putting the weights in channels-last layout
+    (the faster one for oneDNN's convolutions), or if the layout changed what the mapper answers."""
+    train = TrainConfig(device="cpu", epochs=1, min_steps=1, progress=False)
+    trained = MappingServer(SMALL_UNET, AugmentConfig(), train)
     torch.manual_seed(0)
-    trained.initialise((8, 8), 4, 4).eval()
+    trained.fit(*(codes(4, kind, grid=(8, 8), seed=i) for i, kind in enumerate(["image", "mask"] * 2)))
+    assert _channels_last(trained)
     tokens = torch.rand(3, 64, 4) * 2 - 1
     expected = trained.predict_tokens(tokens)
     trained.save(tmp_path / "unet.pt")
     served = MappingServer(SMALL_UNET, AugmentConfig(), TrainConfig(device="cpu"))
     served.load(tmp_path / "unet.pt", (8, 8), 4, 4)
-    assert served.model is not None
-    convs = [m for m in served.model.modules() if isinstance(m, nn.Conv2d)]
-    weights = [m.weight for m in convs if m.kernel_size != (1, 1)]  # 1×1 weights are both layouts at once
-    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert _channels_last(served)
     torch.testing.assert_close(served.predict_tokens(tokens), expected)

@@ -80,6 +80,9 @@ def main() -> None:
         print(
             result["dataset"], result["seed"], {v: round(d, 3) for v, d in result["dice"].items()}, flush=True
         )
+    codecs = {(r["codec"].downsample, r["codec"].image_channels, r["codec"].mask_channels) for r in rows}
+    if len(codecs) > 1:
+        parser.error(f"the runs' codecs differ ({sorted(codecs)}): the bytes column needs one")
     base = args.values[0]
     table = [[r["dataset"], r["seed"], *(r["dice"][v] for v in args.values)] for r in rows]
     changes = [statistics.mean(r["dice"][v] - r["dice"][base] for r in rows) for v in args.values]

@@ -34,10 +34,9 @@ from privacysf.workflows.inprocess import untrained_pipeline
 class Setting(NamedTuple):
     overrides: list[str]
     """``--set`` overrides of the defaults."""
-    served: bool = True
-    """Center networks and mapper in their served form (``untrained_pipeline``'s ``served``)."""
     mapper_channels_last: bool = True
-    """With ``served``: keep the mapper's weights in the channels-last layout serving puts them in."""
+    """Keep the mapper's weights in the channels-last layout serving puts them in (every network is
+    in its served form, as ``privacysf segment`` and the service run them)."""
 
 
 SETTINGS: dict[str, Setting] = {
@@ -78,8 +77,8 @@ def measure(size: int, batch: int, repeats: int) -> list[dict]:
     work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
     for name, setting in SETTINGS.items():
         cfg = ExperimentConfig().override(setting.overrides)
-        center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size, served=setting.served)
-        if not setting.mapper_channels_last and server.model is not None:
+        center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size)
+        if not setting.mapper_channels_last and server.model is not None:  # undo prepare_for_serving
             server.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         up = center.image_message(images)
         down = server.map(up)
@@ -132,7 +131,6 @@ def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
             "Settings: "
             + "; ".join(
                 f"{name}: `{' '.join(setting.overrides) or 'no override'}`"
-                + ("" if setting.served else ", not served")
                 + ("" if setting.mapper_channels_last else ", mapper weights in the default layout")
                 for name, setting in SETTINGS.items()
             )

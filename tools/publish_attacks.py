@@ -48,7 +48,7 @@ def publish(name: str, runs: list[Path]) -> Path:
     loaded = [json.loads((run / "results.json").read_text()) for run in runs]
     results = merge(loaded)
     (target / "results.json").write_text(json.dumps(results, indent=2))
-    configs = [ExperimentConfig.load(run / "config.json") for run in runs]
+    configs = [ExperimentConfig.load_run(run / "config.json") for run in runs]
     seeds = sorted({seed for cfg in configs for seed in cfg.attack.seeds})
     cfg = configs[-1].override([f"attack.seeds={json.dumps(seeds)}"])  # the header and plan cover all seeds
     cfg.save(target / "config.json")

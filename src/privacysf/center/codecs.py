@@ -53,7 +53,7 @@ class MaskCodec(nn.Module):
         self.num_classes = num_classes
         self.encoder = ConvEncoder(num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm)
         self.decoder = ConvDecoder(
-            cfg.mask_channels, num_classes, cfg.width, cfg.downsample, cfg.norm, cfg.mask_decoder_width
+            cfg.mask_channels, num_classes, cfg.width, cfg.downsample, cfg.norm, cfg.top_decoder_width
         )
         self.register_buffer("logit_offset", torch.zeros(num_classes, 1, 1))
         self.register_load_state_dict_pre_hook(_take_offset_shape)
@@ -105,7 +105,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "norm": None if c.norm == "instance" else c.norm,  # checkpoints from before codec.norm: instance
         # checkpoints from before codec.mask_decoder_width decoded at full resolution with ``width``
         "mask_decoder_width": (
-            None if part != "mask-codec" or c.mask_decoder_width == c.width else c.mask_decoder_width
+            None if part != "mask-codec" or c.top_decoder_width == c.width else c.top_decoder_width
         ),
         "image_mode": c.image_mode if part == "image-encoder" else None,
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,

@@ -107,6 +107,20 @@ class ExperimentConfig(ConfigModel):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         return cls.from_dict(values)
 
+    @classmethod
+    def load_run(cls, path: str | Path) -> ExperimentConfig:
+        """A run folder's saved ``config.json``, with the center settings it predates set as they were
+        then, so a run of an earlier version reloads into the networks it trained (and is reported
+        with them)."""
+        cfg = cls.load(path)
+        codec = json.loads(Path(path).read_text()).get("codec", {})
+        then = []
+        if "norm" not in codec:
+            then.append("codec.norm=instance")
+        if "mask_decoder_width" not in codec:
+            then.append(f"codec.mask_decoder_width={cfg.codec.width}")
+        return cfg.override(then) if then else cfg
+
     def override(self, assignments: list[str]) -> ExperimentConfig:
         """Apply ``section.key=value`` strings (values parsed as YAML scalars/lists), then check all."""
         values = self.to_dict()

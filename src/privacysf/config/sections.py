@@ -171,12 +171,14 @@ class CodecConfig(ConfigModel):
     per training step and a quarter of its arithmetic; over eleven fits made at both widths the 3-D
     Dice moved by +0.000 on average (``docs/method.md``). Raise it where the mask codec's ceiling
     (``tools/codec_ceiling.py``) limits Dice."""
-    mask_decoder_width: int = Field(8, ge=1)
+    mask_decoder_width: int | None = Field(None, ge=1)
     """Width of the mask decoder's last stage, the one at full image resolution (the stages before it
-    keep ``width``'s rule). That stage is most of the decoder's arithmetic, and the decoder runs in
-    every mask-codec and image-encoder training step and in every query's decode; before this
-    setting it was ``width`` (16). docs/results.md ("A narrower mask decoder") has what 8 saves and
-    costs."""
+    keep ``width``'s rule); unset: half of ``width`` but not below 8 (:attr:`top_decoder_width`). That
+    stage is most of the decoder's arithmetic, and the decoder runs in every mask-codec and
+    image-encoder training step and in every query's decode; before this setting it was ``width``.
+    docs/results.md ("A narrower mask decoder") has what 8 against 16, at ``width`` 16, saved and
+    cost. The floor: at ``width`` 8, a 4-wide stage left a small instance-norm test codec's empty
+    masks decoding foreground over more than a quarter of the image (``tests/test_codec_wire.py``)."""
     norm: CodecNorm = "batch"
     """Normalisation inside both center networks. ``batch`` (statistics of the training slices, fixed
     once trained) keeps a token's features independent of the rest of its slice; ``instance`` (per
@@ -198,7 +200,9 @@ class CodecConfig(ConfigModel):
     """Epochs of the mask codec, at most ``train.epochs`` (unset: ``train.epochs``). Its learning rate
     follows its own cosine schedule over them, so fewer epochs anneal sooner rather than stop
     mid-schedule. 20 took 0.69 of the codec's time over nine fits without moving the mean Dice, but
-    cost the CT codec 0.03-0.07 of its ceiling (docs/results.md, "Fewer mask-codec epochs")."""
+    cost the CT codec 0.03-0.07 of its ceiling (docs/results.md, "Fewer mask-codec epochs"). A
+    federated round trains ``federation.local_epochs`` (set as ``train.epochs``), so there it only
+    lowers a larger number."""
     balance_classes: bool = True
     """Draw the mask codec's label maps so that each class, and "no foreground", is drawn about
     equally often (with ``mask_steps``), so a class on few slices is not left out of the code."""
@@ -218,6 +222,12 @@ class CodecConfig(ConfigModel):
     measured errors and Dice are in docs/results.md ("Server-side code augmentation")."""
     wire_dtype: WireDtype = "int8"
     """dtype of codes on the wire: ``float32``, ``float16`` or ``int8`` (codes are bounded in [-1, 1])."""
+
+    @property
+    def top_decoder_width(self) -> int:
+        """The mask decoder's full-resolution width: ``mask_decoder_width``, or half of ``width`` but
+        not below 8 (nor above ``width``)."""
+        return self.mask_decoder_width or min(self.width, max(self.width // 2, 8))
 
 
 class KeyConfig(ConfigModel):

@@ -155,25 +155,13 @@ def ceiling_by_class(center: Center, data: PreparedData, dtype: str) -> Summary:
     return score_test(center.decode_message(center.mask_message(data.test.masks, dtype)), data)
 
 
-def _settings_as_saved(cfg: ExperimentConfig, saved: dict) -> ExperimentConfig:
-    """``cfg`` with the center settings its ``saved`` config.json predates set as they were then, so
-    a run folder of an earlier version reloads into the networks it trained."""
-    codec = saved.get("codec", {})
-    then = []
-    if "norm" not in codec:
-        then.append("codec.norm=instance")
-    if "mask_decoder_width" not in codec:
-        then.append(f"codec.mask_decoder_width={cfg.codec.width}")
-    return cfg.override(then) if then else cfg
-
-
 def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[ExperimentConfig, Center]:
     """The center's own models of a finished run, with its config (the server's mapper not loaded), as
     served: inference copies of its networks (:meth:`Center.serving`)."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{run_dir} is not a Privacy-SF run folder (no config.json)")
-    cfg = _settings_as_saved(ExperimentConfig.load(config_path), json.loads(config_path.read_text()))
+    cfg = ExperimentConfig.load_run(config_path)
     if device_name:
         cfg = cfg.override([f"train.device={device_name}"])
     data_path = run_dir / "data.json"

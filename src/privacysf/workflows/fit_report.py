@@ -222,6 +222,12 @@ def _training_rows(metrics: dict) -> list[list[Cell]]:
     ]
 
 
+def _codec_epochs(cfg: ExperimentConfig) -> str:
+    """The mask codec's own cap on its epochs, where ``codec.mask_epochs`` sets a lower one."""
+    epochs = cfg.codec.mask_epochs
+    return f", the mask codec {epochs}" if epochs is not None and epochs < cfg.train.epochs else ""
+
+
 def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
     p = metrics["privacysf"]
     (
@@ -231,7 +237,8 @@ def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
             f"Image-encoder mode `{p['mode']}`, {cfg.data.size}² images, codes on a "
             f"{cfg.data.size // cfg.codec.downsample}² token grid ({cfg.codec.image_channels} values per "
             f"image token, {cfg.codec.mask_channels} per mask token, sent as {p['wire_dtype']}), "
-            f"at most {cfg.train.epochs} epochs per network (early stopping after {cfg.train.patience} "
+            f"at most {cfg.train.epochs} epochs per network{_codec_epochs(cfg)} (early stopping after "
+            f"{cfg.train.patience} "
             f"epoch(s) without a better validation score), seed {cfg.train.seed}. Split: "
             f"{metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
             "Config: `config.json`."
