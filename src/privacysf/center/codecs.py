@@ -193,9 +193,9 @@ def train_mask_codec(
 
 
 def _codec_training(cfg: ExperimentConfig) -> TrainConfig:
-    """``train`` with the mask codec's own number of epochs (``codec.mask_epochs``), if set."""
-    epochs = cfg.codec.mask_epochs
-    return cfg.train if epochs is None else cfg.train.updated(epochs=min(epochs, cfg.train.epochs))
+    """``train`` with the mask codec's own number of epochs (``codec.mask_epochs``), if lower."""
+    epochs = cfg.mask_codec_epochs
+    return cfg.train if epochs == cfg.train.epochs else cfg.train.updated(epochs=epochs)
 
 
 def equivariance_penalty(cfg: ExperimentConfig) -> EquivariancePenalty | None:

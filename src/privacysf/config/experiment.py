@@ -84,6 +84,11 @@ class ExperimentConfig(ConfigModel):
             raise ValueError("; ".join(problems))
         return self
 
+    @property
+    def mask_codec_epochs(self) -> int:
+        """Epochs the mask codec trains: ``codec.mask_epochs``, at most ``train.epochs``."""
+        return min(self.codec.mask_epochs or self.train.epochs, self.train.epochs)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain values (lists as tuples) that :meth:`from_dict` turns back into an equal config."""
         return self.model_dump()
@@ -95,25 +100,16 @@ class ExperimentConfig(ConfigModel):
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; pass an existing JSON or YAML file")
-        try:
-            text = path.read_text()
-            values = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
-        except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid JSON/YAML: {exc}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of sections")
-        return cls.from_dict(values)
+        return cls.from_dict(_sections(Path(path)))
 
     @classmethod
     def load_run(cls, path: str | Path) -> ExperimentConfig:
         """A run folder's saved ``config.json``, with the center settings it predates set as they were
         then, so a run of an earlier version reloads into the networks it trained (and is reported
         with them)."""
-        cfg = cls.load(path)
-        codec = json.loads(Path(path).read_text()).get("codec", {})
+        values = _sections(Path(path))
+        cfg = cls.from_dict(values)
+        codec = values.get("codec", {})
         then = []
         if "norm" not in codec:
             then.append("codec.norm=instance")
@@ -162,3 +158,17 @@ def shift_conflicts(cfg: ExperimentConfig) -> list[str]:
     if cfg.encryption.enabled and mapper.padding == "circular":
         problems.append("encryption.enabled evaluates zero-padded convolutions: leave mapper.padding=zeros")
     return problems
+
+
+def _sections(path: Path) -> dict:
+    """A JSON or YAML config file's mapping of sections, read once."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing JSON or YAML file")
+    try:
+        text = path.read_text()
+        values = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid JSON/YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return values

@@ -224,8 +224,8 @@ def _training_rows(metrics: dict) -> list[list[Cell]]:
 
 def _codec_epochs(cfg: ExperimentConfig) -> str:
     """The mask codec's own cap on its epochs, where ``codec.mask_epochs`` sets a lower one."""
-    epochs = cfg.codec.mask_epochs
-    return f", the mask codec {epochs}" if epochs is not None and epochs < cfg.train.epochs else ""
+    epochs = cfg.mask_codec_epochs
+    return f", the mask codec {epochs}" if epochs < cfg.train.epochs else ""
 
 
 def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
@@ -238,9 +238,8 @@ def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
             f"{cfg.data.size // cfg.codec.downsample}² token grid ({cfg.codec.image_channels} values per "
             f"image token, {cfg.codec.mask_channels} per mask token, sent as {p['wire_dtype']}), "
             f"at most {cfg.train.epochs} epochs per network{_codec_epochs(cfg)} (early stopping after "
-            f"{cfg.train.patience} "
-            f"epoch(s) without a better validation score), seed {cfg.train.seed}. Split: "
-            f"{metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
+            f"{cfg.train.patience} epoch(s) without a better validation score), seed {cfg.train.seed}. "
+            f"Split: {metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
             "Config: `config.json`."
         )
         .extend(scores_section(metrics))
