@@ -79,7 +79,10 @@ def test_config_values_are_checked_before_any_training(tmp_path):
         ("mapper.width=60", "mapper.width must be a multiple of 8"),
         ("codec.downsample=3", "codec.downsample must be 2, 4, 8"),
         ("codec.image_mode=magic", "codec.image_mode must be 'autoencoder', 'task' or 'private'"),
-        ("codec.wire_dtype=float64", "codec.wire_dtype must be 'float32', 'float16' or 'int8'"),
+        (
+            "codec.wire_dtype=float64",
+            "codec.wire_dtype must be 'float32', 'float16', 'int8', 'uint4' or 'uint2'",
+        ),
         ("data.val_fraction=0", "data.val_fraction must lie in (0, 1), 0 excluded"),
     ]:
         result = run_cli("fit", "--set", setting, "--out", str(tmp_path))

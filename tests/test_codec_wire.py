@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import privacysf.center.codecs as codecs
+import privacysf.center.image_encoder as image_encoder
 from privacysf.center.codecs import MaskCodec, build_image_encoder, token_grid, train_mask_codec
 from privacysf.center.keys import CenterKey
 from privacysf.center.pipeline import Center, guard_empty_masks, keyed_transform, mask_ceiling
@@ -14,7 +15,7 @@ from privacysf.common.torchutil import seed_everything
 from privacysf.config import ExperimentConfig
 from privacysf.data.prepare import prepare
 from privacysf.data.preprocess import SliceSet
-from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes
+from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes, finer_dtypes
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.exchange.wire import INT8_SCALE
 from privacysf.metrics import score_classes, segmentation_scores
@@ -44,6 +45,8 @@ def test_wire_rounding_gives_what_the_wire_gives_back_and_passes_gradients_strai
     rng = np.random.default_rng(0)
     values = rng.uniform(-1.2, 1.2, (40, 16, 4)).astype(np.float32)
     values[0, :, 0] = (np.arange(16) - 8 + 0.5) / INT8_SCALE  # halfway between two int8 steps
+    values[1, :, 0] = (np.arange(16) + 0.5) / 7.5 - 1  # ... between uint4 levels
+    values[2, :, 0] = (np.arange(16) % 4 + 0.5) / 1.5 - 1  # ... between uint2 levels
     code = torch.from_numpy(values).requires_grad_()
     for dtype in WIRE_DTYPES:
         sent = decode_codes(encode_codes(CodeBatch(values, (4, 4), "mask"), dtype)).tokens
@@ -85,7 +88,7 @@ def _empty_slices_with_foreground(center: Center, masks: np.ndarray, dtype: str)
 
 
 @pytest.mark.parametrize("key", [None, CenterKey(bytes(range(32)))], ids=["plain", "keyed"])
-def test_guarded_codec_decodes_every_empty_mask_empty_in_every_wire_dtype(trained, key):
+def test_guarded_codec_decodes_every_empty_mask_empty_in_its_wire_dtype_and_finer_ones(trained, key):
     cfg, data, _ = trained
     center = _center(trained, key)
     k = data.info.num_classes
@@ -94,7 +97,8 @@ def test_guarded_codec_decodes_every_empty_mask_empty_in_every_wire_dtype(traine
     labelled = data.val.masks[data.val.masks.reshape(len(data.val.masks), -1).max(axis=1) > 0]
     labelled_before = mask_ceiling(center, labelled, k)
     raised = guard_empty_masks(center)
-    for dtype in WIRE_DTYPES:
+    assert finer_dtypes("int8") == ("float32", "float16", "int8")
+    for dtype in finer_dtypes("int8"):
         assert _empty_slices_with_foreground(center, masks, dtype) == 0, (dtype, before)
     # only where the empty code decoded foreground is background raised, so labelled masks keep their Dice
     assert 0 < raised["pixels_raised"] < SIZE * SIZE / 4
@@ -102,6 +106,17 @@ def test_guarded_codec_decodes_every_empty_mask_empty_in_every_wire_dtype(traine
     ceilings = {dtype: mask_ceiling(center, data.test.masks, k, dtype) for dtype in WIRE_DTYPES}
     assert abs(ceilings["int8"] - ceilings["float32"]) < 0.01, ceilings
     assert guard_empty_masks(center)["pixels_raised"] == 0  # run again (as on loading): nothing to do
+
+
+def test_the_guard_covers_the_coarsest_dtype_when_the_center_sends_in_it(trained):
+    """A center configured for 2-bit codes guards them too (this int8-trained codec needs raises there)."""
+    cfg, data, _ = trained
+    center = replace(_center(trained), cfg=cfg.override(["codec.wire_dtype=uint2"]))
+    masks = np.concatenate([data.val.masks, data.test.masks])
+    assert _empty_slices_with_foreground(center, masks, "uint2") > 0
+    guard_empty_masks(center)
+    for dtype in WIRE_DTYPES:
+        assert _empty_slices_with_foreground(center, masks, dtype) == 0, dtype
 
 
 def test_guard_travels_with_the_codec_weights(trained):
@@ -135,6 +150,32 @@ def test_mask_codec_trains_and_validates_on_codes_rounded_to_the_wire_dtype(monk
     train_mask_codec(cfg, data.train, data.val, data.info.num_classes, CPU, None)
     assert seen["train"] and set(seen["train"]) == {"int8"}
     assert seen["validate"] and set(seen["validate"]) == {"int8"}
+
+
+def test_task_mode_trains_the_image_encoder_on_codes_as_they_travel(monkeypatch):
+    """The image code into the head, the mask code as target and the reply that is decoded: all three
+    rounded to the wire dtype, with gradients reaching the encoder through the rounding."""
+    cfg = ExperimentConfig().override([*SETTINGS, "codec.wire_dtype=uint2", "data.phantom_cases=6"])
+    data = prepare(cfg.data)
+    encoder = build_image_encoder(cfg.codec)
+    objective = image_encoder.TaskObjective(cfg, encoder, MaskCodec(data.info.num_classes, cfg.codec), CPU)
+    seen: list[tuple[int, str]] = []
+
+    def rounding(code, dtype):
+        seen.append((code.shape[-1], dtype))
+        return wire_rounding(code, dtype)
+
+    monkeypatch.setattr(image_encoder, "wire_rounding", rounding)
+    x, y = torch.from_numpy(data.train.images[:4]), torch.from_numpy(data.train.masks[:4])
+    objective.loss(x, y).backward()
+    image, mask = cfg.codec.image_channels, cfg.codec.mask_channels
+    assert sorted(seen) == sorted([(image, "uint2"), (mask, "uint2"), (mask, "uint2")])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters() if p.requires_grad)
+    with torch.no_grad():
+        predicted = objective._predict_code(x)
+    thirds = predicted.numpy() * 3  # the 2-bit levels are -1, -1/3, 1/3 and 1
+    assert np.allclose(thirds, np.round(thirds), atol=1e-5)
+    assert set(np.unique(np.round(thirds)).tolist()) <= {-3.0, -1.0, 1.0, 3.0}
 
 
 def test_report_gives_the_ceiling_per_class_and_wire_dtype_and_flags_absent_classes():

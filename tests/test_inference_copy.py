@@ -9,7 +9,7 @@ from torch import nn
 from privacysf.center.codecs import MaskCodec, build_image_encoder, token_grid
 from privacysf.center.pipeline import Center
 from privacysf.config import CodecConfig, ExperimentConfig
-from privacysf.exchange import WIRE_DTYPES
+from privacysf.exchange import finer_dtypes
 from privacysf.nets.inference import inference_copy
 
 SIZE = 64
@@ -90,5 +90,5 @@ def test_a_served_center_decodes_every_empty_mask_empty():
     assert _norms(served.mask_codec) == 0
     assert torch.equal(center.mask_codec.logit_offset, offset)  # the guard raised the copy's only
     empty = np.zeros((2, SIZE, SIZE), np.int64)
-    for dtype in WIRE_DTYPES:
+    for dtype in finer_dtypes(cfg.codec.wire_dtype):
         assert not served.decode_message(served.mask_message(empty, dtype)).any(), dtype

@@ -57,7 +57,7 @@ def test_reaches_dice_and_writes_a_complete_run(fitted):
     assert TOKENS * 4 < payload["up"] < TOKENS * 4 + 200
     assert TOKENS * 4 < payload["down"] < TOKENS * 4 + 200
     assert payload["total"] < p["raw_image_bytes"]
-    assert set(p["mask_codec_ceiling_by_wire_dtype"]) == {"float32", "float16", "int8"}
+    assert set(p["mask_codec_ceiling_by_wire_dtype"]) == {"float32", "float16", "int8", "uint4", "uint2"}
     for name in [
         "config.json",
         "metrics.json",

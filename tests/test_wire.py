@@ -15,16 +15,23 @@ def batch(n=3, grid=(4, 5), channels=6, seed=0):
 
 
 @pytest.mark.parametrize(
-    ("dtype", "tolerance", "itemsize"), [("float32", 0, 4), ("float16", 1e-3, 2), ("int8", 0.5 / 127, 1)]
+    ("dtype", "tolerance", "body_bytes"),
+    [
+        ("float32", 0, 1440),
+        ("float16", 1e-3, 720),
+        ("int8", 0.5 / 127, 360),
+        ("uint4", 1 / 15, 180),
+        ("uint2", 1 / 3, 90),
+    ],
 )
-def test_round_trip_and_size(dtype, tolerance, itemsize):
-    original = batch()
+def test_round_trip_and_size(dtype, tolerance, body_bytes):
+    original = batch()  # 3 x 20 x 6 = 360 values
     message = encode_codes(original, dtype)
     back = decode_codes(message, expect_kind="image", expect_tokens=(20, 6))
     assert back.grid == (4, 5) and back.kind == "image" and back.wire_dtype == dtype
     np.testing.assert_allclose(back.tokens, original.tokens, atol=tolerance + 1e-7)
     header_len = struct.unpack_from("<I", message, 6)[0]
-    assert len(message) == 10 + header_len + 3 * 20 * 6 * itemsize
+    assert len(message) == 10 + header_len + body_bytes
     header = json.loads(message[10 : 10 + header_len])
     assert header == {
         "version": FORMAT_VERSION,
@@ -152,3 +159,25 @@ def test_values_the_receiver_would_refuse_do_not_fit_the_wire(value, dtype, fits
     assert fits_wire(codes.tokens, dtype)
     codes.tokens[0, 0, 0] = value
     assert fits_wire(codes.tokens, dtype) is fits
+
+
+def test_packed_dtypes_send_evenly_spaced_levels_first_value_lowest_and_pad_with_zero_bits():
+    levels = np.array([-1, -1 / 3, 1 / 3, 1, 1, -1, 0.9], np.float32)  # 7 values: the last byte holds 3
+    message = encode_codes(CodeBatch(levels.reshape(1, 7, 1), (7, 1), "mask"), "uint2")
+    assert message[-2:] == bytes([0b11_10_01_00, 0b00_11_00_11])
+    np.testing.assert_allclose(
+        decode_codes(message).tokens.ravel(), [-1, -1 / 3, 1 / 3, 1, 1, -1, 1], atol=1e-7
+    )
+    with pytest.raises(WireFormatError, match="padding bits"):
+        decode_codes(message[:-1] + bytes([0b01_11_00_11]))
+    nibbles = encode_codes(
+        CodeBatch(np.array([[[-1.0], [1.0], [1 / 15]]], np.float32), (3, 1), "mask"), "uint4"
+    )
+    assert nibbles[-2:] == bytes([0xF0, 0x08])  # levels 0, 15, then 8 (1/15 is level 8 of 0..15)
+    assert decode_codes(nibbles).tokens.ravel().tolist() == [-1, 1, pytest.approx(1 / 15)]
+
+
+def test_an_int8_value_below_the_lowest_level_is_refused():
+    message = encode_codes(batch(1), "int8")
+    with pytest.raises(WireFormatError, match="level indices -127..127"):
+        decode_codes(message[:-1] + bytes([0x80]))  # -128: int8 codes span round(127 v) for v in [-1, 1]

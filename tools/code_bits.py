@@ -2,10 +2,11 @@
 
 Each run's test slices are sent as queries with the run's own networks as trained, and both codes
 of a query, the image code up and the mapper's mask code down, are rounded to ``n`` evenly spaced
-values in [-1, 1] (``n = 255`` is the int8 wire's grid). Nothing is retrained for the coarser
-rounding, so a value count that keeps the Dice here is one a codec trained through that rounding
-(as ``codec.wire_dtype`` trains them) should keep too. Bytes per 256² query assume ``ceil(log2 n)``
-bits per value, packed, plus the two headers; the wire today sends a whole byte per value (int8).
+values in [-1, 1] (``n = 255`` is the int8 wire's grid; 16 and 4 are the ``uint4`` and ``uint2``
+wire dtypes). Nothing is retrained for the coarser rounding, so a value count that keeps the Dice
+here is one a codec trained through that rounding (as ``codec.wire_dtype`` trains them) should keep
+too. Bytes per 256² query pack each value in the fewest of 1, 2, 4 or 8 bits that hold ``n`` levels,
+plus the two headers.
 
     PYTHONPATH=src .venv/bin/python tools/code_bits.py RUN [RUN ...] [--values 255 16 8 4 3]
 
@@ -15,7 +16,6 @@ Runs with a key, per-query shifts or encrypted queries are refused: this measure
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 from pathlib import Path
 
@@ -27,27 +27,36 @@ from privacysf.common.markdown import Markdown
 from privacysf.config import CodecConfig
 from privacysf.data.prepare import prepare
 from privacysf.errors import ConfigError
-from privacysf.exchange.wire import SCAN_ORDER, encode_header
+from privacysf.exchange.wire import SCAN_ORDER, WireValues, encode_header, evenly_spaced
 from privacysf.metrics.evaluation import dice_3d, score_test
 from privacysf.workflows.fit import reload
 
 QUERY_SIDE = 256
 
 
+def levels(values: int) -> WireValues:
+    """``values`` evenly spaced numbers spanning [-1, 1], packed at ``ceil(log2 values)`` bits, rounded
+    to the next width that packs whole into bytes (1, 2, 4 or 8); at 16 and 4 values, the ``uint4`` and
+    ``uint2`` wire dtypes."""
+    bits = next(b for b in (1, 2, 4, 8) if 2**b >= values)
+    return evenly_spaced(values, bits)
+
+
 def rounded(codes: np.ndarray, values: int) -> np.ndarray:
-    """``codes`` in [-1, 1] rounded to ``values`` evenly spaced numbers spanning [-1, 1]."""
-    steps = values - 1
-    return (np.clip(np.rint((codes + 1) / 2 * steps), 0, steps) / steps * 2 - 1).astype(np.float32)
+    """``codes`` as sent at ``values`` evenly spaced numbers."""
+    return levels(values).as_sent(torch.from_numpy(codes)).numpy()
 
 
 def query_bytes(values: int, codec: CodecConfig) -> int:
-    """Bytes both ways of a 256² query whose code values are packed at ``ceil(log2 values)`` bits,
-    with each message's prefix and header as the wire writes them."""
+    """Bytes both ways of a 256² query at ``values`` evenly spaced numbers, with each message's prefix
+    and header as the wire writes them."""
     side = QUERY_SIDE // codec.downsample
     total = 0
     for kind, channels in (("image", codec.image_channels), ("mask", codec.mask_channels)):
-        header = encode_header(kind, "int8", (1, side * side, channels), (side, side), SCAN_ORDER)
-        total += len(header) + math.ceil(side * side * channels * math.ceil(math.log2(values)) / 8)
+        packing = levels(values)
+        name = "int8" if packing.bits == 8 else f"uint{packing.bits}"  # a header of the same length
+        header = encode_header(kind, name, (1, side * side, channels), (side, side), SCAN_ORDER)
+        total += len(header) + packing.body_bytes(side * side * channels)
     return total
 
 

@@ -1,6 +1,6 @@
 """How much lossless coding would shrink a fitted run's messages: one query per test slice.
 
-Issue 17 asks for fewer bytes per query; entropy coding of the int8 tokens is one way that keeps Dice
+Issue 17 asks for fewer bytes per query; entropy coding of the tokens is one way that keeps Dice
 exactly. This measures it before any wire change: each test slice is sent as one query (image code
 up, the server's mask code down) and each message's values are compressed as they travel (token by
 token) and channel by channel, with zlib (level 9) and LZMA (preset 9e). Headers are counted as sent.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.data.prepare import prepare
-from privacysf.exchange.wire import WIRE_DTYPES, read_header
+from privacysf.exchange.wire import WIRE_DTYPES, decode_codes, read_header
 from privacysf.workflows.fit import reload
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
@@ -33,8 +33,8 @@ def coded_sizes(message: bytes) -> dict[str, int]:
     """Bytes of ``message`` as sent and with its values compressed in each layout."""
     header = read_header(message)
     body = message[header.body_offset :]
-    values = np.frombuffer(body, WIRE_DTYPES[header.dtype]).reshape(header.shape)
-    layouts = {"tokens": body, "channels": np.ascontiguousarray(values.transpose(0, 2, 1)).tobytes()}
+    by_channel = np.ascontiguousarray(decode_codes(message).tokens.transpose(0, 2, 1))
+    layouts = {"tokens": body, "channels": WIRE_DTYPES[header.dtype].to_bytes(by_channel)}
     sizes = {"sent": len(message)}
     for name, compress in COMPRESSORS.items():
         for layout, data in layouts.items():

@@ -33,6 +33,7 @@ from privacysf.benchmark.service_process import (
     codes,
     train_tiny_model,
 )
+from privacysf.config import WIRE_DTYPE_NAMES
 from privacysf.exchange.wire import FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES, PREFIX
 
 TARGETS = ("map", "upload", "jobs")
@@ -141,7 +142,7 @@ class WireFuzzer:
         return values[int(self.rng.integers(len(values)))]
 
     def codes(self, kind: str = "image", dtype: str | None = None) -> bytes:
-        dtype = dtype or self.pick(("float32", "float16", "int8"))
+        dtype = dtype or self.pick(WIRE_DTYPE_NAMES)
         n = int(self.rng.integers(1, 4))
         return codes(n, kind, self.channels, int(self.rng.integers(2**31)), self.grid, dtype)
 

@@ -30,6 +30,7 @@ from privacysf.config import ExperimentConfig
 from privacysf.data.loader import batched, slice_batches
 from privacysf.data.preprocess import SliceSet
 from privacysf.exchange import grid_to_tokens, tokens_to_grid
+from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import validation_dice
 from privacysf.nets.conv import ConvDecoder, ConvEncoder
 from privacysf.nets.mappers import build_task_head
@@ -62,7 +63,10 @@ class TaskObjective:
 
     The code keeps what segmentation needs and is free to drop the rest. The head is trained on the
     code MSE (what the server will optimise) plus the Dice-CE of the decoded mask through the frozen
-    mask decoder, so the code is shaped by segmentation quality, not only by code distance.
+    mask decoder, so the code is shaped by segmentation quality, not only by code distance. Codes go
+    through the wire's rounding (``codec.wire_dtype``, straight through) wherever they would travel:
+    the image code into the head, the mask code as its target and as the reply that is decoded, so a
+    coarse dtype (``uint2``) is learnt as sent, as the mask codec learns it.
     """
 
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
@@ -71,6 +75,7 @@ class TaskObjective:
         self.grid = token_grid(cfg.data.size, c)
         self.head = build_task_head(cfg.mapper, self.grid, c.image_channels, c.mask_channels).to(device)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.wire_dtype = c.wire_dtype
         for p in codec.parameters():
             p.requires_grad_(False)
         codec.eval()  # frozen: its batch norms use, and keep, the statistics of the codec's training
@@ -78,14 +83,17 @@ class TaskObjective:
     def modules(self) -> dict[str, nn.Module]:
         return {"task_head": self.head}
 
+    def _sent(self, tokens: torch.Tensor) -> torch.Tensor:
+        return wire_rounding(tokens, self.wire_dtype)
+
     def _predict_code(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(grid_to_tokens(self.encoder(x)))
+        return self._sent(self.head(self._sent(grid_to_tokens(self.encoder(x)))))
 
     def task_loss(self, code: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = grid_to_tokens(self.codec.encode(y))
-        predicted = self.head(grid_to_tokens(code))
-        logits = self.codec.decode(tokens_to_grid(predicted, self.grid))
+            target = self._sent(grid_to_tokens(self.codec.encode(y)))
+        predicted = self.head(self._sent(grid_to_tokens(code)))
+        logits = self.codec.decode(tokens_to_grid(self._sent(predicted), self.grid))
         return torch.nn.functional.mse_loss(predicted, target) + self.seg_loss(logits, y[:, None])
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

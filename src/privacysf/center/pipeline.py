@@ -22,6 +22,7 @@ from privacysf.center.codecs import (
     decode_masks,
     encode_images,
     encode_masks,
+    through_wire,
     token_grid,
     train_mask_codec,
 )
@@ -32,7 +33,7 @@ from privacysf.common.torchutil import load_checkpoint, save_checkpoint
 from privacysf.config import ExperimentConfig
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, WireFormatError
-from privacysf.exchange import WIRE_DTYPES, CodeBatch, decode_codes, encode_codes, tokens_to_grid
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes, finer_dtypes, tokens_to_grid
 from privacysf.exchange.encrypted import is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER, roll_tokens
 from privacysf.metrics import mean_dice
@@ -136,7 +137,12 @@ class Center:
 
     def query_message(self, images: np.ndarray, shifts: np.ndarray | None = None) -> bytes:
         """What a query sends the server: the image-code message (rolled by ``shifts`` when given), as
-        CKKS ciphertexts when this center encrypts its queries."""
+        CKKS ciphertexts when this center encrypts its queries.
+
+        Encrypted codes carry the values a plain message would: rounded to ``codec.wire_dtype``'s
+        levels, which is what the mapper learnt from, and the decrypted reply is rounded likewise
+        (:meth:`received_mask_tokens`), so an encrypted query differs from a plain one only by CKKS's
+        approximation."""
         tokens = encode_images(self.image_encoder, images, self.device)
         if self.encryption is None:
             return self._message(tokens, "image", None, shifts)
@@ -144,7 +150,8 @@ class Center:
             raise ConfigError(
                 "per-query shifts and encrypted queries do not combine (the config refuses both)"
             )
-        return self.encryption.encrypt(self._keyed(tokens, "image"), "image", self.scan)
+        sent = through_wire(self._keyed(tokens, "image"), self.grid, "image", self.cfg.codec.wire_dtype)
+        return self.encryption.encrypt(sent, "image", self.scan)
 
     def received_mask_tokens(self, message: bytes, shifts: np.ndarray | None = None) -> np.ndarray:
         """A mask-code message as the center's decoder reads it: checked, read (decrypted when it is
@@ -157,6 +164,7 @@ class Center:
                 raise WireFormatError(
                     f"encrypted reply of {tokens.shape[1:]} tokens, expected {self.mask_tokens}"
                 )
+            tokens = through_wire(tokens, self.grid, "mask", self.cfg.codec.wire_dtype)
         else:
             tokens = decode_codes(message, expect_kind="mask", expect_tokens=self.mask_tokens).tokens
         if shifts is not None:
@@ -250,9 +258,11 @@ def guard_empty_masks(center: Center) -> dict[str, float]:
     one code and each wire dtype turns that code into one message: decoding those messages, through
     the key when there is one, covers every empty mask exactly, not on average.
 
-    Guaranteed: an empty mask encoded by this center, sent in any wire dtype and decoded by this
-    center, is empty. Not guaranteed: a code the server's mapper predicts for an empty slice is not
-    that code, so a mapped prediction can still hold foreground.
+    Guaranteed: an empty mask encoded by this center, sent in its wire dtype (``codec.wire_dtype``) or
+    a finer one and decoded by this center, is empty. Coarser dtypes are left out: a codec trained
+    for int8 was never taught 2-bit codes, and guarding those would raise background where the
+    center's own dtype needs no raise. Not guaranteed: a code the server's mapper predicts for an
+    empty slice is not that code, so a mapped prediction can still hold foreground.
 
     The raise is made pixel by pixel and is the smallest that works (the foreground's lead over
     background there, plus :data:`EMPTY_MASK_SLACK`), so pixels where the empty code already decodes
@@ -267,7 +277,7 @@ def guard_empty_masks(center: Center) -> dict[str, float]:
     lead = torch.full((size, size), -torch.inf, device=center.device)
     codec.eval()
     with torch.no_grad():
-        for dtype in WIRE_DTYPES:
+        for dtype in finer_dtypes(center.cfg.codec.wire_dtype):
             tokens = center.received_mask_tokens(center.mask_message(empty, dtype))
             logits = codec.decode(tokens_to_grid(torch.from_numpy(tokens).to(center.device), center.grid))[0]
             lead = torch.maximum(lead, logits[1:].amax(dim=0) - logits[0])

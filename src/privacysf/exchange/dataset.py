@@ -145,7 +145,10 @@ def check_dataset_stream(stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES
             raise WireFormatError(f"the upload ends before {where}")
         raw = prefix + stream.read(header_length(prefix))
         header = read_header(raw, expect_kind=kind)
-        remaining, step = header.body_bytes, chunk_bytes - chunk_bytes % WIRE_DTYPES[header.dtype].itemsize
+        remaining, step = (
+            header.body_bytes,
+            chunk_bytes - chunk_bytes % WIRE_DTYPES[header.dtype].stored.itemsize,
+        )
         while remaining:
             wanted = min(step, remaining)
             chunk = stream.read(wanted)

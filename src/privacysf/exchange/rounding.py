@@ -13,19 +13,14 @@ from __future__ import annotations
 import torch
 
 from privacysf.errors import WireFormatError
-from privacysf.exchange.wire import INT8_SCALE, WIRE_DTYPES
+from privacysf.exchange.wire import WIRE_DTYPES
 
 
 def _as_sent(code: torch.Tensor, dtype: str) -> torch.Tensor:
     """``code`` (float32) after :func:`encode_codes` then :func:`decode_codes` in ``dtype``."""
     if dtype not in WIRE_DTYPES:
         raise WireFormatError(f"wire dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
-    code = code.float()
-    if WIRE_DTYPES[dtype].kind == "i":
-        # the wire clips to ±INT8_SCALE steps, so codes bounded in [-1, 1] use the whole range
-        return torch.clamp(torch.round(code * INT8_SCALE), -INT8_SCALE, INT8_SCALE) / INT8_SCALE
-    wire_type = getattr(torch, WIRE_DTYPES[dtype].name)
-    return code.to(wire_type).float()
+    return WIRE_DTYPES[dtype].as_sent(code.float())
 
 
 class _StraightThrough(torch.autograd.Function):

@@ -8,9 +8,12 @@ The header states everything needed to read the values back without guessing: ``
 mask code), ``dtype``, ``shape`` (N, L, C) = (codes, tokens, values per token), ``grid`` (h, w) with
 L = h·w, and ``scan``: the order in which grid cells became tokens, ``row-major`` or ``keyed`` (a
 secret permutation known only to the center, so the receiver must not assume any neighbourhood).
-``int8`` codes store round(127·v) of codes bounded in [-1, 1]. Anything that does not match (magic,
-version, sizes, dtype, NaN or infinite values) is refused with a :class:`WireFormatError` before it
-reaches a network.
+The values are the (N, L, C) numbers in C order. ``float32`` and ``float16`` store them as they are;
+the others store, for codes bounded in [-1, 1], the index of the nearest of evenly spaced levels
+(:class:`WireValues`): ``int8`` round(127·v) as a signed byte, ``uint4`` and ``uint2`` one of 16 or 4
+levels spanning [-1, 1] packed two or four to a byte, first value in the lowest bits, the last byte
+padded with zero bits. Anything that does not match (magic, version, sizes, dtype, NaN or infinite
+values, non-zero padding) is refused with a :class:`WireFormatError` before it reaches a network.
 
 Messages are self-delimiting, so several can travel back to back in one upload (a dataset is its
 train and validation image and mask codes); :func:`split_messages` cuts such a bundle apart.
@@ -23,6 +26,7 @@ import math
 import reprlib
 import struct
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -35,7 +39,6 @@ FORMAT_VERSION = 1
 SCAN_ORDER = "row-major"
 KEYED_SCAN = "keyed"
 SCAN_ORDERS = (SCAN_ORDER, KEYED_SCAN)
-WIRE_DTYPES = dict(zip(WIRE_DTYPE_NAMES, map(np.dtype, ("<f4", "<f2", "i1")), strict=True))
 INT8_SCALE = 127.0
 KINDS = ("image", "mask")
 PREFIX = struct.Struct("<4sHI")
@@ -45,6 +48,111 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_DIM = 2**31 - 1
 """The largest size a header may state for any dimension (a count of codes, tokens or values)."""
 HEADER_FIELDS = frozenset({"version", "kind", "dtype", "shape", "grid", "scan"})
+
+
+Codes = TypeVar("Codes", np.ndarray, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class WireValues:
+    """How one wire dtype stores a code number: as a float, or as the index of the nearest of evenly
+    spaced levels in [-1, 1], ``bits`` to an index.
+
+    A level's index is round((v + offset)·half), clipped to [low, high], and it reads back as
+    index / half − offset. ``int8`` (offset 0, half 127, ±127) is the symmetric grid with a level at 0
+    that the wire has always sent; the packed dtypes (offset 1, half (levels − 1)/2) put their few
+    levels at both ends of [-1, 1] and evenly between, as ``tools/code_bits.py`` measured them.
+    :func:`privacysf.exchange.rounding.wire_rounding` uses :meth:`levels` too, so training rounds
+    exactly as the wire does.
+    """
+
+    stored: np.dtype
+    """The numpy dtype of one stored number (of one byte of packed indices)."""
+    bits: int
+    half: float = 0.0
+    """Levels per unit of v (0: the number is stored as a float)."""
+    offset: float = 0.0
+    low: int = 0
+    high: int = 0
+
+    @property
+    def is_float(self) -> bool:
+        return not self.half
+
+    def body_bytes(self, count: int) -> int:
+        """Bytes that ``count`` numbers take on the wire."""
+        return -(-count * self.bits // 8)
+
+    def levels(self, code: Codes) -> Codes:
+        """The index of the level nearest each value of float32 ``code`` (a numpy array for the wire, a
+        tensor for training: one expression, so both round alike), as floats."""
+        return ((code + self.offset) * self.half).round().clip(self.low, self.high)
+
+    def as_sent(self, code: torch.Tensor) -> torch.Tensor:
+        """``code`` (float32) as the receiver reads it back."""
+        if self.is_float:
+            return code.to(getattr(torch, self.stored.name)).float()
+        return self.levels(code) / self.half - self.offset
+
+    def to_bytes(self, tokens: np.ndarray) -> bytes:
+        """The stored body of float32 ``tokens``."""
+        if self.is_float:
+            return tokens.astype(self.stored).tobytes()
+        index = self.levels(tokens).astype(self.stored).ravel()
+        if self.bits == 8:
+            return index.tobytes()
+        per_byte = 8 // self.bits
+        padded = np.zeros(-(-index.size // per_byte) * per_byte, np.uint8)
+        padded[: index.size] = index
+        shifts = np.arange(per_byte, dtype=np.uint8) * self.bits
+        return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).astype(np.uint8).tobytes()
+
+    def from_bytes(self, body: bytes | memoryview, count: int) -> np.ndarray:
+        """``count`` float32 numbers from a stored body of :meth:`body_bytes` bytes; padding bits that are
+        not zero, or an index past the top level, are refused."""
+        raw = np.frombuffer(body, dtype=self.stored)
+        if self.is_float:
+            return raw.astype(np.float32)
+        if self.bits == 8:
+            index = raw
+        else:
+            shifts = np.arange(8 // self.bits, dtype=np.uint8) * self.bits
+            unpacked = ((raw[:, None] >> shifts) & (2**self.bits - 1)).ravel()
+            if unpacked[count:].any():
+                raise WireFormatError("the padding bits after the last code value are not zero")
+            index = unpacked[:count]
+        if index.size and (index.min() < self.low or index.max() > self.high):
+            raise WireFormatError(f"code values must be level indices {self.low}..{self.high}")
+        return index.astype(np.float32) / np.float32(self.half) - np.float32(self.offset)
+
+
+def evenly_spaced(levels: int, bits: int) -> WireValues:
+    """``levels`` evenly spaced values spanning [-1, 1], each index stored in ``bits`` (1, 2, 4 or 8)."""
+    if 8 % bits or not 2 <= levels <= 2**bits:
+        raise ValueError(f"{levels} levels do not fit {bits}-bit indices packed whole into bytes")
+    top = levels - 1
+    return WireValues(np.dtype(np.uint8), bits, half=top / 2, offset=1.0, high=top)
+
+
+WIRE_DTYPES = dict(
+    zip(
+        WIRE_DTYPE_NAMES,
+        (
+            WireValues(np.dtype("<f4"), 32),
+            WireValues(np.dtype("<f2"), 16),
+            WireValues(np.dtype("i1"), 8, half=INT8_SCALE, low=-127, high=127),
+            evenly_spaced(16, 4),
+            evenly_spaced(4, 2),
+        ),
+        strict=True,
+    )
+)
+"""How each wire dtype stores a number, finest first."""
+
+
+def finer_dtypes(dtype: str) -> tuple[str, ...]:
+    """``dtype`` and every wire dtype that rounds codes less than it does."""
+    return WIRE_DTYPE_NAMES[: WIRE_DTYPE_NAMES.index(dtype) + 1]
 
 
 @dataclass
@@ -94,12 +202,9 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
     tokens = np.asarray(batch.tokens, dtype=np.float32)
     if tokens.ndim != 3 or tokens.shape[1] != batch.grid[0] * batch.grid[1]:
         raise WireFormatError(f"codes of shape {tokens.shape} do not fill a {batch.grid} token grid")
-    if dtype == "int8":
-        values = np.clip(np.rint(tokens * INT8_SCALE), -127, 127).astype(WIRE_DTYPES[dtype])
-    else:
-        values = tokens.astype(WIRE_DTYPES[dtype])
     n, length, channels = tokens.shape
-    return encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan) + values.tobytes()
+    header = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan)
+    return header + WIRE_DTYPES[dtype].to_bytes(tokens)
 
 
 def encode_header(
@@ -137,7 +242,7 @@ class Header:
 
     @property
     def body_bytes(self) -> int:
-        return math.prod(self.shape) * WIRE_DTYPES[self.dtype].itemsize
+        return WIRE_DTYPES[self.dtype].body_bytes(math.prod(self.shape))
 
 
 def _dims(value: object, count: int) -> tuple[int, ...] | None:
@@ -222,11 +327,12 @@ def _short(value: object) -> str:
 
 def fits_wire(tokens: np.ndarray, dtype: str) -> bool:
     """Whether ``tokens`` travel as ``dtype`` without NaN or infinity, which :func:`decode_codes` refuses
-    (float16 turns values past 65504 into infinity; int8 clips finite values)."""
-    if dtype == "int8":
+    (float16 turns values past 65504 into infinity; the level dtypes clip finite values)."""
+    values = WIRE_DTYPES[dtype]
+    if not values.is_float:
         return bool(np.isfinite(tokens).all())
     with np.errstate(over="ignore"):
-        return bool(np.isfinite(np.asarray(tokens).astype(WIRE_DTYPES[dtype])).all())
+        return bool(np.isfinite(np.asarray(tokens).astype(values.stored)).all())
 
 
 def decode_codes(
@@ -240,16 +346,15 @@ def decode_codes(
     if len(body) != header.body_bytes:
         raise WireFormatError(f"code body has {len(body)} bytes, its header announces {header.body_bytes}")
     check_finite(body, header.dtype)
-    values = np.frombuffer(body, dtype=WIRE_DTYPES[header.dtype]).reshape(header.shape).astype(np.float32)
-    if header.dtype == "int8":
-        values /= INT8_SCALE
+    values = WIRE_DTYPES[header.dtype].from_bytes(body, math.prod(header.shape)).reshape(header.shape)
     return CodeBatch(values, header.grid, header.kind, header.dtype, header.scan)
 
 
 def check_finite(values: bytes | memoryview, dtype: str) -> None:
-    """Refuse NaN or infinite values among raw wire ``values`` (any whole number of items; int8 holds
-    none)."""
-    if dtype != "int8" and not np.isfinite(np.frombuffer(values, dtype=WIRE_DTYPES[dtype])).all():
+    """Refuse NaN or infinite values among raw wire ``values`` (any whole number of items; the level
+    dtypes hold none)."""
+    stored = WIRE_DTYPES[dtype]
+    if stored.is_float and not np.isfinite(np.frombuffer(values, dtype=stored.stored)).all():
         raise WireFormatError("codes contain NaN or infinite values")
 
 
