@@ -135,3 +135,23 @@ def test_an_upload_cut_mid_value_is_refused_as_truncated(dtype):
         check_dataset_stream(io.BytesIO(payload))
     with pytest.raises(WireFormatError, match="truncated"):
         check_dataset_stream(io.BytesIO(payload), chunk_bytes=256)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "last_byte", "words"),
+    [
+        ("uint2", lambda b: b | 0b1100_0000, "padding bits"),  # 3 values: the top 2 bits pad
+        ("uint4", lambda b: b | 0xF0, "padding bits"),  # 3 values: the high nibble of the last byte pads
+        ("int8", lambda b: 0x80, r"level indices -127\.\.127"),  # -128: below round(127 v) for v = -1
+    ],
+)
+def test_the_streamed_check_refuses_what_the_decoder_refuses_in_level_dtypes(dtype, last_byte, words):
+    parts = [(2, "image"), (2, "mask"), (1, "image"), (1, "mask")]
+    good = b"".join(codes(n, kind, channels=1, grid=(1, 3), dtype=dtype) for n, kind in parts)
+    assert check_dataset_stream(io.BytesIO(good), chunk_bytes=256) == split_dataset(good).layout
+    bad = good[:-1] + bytes([last_byte(good[-1])])
+    with pytest.raises(WireFormatError, match=words):
+        split_dataset(bad)
+    for chunk_bytes in (256, 1):
+        with pytest.raises(WireFormatError, match=words):
+            check_dataset_stream(io.BytesIO(bad), chunk_bytes=chunk_bytes)

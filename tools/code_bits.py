@@ -80,8 +80,8 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--values", type=int, nargs="+", default=[255, 16, 8, 4, 3])
     args = parser.parse_args()
-    if any(v < 2 for v in args.values):
-        parser.error("--values must each be at least 2 (a code number needs two values to say anything)")
+    if any(not 2 <= v <= 256 for v in args.values):
+        parser.error("--values must each lie in 2..256 (two values say something; 256 fill a byte)")
     rows = []
     for run in args.runs:
         result = run_dice(run, args.values)

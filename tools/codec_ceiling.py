@@ -2,8 +2,8 @@
 
 It prepares a dataset as ``fit`` would (default settings and any ``--set``), trains only the mask
 codec on the train split (validation for early stopping) and scores the true masks of each split
-through the codec and the int8 wire. A codec trains in a fraction of a fit's time, so split rules
-(run it on each tree) and codec settings can be compared over several seeds.
+through the codec and the wire, in ``codec.wire_dtype``. A codec trains in a fraction of a fit's
+time, so split rules (run it on each tree) and codec settings can be compared over several seeds.
 
     .venv/bin/python tools/codec_ceiling.py icbm152-tissue --seeds 0 1 2
     .venv/bin/python tools/codec_ceiling.py totalseg-mr --seeds 0 --set codec.mask_steps=0
@@ -31,8 +31,8 @@ SMALL_PX = 30
 
 
 def per_class_ceiling(center: Center, test: SliceSet, class_names: list[str]) -> dict[str, dict]:
-    """Each class's int8 ceiling over the slices whose truth holds it, and over those with ≥ 30 px."""
-    decoded = center.decode_message(center.mask_message(test.masks, "int8"))
+    """Each class's ceiling over the slices whose truth holds it, and over those with ≥ 30 px."""
+    decoded = center.decode_message(center.mask_message(test.masks))
     scores = segmentation_scores(decoded, test.masks, len(class_names), test.spacing)
     out = {}
     for k, name in enumerate(class_names[1:], start=1):
@@ -72,12 +72,13 @@ def main() -> None:
             cfg, codec, build_image_encoder(cfg.codec), token_grid(cfg.data.size, cfg.codec), device
         )
         ceilings = {
-            name: round(mask_ceiling(center, part.masks, data.info.num_classes, "int8"), 4)
+            name: round(mask_ceiling(center, part.masks, data.info.num_classes), 4)
             for name, part in data.splits().items()
         }
         row = {
             "seed": seed,
-            "ceiling_int8": ceilings,
+            "wire_dtype": cfg.codec.wire_dtype,
+            "ceiling": ceilings,
             "test_per_class": per_class_ceiling(center, data.test, data.info.class_names),
             "slices": data.split["slices"],
         }

@@ -104,8 +104,9 @@ def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
         .table(timing, [[r[c] for c in timing] for r in rows], ["", *(".1f" for _ in timing[1:])])
         .paragraph(
             "Bytes of the same query: ciphertexts up and down (SEAL's compressed serialisation with "
-            "the message header), the plain int8 codes both ways, the uint8 image; the public "
-            "evaluation keys the server takes once per center, and the seconds to make them."
+            "the message header), the plain codes both ways in the run's wire dtype, the uint8 "
+            "image; the public evaluation keys the server takes once per center, and the seconds "
+            "to make them."
         )
         .table(sizes, [[r[c] for c in sizes] for r in rows], ["", "", "", "", "", "", "", ".1f", ".1f"])
     )

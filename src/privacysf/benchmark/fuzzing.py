@@ -235,7 +235,8 @@ class WireFuzzer:
     def upload(self) -> tuple[str, bytes]:
         """Four messages back to back (a dataset), one of them hostile, or the wrong number of them."""
         kinds = ["image", "mask", "image", "mask"]
-        parts = [self.codes(kind, "int8") for kind in kinds]
+        dtype = self.pick(WIRE_DTYPE_NAMES)  # the four parts of a dataset share one dtype
+        parts = [self.codes(kind, dtype) for kind in kinds]
         choice = int(self.rng.integers(4))
         if choice == 0:
             count = int(self.rng.integers(0, 7))
@@ -279,7 +280,7 @@ class WireFuzzer:
             target = TARGETS[index % len(TARGETS)]
             if target == "map":
                 case, body = self.hostile_message()
-                params = {"dtype": self.pick(("float16", "float32", "int8", "bfloat16", ""))}
+                params = {"dtype": self.pick((*WIRE_DTYPE_NAMES, "bfloat16", ""))}
                 yield FuzzRequest(target, case, body, params if self.rng.random() < 0.2 else {})
             elif target == "upload":
                 case, body = self.upload()

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from privacysf.exchange import CodeBatch, encode_codes, encode_header
+from privacysf.exchange import WIRE_DTYPES, CodeBatch, encode_codes, encode_header
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
 
@@ -67,7 +67,7 @@ def streamed_dataset(megabytes: float, channels: int = 64, dtype: str = "float16
     """A valid dataset of about ``megabytes`` MiB in pieces of at most 1 MiB (train : val = 7 : 1), made
     as it is sent so that the client never holds it. Float16 by default: the server checks every value
     for NaN and infinity (the values are zeros: the cost of the check does not depend on them)."""
-    code_bytes = GRID[0] * GRID[1] * channels * np.dtype(dtype).itemsize
+    code_bytes = WIRE_DTYPES[dtype].body_bytes(GRID[0] * GRID[1] * channels)
     count = max(4, round(megabytes * MiB / code_bytes))
     n_val = max(1, count // 16)
     n_train = (count - 2 * n_val) // 2

@@ -224,7 +224,8 @@ class CodecConfig(ConfigModel):
     wire_dtype: WireDtype = "uint4"
     """dtype of codes on the wire: ``float32``, ``float16``, or one of 255, 16 or 4 evenly spaced values
     in [-1, 1] (the codes' range): ``int8``, ``uint4`` and ``uint2``, the last two packed two and four
-    to a byte. Both center networks train through this rounding. ``uint4`` halves int8's bytes at no
+    to a byte. The mask codec, and in ``task`` and ``private`` modes the image encoder, train through
+    this rounding (an ``autoencoder`` encoder does not). ``uint4`` halves int8's bytes at no
     measured cost in Dice; ``uint2`` halves them again and cost 0.011 on average, up to 0.04 on
     icbm152-tissue (docs/results.md, "Packed 4- and 2-bit codes")."""
 

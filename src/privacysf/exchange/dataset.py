@@ -12,6 +12,7 @@ same header checks (:func:`~privacysf.exchange.wire.read_header`) and the same p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple, Protocol
@@ -23,7 +24,6 @@ from privacysf.exchange.wire import (
     PREFIX_BYTES,
     WIRE_DTYPES,
     CodeBatch,
-    check_finite,
     decode_codes,
     encode_codes,
     header_length,
@@ -145,10 +145,9 @@ def check_dataset_stream(stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES
             raise WireFormatError(f"the upload ends before {where}")
         raw = prefix + stream.read(header_length(prefix))
         header = read_header(raw, expect_kind=kind)
-        remaining, step = (
-            header.body_bytes,
-            chunk_bytes - chunk_bytes % WIRE_DTYPES[header.dtype].stored.itemsize,
-        )
+        values = WIRE_DTYPES[header.dtype]
+        remaining, left = header.body_bytes, math.prod(header.shape)
+        step = chunk_bytes - chunk_bytes % values.stored.itemsize
         while remaining:
             wanted = min(step, remaining)
             chunk = stream.read(wanted)
@@ -156,8 +155,9 @@ def check_dataset_stream(stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES
                 raise WireFormatError(
                     f"{where} is truncated: {remaining - len(chunk)} bytes of its codes are missing"
                 )
-            check_finite(chunk, header.dtype)
-            remaining -= len(chunk)
+            count = min(left, len(chunk) * 8 // values.bits)  # the last piece may end in padding
+            values.check(chunk, count)
+            remaining, left = remaining - len(chunk), left - count
         headers.append(header)
     if stream.read(1):
         raise WireFormatError(f"bytes follow the last of {len(DATASET_PARTS)} messages")

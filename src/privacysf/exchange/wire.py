@@ -107,12 +107,20 @@ class WireValues:
         shifts = np.arange(per_byte, dtype=np.uint8) * self.bits
         return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).astype(np.uint8).tobytes()
 
-    def from_bytes(self, body: bytes | memoryview, count: int) -> np.ndarray:
-        """``count`` float32 numbers from a stored body of :meth:`body_bytes` bytes; padding bits that are
-        not zero, or an index past the top level, are refused."""
+    def check(self, body: bytes | memoryview, count: int) -> None:
+        """Refuse what no sender writes into a body (or a whole-byte piece of one) of ``count`` numbers:
+        NaN or infinity in a float dtype, an index outside the levels, padding bits that are not zero.
+        A stream checks its values piece by piece with this; :meth:`from_bytes` checks the same."""
         raw = np.frombuffer(body, dtype=self.stored)
         if self.is_float:
-            return raw.astype(np.float32)
+            if not np.isfinite(raw).all():
+                raise WireFormatError("codes contain NaN or infinite values")
+            return
+        self._indices(raw, count)
+
+    def _indices(self, raw: np.ndarray, count: int) -> np.ndarray:
+        """The ``count`` level indices packed in ``raw``, refused unless each is a level and the padding
+        bits after the last are zero."""
         if self.bits == 8:
             index = raw
         else:
@@ -123,6 +131,16 @@ class WireValues:
             index = unpacked[:count]
         if index.size and (index.min() < self.low or index.max() > self.high):
             raise WireFormatError(f"code values must be level indices {self.low}..{self.high}")
+        return index
+
+    def from_bytes(self, body: bytes | memoryview, count: int) -> np.ndarray:
+        """``count`` float32 numbers from a stored body of :meth:`body_bytes` bytes, checked as
+        :meth:`check` does."""
+        raw = np.frombuffer(body, dtype=self.stored)
+        if self.is_float:
+            self.check(body, count)
+            return raw.astype(np.float32)
+        index = self._indices(raw, count)
         return index.astype(np.float32) / np.float32(self.half) - np.float32(self.offset)
 
 
@@ -345,17 +363,8 @@ def decode_codes(
     body = memoryview(payload)[header.body_offset :]
     if len(body) != header.body_bytes:
         raise WireFormatError(f"code body has {len(body)} bytes, its header announces {header.body_bytes}")
-    check_finite(body, header.dtype)
     values = WIRE_DTYPES[header.dtype].from_bytes(body, math.prod(header.shape)).reshape(header.shape)
     return CodeBatch(values, header.grid, header.kind, header.dtype, header.scan)
-
-
-def check_finite(values: bytes | memoryview, dtype: str) -> None:
-    """Refuse NaN or infinite values among raw wire ``values`` (any whole number of items; the level
-    dtypes hold none)."""
-    stored = WIRE_DTYPES[dtype]
-    if stored.is_float and not np.isfinite(np.frombuffer(values, dtype=stored.stored)).all():
-        raise WireFormatError("codes contain NaN or infinite values")
 
 
 def split_messages(payload: bytes, count: int) -> list[bytes]:

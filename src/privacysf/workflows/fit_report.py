@@ -143,8 +143,9 @@ def ceiling_section(metrics: dict) -> Markdown:
         section.paragraph(
             f"Empty-mask guard: the background logit was raised on {guard['pixels_raised']} pixel(s) "
             f"(largest raise {guard['largest_raise']:.3g}) so that an empty mask's own code decodes "
-            f"empty in every wire dtype; validation ceiling {guard['val_ceiling_before']:.3f} before, "
-            f"{guard['val_ceiling_after']:.3f} after. A mapped code for an empty slice is not covered."
+            f"empty in {p['wire_dtype']} and every finer wire dtype; validation ceiling "
+            f"{guard['val_ceiling_before']:.3f} before, {guard['val_ceiling_after']:.3f} after. "
+            "A mapped code for an empty slice is not covered."
         )
     return section
 
