@@ -83,6 +83,11 @@ class WireValues:
         """Bytes that ``count`` numbers take on the wire."""
         return -(-count * self.bits // 8)
 
+    @property
+    def _shifts(self) -> np.ndarray:
+        """Where each index of a packed byte starts, in bits: the first value in the lowest bits."""
+        return np.arange(8 // self.bits, dtype=np.uint8) * self.bits
+
     def levels(self, code: Codes) -> Codes:
         """The index of the level nearest each value of float32 ``code`` (a numpy array for the wire, a
         tensor for training: one expression, so both round alike), as floats."""
@@ -104,8 +109,8 @@ class WireValues:
         per_byte = 8 // self.bits
         padded = np.zeros(-(-index.size // per_byte) * per_byte, np.uint8)
         padded[: index.size] = index
-        shifts = np.arange(per_byte, dtype=np.uint8) * self.bits
-        return np.bitwise_or.reduce(padded.reshape(-1, per_byte) << shifts, axis=1).astype(np.uint8).tobytes()
+        packed = np.bitwise_or.reduce(padded.reshape(-1, per_byte) << self._shifts, axis=1)
+        return packed.astype(np.uint8).tobytes()
 
     def check(self, body: bytes | memoryview, count: int) -> None:
         """Refuse what no sender writes into a body (or a whole-byte piece of one) of ``count`` numbers:
@@ -124,8 +129,7 @@ class WireValues:
         if self.bits == 8:
             index = raw
         else:
-            shifts = np.arange(8 // self.bits, dtype=np.uint8) * self.bits
-            unpacked = ((raw[:, None] >> shifts) & (2**self.bits - 1)).ravel()
+            unpacked = ((raw[:, None] >> self._shifts) & (2**self.bits - 1)).ravel()
             if unpacked[count:].any():
                 raise WireFormatError("the padding bits after the last code value are not zero")
             index = unpacked[:count]
