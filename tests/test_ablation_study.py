@@ -36,8 +36,26 @@ def test_changes_are_paired_within_seeds():
     half = 4.3027 * 0.01 / math.sqrt(3)  # t(0.975, 2) · sd of (0.05, 0.06, 0.04) / √3
     assert rows["+flip"][4] == f"{0.05:.3f} [{0.05 - half:.3f}, {0.05 + half:.3f}]"
     assert rows["+flip"][3].startswith("0.650 [")  # the level's interval spans the splits' spread
-    assert rows["+flip"][5].startswith("0.033 [")  # U-Net ahead by 0.05, 0.04, 0.01
+    assert rows["+flip"][5] == rows["+flip"][4]  # one center: the reference is its own
+    assert rows["+flip"][6].startswith("0.033 [")  # U-Net ahead by 0.05, 0.04, 0.01
     assert rows["raw U-Net (image-space augmentation)"][3].startswith("0.683 [")
+
+
+def test_each_center_of_the_study_is_named_and_configured_with_the_reference_first():
+    study = AblationConfig(equivariance=(0.0, 1.0), padding=("zeros", "circular"))
+    centers = dict(study.centers())
+    assert list(centers) == ["0", "0, circular", "1", "1, circular"]  # zeros keep the old names
+    cfg = ExperimentConfig().override(centers["1, circular"])
+    assert (cfg.codec.equivariance, cfg.codec.padding) == (1.0, "circular")
+
+    summary = {"cells": [_cell(0, 0.50, 0.55, 0.60), _cell(1, 0.60, 0.66, 0.70)]}
+    for cell, circular in zip(summary["cells"], (0.58, 0.70), strict=True):
+        cell["centers"]["0, circular"] = {"none": {"dice_3d": circular}}
+    reference_circular = AblationConfig(padding=("circular", "zeros"), fractions=(0.25,))
+    rows = {(row[1], row[2]): row for row in ablation_rows(summary, reference_circular)}
+    assert rows[("0, circular", "none")][4].startswith("0.000")
+    assert rows[("0", "none")][4].startswith("-0.090")  # 0.50 - 0.58 and 0.60 - 0.70
+    assert rows[("0", "+flip")][5].startswith("0.055")  # within its own center: 0.05 and 0.06
 
 
 def test_the_study_keeps_the_configured_share_and_seed_unless_it_lists_its_own():

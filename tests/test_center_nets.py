@@ -93,3 +93,18 @@ def test_a_reloaded_batch_norm_run_segments_with_its_norms_folded(tmp_path):
     _, center = reload_center(tmp_path, "cpu")
     for net in (center.mask_codec, center.image_encoder):
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_a_reloaded_run_serves_its_encoders_with_the_padding_it_trained_with(tmp_path, padding):
+    """A run saved before ``codec.padding`` (zeros, no signature entry) reloads as it was; a circular
+    run keeps circular padding through the served copy's batch-norm folding."""
+    cfg = ExperimentConfig().override([f"codec.padding={padding}", "codec.width=8"])
+    _save_run(tmp_path, cfg, ("padding",) if padding == "zeros" else ())
+    loaded, center = reload_center(tmp_path, "cpu")
+    assert loaded.codec.padding == padding
+    for encoder in (center.image_encoder, center.mask_codec.encoder):
+        modes = {
+            m.padding_mode for m in encoder.modules() if isinstance(m, torch.nn.Conv2d) and any(m.padding)
+        }
+        assert modes == {padding}

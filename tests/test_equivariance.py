@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from privacysf.center.codecs import MaskCodec, equivariance_penalty
+from privacysf.center.codecs import MaskCodec, build_image_encoder, equivariance_penalty
 from privacysf.center.equivariance import EquivariancePenalty, equivariance_error, measure, transforms
 from privacysf.config import CodecConfig, DataConfig, ExperimentConfig
 from privacysf.data.prepare import prepare
@@ -61,6 +61,30 @@ def test_measure_reports_every_transform_with_the_codec_ceiling_first(slices):
     assert 0 <= rows[0].decoded_dice <= 1
     mix = next(r for r in rows if r.server_option == "mixup")
     assert mix.decoded_dice is None and mix.mask_relative > 1e-3  # tanh does not commute with mixing
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_circular_padding_makes_both_encoders_commute_with_whole_token_shifts(slices, padding):
+    """``codec.padding=circular``: the code of a cyclically shifted image (or mask) is the shifted code,
+    to float rounding, so the server's ``shift`` trains on true pairs. Zero padding misses it by
+    more than 1 % at the borders; so does circular padding if ``ConvEncoder`` stops setting it."""
+    torch.manual_seed(0)
+    cfg = CodecConfig(width=4, downsample=DOWNSAMPLE, padding=padding)
+    classes = int(slices.masks.max()) + 1
+    rows = measure(
+        build_image_encoder(cfg).eval(),
+        MaskCodec(classes, cfg).eval(),
+        slices.images,
+        slices.masks,
+        DOWNSAMPLE,
+    )
+    shifts = [r for r in rows if r.server_option == "shift"]
+    assert len(shifts) == 2
+    for row in shifts:
+        if padding == "circular":
+            assert row.image_relative < 1e-5 and row.mask_relative < 1e-5, row
+        else:
+            assert row.image_relative > 0.01 and row.mask_relative > 0.01, row
 
 
 def test_the_penalty_makes_an_encoder_commute_with_the_transforms(slices):

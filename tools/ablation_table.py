@@ -33,7 +33,7 @@ def pooled_studies(runs: list[Path]) -> list[tuple[dict, ExperimentConfig]]:
     for dataset, parts in by_dataset.items():
         first = parts[0][1].ablation
         for _, cfg in parts[1:]:
-            if (cfg.ablation.equivariance, cfg.ablation.policies) != (first.equivariance, first.policies):
+            if (cfg.ablation.centers(), cfg.ablation.policies) != (first.centers(), first.policies):
                 raise SystemExit(f"{dataset}: the runs compared different centers or policies")
         cells = sorted(
             (cell for summary, _ in parts for cell in summary["cells"]),

@@ -51,7 +51,9 @@ class MaskCodec(nn.Module):
     def __init__(self, num_classes: int, cfg: CodecConfig) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.encoder = ConvEncoder(num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm)
+        self.encoder = ConvEncoder(
+            num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding
+        )
         self.decoder = ConvDecoder(
             cfg.mask_channels, num_classes, cfg.width, cfg.downsample, cfg.norm, cfg.top_decoder_width
         )
@@ -88,7 +90,7 @@ def build_image_encoder(cfg: CodecConfig) -> ConvEncoder:
     Training, loading and the untrained networks of size/latency measurements all build it here, so a
     change of its shape reaches every one of them.
     """
-    return ConvEncoder(1, cfg.image_channels, cfg.width, cfg.downsample, cfg.norm)
+    return ConvEncoder(1, cfg.image_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding)
 
 
 def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
@@ -103,6 +105,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "mask_channels": c.mask_channels,
         "width": c.width,
         "norm": None if c.norm == "instance" else c.norm,  # checkpoints from before codec.norm: instance
+        "padding": None if c.padding == "zeros" else c.padding,  # from before codec.padding: zeros
         # checkpoints from before codec.mask_decoder_width decoded at full resolution with ``width``
         "mask_decoder_width": (
             None if part != "mask-codec" or c.top_decoder_width == c.width else c.top_decoder_width

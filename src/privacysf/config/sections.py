@@ -43,6 +43,7 @@ WIRE_DTYPE_NAMES = get_args(WireDtype)
 """Value types of codes on the wire, finest first (``privacysf.exchange.wire.WIRE_DTYPES`` says how
 each stores a code number)."""
 CodecNorm = Literal["batch", "instance"]
+CodecPadding = Literal["zeros", "circular"]
 ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "cutmix")
 """Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
 AUGMENTATIONS = (*ORDER_AUGMENTATIONS, "mixup", "token_dropout", "span_mask", "noise")
@@ -187,6 +188,12 @@ class CodecConfig(ConfigModel):
     training ones decode foreground in the air: on Colin27 seed 0, trained on middle slices and tested
     on the top ones, the mask codec's 3-D test ceiling was 0.81 with ``instance`` and 0.99 with
     ``batch``, and Privacy-SF's Dice 0.24 and 0.88 (``docs/results.md``)."""
+    padding: CodecPadding = "zeros"
+    """Border rule of both center encoders' convolutions. ``circular`` wraps them around the image, so
+    the code of an image shifted cyclically by whole tokens is exactly the shifted code, and the
+    server's ``augment.shift`` trains on true pairs (its error is 8-30 % with ``zeros``). The decoders
+    keep zeros: the server never transforms what they read back. docs/results.md ("Circular
+    padding") has what it changes."""
     code_noise: float = Field(0.1, ge=0)
     """Gaussian noise on mask codes while the codec trains, so its decoder tolerates mapping errors."""
     mask_steps: int = Field(12, ge=0)

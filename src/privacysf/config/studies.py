@@ -8,7 +8,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field, field_validator
 
 from privacysf.config.model import ConfigModel
-from privacysf.config.sections import AUGMENTATIONS, IMAGE_MODES, ImageMode
+from privacysf.config.sections import AUGMENTATIONS, IMAGE_MODES, CodecPadding, ImageMode
 
 CenterPartition = Literal["iid", "size-skew", "label-skew"]
 CENTER_PARTITIONS = get_args(CenterPartition)
@@ -102,7 +102,9 @@ class AblationConfig(ConfigModel):
     need at least two. Unset: ``data.seed`` and ``train.seed`` as configured, one cell."""
     equivariance: tuple[Annotated[float, Field(ge=0)], ...] = Field((0.0,), min_length=1)
     """``codec.equivariance`` weights of the centers compared; the first is the reference every Dice
-    change is measured against (with the "none" policy)."""
+    change is measured against (with the "none" policy and the first ``padding``)."""
+    padding: tuple[CodecPadding, ...] = Field(("zeros",), min_length=1)
+    """``codec.padding`` of the centers compared: one center per weight × padding (:meth:`centers`)."""
     compare_unet: bool = True
     """Also train the raw U-Net on each share and seed: the gap the augmentation should narrow."""
 
@@ -117,3 +119,17 @@ class AblationConfig(ConfigModel):
                     f"{', '.join(AUGMENTATIONS)} (join several with +)"
                 )
         return policies
+
+    def centers(self) -> list[tuple[str, list[str]]]:
+        """Each center compared, the reference first: its name in ``ablation.json`` and its overrides.
+
+        A zero-padded center is named by its weight alone ("0", "1"), as in studies made before
+        ``padding`` was an axis, so their tables still read."""
+        return [
+            (
+                f"{weight:g}" if padding == "zeros" else f"{weight:g}, {padding}",
+                [f"codec.equivariance={weight}", f"codec.padding={padding}"],
+            )
+            for weight in self.equivariance
+            for padding in self.padding
+        ]

@@ -1,8 +1,9 @@
 """``privacysf ablate``: does a server-side code augmentation help, on how much data, with which center?
 
 For each training share and seed (:class:`~privacysf.config.studies.AblationConfig`) one center is
-trained per equivariance weight, then the server's mapper is retrained on that center's codes with no
-augmentation, with each policy, and with the configured default set minus each member, so every row
+trained per equivariance weight and padding, then the server's mapper is retrained on that center's
+codes with no augmentation, with each policy, and with the configured default set minus each member,
+so every row
 differs from its reference in one switch; the raw U-Net trains on the same slices for the gap. Each
 cell is written to ``ablation.json`` as soon as it is scored, so a stopped study keeps what it has;
 ``ablation.md`` (:mod:`privacysf.workflows.ablation_table`) pairs every change within a seed.
@@ -95,13 +96,12 @@ def run_cell(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) ->
         "centers": {},
         "equivariance": {},
     }
-    for weight in cfg.ablation.equivariance:
-        print(f"  center, codec.equivariance={weight:g}", flush=True)
+    for name, overrides in cfg.ablation.centers():
+        print(f"  center, {', '.join(overrides)}", flush=True)
         seed_everything(cfg.train.seed, cfg.train.threads)
-        center_cfg = cfg.override([f"codec.equivariance={weight}"])
-        center_dir = folder / f"equivariance{weight:g}"
-        rows, errors = _center_rows(center_cfg, data, device, center_dir)
-        cell["centers"][f"{weight:g}"], cell["equivariance"][f"{weight:g}"] = rows, errors
+        center_dir = folder / ("equivariance" + name.replace(", ", "-"))
+        rows, errors = _center_rows(cfg.override(overrides), data, device, center_dir)
+        cell["centers"][name], cell["equivariance"][name] = rows, errors
     if cfg.ablation.compare_unet:
         seed_everything(cfg.train.seed, cfg.train.threads)
         unet, _ = train_unet(cfg, data, device, folder / "baseline" / "unet.pt")

@@ -3,7 +3,7 @@ seeds and its change against the reference, each with a 95 % Student-t interval 
 
 Changes are paired within a seed (same split, same center training, same test cases), so the
 interval is that of the per-seed differences, much narrower than the spread of Dice across splits.
-The reference of every change is the first center (``ablation.equivariance[0]``) with no
+The reference of every change is the first center (``AblationConfig.centers``) with no
 augmentation: the Privacy-SF a user gets without the study's settings.
 """
 
@@ -43,7 +43,7 @@ def _level(values: Sequence[float]) -> str:
 def ablation_rows(summary: dict, study: AblationConfig) -> list[list[str]]:
     """One row per share × center × policy (and one for the raw U-Net per share) over every seed the
     share has finished; changes and gaps are paired within each seed."""
-    reference_center = f"{study.equivariance[0]:g}"
+    reference_center = study.centers()[0][0]
     rows = []
     for share in dict.fromkeys(c["fraction"] for c in summary["cells"]):
         cells = [c for c in summary["cells"] if c["fraction"] == share]
@@ -52,15 +52,25 @@ def ablation_rows(summary: dict, study: AblationConfig) -> list[list[str]]:
         slices = sorted({c["train_slices"] for c in cells})
         label = f"{share:g} ({'-'.join(map(str, dict.fromkeys([slices[0], slices[-1]])))} slices)"
         for center in cells[0]["centers"]:
+            own = [c["centers"][center][REFERENCE_POLICY]["dice_3d"] for c in cells]
             for policy in cells[0]["centers"][center]:
                 dice = [c["centers"][center][policy]["dice_3d"] for c in cells]
                 change = [d - r for d, r in zip(dice, reference, strict=True)]
+                within = [d - r for d, r in zip(dice, own, strict=True)]
                 gap = [u - d for u, d in zip(unet, dice, strict=True)] if len(unet) == len(cells) else []
                 rows.append(
-                    [label, center, policy, _level(dice), _shown(change), _shown(gap) if gap else "–"]
+                    [
+                        label,
+                        center,
+                        policy,
+                        _level(dice),
+                        _shown(change),
+                        _shown(within),
+                        _shown(gap) if gap else "–",
+                    ]
                 )
         if len(unet) == len(cells):
-            rows.append([label, "–", "raw U-Net (image-space augmentation)", _level(unet), "–", "–"])
+            rows.append([label, "–", "raw U-Net (image-space augmentation)", _level(unet), "–", "–", "–"])
     return rows
 
 
@@ -94,12 +104,13 @@ def ablation_markdown(summary: dict, study: AblationConfig) -> str:
     )
     doc.paragraph(
         "3-D per-case foreground Dice on each seed's test cases: mean over seeds [95 % t-interval over "
-        "seeds]. Change: paired within each seed against the center with codec.equivariance="
-        f"{study.equivariance[0]:g} and no augmentation. Gap: raw U-Net minus this row, paired likewise "
-        "(positive: the U-Net is ahead)."
+        "seeds]. Centers are named by codec.equivariance and, where not zeros, codec.padding. Change: "
+        f"paired within each seed against center {study.centers()[0][0]} with no augmentation; within "
+        "center: against the same center with no augmentation (what the policy alone adds). Gap: raw "
+        "U-Net minus this row, paired likewise (positive: the U-Net is ahead)."
     )
     doc.table(
-        ["training share", "codec.equivariance", "policy", "3-D Dice", "change", "gap to raw U-Net"],
+        ["training share", "center", "policy", "3-D Dice", "change", "within center", "gap to raw U-Net"],
         ablation_rows(summary, study),
     )
     if errors := equivariance_rows(summary):
@@ -108,5 +119,5 @@ def ablation_markdown(summary: dict, study: AblationConfig) -> str:
             "‖T E(x)‖ for each transform T, mean over the cells above (worst cell in brackets). A "
             "policy teaches the server true pairs only where its transforms' errors are small."
         )
-        doc.table(["codec.equivariance", "transform", "server option", "image code", "mask code"], errors)
+        doc.table(["center", "transform", "server option", "image code", "mask code"], errors)
     return doc.text()
