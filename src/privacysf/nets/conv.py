@@ -18,6 +18,7 @@ of approximations whose error at the borders was 8-30 % (docs/results.md).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
@@ -39,7 +40,7 @@ class ConvEncoder(nn.Module):
         width: int,
         downsample: int,
         norm: str,
-        padding: str = "zeros",
+        padding: Literal["zeros", "circular"] = "zeros",
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
