@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from privacysf.config import AblationConfig, AugmentConfig, ExperimentConfig
+from privacysf.config import AblationConfig, AugmentConfig, CodecConfig, ExperimentConfig
 from privacysf.errors import ConfigError
 from privacysf.workflows.ablate import run_ablation, study_cells, variants
 from privacysf.workflows.ablation_table import ablation_rows, t_interval
@@ -29,9 +29,7 @@ def test_changes_are_paired_within_seeds():
     """Splits differ a lot (0.5 to 0.7) and the policy adds 0.04-0.06 on each: the paired interval
     must exclude 0, which an interval of the Dice levels alone could never show."""
     summary = {"cells": [_cell(0, 0.50, 0.55, 0.60), _cell(1, 0.60, 0.66, 0.70), _cell(2, 0.70, 0.74, 0.75)]}
-    rows = {
-        row[2]: row for row in ablation_rows(summary, AblationConfig(policies=("flip",), fractions=(0.25,)))
-    }
+    rows = {row[2]: row for row in ablation_rows(summary)}
     assert rows["none"][4] == "0.000 [0.000, 0.000]"
     half = 4.3027 * 0.01 / math.sqrt(3)  # t(0.975, 2) · sd of (0.05, 0.06, 0.04) / √3
     assert rows["+flip"][4] == f"{0.05:.3f} [{0.05 - half:.3f}, {0.05 + half:.3f}]"
@@ -43,16 +41,31 @@ def test_changes_are_paired_within_seeds():
 
 def test_each_center_of_the_study_is_named_and_configured_with_the_reference_first():
     study = AblationConfig(equivariance=(0.0, 1.0), padding=("zeros", "circular"))
-    centers = dict(study.centers())
+    centers = dict(study.centers(CodecConfig()))
     assert list(centers) == ["0", "0, circular", "1", "1, circular"]  # zeros keep the old names
     cfg = ExperimentConfig().override(centers["1, circular"])
     assert (cfg.codec.equivariance, cfg.codec.padding) == (1.0, "circular")
 
+
+def test_a_study_without_center_axes_trains_the_configured_center():
+    """Fails if an unset ``ablation.padding`` falls back to zeros: ``--set codec.padding=circular``
+    would then study zero-padded centers."""
+    cfg = ExperimentConfig().override(["codec.padding=circular", "codec.equivariance=0.5"])
+    [(name, overrides)] = cfg.ablation.centers(cfg.codec)
+    assert name == "0.5, circular"
+    assert cfg.override(overrides) == cfg
+
+
+def test_a_center_listed_twice_is_refused():
+    with pytest.raises(ConfigError, match="lists an entry twice"):
+        ExperimentConfig().override(["ablation.padding=[zeros, zeros]"])
+
+
+def test_changes_are_measured_against_the_first_center_trained():
     summary = {"cells": [_cell(0, 0.50, 0.55, 0.60), _cell(1, 0.60, 0.66, 0.70)]}
     for cell, circular in zip(summary["cells"], (0.58, 0.70), strict=True):
-        cell["centers"]["0, circular"] = {"none": {"dice_3d": circular}}
-    reference_circular = AblationConfig(padding=("circular", "zeros"), fractions=(0.25,))
-    rows = {(row[1], row[2]): row for row in ablation_rows(summary, reference_circular)}
+        cell["centers"] = {"0, circular": {"none": {"dice_3d": circular}}, **cell["centers"]}
+    rows = {(row[1], row[2]): row for row in ablation_rows(summary)}
     assert rows[("0, circular", "none")][4].startswith("0.000")
     assert rows[("0", "none")][4].startswith("-0.090")  # 0.50 - 0.58 and 0.60 - 0.70
     assert rows[("0", "+flip")][5].startswith("0.055")  # within its own center: 0.05 and 0.06

@@ -9,6 +9,7 @@ from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signat
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import CodecConfig, ExperimentConfig
+from privacysf.nets.conv import WrappedConv2d
 from privacysf.workflows.fit import reload_center
 
 SIZE = 128
@@ -108,3 +109,21 @@ def test_a_reloaded_run_serves_its_encoders_with_the_padding_it_trained_with(tmp
             m.padding_mode for m in encoder.modules() if isinstance(m, torch.nn.Conv2d) and any(m.padding)
         }
         assert modes == {padding}
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (3, 2), (5, 1)])
+def test_a_wrapped_convolution_is_torchs_circular_one_in_the_inputs_layout(kernel, stride):
+    """Values and gradients as torch's ``padding_mode="circular"``, and a channels-last input stays
+    channels-last (torch's own circular padding returns a contiguous tensor, the slow layout there)."""
+    torch.manual_seed(0)
+    reference = torch.nn.Conv2d(3, 4, kernel, stride, kernel // 2, padding_mode="circular")
+    wrapped = WrappedConv2d(torch.nn.Conv2d(3, 4, kernel, stride, kernel // 2))
+    wrapped.load_state_dict(reference.state_dict())
+    x = torch.rand(2, 3, 16, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out, expected = wrapped(x), reference(x)
+    torch.testing.assert_close(out, expected)
+    assert wrapped._wrapped(x).is_contiguous(memory_format=torch.channels_last)
+    grads = torch.autograd.grad(out.square().sum(), (x, wrapped.weight))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (x, reference.weight))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want)

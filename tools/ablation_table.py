@@ -31,9 +31,10 @@ def pooled_studies(runs: list[Path]) -> list[tuple[dict, ExperimentConfig]]:
         by_dataset[summary["dataset"]].append((summary, ExperimentConfig.load(run / "config.json")))
     studies = []
     for dataset, parts in by_dataset.items():
-        first = parts[0][1].ablation
+        first = parts[0][1]
         for _, cfg in parts[1:]:
-            if (cfg.ablation.centers(), cfg.ablation.policies) != (first.centers(), first.policies):
+            centers = (cfg.ablation.centers(cfg.codec), cfg.ablation.policies)
+            if centers != (first.ablation.centers(first.codec), first.ablation.policies):
                 raise SystemExit(f"{dataset}: the runs compared different centers or policies")
         cells = sorted(
             (cell for summary, _ in parts for cell in summary["cells"]),
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="ablate run folders (each with ablation.json)")
     parser.add_argument("--out", type=Path, help="also write the tables here")
     args = parser.parse_args()
-    text = "\n".join(ablation_markdown(summary, cfg.ablation) for summary, cfg in pooled_studies(args.runs))
+    text = "\n".join(ablation_markdown(summary) for summary, _ in pooled_studies(args.runs))
     print(text)
     if args.out:
         args.out.write_text(text)

@@ -41,13 +41,16 @@ def main() -> None:
         cfg, center = reload_center(run, "cpu")
         slices = getattr(prepare(cfg.data), args.split)
         penalty = f", equivariance {cfg.codec.equivariance:g}" if cfg.codec.equivariance else ""
-        label = f"{Path(cfg.data.dataset).name} s{cfg.data.seed}{penalty} ({len(slices.images)} slices)"
+        padding = f", {cfg.codec.padding} padding" if cfg.codec.padding != "zeros" else ""
+        label = (
+            f"{Path(cfg.data.dataset).name} s{cfg.data.seed}{penalty}{padding} ({len(slices.images)} slices)"
+        )
         for row in measure(
             center.image_encoder, center.mask_codec, slices.images, slices.masks, cfg.codec.downsample
         ):
             records.append(
                 {"run": run.name, "dataset": cfg.data.dataset, "seed": cfg.data.seed}
-                | {"equivariance": cfg.codec.equivariance}
+                | {"equivariance": cfg.codec.equivariance, "padding": cfg.codec.padding}
                 | asdict(row)
             )
             lines.append(

@@ -46,6 +46,7 @@ SETTINGS: dict[str, Setting] = {
     "narrow grid mapper": Setting(["mapper.grid_channels=[16,32,64,128]"]),
     "poly mapper": Setting(["mapper.kind=poly"]),
     "coarse grid": Setting(["codec.downsample=8", "codec.image_channels=3", "codec.mask_channels=3"]),
+    "circular padding": Setting(["codec.padding=circular"]),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
 convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
@@ -56,7 +57,9 @@ layout, the unet mapper at
 half the width on its three top levels (a quarter of their arithmetic; it lost 0.011 of 3-D Dice,
 docs/results.md "A narrower grid mapper"), the poly mapper (the one encrypted queries need; here on
 plain codes), and a coarser token grid (one token per 8×8
-pixels, 3 values per token: under 1/8 of a uint8 image per 256² query). The instance-norm and
+pixels, 3 values per token: under 1/8 of a uint8 image per 256² query), and encoders whose
+convolutions wrap around the image (``codec.padding=circular``, exact whole-token shifts). The
+instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""
 

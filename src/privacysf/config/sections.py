@@ -43,7 +43,8 @@ WIRE_DTYPE_NAMES = get_args(WireDtype)
 """Value types of codes on the wire, finest first (``privacysf.exchange.wire.WIRE_DTYPES`` says how
 each stores a code number)."""
 CodecNorm = Literal["batch", "instance"]
-CodecPadding = Literal["zeros", "circular"]
+Padding = Literal["zeros", "circular"]
+"""Border rules of convolutions: ``circular`` wraps around, so whole-token cyclic shifts commute."""
 ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "cutmix")
 """Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
 AUGMENTATIONS = (*ORDER_AUGMENTATIONS, "mixup", "token_dropout", "span_mask", "noise")
@@ -188,7 +189,7 @@ class CodecConfig(ConfigModel):
     training ones decode foreground in the air: on Colin27 seed 0, trained on middle slices and tested
     on the top ones, the mask codec's 3-D test ceiling was 0.81 with ``instance`` and 0.99 with
     ``batch``, and Privacy-SF's Dice 0.24 and 0.88 (``docs/results.md``)."""
-    padding: CodecPadding = "zeros"
+    padding: Padding = "zeros"
     """Border rule of both center encoders' convolutions. ``circular`` wraps them around the image, so
     the code of an image shifted cyclically by whole tokens is exactly the shifted code, and the
     server's ``augment.shift`` trains on true pairs (its error is 8-30 % with ``zeros``). The decoders
@@ -304,7 +305,7 @@ class MapperConfig(ConfigModel):
     the one above. Multiples of 8 (GroupNorm in groups of 8). With ``(16, 32, 64, 128)`` a 256² query
     took 0.8 of the default's time (its map 0.4-0.6), within the raw U-Net's, but lost 0.011 of 3-D
     Dice over nine paired fits (docs/results.md, "A narrower grid mapper")."""
-    padding: Literal["zeros", "circular"] = "zeros"
+    padding: Padding = "zeros"
     """How the poly mapper's convolutions pad the token grid (``kind=poly`` only): ``circular`` makes it
     commute exactly with whole-token cyclic shifts (``key.per_query_shift``)."""
     poly_width: int = Field(32, ge=1)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field, field_validator
 
 from privacysf.config.model import ConfigModel
-from privacysf.config.sections import AUGMENTATIONS, IMAGE_MODES, CodecPadding, ImageMode
+from privacysf.config.sections import AUGMENTATIONS, IMAGE_MODES, CodecConfig, ImageMode, Padding
 
 CenterPartition = Literal["iid", "size-skew", "label-skew"]
 CENTER_PARTITIONS = get_args(CenterPartition)
@@ -87,9 +87,10 @@ class AblationConfig(ConfigModel):
     """The augmentation study (``privacysf ablate``): policies × centers × training shares × seeds.
 
     For each training share and seed (one split, ``data.seed`` = ``train.seed``), one center is
-    trained per equivariance weight, the server's mapper is retrained on its codes once per policy,
-    and the raw U-Net (with its own image-space augmentation, ``train.augment``) is trained on the same
-    slices. Every Dice change is paired within a seed, so the intervals are over seeds.
+    trained per equivariance weight and padding (:meth:`centers`), the server's mapper is retrained on
+    its codes once per policy, and the raw U-Net (with its own image-space augmentation,
+    ``train.augment``) is trained on the same slices. Every Dice change is paired within a seed, so
+    the intervals are over seeds.
     """
 
     policies: tuple[str, ...] = Field(AUGMENTATIONS, min_length=1)
@@ -100,11 +101,13 @@ class AblationConfig(ConfigModel):
     seeds: tuple[Annotated[int, Field(ge=0)], ...] | None = Field(None, min_length=1)
     """Each one split and one training of everything (``data.seed`` and ``train.seed``); intervals
     need at least two. Unset: ``data.seed`` and ``train.seed`` as configured, one cell."""
-    equivariance: tuple[Annotated[float, Field(ge=0)], ...] = Field((0.0,), min_length=1)
+    equivariance: tuple[Annotated[float, Field(ge=0)], ...] | None = Field(None, min_length=1)
     """``codec.equivariance`` weights of the centers compared; the first is the reference every Dice
-    change is measured against (with the "none" policy and the first ``padding``)."""
-    padding: tuple[CodecPadding, ...] = Field(("zeros",), min_length=1)
-    """``codec.padding`` of the centers compared: one center per weight × padding (:meth:`centers`)."""
+    change is measured against (with the "none" policy and the first ``padding``). Unset: the
+    configured ``codec.equivariance`` alone."""
+    padding: tuple[Padding, ...] | None = Field(None, min_length=1)
+    """``codec.padding`` of the centers compared, one center per weight × padding (:meth:`centers`).
+    Unset: the configured ``codec.padding`` alone."""
     compare_unet: bool = True
     """Also train the raw U-Net on each share and seed: the gap the augmentation should narrow."""
 
@@ -120,8 +123,18 @@ class AblationConfig(ConfigModel):
                 )
         return policies
 
-    def centers(self) -> list[tuple[str, list[str]]]:
+    @field_validator("equivariance", "padding")
+    @classmethod
+    def _each_center_once(cls, values: tuple | None) -> tuple | None:
+        """A repeated entry would train the same center twice, the second's scores over the first's."""
+        if values is not None and len(set(values)) < len(values):
+            raise ValueError(f"{list(values)} lists an entry twice; list each center's setting once")
+        return values
+
+    def centers(self, codec: CodecConfig) -> list[tuple[str, list[str]]]:
         """Each center compared, the reference first: its name in ``ablation.json`` and its overrides.
+        An unset axis keeps ``codec``'s value, so ``--set codec.padding=circular`` is what a study
+        without ``ablation.padding`` trains.
 
         A zero-padded center is named by its weight alone ("0", "1"), as in studies made before
         ``padding`` was an axis, so their tables still read."""
@@ -130,6 +143,6 @@ class AblationConfig(ConfigModel):
                 f"{weight:g}" if padding == "zeros" else f"{weight:g}, {padding}",
                 [f"codec.equivariance={weight}", f"codec.padding={padding}"],
             )
-            for weight in self.equivariance
-            for padding in self.padding
+            for weight in self.equivariance or (codec.equivariance,)
+            for padding in self.padding or (codec.padding,)
         ]

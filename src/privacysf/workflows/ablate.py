@@ -3,9 +3,9 @@
 For each training share and seed (:class:`~privacysf.config.studies.AblationConfig`) one center is
 trained per equivariance weight and padding, then the server's mapper is retrained on that center's
 codes with no augmentation, with each policy, and with the configured default set minus each member,
-so every row
-differs from its reference in one switch; the raw U-Net trains on the same slices for the gap. Each
-cell is written to ``ablation.json`` as soon as it is scored, so a stopped study keeps what it has;
+so every row differs from its reference in one switch; the raw U-Net trains on the same slices for
+the gap. Each cell is written to ``ablation.json`` as soon as it is scored, so a stopped study keeps
+what it has;
 ``ablation.md`` (:mod:`privacysf.workflows.ablation_table`) pairs every change within a seed.
 """
 
@@ -96,7 +96,7 @@ def run_cell(cfg: ExperimentConfig, data: PreparedData, device, folder: Path) ->
         "centers": {},
         "equivariance": {},
     }
-    for name, overrides in cfg.ablation.centers():
+    for name, overrides in cfg.ablation.centers(cfg.codec):
         print(f"  center, {', '.join(overrides)}", flush=True)
         seed_everything(cfg.train.seed, cfg.train.threads)
         center_dir = folder / ("equivariance" + name.replace(", ", "-"))
@@ -120,7 +120,6 @@ def study_cells(cfg: ExperimentConfig) -> list[ExperimentConfig]:
 
 def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
     """Every training share × seed in turn; returns the run folder and ``ablation.json``'s content."""
-    study = cfg.ablation
     cells = study_cells(cfg)
     session = open_run(cells[0], "ablation")  # config.json: the first cell's, the study section whole
     device, first, run_dir = session.device, session.data, session.run_dir
@@ -132,5 +131,5 @@ def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
         folder = run_dir / "cells" / f"share{share:g}-seed{seed}"
         summary["cells"].append(run_cell(cell_cfg, data, device, folder))
         write_json(run_dir / "ablation.json", summary)
-        write_text(run_dir / "ablation.md", ablation_markdown(summary, study))
+        write_text(run_dir / "ablation.md", ablation_markdown(summary))
     return run_dir, summary

@@ -3,8 +3,8 @@ seeds and its change against the reference, each with a 95 % Student-t interval 
 
 Changes are paired within a seed (same split, same center training, same test cases), so the
 interval is that of the per-seed differences, much narrower than the spread of Dice across splits.
-The reference of every change is the first center (``AblationConfig.centers``) with no
-augmentation: the Privacy-SF a user gets without the study's settings.
+The reference of every change is the first center the study trained (``AblationConfig.centers``)
+with no augmentation: the Privacy-SF a user gets without the study's settings.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 from scipy import stats
 
 from privacysf.common.markdown import Markdown, interval
-from privacysf.config import AblationConfig
 
 REFERENCE_POLICY = "none"
 
@@ -40,10 +39,10 @@ def _level(values: Sequence[float]) -> str:
     return _shown(values).removeprefix("+")
 
 
-def ablation_rows(summary: dict, study: AblationConfig) -> list[list[str]]:
+def ablation_rows(summary: dict) -> list[list[str]]:
     """One row per share × center × policy (and one for the raw U-Net per share) over every seed the
     share has finished; changes and gaps are paired within each seed."""
-    reference_center = study.centers()[0][0]
+    reference_center = next(iter(summary["cells"][0]["centers"]))  # the study trains it first
     rows = []
     for share in dict.fromkeys(c["fraction"] for c in summary["cells"]):
         cells = [c for c in summary["cells"] if c["fraction"] == share]
@@ -95,7 +94,7 @@ def equivariance_rows(summary: dict) -> list[list[str]]:
     return rows
 
 
-def ablation_markdown(summary: dict, study: AblationConfig) -> str:
+def ablation_markdown(summary: dict) -> str:
     seeds = sorted({c["seed"] for c in summary["cells"]})
     doc = Markdown().heading(
         f"Augmentation study on {summary['dataset']} ({summary['mode']} mode), seeds "
@@ -105,13 +104,14 @@ def ablation_markdown(summary: dict, study: AblationConfig) -> str:
     doc.paragraph(
         "3-D per-case foreground Dice on each seed's test cases: mean over seeds [95 % t-interval over "
         "seeds]. Centers are named by codec.equivariance and, where not zeros, codec.padding. Change: "
-        f"paired within each seed against center {study.centers()[0][0]} with no augmentation; within "
+        f"paired within each seed against center {next(iter(summary['cells'][0]['centers']))} with no "
+        "augmentation; within "
         "center: against the same center with no augmentation (what the policy alone adds). Gap: raw "
         "U-Net minus this row, paired likewise (positive: the U-Net is ahead)."
     )
     doc.table(
         ["training share", "center", "policy", "3-D Dice", "change", "within center", "gap to raw U-Net"],
-        ablation_rows(summary, study),
+        ablation_rows(summary),
     )
     if errors := equivariance_rows(summary):
         doc.paragraph(
