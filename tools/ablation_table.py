@@ -3,7 +3,7 @@
 A study split into runs (one seed each, so two can share a machine) is read back as one: the cells
 of every run of a dataset are pooled, sorted by training share and seed, and tabulated by
 :func:`privacysf.workflows.ablation_table.ablation_markdown`. The runs of one dataset must have
-compared the same centers and policies.
+compared the same centers and policies, or share the one center ``--center`` names.
 
     .venv/bin/python tools/ablation_table.py runs/*-ablation-* --out docs/benchmarks/augmentation.md
 """
@@ -20,21 +20,38 @@ from privacysf.config import ExperimentConfig
 from privacysf.workflows.ablation_table import ablation_markdown
 
 
-def pooled_studies(runs: list[Path]) -> list[tuple[dict, ExperimentConfig]]:
-    """(pooled summary, config of its first run) per dataset, in the order datasets first appear."""
+def _only(cell: dict, center: str, run: Path) -> dict:
+    """``cell`` with ``center``'s rows and errors alone."""
+    if center not in cell["centers"]:
+        raise SystemExit(f"{run}: no center {center!r} (it has {', '.join(cell['centers'])})")
+    return {
+        **cell,
+        "centers": {center: cell["centers"][center]},
+        "equivariance": {center: cell.get("equivariance", {}).get(center, [])},
+    }
+
+
+def pooled_studies(runs: list[Path], center: str | None = None) -> list[tuple[dict, ExperimentConfig]]:
+    """(pooled summary, config of its first run) per dataset, in the order datasets first appear.
+
+    With ``center``, each run keeps that center alone, so runs that trained other centers beside it
+    (a study extended later by more seeds of one center) pool on what they share."""
     by_dataset: dict[str, list[tuple[dict, ExperimentConfig]]] = defaultdict(list)
     for run in runs:
         if not (run / "ablation.json").is_file():
             print(f"{run}: no ablation.json (no cell finished yet), left out", file=sys.stderr)
             continue
         summary = json.loads((run / "ablation.json").read_text())
+        if center is not None:
+            summary["cells"] = [_only(cell, center, run) for cell in summary["cells"]]
         by_dataset[summary["dataset"]].append((summary, ExperimentConfig.load(run / "config.json")))
     studies = []
     for dataset, parts in by_dataset.items():
         first = parts[0][1]
         for _, cfg in parts[1:]:
-            centers = (cfg.ablation.centers(cfg.codec), cfg.ablation.policies)
-            if centers != (first.ablation.centers(first.codec), first.ablation.policies):
+            if cfg.ablation.policies != first.ablation.policies or (
+                center is None and cfg.ablation.centers(cfg.codec) != first.ablation.centers(first.codec)
+            ):
                 raise SystemExit(f"{dataset}: the runs compared different centers or policies")
         cells = sorted(
             (cell for summary, _ in parts for cell in summary["cells"]),
@@ -48,8 +65,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="ablate run folders (each with ablation.json)")
     parser.add_argument("--out", type=Path, help="also write the tables here")
+    parser.add_argument(
+        "--center", help="pool this center alone (a name in ablation.json, e.g. '0, circular')"
+    )
     args = parser.parse_args()
-    text = "\n".join(ablation_markdown(summary) for summary, _ in pooled_studies(args.runs))
+    studies = pooled_studies(args.runs, args.center)
+    text = "\n".join(ablation_markdown(summary) for summary, _ in studies)
     print(text)
     if args.out:
         args.out.write_text(text)
