@@ -18,14 +18,14 @@ exactly the cyclically shifted code: the server's ``shift`` augmentation then tr
 from __future__ import annotations
 
 import math
-from typing import Literal, cast
+from typing import cast
 
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 from torch.nn import functional
 
-Padding = Literal["zeros", "circular"]
+from privacysf.config.sections import Padding
 
 
 def _stages(downsample: int) -> int:
@@ -57,7 +57,6 @@ class WrappedConv2d(nn.Conv2d):
             padding_mode="circular",
         )
         self.load_state_dict(conv.state_dict())
-        self.wrap = cast(pair, conv.padding)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return functional.conv2d(self._wrapped(x), weight, bias, self.stride, 0, self.dilation, self.groups)
@@ -65,13 +64,13 @@ class WrappedConv2d(nn.Conv2d):
     def _wrapped(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with its last ``rows``/``columns`` copied before its first and its first after its
         last, in one tensor of ``x``'s layout (half the time of two concatenations)."""
-        (rows, columns), (n, c, h, w) = self.wrap, x.shape
-        layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else None
+        (rows, columns), (n, c, h, w) = cast(tuple[int, int], self.padding), x.shape
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
         out = torch.empty(
             (n, c, h + 2 * rows, w + 2 * columns),
             dtype=x.dtype,
             device=x.device,
-            memory_format=layout or torch.contiguous_format,
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         )
         out[..., rows : rows + h, columns : columns + w] = x
         out[..., rows : rows + h, :columns] = x[..., w - columns :]

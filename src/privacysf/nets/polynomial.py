@@ -15,10 +15,10 @@ exactly what the center does after decrypting.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import nn
+
+from privacysf.config.sections import Padding
 
 
 class PolynomialMapper(nn.Module):
@@ -37,7 +37,7 @@ class PolynomialMapper(nn.Module):
         grid: tuple[int, int],
         width: int = 32,
         kernel: int = 3,
-        padding: Literal["zeros", "circular"] = "zeros",
+        padding: Padding = "zeros",
     ) -> None:
         super().__init__()
         self.grid = grid

@@ -5,8 +5,8 @@ trained per equivariance weight and padding, then the server's mapper is retrain
 codes with no augmentation, with each policy, and with the configured default set minus each member,
 so every row differs from its reference in one switch; the raw U-Net trains on the same slices for
 the gap. Each cell is written to ``ablation.json`` as soon as it is scored, so a stopped study keeps
-what it has;
-``ablation.md`` (:mod:`privacysf.workflows.ablation_table`) pairs every change within a seed.
+what it has; ``ablation.md`` (:mod:`privacysf.workflows.ablation_table`) pairs every change within a
+seed.
 """
 
 from __future__ import annotations

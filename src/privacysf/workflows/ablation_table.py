@@ -39,14 +39,19 @@ def _level(values: Sequence[float]) -> str:
     return _shown(values).removeprefix("+")
 
 
+def reference_center(summary: dict) -> str:
+    """The center every change is measured against: the first the study trained (JSON keeps order)."""
+    return next(iter(summary["cells"][0]["centers"]))
+
+
 def ablation_rows(summary: dict) -> list[list[str]]:
     """One row per share × center × policy (and one for the raw U-Net per share) over every seed the
     share has finished; changes and gaps are paired within each seed."""
-    reference_center = next(iter(summary["cells"][0]["centers"]))  # the study trains it first
+    reference_name = reference_center(summary)
     rows = []
     for share in dict.fromkeys(c["fraction"] for c in summary["cells"]):
         cells = [c for c in summary["cells"] if c["fraction"] == share]
-        reference = [c["centers"][reference_center][REFERENCE_POLICY]["dice_3d"] for c in cells]
+        reference = [c["centers"][reference_name][REFERENCE_POLICY]["dice_3d"] for c in cells]
         unet = [c["unet"]["dice_3d"] for c in cells if "unet" in c]
         slices = sorted({c["train_slices"] for c in cells})
         label = f"{share:g} ({'-'.join(map(str, dict.fromkeys([slices[0], slices[-1]])))} slices)"
@@ -104,10 +109,9 @@ def ablation_markdown(summary: dict) -> str:
     doc.paragraph(
         "3-D per-case foreground Dice on each seed's test cases: mean over seeds [95 % t-interval over "
         "seeds]. Centers are named by codec.equivariance and, where not zeros, codec.padding. Change: "
-        f"paired within each seed against center {next(iter(summary['cells'][0]['centers']))} with no "
-        "augmentation; within "
-        "center: against the same center with no augmentation (what the policy alone adds). Gap: raw "
-        "U-Net minus this row, paired likewise (positive: the U-Net is ahead)."
+        f"paired within each seed against center {reference_center(summary)} with no augmentation; "
+        "within center: against the same center with no augmentation (what the policy alone adds). "
+        "Gap: raw U-Net minus this row, paired likewise (positive: the U-Net is ahead)."
     )
     doc.table(
         ["training share", "center", "policy", "3-D Dice", "change", "within center", "gap to raw U-Net"],
