@@ -121,3 +121,19 @@ def test_a_trained_or_loaded_mapper_serves_with_channels_last_weights_and_the_sa
     served.load(tmp_path / "unet.pt", (8, 8), 4, 4)
     assert _channels_last(served)
     torch.testing.assert_close(served.predict_tokens(tokens), expected)
+
+
+def test_a_relu_mapper_is_recorded_so_it_never_serves_as_a_gelu_one(tmp_path):
+    """Fails if the checkpoint stops recording ``mapper.activation``: the weights of either would
+    load into the other and answer wrongly without an error."""
+    relu = SMALL_UNET.updated(activation="relu")
+    assert not any(isinstance(m, nn.GELU) for m in build_mapper(relu, (8, 8), 4, 4).modules())
+    server = MappingServer(relu, AugmentConfig(), TrainConfig(device="cpu"))
+    server.initialise((8, 8), 4, 4)
+    server.save(tmp_path / "relu.pt")
+    MappingServer(relu, AugmentConfig(), TrainConfig(device="cpu")).load(tmp_path / "relu.pt", (8, 8), 4, 4)
+    gelu = MappingServer(SMALL_UNET, AugmentConfig(), TrainConfig(device="cpu"))
+    with pytest.raises(ConfigError, match=r"activation: checkpoint 'relu' vs run None"):
+        gelu.load(tmp_path / "relu.pt", (8, 8), 4, 4)
+    gelu.initialise((8, 8), 4, 4)
+    assert gelu.signature["activation"] is None  # checkpoints made before the option lack it: they load

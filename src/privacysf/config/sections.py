@@ -45,6 +45,9 @@ each stores a code number)."""
 CodecNorm = Literal["batch", "instance"]
 Padding = Literal["zeros", "circular"]
 """Border rules of convolutions: ``circular`` wraps around, so whole-token cyclic shifts commute."""
+Activation = Literal["gelu", "relu"]
+"""Nonlinearities of the server's convolutional mappers: exact GELU, or ReLU, which costs a few
+comparisons where GELU evaluates an error function per value."""
 ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "cutmix")
 """Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
 AUGMENTATIONS = (*ORDER_AUGMENTATIONS, "mixup", "token_dropout", "span_mask", "noise")
@@ -305,6 +308,10 @@ class MapperConfig(ConfigModel):
     the one above. Multiples of 8 (GroupNorm in groups of 8). With ``(16, 32, 64, 128)`` a 256² query
     took 0.8 of the default's time (its map 0.4-0.6), within the raw U-Net's, but lost 0.011 of 3-D
     Dice over nine paired fits (docs/results.md, "A narrower grid mapper")."""
+    activation: Activation = "gelu"
+    """Nonlinearity of the unet's and the cnn's blocks. ``relu`` took about 0.9 of GELU's time in a
+    unet map at 256², batch 1; the center's ``task`` head follows it. A checkpoint records it when it
+    is not ``gelu`` (weights would load into either, but answer as trained only with their own)."""
     padding: Padding = "zeros"
     """How the poly mapper's convolutions pad the token grid (``kind=poly`` only): ``circular`` makes it
     commute exactly with whole-token cyclic shifts (``key.per_query_shift``)."""

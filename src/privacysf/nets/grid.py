@@ -18,7 +18,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from privacysf.nets.sequence import ResidualDilatedBlock, grid_positions
+from privacysf.config.sections import Activation
+from privacysf.nets.sequence import ResidualDilatedBlock, grid_positions, nonlinearity
 
 
 def halvings(grid: tuple[int, int]) -> int:
@@ -26,8 +27,8 @@ def halvings(grid: tuple[int, int]) -> int:
     return max(0, math.ceil(math.log2(max(grid) / 2)))
 
 
-def _blocks(width: int, count: int) -> nn.Sequential:
-    return nn.Sequential(*(ResidualDilatedBlock(width, 3, 1, dims=2) for _ in range(count)))
+def _blocks(width: int, count: int, activation: Activation) -> nn.Sequential:
+    return nn.Sequential(*(ResidualDilatedBlock(width, 3, 1, 2, activation) for _ in range(count)))
 
 
 class GridUNetMapper(nn.Module):
@@ -47,6 +48,7 @@ class GridUNetMapper(nn.Module):
         channels: tuple[int, ...] = (32, 64, 128),
         res_units: int = 1,
         use_position: bool = True,
+        activation: Activation = "gelu",
     ) -> None:
         super().__init__()
         self.grid = grid
@@ -58,13 +60,13 @@ class GridUNetMapper(nn.Module):
         self.register_buffer("position", grid_positions(grid)[None], persistent=False)
         extra = 2 if use_position else 0
         self.stem = nn.Conv2d(in_channels + extra, widths[0], 3, padding=1)
-        self.down = nn.ModuleList(_blocks(w, res_units) for w in widths[:-1])
+        self.down = nn.ModuleList(_blocks(w, res_units, activation) for w in widths[:-1])
         self.pool = nn.ModuleList(nn.Conv2d(a, b, 2, stride=2) for a, b in pairwise(widths))
-        self.bottom = _blocks(widths[-1], max(res_units, 1))
+        self.bottom = _blocks(widths[-1], max(res_units, 1), activation)
         self.unpool = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in pairwise(widths))
-        self.up = nn.ModuleList(_blocks(w, res_units) for w in widths[:-1])
+        self.up = nn.ModuleList(_blocks(w, res_units, activation) for w in widths[:-1])
         self.head = nn.Sequential(
-            nn.GroupNorm(8, widths[0]), nn.GELU(), nn.Conv2d(widths[0], out_channels, 1)
+            nn.GroupNorm(8, widths[0]), nonlinearity(activation), nn.Conv2d(widths[0], out_channels, 1)
         )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -44,10 +44,16 @@ def build_mapper(
         return PolynomialMapper(in_channels, out_channels, grid, cfg.poly_width, cfg.kernel, cfg.padding)
     if cfg.kind == "unet":
         return GridUNetMapper(
-            in_channels, out_channels, grid, cfg.grid_channels, cfg.res_units, cfg.use_position
+            in_channels,
+            out_channels,
+            grid,
+            cfg.grid_channels,
+            cfg.res_units,
+            cfg.use_position,
+            cfg.activation,
         )
     return SequenceMapper(
-        in_channels, out_channels, grid, cfg.width, cfg.cycles, cfg.kernel, cfg.use_position
+        in_channels, out_channels, grid, cfg.width, cfg.cycles, cfg.kernel, cfg.use_position, cfg.activation
     )
 
 

@@ -11,11 +11,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from privacysf.config.sections import Activation
+
 
 def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
     """(2, h, w): each token's row and column on the grid, scaled to [-1, 1] (the position input)."""
     rows, cols = torch.meshgrid(torch.linspace(-1, 1, grid[0]), torch.linspace(-1, 1, grid[1]), indexing="ij")
     return torch.stack([rows, cols])
+
+
+def nonlinearity(activation: Activation) -> nn.Module:
+    """The module for a configured ``mapper.activation``."""
+    return nn.ReLU() if activation == "relu" else nn.GELU()
 
 
 def dilation_cycle(grid_width: int) -> list[int]:
@@ -32,16 +39,18 @@ class ResidualDilatedBlock(nn.Module):
     ``dims`` = 1 for token sequences, 2 for the token grid of :mod:`privacysf.nets.grid`.
     """
 
-    def __init__(self, width: int, kernel: int, dilation: int, dims: int = 1) -> None:
+    def __init__(
+        self, width: int, kernel: int, dilation: int, dims: int = 1, activation: Activation = "gelu"
+    ) -> None:
         super().__init__()
         padding = dilation * (kernel - 1) // 2
         conv = nn.Conv1d if dims == 1 else nn.Conv2d
         self.body = nn.Sequential(
             nn.GroupNorm(8, width),
-            nn.GELU(),
+            nonlinearity(activation),
             conv(width, width, kernel, padding=padding, dilation=dilation),
             nn.GroupNorm(8, width),
-            nn.GELU(),
+            nonlinearity(activation),
             conv(width, width, 1),
         )
 
@@ -61,6 +70,7 @@ class SequenceMapper(nn.Module):
         cycles: int = 2,
         kernel: int = 3,
         use_position: bool = True,
+        activation: Activation = "gelu",
     ) -> None:
         super().__init__()
         self.grid = grid
@@ -70,10 +80,14 @@ class SequenceMapper(nn.Module):
         extra = 2 if use_position else 0
         self.stem = nn.Conv1d(in_channels + extra, width, 1)
         blocks = [
-            ResidualDilatedBlock(width, kernel, d) for _ in range(cycles) for d in dilation_cycle(grid[1])
+            ResidualDilatedBlock(width, kernel, d, activation=activation)
+            for _ in range(cycles)
+            for d in dilation_cycle(grid[1])
         ]
         self.blocks = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.GroupNorm(8, width), nn.GELU(), nn.Conv1d(width, out_channels, 1))
+        self.head = nn.Sequential(
+            nn.GroupNorm(8, width), nonlinearity(activation), nn.Conv1d(width, out_channels, 1)
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = tokens.transpose(1, 2)

@@ -339,6 +339,10 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
         del settings["grid_channels"], settings["res_units"]
     if cfg.kind != "poly":
         del settings["poly_width"]
-    if cfg.padding == "zeros":  # the default, and all there was before circular padding
-        del settings["padding"]
+    # None for the defaults, all there was before these options: older checkpoints, which lack the
+    # key, match them, and a checkpoint with another value is refused by a run with the default
+    if cfg.padding == "zeros":
+        settings["padding"] = None
+    if cfg.activation == "gelu":
+        settings["activation"] = None
     return settings

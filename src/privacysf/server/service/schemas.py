@@ -70,6 +70,7 @@ else:
             "res_units": Field(),
             "poly_width": Field(le=512),
             "padding": Field(),
+            "activation": Field(),
         },
         "MapperConfig's network settings, capped so one job cannot ask for an absurd network; "
         "``kind=transformer`` learns through a secret token permutation (keyed uploads), ``kind=poly`` "
