@@ -47,6 +47,9 @@ SETTINGS: dict[str, Setting] = {
     "poly mapper": Setting(["mapper.kind=poly"]),
     "coarse grid": Setting(["codec.downsample=8", "codec.image_channels=3", "codec.mask_channels=3"]),
     "circular padding": Setting(["codec.padding=circular"]),
+    "relu": Setting(["mapper.activation=relu"]),
+    "mid grid mapper, relu": Setting(["mapper.grid_channels=[16,32,128]", "mapper.activation=relu"]),
+    "narrow grid mapper, relu": Setting(["mapper.grid_channels=[16,32,64,128]", "mapper.activation=relu"]),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
 convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
@@ -58,7 +61,9 @@ half the width on its three top levels (a quarter of their arithmetic; it lost 0
 docs/results.md "A narrower grid mapper"), the poly mapper (the one encrypted queries need; here on
 plain codes), and a coarser token grid (one token per 8×8
 pixels, 3 values per token: under 1/8 of a uint8 image per 256² query), and encoders whose
-convolutions wrap around the image (``codec.padding=circular``, exact whole-token shifts). The
+convolutions wrap around the image (``codec.padding=circular``, exact whole-token shifts), and the
+unet mapper with ReLU for GELU at the default widths, at 16 and 32 wide on its two top levels, and at
+the narrow widths. The
 instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""
@@ -71,14 +76,14 @@ def gflop(fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def measure(size: int, batch: int, repeats: int) -> list[dict]:
+def measure(size: int, batch: int, repeats: int, settings: dict[str, Setting]) -> list[dict]:
     """One row per setting (and one for the raw U-Net) at ``size``², ``batch`` images a query."""
     images = np.random.default_rng(0).standard_normal((batch, 1, size, size)).astype(np.float32)
     unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).eval()
     pixels = torch.from_numpy(images)
     calls = {"raw U-Net": lambda: class_labels(unet(pixels))}  # labels out, as Privacy-SF's decode
     work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
-    for name, setting in SETTINGS.items():
+    for name, setting in settings.items():
         cfg = ExperimentConfig().override(setting.overrides)
         center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size)
         if not setting.mapper_channels_last and server.model is not None:  # undo prepare_for_serving
@@ -99,7 +104,7 @@ def measure(size: int, batch: int, repeats: int) -> list[dict]:
         {"size": size, "batch": batch, "setting": "raw U-Net", "GFLOP/image": work["raw U-Net"]}
         | {"total ms": statistics.median(unet_ms), "× raw U-Net": 1.0}
     ]
-    for name in SETTINGS:
+    for name in settings:
         parts = {stage: times[f"{name}: {stage}"] for stage in ("encode", "map", "decode")}
         totals = [sum(t) for t in zip(*parts.values(), strict=True)]
         rows.append(
@@ -113,7 +118,7 @@ def measure(size: int, batch: int, repeats: int) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
+def markdown(rows: list[dict], threads: int, repeats: int, settings: dict[str, Setting]) -> Markdown:
     columns = [
         "size",
         "batch",
@@ -135,7 +140,7 @@ def markdown(rows: list[dict], threads: int, repeats: int) -> Markdown:
             + "; ".join(
                 f"{name}: `{' '.join(setting.overrides) or 'no override'}`"
                 + ("" if setting.mapper_channels_last else ", mapper weights in the default layout")
-                for name, setting in SETTINGS.items()
+                for name, setting in settings.items()
             )
             + "."
         )
@@ -154,17 +159,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
+        "--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS), help="a subset to compare"
+    )
+    parser.add_argument(
         "--out", type=Path, required=True, help="markdown table; the rows go beside it as .json"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    settings = {name: SETTINGS[name] for name in args.settings}
     rows = []
     for size in args.sizes:
         for batch in args.batches:
-            rows += measure(size, batch, args.repeats)
-            print(json.dumps(rows[-len(SETTINGS) - 1 :]), flush=True)
+            rows += measure(size, batch, args.repeats, settings)
+            print(json.dumps(rows[-len(settings) - 1 :]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    markdown(rows, args.threads, args.repeats).write(args.out)
+    markdown(rows, args.threads, args.repeats, settings).write(args.out)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
