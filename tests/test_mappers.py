@@ -137,3 +137,23 @@ def test_a_relu_mapper_is_recorded_so_it_never_serves_as_a_gelu_one(tmp_path):
         gelu.load(tmp_path / "relu.pt", (8, 8), 4, 4)
     gelu.initialise((8, 8), 4, 4)
     assert gelu.signature["activation"] is None  # checkpoints made before the option lack it: they load
+
+
+def test_a_mapper_served_by_onnx_runtime_answers_as_torch_does_at_any_batch_size(tmp_path):
+    """Fails if ``prepare_for_serving`` stops exporting to ONNX Runtime under ``mapper.runtime``, if
+    the export fixes the batch size, or if its answers drift from torch's."""
+    onnx = SMALL_UNET.updated(runtime="onnxruntime")
+    train = TrainConfig(device="cpu", epochs=1, min_steps=1, progress=False)
+    trained = MappingServer(onnx, AugmentConfig(), train)
+    torch.manual_seed(0)
+    trained.fit(*(codes(4, kind, grid=(8, 8), seed=i) for i, kind in enumerate(["image", "mask"] * 2)))
+    assert trained.served is not None
+    trained.save(tmp_path / "unet.pt")
+    by_torch = MappingServer(SMALL_UNET, AugmentConfig(), TrainConfig(device="cpu"))
+    by_torch.load(tmp_path / "unet.pt", (8, 8), 4, 4)  # the runtime is not part of the checkpoint
+    assert by_torch.served is None
+    for count in (1, 70):  # one query, and more than one of predict_tokens' batches of 64
+        tokens = torch.rand(count, 64, 4) * 2 - 1
+        torch.testing.assert_close(trained.predict_tokens(tokens), by_torch.predict_tokens(tokens))
+    with pytest.raises(ValueError, match="onnxruntime serves the unet and cnn mappers"):
+        MapperConfig(kind="transformer", width=16, heads=2, runtime="onnxruntime")

@@ -31,6 +31,7 @@ import statistics
 from pathlib import Path
 
 from privacysf.metrics.evaluation import dice_3d
+from privacysf.workflows.ablation_table import t_interval
 
 RATIO_TARGET = 0.95
 
@@ -126,8 +127,9 @@ def print_pairs(rows: list[dict], before: list[dict]) -> None:
         )
     if changes:
         higher = sum(c > 0 for c in changes)
+        mean, low, high = t_interval(changes)
         print(
-            f"\n{len(changes)} pairs: mean change {sum(changes) / len(changes):+.3f}, "
+            f"\n{len(changes)} pairs: mean change {mean:+.3f} [95 % t-interval {low:+.3f}, {high:+.3f}], "
             f"median {statistics.median(changes):+.3f}, higher now on {higher}"
         )
 

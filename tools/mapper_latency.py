@@ -27,6 +27,7 @@ from privacysf.benchmark.latency import interleaved_times
 from privacysf.common.markdown import Markdown
 from privacysf.common.torchutil import class_labels
 from privacysf.config import ExperimentConfig, UNetConfig
+from privacysf.nets.onnx_runtime import OnnxRuntimeModule
 from privacysf.nets.unet import build_unet
 from privacysf.workflows.inprocess import untrained_pipeline
 
@@ -50,6 +51,7 @@ SETTINGS: dict[str, Setting] = {
     "relu": Setting(["mapper.activation=relu"]),
     "mid grid mapper, relu": Setting(["mapper.grid_channels=[16,32,128]", "mapper.activation=relu"]),
     "narrow grid mapper, relu": Setting(["mapper.grid_channels=[16,32,64,128]", "mapper.activation=relu"]),
+    "mapper in ONNX Runtime": Setting(["mapper.runtime=onnxruntime"]),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
 convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
@@ -63,10 +65,14 @@ plain codes), and a coarser token grid (one token per 8×8
 pixels, 3 values per token: under 1/8 of a uint8 image per 256² query), and encoders whose
 convolutions wrap around the image (``codec.padding=circular``, exact whole-token shifts), and the
 unet mapper with ReLU for GELU at the default widths, at 16 and 32 wide on its two top levels, and at
-the narrow widths. The
-instance-norm and
+the narrow widths, and the default mapper served by ONNX Runtime (``mapper.runtime=onnxruntime``;
+the raw U-Net is then also timed in ONNX Runtime, as a row of its own, for a like-for-like view).
+The instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""
+
+
+UNET_ORT = "raw U-Net, ONNX Runtime"
 
 
 def gflop(fn) -> float:
@@ -83,6 +89,12 @@ def measure(size: int, batch: int, repeats: int, settings: dict[str, Setting]) -
     pixels = torch.from_numpy(images)
     calls = {"raw U-Net": lambda: class_labels(unet(pixels))}  # labels out, as Privacy-SF's decode
     work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
+    references = ["raw U-Net"]
+    if any("mapper.runtime=onnxruntime" in s.overrides for s in settings.values()):
+        unet_ort = OnnxRuntimeModule(unet, pixels)
+        calls[UNET_ORT] = lambda: class_labels(unet_ort(pixels))
+        work[UNET_ORT] = work["raw U-Net"]
+        references.append(UNET_ORT)
     for name, setting in settings.items():
         cfg = ExperimentConfig().override(setting.overrides)
         center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size)
@@ -96,13 +108,19 @@ def measure(size: int, batch: int, repeats: int, settings: dict[str, Setting]) -
             "decode": lambda center=center, down=down: center.decode_message(down),
         }
         calls |= {f"{name}: {stage}": fn for stage, fn in stages.items()}
-        work[name] = sum(gflop(fn) for fn in stages.values()) / batch
+        exported, server.served = server.served, None  # the counter sees torch's operations only:
+        work[name] = sum(gflop(fn) for fn in stages.values()) / batch  # count the exported model's
+        server.served = exported
     with torch.inference_mode():
         times = interleaved_times(calls, torch.device("cpu"), repeats, warmup=1)
     unet_ms = times["raw U-Net"]
     rows = [
-        {"size": size, "batch": batch, "setting": "raw U-Net", "GFLOP/image": work["raw U-Net"]}
-        | {"total ms": statistics.median(unet_ms), "× raw U-Net": 1.0}
+        {"size": size, "batch": batch, "setting": name, "GFLOP/image": work[name]}
+        | {
+            "total ms": statistics.median(times[name]),
+            "× raw U-Net": statistics.median(t / u for t, u in zip(times[name], unet_ms, strict=True)),
+        }
+        for name in references
     ]
     for name in settings:
         parts = {stage: times[f"{name}: {stage}"] for stage in ("encode", "map", "decode")}
@@ -171,7 +189,7 @@ def main() -> None:
     for size in args.sizes:
         for batch in args.batches:
             rows += measure(size, batch, args.repeats, settings)
-            print(json.dumps(rows[-len(settings) - 1 :]), flush=True)
+            print(json.dumps(rows[-len(settings) - 2 :]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     markdown(rows, args.threads, args.repeats, settings).write(args.out)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -341,6 +341,24 @@ class MapperConfig(ConfigModel):
     """Largest L2 norm of one pair's gradient under DP-SGD (``dp_noise`` > 0)."""
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     """δ of the (ε, δ) guarantee reported under DP-SGD; keep it below 1 / the number of training pairs."""
+    runtime: Literal["torch", "onnxruntime"] = "torch"
+    """What answers queries on the CPU once the mapper is trained or loaded: torch, or the same weights
+    exported to ONNX Runtime (``kind`` unet or cnn, no center embedding). ONNX Runtime maps a 256²
+    query's code faster at batch 1 but costs a few seconds of export per loaded model; training is
+    torch's either way, and checkpoints are the same (docs/results.md, "The mapper in ONNX Runtime").
+    ``privacysf fit``/``segment`` and in-process servers honour it; the service serves with torch."""
+
+    @field_validator("runtime")
+    @classmethod
+    def _runtime_serves_this_mapper(cls, runtime: str, info: ValidationInfo) -> str:
+        if runtime == "onnxruntime" and (
+            info.data.get("kind") not in ("unet", "cnn") or info.data.get("center_embedding")
+        ):
+            raise ValueError(
+                "onnxruntime serves the unet and cnn mappers without a center embedding; "
+                "use mapper.runtime=torch for this mapper"
+            )
+        return runtime
 
     @field_validator("heads")
     @classmethod

@@ -7,6 +7,7 @@ that importing this package loads no such module.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_s
 from privacysf.exchange.encrypted import EncryptedCodes, EvaluationKeys, is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER, fits_wire
 from privacysf.nets.mappers import build_mapper
+from privacysf.nets.onnx_runtime import OnnxRuntimeModule
 from privacysf.nets.polynomial import PolynomialMapper
 from privacysf.server.augment import augment_pairs, pipeline
 from privacysf.server.encrypted import EncryptedMapper
+
+log = logging.getLogger("privacysf.server")
 
 
 class MappingServer:
@@ -35,6 +39,8 @@ class MappingServer:
         self.train_cfg = train
         self.device = resolve_device(train.device)
         self.model: torch.nn.Module | None = None
+        self.served: OnnxRuntimeModule | None = None
+        """The trained model exported to ONNX Runtime, which then answers queries (``mapper.runtime``)."""
         self.signature: dict = {}
         self.centers = 0
         """Centers the mapper tells apart by a learned embedding (0: no embedding, one code space)."""
@@ -69,6 +75,7 @@ class MappingServer:
         if self.centers:
             self.signature["centers"] = self.centers
         self.model = build_mapper(self.mapper_cfg, grid, in_channels, out_channels, self.centers)
+        self.served = None
         self.model.to(self.device)
         return self.model
 
@@ -170,9 +177,22 @@ class MappingServer:
         took 0.72-0.89 of its time in the default layout (``tools/mapper_latency.py``, one thread).
         The weights' values are unchanged, so checkpoints are too, and answers agree up to float
         rounding. CUDA is left as it is.
+
+        With ``mapper.runtime=onnxruntime`` the model is then exported to ONNX Runtime, which answers
+        every query from then on; on CUDA torch answers, and the log says so.
         """
-        if self.model is not None and self.device.type == "cpu":
-            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.model is None:
+            return
+        if self.device.type != "cpu":
+            if self.mapper_cfg.runtime == "onnxruntime":
+                log.warning(
+                    "mapper.runtime=onnxruntime serves on the CPU only; torch answers on %s", self.device
+                )
+            return
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.mapper_cfg.runtime == "onnxruntime":
+            grid, channels = self.signature["grid"], self.signature["in_channels"]
+            self.served = OnnxRuntimeModule(self.model.eval(), torch.zeros(2, grid[0] * grid[1], channels))
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         return model(tokens, centers) if self.centers else model(tokens)
@@ -204,7 +224,10 @@ class MappingServer:
                     f"({i} were mapped in time); send at most {i} codes per request"
                 )
             batch = tokens[i : i + batch_size].to(self.device)
-            parts.append(self._forward(self.model, batch, centers[i : i + batch_size].to(self.device)))
+            if self.served is not None:
+                parts.append(self.served(batch))
+            else:
+                parts.append(self._forward(self.model, batch, centers[i : i + batch_size].to(self.device)))
         return (
             torch.cat(parts)
             if parts
@@ -331,7 +354,7 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
     """The mapper settings a checkpoint records; the center embedding only when on and the unet's
     fields only for the unet, so checkpoints made before those options existed still load."""
     settings = cfg.model_dump()
-    for how_trained in ("lr", "dp_noise", "dp_clip", "dp_delta"):  # not what shape it has
+    for how_trained in ("lr", "dp_noise", "dp_clip", "dp_delta", "runtime"):  # not what shape it has
         del settings[how_trained]
     if not cfg.center_embedding:
         del settings["center_embedding"]

@@ -1,0 +1,73 @@
+"""A network answered by ONNX Runtime instead of torch: the same weights, exported once, run faster.
+
+Why: a query maps one code at a time in the service. At batch 1 the grid mapper is about a hundred
+small operations, and torch's eager CPU kernels run each one alone; ONNX Runtime fuses normalisation,
+activation and convolution and plans memory once. On one thread it mapped a 256² query's code in
+about two thirds of torch's time (``tools/mapper_latency.py``, "mapper in ONNX Runtime").
+
+The export traces the module with torch's ``torch.export``-based exporter (a few seconds, once per
+loaded model) and leaves the batch size free. Answers agree with torch's up to float rounding.
+Inference only: nothing flows back, so a module served this way cannot train.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs a line per optional operator library it does not find (e.g. torchvision's)
+    and torch 2.13's own pytree code warns of a deprecation inside it; neither concerns these networks
+    or anything a user can change."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)", FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class OnnxRuntimeModule:
+    """``module``'s forward on one (N, ...) float tensor, answered by ONNX Runtime on the CPU.
+
+    ``example`` fixes every dimension but the first (the batch); ``threads`` defaults to torch's."""
+
+    def __init__(self, module: nn.Module, example: torch.Tensor, threads: int | None = None) -> None:
+        import onnxruntime  # imported here: only a model that is served this way needs it
+
+        name = next(iter(inspect.signature(module.forward).parameters))
+        with torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                module.eval(),
+                (example,),
+                dynamo=True,
+                dynamic_shapes={name: {0: torch.export.Dim.DYNAMIC}},
+                verbose=False,
+            )
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only
+        assert program is not None  # export returns the program whenever no file is given
+        self.session = onnxruntime.InferenceSession(
+            program.model_proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        array = inputs.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
