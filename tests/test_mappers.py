@@ -1,12 +1,14 @@
 """The server's mapper kinds: what each takes and returns, what it can see, what it costs, its checkpoint."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from privacysf.benchmark.service_process import codes
-from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
+from privacysf.config import AugmentConfig, ExperimentConfig, MapperConfig, TrainConfig
 from privacysf.errors import ConfigError
 from privacysf.nets.grid import GridUNetMapper
 from privacysf.nets.mappers import build_mapper, build_task_head
@@ -126,13 +128,13 @@ def test_a_trained_or_loaded_mapper_serves_with_channels_last_weights_and_the_sa
 def test_a_relu_mapper_is_recorded_so_it_never_serves_as_a_gelu_one(tmp_path):
     """Fails if the checkpoint stops recording ``mapper.activation``: the weights of either would
     load into the other and answer wrongly without an error."""
-    relu = SMALL_UNET.updated(activation="relu")
+    relu, gelu_cfg = SMALL_UNET, SMALL_UNET.updated(activation="gelu")
     assert not any(isinstance(m, nn.GELU) for m in build_mapper(relu, (8, 8), 4, 4).modules())
     server = MappingServer(relu, AugmentConfig(), TrainConfig(device="cpu"))
     server.initialise((8, 8), 4, 4)
     server.save(tmp_path / "relu.pt")
     MappingServer(relu, AugmentConfig(), TrainConfig(device="cpu")).load(tmp_path / "relu.pt", (8, 8), 4, 4)
-    gelu = MappingServer(SMALL_UNET, AugmentConfig(), TrainConfig(device="cpu"))
+    gelu = MappingServer(gelu_cfg, AugmentConfig(), TrainConfig(device="cpu"))
     with pytest.raises(ConfigError, match=r"activation: checkpoint 'relu' vs run None"):
         gelu.load(tmp_path / "relu.pt", (8, 8), 4, 4)
     gelu.initialise((8, 8), 4, 4)
@@ -157,3 +159,22 @@ def test_a_mapper_served_by_onnx_runtime_answers_as_torch_does_at_any_batch_size
         torch.testing.assert_close(trained.predict_tokens(tokens), by_torch.predict_tokens(tokens))
     with pytest.raises(ValueError, match="onnxruntime serves the unet and cnn mappers"):
         MapperConfig(kind="transformer", width=16, heads=2, runtime="onnxruntime")
+
+
+def test_runs_and_service_models_saved_before_the_activation_setting_load_as_gelu(tmp_path):
+    """Fails without :data:`FORMER_MAPPER_DEFAULTS`: a run or a stored service model from before
+    ``mapper.activation`` would be rebuilt with today's ReLU and its GELU checkpoint refused."""
+    assert MapperConfig().activation == "relu"  # the migration is needed at all
+    saved = ExperimentConfig().to_dict()
+    del saved["mapper"]["activation"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.activation == "gelu"
+    assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.kind == ExperimentConfig().mapper.kind
+    stored = SMALL_UNET.updated(activation="gelu").model_dump()
+    gelu = MappingServer(MapperConfig(**stored), AugmentConfig(), TrainConfig(device="cpu"))
+    gelu.initialise((8, 8), 4, 4)
+    gelu.save(tmp_path / "gelu.pt")
+    del stored["activation"]  # as a service job recorded it before the option existed
+    served = MappingServer(MapperConfig.saved(stored), AugmentConfig(), TrainConfig(device="cpu"))
+    served.load(tmp_path / "gelu.pt", (8, 8), 4, 4)
+    assert any(isinstance(m, nn.GELU) for m in served.model.modules())

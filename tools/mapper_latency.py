@@ -48,9 +48,8 @@ SETTINGS: dict[str, Setting] = {
     "poly mapper": Setting(["mapper.kind=poly"]),
     "coarse grid": Setting(["codec.downsample=8", "codec.image_channels=3", "codec.mask_channels=3"]),
     "circular padding": Setting(["codec.padding=circular"]),
-    "relu": Setting(["mapper.activation=relu"]),
-    "mid grid mapper, relu": Setting(["mapper.grid_channels=[16,32,128]", "mapper.activation=relu"]),
-    "narrow grid mapper, relu": Setting(["mapper.grid_channels=[16,32,64,128]", "mapper.activation=relu"]),
+    "GELU mapper (before 2026-12-05)": Setting(["mapper.activation=gelu"]),
+    "mid grid mapper": Setting(["mapper.grid_channels=[16,32,128]"]),
     "mapper in ONNX Runtime": Setting(["mapper.runtime=onnxruntime"]),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
@@ -63,9 +62,10 @@ half the width on its three top levels (a quarter of their arithmetic; it lost 0
 docs/results.md "A narrower grid mapper"), the poly mapper (the one encrypted queries need; here on
 plain codes), and a coarser token grid (one token per 8×8
 pixels, 3 values per token: under 1/8 of a uint8 image per 256² query), and encoders whose
-convolutions wrap around the image (``codec.padding=circular``, exact whole-token shifts), and the
-unet mapper with ReLU for GELU at the default widths, at 16 and 32 wide on its two top levels, and at
-the narrow widths, and the default mapper served by ONNX Runtime (``mapper.runtime=onnxruntime``;
+convolutions wrap around the image (``codec.padding=circular``, exact whole-token shifts), the
+unet mapper with the exact GELU of earlier versions for today's ReLU, the unet mapper 16 and 32 wide
+on its two top levels (docs/results.md, "Lighter mappers and the mapper in ONNX Runtime", for the
+Dice of both narrower mappers), and the default mapper served by ONNX Runtime (``mapper.runtime=onnxruntime``;
 the raw U-Net is then also timed in ONNX Runtime, as a row of its own, for a like-for-like view).
 The instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center

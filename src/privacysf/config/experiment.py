@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from privacysf.config.model import ConfigModel
 from privacysf.config.sections import (
+    FORMER_MAPPER_DEFAULTS,
     AugmentConfig,
     CodecConfig,
     DataConfig,
@@ -115,6 +116,8 @@ class ExperimentConfig(ConfigModel):
             then.append("codec.norm=instance")
         if "mask_decoder_width" not in codec:
             then.append(f"codec.mask_decoder_width={cfg.codec.width}")
+        mapper = values.get("mapper", {})
+        then += [f"mapper.{k}={v}" for k, v in FORMER_MAPPER_DEFAULTS.items() if k not in mapper]
         return cfg.override(then) if then else cfg
 
     def override(self, assignments: list[str]) -> ExperimentConfig:

@@ -276,6 +276,11 @@ class EncryptionConfig(ConfigModel):
     enabled: bool = False
 
 
+FORMER_MAPPER_DEFAULTS = {"activation": "gelu"}
+"""Mapper settings whose default changed after they were introduced, with the value a saved config
+or service job that does not name them was trained with."""
+
+
 class MapperConfig(ConfigModel):
     """The server's mapping network over the token sequence.
 
@@ -308,10 +313,12 @@ class MapperConfig(ConfigModel):
     the one above. Multiples of 8 (GroupNorm in groups of 8). With ``(16, 32, 64, 128)`` a 256² query
     took 0.8 of the default's time (its map 0.4-0.6), within the raw U-Net's, but lost 0.011 of 3-D
     Dice over nine paired fits (docs/results.md, "A narrower grid mapper")."""
-    activation: Activation = "gelu"
-    """Nonlinearity of the unet's and the cnn's blocks. ``relu`` took about 0.9 of GELU's time in a
-    unet map at 256², batch 1; the center's ``task`` head follows it. A checkpoint records it when it
-    is not ``gelu`` (weights would load into either, but answer as trained only with their own)."""
+    activation: Activation = "relu"
+    """Nonlinearity of the unet's and the cnn's blocks, and of the center's ``task`` head built like
+    them. ``relu`` (current) mapped a 256² query in about 0.9 of exact GELU's time (the default before
+    2026-12-05) with no measured change of Dice (docs/results.md, "Lighter mappers and the mapper in
+    ONNX Runtime"). A checkpoint records it unless it is ``gelu``, and configs, runs and service jobs
+    saved before the option existed load as ``gelu`` (:data:`FORMER_MAPPER_DEFAULTS`)."""
     padding: Padding = "zeros"
     """How the poly mapper's convolutions pad the token grid (``kind=poly`` only): ``circular`` makes it
     commute exactly with whole-token cyclic shifts (``key.per_query_shift``)."""
@@ -367,6 +374,12 @@ class MapperConfig(ConfigModel):
         if width is not None and width % heads:
             raise ValueError(f"must divide mapper.width ({width}): each head takes an equal share")
         return heads
+
+    @classmethod
+    def saved(cls, values: dict) -> MapperConfig:
+        """The mapper a stored settings dict describes, with :data:`FORMER_MAPPER_DEFAULTS` for the
+        settings it predates (a service job or model recorded by an earlier version)."""
+        return cls(**{**FORMER_MAPPER_DEFAULTS, **values})
 
     @property
     def order_blind(self) -> bool:

@@ -115,7 +115,7 @@ class JobRunner:
     def run(self, job: JobRow) -> None:
         settings = job.settings
         train = TrainConfig(**settings["train"], device="cpu", progress=False)
-        server = MappingServer(MapperConfig(**settings["mapper"]), AugmentConfig(), train)
+        server = MappingServer(MapperConfig.saved(settings["mapper"]), AugmentConfig(), train)
         folder = self.store.files.job_dir(job.id)
         folder.mkdir(parents=True, exist_ok=True)
         resuming = (folder / RESUME).is_file()
