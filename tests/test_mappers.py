@@ -157,6 +157,10 @@ def test_a_mapper_served_by_onnx_runtime_answers_as_torch_does_at_any_batch_size
     for count in (1, 70):  # one query, and more than one of predict_tokens' batches of 64
         tokens = torch.rand(count, 64, 4) * 2 - 1
         torch.testing.assert_close(trained.predict_tokens(tokens), by_torch.predict_tokens(tokens))
+    # a new model in the same server (a second fit validates through predict_tokens) must not be
+    # answered by the previous model's export: fails if ``initialise`` stops dropping it
+    trained.initialise((8, 8), 4, 4)
+    assert trained.served is None
     with pytest.raises(ValueError, match="onnxruntime serves the unet and cnn mappers"):
         MapperConfig(kind="transformer", width=16, heads=2, runtime="onnxruntime")
 
@@ -170,6 +174,9 @@ def test_runs_and_service_models_saved_before_the_activation_setting_load_as_gel
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.activation == "gelu"
     assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.kind == ExperimentConfig().mapper.kind
+    saved["mapper"]["activation"] = "relu"  # a run that names it keeps it
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.activation == "relu"
     stored = SMALL_UNET.updated(activation="gelu").model_dump()
     gelu = MappingServer(MapperConfig(**stored), AugmentConfig(), TrainConfig(device="cpu"))
     gelu.initialise((8, 8), 4, 4)

@@ -188,8 +188,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         for batch in args.batches:
-            rows += measure(size, batch, args.repeats, settings)
-            print(json.dumps(rows[-len(settings) - 2 :]), flush=True)
+            measured = measure(size, batch, args.repeats, settings)
+            print(json.dumps(measured), flush=True)
+            rows += measured
     args.out.parent.mkdir(parents=True, exist_ok=True)
     markdown(rows, args.threads, args.repeats, settings).write(args.out)
     args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -315,10 +315,12 @@ class MapperConfig(ConfigModel):
     Dice over nine paired fits (docs/results.md, "A narrower grid mapper")."""
     activation: Activation = "relu"
     """Nonlinearity of the unet's and the cnn's blocks, and of the center's ``task`` head built like
-    them. ``relu`` (current) mapped a 256² query in about 0.9 of exact GELU's time (the default before
-    2026-12-05) with no measured change of Dice (docs/results.md, "Lighter mappers and the mapper in
-    ONNX Runtime"). A checkpoint records it unless it is ``gelu``, and configs, runs and service jobs
-    saved before the option existed load as ``gelu`` (:data:`FORMER_MAPPER_DEFAULTS`)."""
+    them. ``relu`` (current) took 0.90-0.99 of exact GELU's map time at 256², batch 1, and 0.92 at batch
+    32, over three runs (GELU was the
+    default before 2026-12-05) with no measured change of Dice (docs/results.md, "Lighter mappers and
+    the mapper in ONNX Runtime"). A unet or cnn checkpoint records it unless it is ``gelu``; run
+    folders and service jobs saved before the option existed load as ``gelu``
+    (:data:`FORMER_MAPPER_DEFAULTS`)."""
     padding: Padding = "zeros"
     """How the poly mapper's convolutions pad the token grid (``kind=poly`` only): ``circular`` makes it
     commute exactly with whole-token cyclic shifts (``key.per_query_shift``)."""
@@ -352,8 +354,9 @@ class MapperConfig(ConfigModel):
     """What answers queries on the CPU once the mapper is trained or loaded: torch, or the same weights
     exported to ONNX Runtime (``kind`` unet or cnn, no center embedding). ONNX Runtime maps a 256²
     query's code faster at batch 1 but costs a few seconds of export per loaded model; training is
-    torch's either way, and checkpoints are the same (docs/results.md, "The mapper in ONNX Runtime").
-    ``privacysf fit``/``segment`` and in-process servers honour it; the service serves with torch."""
+    torch's either way, and checkpoints are the same (docs/results.md, "Lighter mappers and the
+    mapper in ONNX Runtime"). ``privacysf fit`` and in-process servers honour it (``segment`` uses the
+    run's saved value); the service serves with torch. Needs ``pip install 'privacysf[onnx]'``."""
 
     @field_validator("runtime")
     @classmethod

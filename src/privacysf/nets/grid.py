@@ -48,7 +48,7 @@ class GridUNetMapper(nn.Module):
         channels: tuple[int, ...] = (32, 64, 128),
         res_units: int = 1,
         use_position: bool = True,
-        activation: Activation = "gelu",
+        activation: Activation = "relu",
     ) -> None:
         super().__init__()
         self.grid = grid

@@ -22,7 +22,7 @@ def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
 
 def nonlinearity(activation: Activation) -> nn.Module:
     """The module for a configured ``mapper.activation``."""
-    return nn.ReLU() if activation == "relu" else nn.GELU()
+    return nn.GELU() if activation == "gelu" else nn.ReLU()
 
 
 def dilation_cycle(grid_width: int) -> list[int]:
@@ -40,7 +40,7 @@ class ResidualDilatedBlock(nn.Module):
     """
 
     def __init__(
-        self, width: int, kernel: int, dilation: int, dims: int = 1, activation: Activation = "gelu"
+        self, width: int, kernel: int, dilation: int, dims: int = 1, activation: Activation = "relu"
     ) -> None:
         super().__init__()
         padding = dilation * (kernel - 1) // 2
@@ -70,7 +70,7 @@ class SequenceMapper(nn.Module):
         cycles: int = 2,
         kernel: int = 3,
         use_position: bool = True,
-        activation: Activation = "gelu",
+        activation: Activation = "relu",
     ) -> None:
         super().__init__()
         self.grid = grid

@@ -366,6 +366,8 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
     # key, match them, and a checkpoint with another value is refused by a run with the default
     if cfg.padding == "zeros":
         settings["padding"] = None
-    if cfg.activation == "gelu":
+    if cfg.kind not in ("unet", "cnn"):  # the only kinds it shapes
+        del settings["activation"]
+    elif cfg.activation == "gelu":
         settings["activation"] = None
     return settings
