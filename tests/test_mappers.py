@@ -1,6 +1,7 @@
 """The server's mapper kinds: what each takes and returns, what it can see, what it costs, its checkpoint."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from privacysf.errors import ConfigError
 from privacysf.nets.grid import GridUNetMapper
 from privacysf.nets.mappers import build_mapper, build_task_head
 from privacysf.server.mapping import MappingServer
+from privacysf.server.serving import ModelCache
+from privacysf.server.tables import ModelRow
 
 SMALL_UNET = MapperConfig(kind="unet", grid_channels=(8, 16), res_units=1)
 
@@ -181,7 +184,10 @@ def test_runs_and_service_models_saved_before_the_activation_setting_load_as_gel
     gelu = MappingServer(MapperConfig(**stored), AugmentConfig(), TrainConfig(device="cpu"))
     gelu.initialise((8, 8), 4, 4)
     gelu.save(tmp_path / "gelu.pt")
-    del stored["activation"]  # as a service job recorded it before the option existed
-    served = MappingServer(MapperConfig.saved(stored), AugmentConfig(), TrainConfig(device="cpu"))
-    served.load(tmp_path / "gelu.pt", (8, 8), 4, 4)
+    del stored["activation"]  # as the service recorded a model before the option existed
+    row = ModelRow(id=1, file="gelu.pt", grid=[8, 8], in_channels=4, out_channels=4, mapper=stored)
+    store = SimpleNamespace(
+        files=SimpleNamespace(model=lambda name: tmp_path / name), cfg=SimpleNamespace(model_cache=1)
+    )
+    served = ModelCache(store).get(row)  # the cache reads only these of its store
     assert any(isinstance(m, nn.GELU) for m in served.model.modules())
