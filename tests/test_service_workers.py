@@ -14,11 +14,13 @@ import time
 import pytest
 from servicekit import TINY_MAPPER, TINY_TRAIN, bundle, sha
 from sqlalchemy import select, update
+from torch import nn
 
 from privacysf.errors import PrivacySFError
 from privacysf.server import jobs
 from privacysf.server.jobs import JobRunner
 from privacysf.server.mapping import MappingServer
+from privacysf.server.serving import ModelCache
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
 from privacysf.server.tables import JobRow, ModelRow
@@ -172,3 +174,19 @@ def test_a_stalled_worker_never_writes_the_file_of_the_model_another_worker_reco
         (model,) = s.scalars(select(ModelRow))
     assert [p.name for p in store.files.models.iterdir()] == [model.file]
     assert store.files.model(model.file).read_bytes() != late
+
+
+def test_a_job_queued_before_the_activation_setting_trains_and_serves_the_gelu_mapper(tmp_path):
+    """The tiny job's settings do not name ``mapper.activation``, as every job queued by a version
+    before it: it trains the GELU mapper it meant and the model cache serves that one. Fails if the
+    job runner or the cache read the settings with today's ReLU default (``MapperConfig.saved``)."""
+    store = one_job(tmp_path)
+    runner = JobRunner(store)
+    held = store.claim_next_job(runner.worker)
+    assert held is not None
+    runner.run(held)
+    with store.session() as s:
+        (model,) = s.scalars(select(ModelRow))
+    assert "activation" not in model.mapper
+    served = ModelCache(store).get(model)
+    assert served.model is not None and any(isinstance(m, nn.GELU) for m in served.model.modules())
