@@ -315,11 +315,10 @@ class MapperConfig(ConfigModel):
     Dice over nine paired fits (docs/results.md, "A narrower grid mapper")."""
     activation: Activation = "relu"
     """Nonlinearity of the unet's and the cnn's blocks, and of the center's ``task`` head built like
-    them. ``relu`` (current) took 0.90-0.99 of exact GELU's map time at 256², batch 1, and 0.92 at batch
-    32, over three runs (GELU was the
-    default before 2026-12-05) with no measured change of Dice (docs/results.md, "Lighter mappers and
-    the mapper in ONNX Runtime"). A unet or cnn checkpoint records it unless it is ``gelu``; run
-    folders and service jobs saved before the option existed load as ``gelu``
+    them. ``relu`` (current) matched exact GELU (the default before 2026-12-05) in Dice and took
+    0.90-0.99 of its map time at 256², batch 1, and 0.92 at batch 32, over three runs (docs/results.md,
+    "Lighter mappers and the mapper in ONNX Runtime"). A unet or cnn checkpoint records it unless it
+    is ``gelu``; run folders and service jobs saved before the option existed load as ``gelu``
     (:data:`FORMER_MAPPER_DEFAULTS`)."""
     padding: Padding = "zeros"
     """How the poly mapper's convolutions pad the token grid (``kind=poly`` only): ``circular`` makes it
