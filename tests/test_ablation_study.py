@@ -96,6 +96,14 @@ def test_a_policy_switches_its_augmentations_on_together():
     assert rows["+flip+shift"].mixup == 0 and rows["+mixup"].flip == 0
 
 
+def test_the_configured_default_is_a_row_and_no_augmentation_is_trained_twice():
+    recommended = AugmentConfig.recommended()
+    assert set(variants(recommended, ("flip",))) == {"none", "+flip", "default"}  # default -shift is none
+    assert set(variants(recommended, ("shift",))) == {"none", "+shift"}  # default is +shift
+    both = recommended.updated(flip=0.5)
+    assert set(variants(both, ("flip",))) == {"none", "+flip", "default", "default -flip"}  # -shift is +flip
+
+
 def test_an_unknown_augmentation_in_a_policy_is_refused_by_name():
     with pytest.raises(ConfigError, match="'flip\\+flop': flop is not one of"):
         ExperimentConfig().override(["ablation.policies=[flip, flip+flop]"])
@@ -113,7 +121,7 @@ def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
 
     assert cells[0]["train_slices"] < len(prepare(full.data).train)  # the share was applied
     for cell in cells:
-        assert set(cell["centers"]["0"]) == {"none", "+flip"}
+        assert set(cell["centers"]["0"]) == {"none", "+flip", "default"}  # default: the recommended shift
         assert cell["centers"]["0"]["+flip"]["augment"]["flip"] == 0.5
         assert 0 <= cell["unet"]["dice_3d"] <= 1
         assert (run_dir / "cells" / f"share0.5-seed{cell['seed']}" / "baseline" / "unet.pt").is_file()

@@ -19,7 +19,7 @@ from privacysf.server import MappingServer
 from privacysf.server.service.schemas import JobIn, MapperSettings, TrainSettings
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PERMUTED = ["key.enabled=true", "key.permute_tokens=true"]
+PERMUTED = ["key.enabled=true", "key.permute_tokens=true", "augment.shift=0"]
 CPU = TrainConfig(device="cpu")
 
 
@@ -91,6 +91,13 @@ def test_one_permutation_rule_binds_the_config_and_the_server(mapper, augment, p
     server = MappingServer(MapperConfig(kind=mapper, width=16), AugmentConfig(**augment), CPU)
     with pytest.raises(ConfigError, match=f"secret \\({KEYED_SCAN}\\) token order: .*{problem}"):
         server.initialise((4, 4), 4, 4, scan=KEYED_SCAN)
+
+
+def test_a_run_shifts_codes_by_default_and_a_permuted_run_must_say_it_does_not():
+    assert ExperimentConfig().augment == AugmentConfig.recommended() != AugmentConfig()
+    assert ExperimentConfig().augment.order_dependent() == ["shift"]
+    problem = refused("key.enabled=true", "key.permute_tokens=true", "mapper.kind=transformer")
+    assert "augment.shift need the token order" in problem and "set them to 0" in problem
 
 
 def test_a_permutation_allows_the_transformer_and_order_blind_augmentations():

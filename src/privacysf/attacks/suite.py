@@ -92,6 +92,7 @@ KEY_OVERRIDES = {
         "key.permute_tokens=true",
         "key.per_query_shift=false",
         "mapper.kind=transformer",
+        "augment.shift=0",
         "mapper.padding=zeros",
     ],
     "shift": ["key.enabled=false", "key.per_query_shift=true", "mapper.kind=poly", "mapper.padding=circular"],

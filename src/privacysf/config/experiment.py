@@ -49,7 +49,7 @@ class ExperimentConfig(ConfigModel):
     key: KeyConfig = Field(default_factory=KeyConfig)
     encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
     mapper: MapperConfig = Field(default_factory=MapperConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig.recommended)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     federation: FederationConfig = Field(default_factory=FederationConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)

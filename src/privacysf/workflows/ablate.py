@@ -34,16 +34,22 @@ PROBABILITY = 0.5
 
 def variants(default: AugmentConfig, policies: Sequence[str] = SWITCHES) -> dict[str, AugmentConfig]:
     """``none``, ``+policy`` for each policy (its ``+``-joined augmentations on together) and, when the
-    configured default switches some on, ``default`` and ``default -name`` for each of them."""
+    configured default switches some on, ``default`` and ``default -name`` for each of them.
+
+    A row whose augmentation equals an earlier row's is left out (with the recommended ``shift``
+    alone on, ``default -shift`` is ``none``), so no mapper is trained twice on the same center."""
     off = default.updated(**{name: 0.0 for name in SWITCHES})
-    rows = {"none": off}
-    rows.update(
-        {f"+{policy}": off.updated(**dict.fromkeys(policy.split("+"), PROBABILITY)) for policy in policies}
-    )
-    enabled = [name for name in SWITCHES if getattr(default, name) > 0]
-    if enabled:
-        rows["default"] = default
-        rows.update({f"default -{name}": default.updated(**{name: 0.0}) for name in enabled})
+    candidates = [("none", off)]
+    candidates += [
+        (f"+{policy}", off.updated(**dict.fromkeys(policy.split("+"), PROBABILITY))) for policy in policies
+    ]
+    if enabled := [name for name in SWITCHES if getattr(default, name) > 0]:
+        candidates.append(("default", default))
+        candidates += [(f"default -{name}", default.updated(**{name: 0.0})) for name in enabled]
+    rows: dict[str, AugmentConfig] = {}
+    for name, augment in candidates:
+        if augment not in rows.values():
+            rows[name] = augment
     return rows
 
 
