@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import ball_volume, write_plain_pair
 
 from privacysf.cli import main
@@ -89,3 +90,22 @@ def test_config_values_are_checked_before_any_training(tmp_path):
         assert result.returncode == 2 and "Traceback" not in result.stderr, setting
         assert message in result.stderr, (setting, result.stderr)
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_serve_takes_the_mapper_runtime_and_stops_at_start_without_onnx_runtime(monkeypatch):
+    """Fails if ``--mapper-runtime`` is dropped on its way to the service's config, or if a service
+    without ONNX Runtime starts and fails only at its first mapping request."""
+    import uvicorn
+
+    from privacysf.cli.main import make_parser
+    from privacysf.cli.service import _service_config
+    from privacysf.errors import ConfigError
+    from privacysf.server.service.app import serve
+
+    cfg = _service_config(make_parser().parse_args(["server", "serve", "--mapper-runtime", "onnxruntime"]))
+    assert cfg.mapper_runtime == "onnxruntime"
+    assert _service_config(make_parser().parse_args(["server", "worker"])).mapper_runtime == "torch"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the service started"))
+    with pytest.raises(ConfigError, match=r"pip install 'privacysf\[onnx\]'"):
+        serve(cfg)

@@ -187,7 +187,41 @@ def test_runs_and_service_models_saved_before_the_activation_setting_load_as_gel
     del stored["activation"]  # as the service recorded a model before the option existed
     row = ModelRow(id=1, file="gelu.pt", grid=[8, 8], in_channels=4, out_channels=4, mapper=stored)
     store = SimpleNamespace(
-        files=SimpleNamespace(model=lambda name: tmp_path / name), cfg=SimpleNamespace(model_cache=1)
+        files=SimpleNamespace(model=lambda name: tmp_path / name),
+        cfg=SimpleNamespace(model_cache=1, mapper_runtime="torch"),
     )
     served = ModelCache(store).get(row)  # the cache reads only these of its store
     assert any(isinstance(m, nn.GELU) for m in served.model.modules())
+
+
+def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):
+    """With ``ServiceConfig.mapper_runtime=onnxruntime`` the model cache serves a unet model from its
+    export, with torch's answers, and a transformer (which ONNX Runtime is not asked to serve) in torch.
+    Fails if the cache ignores the setting or passes it to a mapper that cannot take it."""
+    rows, by_torch = [], {}
+    for number, mapper in enumerate([SMALL_UNET, MapperConfig(kind="transformer", width=16, heads=2)], 1):
+        server = MappingServer(mapper, AugmentConfig(), TrainConfig(device="cpu"))
+        server.initialise((8, 8), 4, 4)
+        server.save(tmp_path / f"{mapper.kind}.pt")
+        by_torch[number] = server
+        rows.append(
+            ModelRow(
+                id=number,
+                file=f"{mapper.kind}.pt",
+                grid=[8, 8],
+                in_channels=4,
+                out_channels=4,
+                mapper=mapper.model_dump(),
+            )
+        )
+    store = SimpleNamespace(
+        files=SimpleNamespace(model=lambda name: tmp_path / name),
+        cfg=SimpleNamespace(model_cache=2, mapper_runtime="onnxruntime"),
+    )
+    cache = ModelCache(store)
+    unet, transformer = (cache.get(row) for row in rows)
+    assert unet.served is not None and transformer.served is None
+    assert transformer.mapper_cfg.runtime == "torch"
+    tokens = torch.rand(3, 64, 4) * 2 - 1
+    by_torch[1].prepare_for_serving()
+    torch.testing.assert_close(unet.predict_tokens(tokens), by_torch[1].predict_tokens(tokens))

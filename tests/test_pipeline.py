@@ -11,6 +11,7 @@ from keykit import assert_no_secret, secret_forms
 
 from privacysf.center.keys import CenterKey
 from privacysf.center.pipeline import IMAGE_ENCODER, KEY, MASK_CODEC, keyed_transform, load_center
+from privacysf.cli.main import main
 from privacysf.config import ExperimentConfig
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
@@ -18,7 +19,8 @@ from privacysf.data.readers import read_volume
 from privacysf.errors import ConfigError, DataError, WireFormatError
 from privacysf.exchange import CodeBatch, encode_codes
 from privacysf.metrics import mean_dice
-from privacysf.workflows.fit import reload, run_fit
+from privacysf.nets.onnx_runtime import OnnxRuntimeModule
+from privacysf.workflows.fit import reload, reload_server, run_fit
 from privacysf.workflows.inprocess import fit_server
 from privacysf.workflows.segment import segment_file
 
@@ -101,6 +103,28 @@ def test_segment_a_nifti_file_onto_its_own_grid(fitted, tmp_path):
     from_nifti, from_mha = read_volume(out), read_volume(mha)
     np.testing.assert_array_equal(from_nifti.array, from_mha.array)
     np.testing.assert_allclose(from_nifti.affine, from_mha.affine, atol=1e-5)
+
+
+def test_segment_maps_in_onnx_runtime_when_told(fitted, tmp_path, monkeypatch):
+    """The run was fitted with torch answering; ``segment --mapper-runtime onnxruntime`` exports its
+    mapper and writes the same mask. Fails if the option is ignored or the export's answers drift."""
+    run_dir, _ = fitted
+    cfg, center, by_torch = reload(run_dir, "cpu")
+    exported = reload_server(run_dir, "onnxruntime")
+    assert by_torch.served is None and exported.served is not None
+    message = center.image_message(prepare(cfg.data).test.images)
+    same = center.decode_message(exported.map(message)) == center.decode_message(by_torch.map(message))
+    assert same.mean() > 0.999  # float rounding may flip a pixel whose two logits tie
+    case = phantom_case(np.random.default_rng(7), 64, "new")
+    nib.save(nib.Nifti1Image(case.image[..., :2], np.eye(4)), str(tmp_path / "new.nii.gz"))
+    ask = [str(run_dir), str(tmp_path / "new.nii.gz"), "--device", "cpu"]
+    answered, answer = [], OnnxRuntimeModule.__call__
+    monkeypatch.setattr(OnnxRuntimeModule, "__call__", lambda *a: answered.append(1) or answer(*a))
+    assert main(["segment", *ask[:2], str(tmp_path / "ort.nii.gz"), "--mapper-runtime", "onnxruntime"]) == 0
+    assert answered  # the command's queries went to ONNX Runtime
+    assert main(["segment", *ask[:2], str(tmp_path / "torch.nii.gz"), *ask[2:]]) == 0
+    ort, by_cli = (np.asarray(nib.load(str(tmp_path / f"{n}.nii.gz")).dataobj) for n in ("ort", "torch"))
+    assert ort.shape == case.image[..., :2].shape and (ort == by_cli).mean() > 0.999
 
 
 def test_server_refuses_codes_of_the_wrong_shape(fitted):

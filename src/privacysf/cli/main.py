@@ -102,14 +102,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_segment(args: argparse.Namespace) -> None:
     from privacysf.data.readers import is_image_entry
+    from privacysf.workflows.fit import reload_server
     from privacysf.workflows.segment import segment_file, segment_folder
 
     run, image, output = Path(args.run), Path(args.image), Path(args.output)
+    server = reload_server(run, args.mapper_runtime) if args.mapper_runtime else None
     if image.is_dir() and not is_image_entry(image):  # a folder of images, not one DICOM series
-        written = segment_folder(run, image, output, args.device)
+        written = segment_folder(run, image, output, args.device, server)
         print(f"{len(written)} masks written to {output}")
     else:
-        print(f"mask written to {segment_file(run, image, output, args.device)}")
+        print(f"mask written to {segment_file(run, image, output, args.device, server)}")
 
 
 def cmd_ablate(args: argparse.Namespace) -> None:
@@ -275,6 +277,12 @@ def make_parser() -> argparse.ArgumentParser:
         "output", help="mask file to write (.nii.gz, .nrrd, .mha, .png or .tif), or a folder for a folder"
     )
     segment.add_argument("--device", help="auto, cpu or cuda")
+    segment.add_argument(
+        "--mapper-runtime",
+        choices=["torch", "onnxruntime"],
+        help="what maps the codes, on the CPU (default: the run's mapper.runtime; onnxruntime needs "
+        "privacysf[onnx] and a unet or cnn mapper)",
+    )
     segment.set_defaults(func=cmd_segment)
 
     federate = commands.add_parser(

@@ -26,7 +26,7 @@ def _service_config(args: argparse.Namespace):
         "body_timeout_seconds",
         "header_timeout_seconds",
     )
-    for key in ("host", "port", "threads", *bounds):
+    for key in ("host", "port", "threads", "mapper_runtime", *bounds):
         if getattr(args, key, None) is not None:
             setattr(cfg, key, getattr(args, key))
     if getattr(args, "max_upload_mb", None) is not None:
@@ -215,6 +215,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--header-timeout-seconds",
         type=float,
         help="longest a request head may take to arrive, however it trickles, before 408 (default 10)",
+    )
+    serve.add_argument(
+        "--mapper-runtime",
+        choices=["torch", "onnxruntime"],
+        help="what answers mapping requests for unet and cnn models (default torch; onnxruntime needs "
+        "privacysf[onnx])",
     )
     serve.add_argument(
         "--no-worker", action="store_true", help="run no job worker here (`privacysf server worker` does)"

@@ -48,6 +48,10 @@ Padding = Literal["zeros", "circular"]
 Activation = Literal["gelu", "relu"]
 """Nonlinearities of the server's convolutional mappers: exact GELU, or ReLU, which costs a few
 comparisons where GELU evaluates an error function per value."""
+MapperRuntime = Literal["torch", "onnxruntime"]
+"""What answers queries with a trained mapper: torch, or its ONNX Runtime export (``mapper.runtime``)."""
+ONNX_KINDS = ("unet", "cnn")
+"""The mapper kinds ONNX Runtime is tested to answer for (without a center embedding)."""
 ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "cutmix")
 """Augmentations that rely on knowing which token sits where: meaningless under a secret permutation."""
 AUGMENTATIONS = (*ORDER_AUGMENTATIONS, "mixup", "token_dropout", "span_mask", "noise")
@@ -349,19 +353,21 @@ class MapperConfig(ConfigModel):
     """Largest L2 norm of one pair's gradient under DP-SGD (``dp_noise`` > 0)."""
     dp_delta: float = Field(1e-5, gt=0, lt=1)
     """δ of the (ε, δ) guarantee reported under DP-SGD; keep it below 1 / the number of training pairs."""
-    runtime: Literal["torch", "onnxruntime"] = "torch"
+    runtime: MapperRuntime = "torch"
     """What answers queries on the CPU once the mapper is trained or loaded: torch, or the same weights
     exported to ONNX Runtime (``kind`` unet or cnn, no center embedding). ONNX Runtime maps a 256²
     query's code faster at batch 1 but costs a few seconds of export per loaded model; training is
     torch's either way, and checkpoints are the same (docs/results.md, "Lighter mappers and the
-    mapper in ONNX Runtime"). ``privacysf fit`` and in-process servers honour it (``segment`` uses the
-    run's saved value); the service serves with torch. Needs ``pip install 'privacysf[onnx]'``."""
+    mapper in ONNX Runtime"). ``privacysf fit`` and in-process servers honour it; ``segment`` uses the
+    run's saved value unless ``--mapper-runtime`` says otherwise, and the service uses its own
+    ``ServiceConfig.mapper_runtime`` for every model it can export. Needs ``pip install
+    'privacysf[onnx]'``."""
 
     @field_validator("runtime")
     @classmethod
     def _runtime_serves_this_mapper(cls, runtime: str, info: ValidationInfo) -> str:
-        if runtime == "onnxruntime" and (
-            info.data.get("kind") not in ("unet", "cnn") or info.data.get("center_embedding")
+        if runtime == "onnxruntime" and not exportable(
+            info.data.get("kind"), info.data.get("center_embedding")
         ):
             raise ValueError(
                 "onnxruntime serves the unet and cnn mappers without a center embedding; "
@@ -384,6 +390,11 @@ class MapperConfig(ConfigModel):
         return cls(**{**FORMER_MAPPER_DEFAULTS, **values})
 
     @property
+    def exportable(self) -> bool:
+        """Whether ``runtime=onnxruntime`` can answer for this mapper."""
+        return exportable(self.kind, self.center_embedding)
+
+    @property
     def order_blind(self) -> bool:
         """Whether this mapper can learn through a secret permutation of the token positions."""
         return self.kind == "transformer"
@@ -392,6 +403,11 @@ class MapperConfig(ConfigModel):
         if self.lr is not None:
             return self.lr
         return TRANSFORMER_LR if self.kind == "transformer" else train_lr
+
+
+def exportable(kind: str | None, center_embedding: int | None) -> bool:
+    """Whether ONNX Runtime answers for a mapper of ``kind`` (see :data:`ONNX_KINDS`)."""
+    return kind in ONNX_KINDS and not center_embedding
 
 
 class AugmentConfig(ConfigModel):

@@ -27,6 +27,24 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 
+def require_onnx_runtime() -> None:
+    """Stop with an install hint unless ONNX Runtime, torch's exporter and a torch that exports a free
+    batch size are here (a service checks at start, not at its first mapping request)."""
+    try:  # imported here: only a model that is served this way needs them
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401 (torch's exporter needs it)
+    except ImportError:
+        raise ConfigError(
+            "mapper.runtime=onnxruntime needs ONNX Runtime and the ONNX exporter, which this "
+            "install lacks: pip install 'privacysf[onnx]', or use mapper.runtime=torch"
+        ) from None
+    if not hasattr(torch.export.Dim, "DYNAMIC"):
+        raise ConfigError(
+            f"mapper.runtime=onnxruntime needs torch 2.7 or later (this is {torch.__version__}); "
+            "use mapper.runtime=torch"
+        )
+
+
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """The exporter logs a line per optional operator library it does not find (e.g. torchvision's)
@@ -51,19 +69,8 @@ class OnnxRuntimeModule:
     the cores to the torch work (encode, decode) around a map in the same process."""
 
     def __init__(self, module: nn.Module, example: torch.Tensor, threads: int | None = None) -> None:
-        try:  # imported here: only a model that is served this way needs them
-            import onnxruntime
-            import onnxscript  # noqa: F401 (torch's exporter needs it)
-        except ImportError:
-            raise ConfigError(
-                "mapper.runtime=onnxruntime needs ONNX Runtime and the ONNX exporter, which this "
-                "install lacks: pip install 'privacysf[onnx]', or use mapper.runtime=torch"
-            ) from None
-        if not hasattr(torch.export.Dim, "DYNAMIC"):
-            raise ConfigError(
-                f"mapper.runtime=onnxruntime needs torch 2.7 or later (this is {torch.__version__}); "
-                "use mapper.runtime=torch"
-            )
+        require_onnx_runtime()
+        import onnxruntime
 
         name = next(iter(inspect.signature(module.forward).parameters))
         with torch.no_grad(), _quiet_exporter():

@@ -28,7 +28,10 @@ class ModelCache:
             if row.id in self.loaded:
                 self.loaded.move_to_end(row.id)
                 return self.loaded[row.id]
-        server = MappingServer(MapperConfig.saved(row.mapper), AugmentConfig(), TrainConfig(device="cpu"))
+        mapper = MapperConfig.saved(row.mapper)
+        if mapper.exportable:
+            mapper = mapper.updated(runtime=self.store.cfg.mapper_runtime)
+        server = MappingServer(mapper, AugmentConfig(), TrainConfig(device="cpu"))
         server.load(self.store.files.model(row.file), tuple(row.grid), row.in_channels, row.out_channels)
         with self.lock:
             server = self.loaded.setdefault(row.id, server)  # a concurrent first request may have won

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from privacysf.config import MapperRuntime
+
 MiB = 1024 * 1024
 
 
@@ -60,6 +62,11 @@ class ServiceConfig:
     """How often the job runner looks for queued jobs."""
     model_cache: int = 4
     """Trained mappers kept loaded in memory for the mapping endpoint."""
+    mapper_runtime: MapperRuntime = "torch"
+    """What answers mapping requests for the models ONNX Runtime can serve (``mapper.runtime``; unet
+    and cnn mappers without a center embedding; the others always answer in torch). ``onnxruntime``
+    maps a 256² query faster at batch 1 (docs/results.md, "Lighter mappers and the mapper in ONNX
+    Runtime") and exports each model once as the cache loads it, a few seconds."""
     token_days: int = 90
     """Lifetime of a new token (``server create-token --days`` sets another); centers rotate theirs
     before it ends with ``privacysf center rotate-token``."""

@@ -18,7 +18,7 @@ from privacysf.center.pipeline import Center, load_center, train_center
 from privacysf.common.figures import curves
 from privacysf.common.runs import write_json
 from privacysf.common.torchutil import resolve_device, seed_everything
-from privacysf.config import ExperimentConfig
+from privacysf.config import ExperimentConfig, MapperRuntime
 from privacysf.data.prepare import PreparedData
 from privacysf.errors import ConfigError
 from privacysf.exchange import WIRE_DTYPES
@@ -158,17 +158,25 @@ def ceiling_by_class(center: Center, data: PreparedData, dtype: str) -> Summary:
 def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[ExperimentConfig, Center]:
     """The center's own models of a finished run, with its config (the server's mapper not loaded), as
     served: inference copies of its networks (:meth:`Center.serving`)."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ConfigError(f"{run_dir} is not a Privacy-SF run folder (no config.json)")
-    cfg = ExperimentConfig.load_run(config_path)
-    if device_name:
-        cfg = cfg.override([f"train.device={device_name}"])
+    cfg = _run_config(run_dir, [f"train.device={device_name}"] if device_name else [])
     data_path = run_dir / "data.json"
     if not data_path.is_file():
         raise ConfigError(f"{run_dir} has no data.json; it is not a complete Privacy-SF run folder")
     num_classes = len(json.loads(data_path.read_text())["classes"])
     return cfg, load_center(cfg, num_classes, run_dir, resolve_device(cfg.train.device)).serving()
+
+
+def reload_server(run_dir: Path, runtime: MapperRuntime) -> MappingServer:
+    """A finished run's mapper on the CPU, answering in ``runtime`` whatever the run was fitted with
+    (``privacysf segment --mapper-runtime``)."""
+    return load_server(_run_config(run_dir, [f"mapper.runtime={runtime}", "train.device=cpu"]), run_dir)
+
+
+def _run_config(run_dir: Path, overrides: list[str]) -> ExperimentConfig:
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{run_dir} is not a Privacy-SF run folder (no config.json)")
+    return ExperimentConfig.load_run(config_path).override(overrides)
 
 
 def reload(run_dir: Path, device_name: str | None = None):

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from privacysf.config import WireDtype
 from privacysf.exchange.encrypted import EncryptedCodes, is_encrypted
+from privacysf.nets.onnx_runtime import require_onnx_runtime
 from privacysf.server.jobs import JobRunner
 from privacysf.server.service.handlers import add_error_handlers
 from privacysf.server.service.limits import (
@@ -339,6 +340,9 @@ def _job_out(store: Store, job: JobRow) -> JobOut:
 def serve(cfg: ServiceConfig) -> None:
     """Run the service with uvicorn until interrupted (one process: SQLite and the job runner)."""
     import uvicorn
+
+    if cfg.mapper_runtime == "onnxruntime":
+        require_onnx_runtime()
 
     # no WebSocket endpoints: ws="none" keeps uvicorn from loading the websockets package (which
     # Flower's uvicorn[standard] installs) and its deprecated legacy protocol
