@@ -120,7 +120,10 @@ def test_segment_maps_in_onnx_runtime_when_told(fitted, tmp_path, monkeypatch):
     ask = [str(run_dir), str(tmp_path / "new.nii.gz"), "--device", "cpu"]
     answered, answer = [], OnnxRuntimeModule.__call__
     monkeypatch.setattr(OnnxRuntimeModule, "__call__", lambda *a: answered.append(1) or answer(*a))
-    assert main(["segment", *ask[:2], str(tmp_path / "ort.nii.gz"), "--mapper-runtime", "onnxruntime"]) == 0
+    assert (
+        main(["segment", *ask[:2], str(tmp_path / "ort.nii.gz"), *ask[2:], "--mapper-runtime", "onnxruntime"])
+        == 0
+    )
     assert answered  # the command's queries went to ONNX Runtime
     assert main(["segment", *ask[:2], str(tmp_path / "torch.nii.gz"), *ask[2:]]) == 0
     ort, by_cli = (np.asarray(nib.load(str(tmp_path / f"{n}.nii.gz")).dataobj) for n in ("ort", "torch"))

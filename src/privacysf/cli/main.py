@@ -106,7 +106,7 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from privacysf.workflows.segment import segment_file, segment_folder
 
     run, image, output = Path(args.run), Path(args.image), Path(args.output)
-    server = reload_server(run, args.mapper_runtime) if args.mapper_runtime else None
+    server = reload_server(run, args.mapper_runtime, args.device) if args.mapper_runtime else None
     if image.is_dir() and not is_image_entry(image):  # a folder of images, not one DICOM series
         written = segment_folder(run, image, output, args.device, server)
         print(f"{len(written)} masks written to {output}")

@@ -65,8 +65,9 @@ class ServiceConfig:
     mapper_runtime: MapperRuntime = "torch"
     """What answers mapping requests for the models ONNX Runtime can serve (``mapper.runtime``; unet
     and cnn mappers without a center embedding; the others always answer in torch). ``onnxruntime``
-    maps a 256² query faster at batch 1 (docs/results.md, "Lighter mappers and the mapper in ONNX
-    Runtime") and exports each model once as the cache loads it, a few seconds."""
+    maps a 256² query about a quarter faster at batch 1 and 8-11 % slower at batch 32 (docs/results.md,
+    "Lighter mappers and the mapper in ONNX Runtime"), and exports each model once as the cache loads
+    it, a few seconds."""
     token_days: int = 90
     """Lifetime of a new token (``server create-token --days`` sets another); centers rotate theirs
     before it ends with ``privacysf center rotate-token``."""

@@ -166,10 +166,11 @@ def reload_center(run_dir: Path, device_name: str | None = None) -> tuple[Experi
     return cfg, load_center(cfg, num_classes, run_dir, resolve_device(cfg.train.device)).serving()
 
 
-def reload_server(run_dir: Path, runtime: MapperRuntime) -> MappingServer:
-    """A finished run's mapper on the CPU, answering in ``runtime`` whatever the run was fitted with
-    (``privacysf segment --mapper-runtime``)."""
-    return load_server(_run_config(run_dir, [f"mapper.runtime={runtime}", "train.device=cpu"]), run_dir)
+def reload_server(run_dir: Path, runtime: MapperRuntime, device_name: str | None = None) -> MappingServer:
+    """A finished run's mapper answering in ``runtime`` whatever the run was fitted with (``privacysf
+    segment --mapper-runtime``); ONNX Runtime answers on the CPU only, so on CUDA torch does."""
+    device = [f"train.device={device_name}"] if device_name else []
+    return load_server(_run_config(run_dir, [f"mapper.runtime={runtime}", *device]), run_dir)
 
 
 def _run_config(run_dir: Path, overrides: list[str]) -> ExperimentConfig:
@@ -180,6 +181,6 @@ def _run_config(run_dir: Path, overrides: list[str]) -> ExperimentConfig:
 
 
 def reload(run_dir: Path, device_name: str | None = None):
-    """The center and server of a finished run, with its config (for ``privacysf segment``)."""
+    """The center and server of a finished run, with its config."""
     cfg, center = reload_center(run_dir, device_name)
     return cfg, center, load_server(cfg, run_dir)

@@ -69,6 +69,8 @@ bearer = HTTPBearer(auto_error=False, description="a center's API token (privacy
 
 
 def create_app(cfg: ServiceConfig) -> FastAPI:
+    if cfg.mapper_runtime == "onnxruntime":  # refuse now, not at the first mapping request
+        require_onnx_runtime()
     store = Store(cfg)
     runner = JobRunner(store) if cfg.in_process_worker else None
     cache = ModelCache(store)
@@ -340,9 +342,6 @@ def _job_out(store: Store, job: JobRow) -> JobOut:
 def serve(cfg: ServiceConfig) -> None:
     """Run the service with uvicorn until interrupted (one process: SQLite and the job runner)."""
     import uvicorn
-
-    if cfg.mapper_runtime == "onnxruntime":
-        require_onnx_runtime()
 
     # no WebSocket endpoints: ws="none" keeps uvicorn from loading the websockets package (which
     # Flower's uvicorn[standard] installs) and its deprecated legacy protocol
