@@ -1,6 +1,8 @@
 """The server's mapper kinds: what each takes and returns, what it can see, what it costs, its checkpoint."""
 
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -225,3 +227,31 @@ def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):
     tokens = torch.rand(3, 64, 4) * 2 - 1
     by_torch[1].prepare_for_serving()
     torch.testing.assert_close(unet.predict_tokens(tokens), by_torch[1].predict_tokens(tokens))
+
+
+def test_concurrent_first_requests_for_a_model_load_it_once(tmp_path, monkeypatch):
+    """Four requests arrive together for a model not yet loaded: one loads (and, with ONNX Runtime,
+    exports) it while the others wait for that copy. Fails if the cache loads once per request."""
+    server = MappingServer(SMALL_UNET, AugmentConfig(), TrainConfig(device="cpu"))
+    server.initialise((8, 8), 4, 4)
+    server.save(tmp_path / "unet.pt")
+    row = ModelRow(
+        id=1, file="unet.pt", grid=[8, 8], in_channels=4, out_channels=4, mapper=SMALL_UNET.model_dump()
+    )
+    store = SimpleNamespace(
+        files=SimpleNamespace(model=lambda name: tmp_path / name),
+        cfg=SimpleNamespace(model_cache=1, mapper_runtime="torch"),
+    )
+    loads, load = [], MappingServer.load
+
+    def slow_load(self, *args) -> None:
+        loads.append(1)
+        time.sleep(0.3)  # long enough for every request to arrive while the first one loads
+        load(self, *args)
+
+    monkeypatch.setattr(MappingServer, "load", slow_load)
+    cache = ModelCache(store)
+    with ThreadPoolExecutor(4) as pool:
+        served = list(pool.map(lambda _: cache.get(row), range(4)))
+    assert len(loads) == 1 and all(s is served[0] for s in served)
+    assert cache.get(row) is served[0] and not cache.loading

@@ -22,23 +22,44 @@ class ModelCache:
         self.registered: dict[tuple[int, str], str] = {}
         """The key file each loaded model took for a key id: a center's new keys replace the old."""
         self.lock = threading.Lock()
+        self.loading: dict[int, threading.Lock] = {}
+        """One lock per model being loaded: concurrent first requests for a model wait for one load
+        (with ``mapper_runtime=onnxruntime`` an export of a few seconds) instead of each doing it."""
 
     def get(self, row: ModelRow) -> MappingServer:
         with self.lock:
-            if row.id in self.loaded:
-                self.loaded.move_to_end(row.id)
-                return self.loaded[row.id]
-        mapper = MapperConfig.saved(row.mapper)
-        if mapper.exportable:
-            mapper = mapper.updated(runtime=self.store.cfg.mapper_runtime)
-        server = MappingServer(mapper, AugmentConfig(), TrainConfig(device="cpu"))
-        server.load(self.store.files.model(row.file), tuple(row.grid), row.in_channels, row.out_channels)
-        with self.lock:
-            server = self.loaded.setdefault(row.id, server)  # a concurrent first request may have won
-            while len(self.loaded) > self.store.cfg.model_cache:
-                dropped, _ = self.loaded.popitem(last=False)
-                self.registered = {k: v for k, v in self.registered.items() if k[0] != dropped}
+            if (server := self._cached(row.id)) is not None:
+                return server
+            loading = self.loading.setdefault(row.id, threading.Lock())
+        with loading:
+            with self.lock:
+                if (server := self._cached(row.id)) is not None:  # loaded while this one waited
+                    return server
+            mapper = MapperConfig.saved(row.mapper)
+            if mapper.exportable:
+                mapper = mapper.updated(runtime=self.store.cfg.mapper_runtime)
+            server = MappingServer(mapper, AugmentConfig(), TrainConfig(device="cpu"))
+            path = self.store.files.model(row.file)
+            try:
+                server.load(path, tuple(row.grid), row.in_channels, row.out_channels)
+            except BaseException:  # the next request for it tries afresh
+                with self.lock:
+                    self.loading.pop(row.id, None)
+                raise
+            with self.lock:
+                self.loaded[row.id] = server
+                self.loading.pop(row.id, None)
+                while len(self.loaded) > self.store.cfg.model_cache:
+                    dropped, _ = self.loaded.popitem(last=False)
+                    self.registered = {k: v for k, v in self.registered.items() if k[0] != dropped}
         return server
+
+    def _cached(self, model_id: int) -> MappingServer | None:
+        """The loaded model, marked most recently used (call with ``lock`` held)."""
+        if model_id in self.loaded:
+            self.loaded.move_to_end(model_id)
+            return self.loaded[model_id]
+        return None
 
     def with_keys(self, row: ModelRow, keys: EvaluationKeyRow) -> MappingServer:
         """The model, holding the center's evaluation ``keys`` (read from the store once per key file,
