@@ -20,6 +20,27 @@ from privacysf.server.serving import ModelCache
 from privacysf.server.tables import ModelRow
 
 SMALL_UNET = MapperConfig(kind="unet", grid_channels=(8, 16), res_units=1)
+TRANSFORMER = MapperConfig(kind="transformer", width=16, heads=2)
+
+
+def stored_model(folder, number: int, mapper: MapperConfig, recorded: dict | None = None) -> ModelRow:
+    """A fresh 8×8-token mapper saved in ``folder`` and the service's row for it, whose settings are
+    ``recorded`` (default: the mapper's own)."""
+    server = MappingServer(mapper, AugmentConfig(), TrainConfig(device="cpu"))
+    server.initialise((8, 8), 4, 4)
+    server.save(folder / f"model{number}.pt")
+    settings = mapper.model_dump() if recorded is None else recorded
+    return ModelRow(
+        id=number, file=f"model{number}.pt", grid=[8, 8], in_channels=4, out_channels=4, mapper=settings
+    )
+
+
+def model_store(folder, runtime: str = "torch", cache: int = 1) -> SimpleNamespace:
+    """The parts of a service's store that :class:`ModelCache` reads: model files and two settings."""
+    return SimpleNamespace(
+        files=SimpleNamespace(model=lambda name: folder / name),
+        cfg=SimpleNamespace(model_cache=cache, mapper_runtime=runtime),
+    )
 
 
 def without_group_norm(model: nn.Module) -> nn.Module:
@@ -85,7 +106,7 @@ def test_the_unet_mappers_arithmetic_grows_linearly_with_the_tokens():
 def test_the_task_head_is_the_mappers_kind_and_never_the_order_blind_transformer():
     grid = (8, 8)
     assert isinstance(build_task_head(SMALL_UNET, grid, 4, 4), GridUNetMapper)
-    head = build_task_head(MapperConfig(kind="transformer", width=16, heads=2), grid, 4, 4)
+    head = build_task_head(TRANSFORMER, grid, 4, 4)
     default = build_mapper(MapperConfig(width=16), grid, 4, 4)
     assert type(head) is type(default)  # the center's head sees raster order; no permutation to learn
 
@@ -182,17 +203,11 @@ def test_runs_and_service_models_saved_before_the_activation_setting_load_as_gel
     saved["mapper"]["activation"] = "relu"  # a run that names it keeps it
     (tmp_path / "config.json").write_text(json.dumps(saved))
     assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.activation == "relu"
-    stored = SMALL_UNET.updated(activation="gelu").model_dump()
-    gelu = MappingServer(MapperConfig(**stored), AugmentConfig(), TrainConfig(device="cpu"))
-    gelu.initialise((8, 8), 4, 4)
-    gelu.save(tmp_path / "gelu.pt")
-    del stored["activation"]  # as the service recorded a model before the option existed
-    row = ModelRow(id=1, file="gelu.pt", grid=[8, 8], in_channels=4, out_channels=4, mapper=stored)
-    store = SimpleNamespace(
-        files=SimpleNamespace(model=lambda name: tmp_path / name),
-        cfg=SimpleNamespace(model_cache=1, mapper_runtime="torch"),
-    )
-    served = ModelCache(store).get(row)  # the cache reads only these of its store
+    gelu = SMALL_UNET.updated(activation="gelu")
+    recorded = gelu.model_dump()
+    del recorded["activation"]  # as the service recorded a model before the option existed
+    row = stored_model(tmp_path, 1, gelu, recorded)
+    served = ModelCache(model_store(tmp_path)).get(row)
     assert any(isinstance(m, nn.GELU) for m in served.model.modules())
 
 
@@ -200,48 +215,21 @@ def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):
     """With ``ServiceConfig.mapper_runtime=onnxruntime`` the model cache serves a unet model from its
     export, with torch's answers, and a transformer (which ONNX Runtime is not asked to serve) in torch.
     Fails if the cache ignores the setting or passes it to a mapper that cannot take it."""
-    rows, by_torch = [], {}
-    for number, mapper in enumerate([SMALL_UNET, MapperConfig(kind="transformer", width=16, heads=2)], 1):
-        server = MappingServer(mapper, AugmentConfig(), TrainConfig(device="cpu"))
-        server.initialise((8, 8), 4, 4)
-        server.save(tmp_path / f"{mapper.kind}.pt")
-        by_torch[number] = server
-        rows.append(
-            ModelRow(
-                id=number,
-                file=f"{mapper.kind}.pt",
-                grid=[8, 8],
-                in_channels=4,
-                out_channels=4,
-                mapper=mapper.model_dump(),
-            )
-        )
-    store = SimpleNamespace(
-        files=SimpleNamespace(model=lambda name: tmp_path / name),
-        cfg=SimpleNamespace(model_cache=2, mapper_runtime="onnxruntime"),
-    )
-    cache = ModelCache(store)
+    rows = [stored_model(tmp_path, 1, SMALL_UNET), stored_model(tmp_path, 2, TRANSFORMER)]
+    cache = ModelCache(model_store(tmp_path, "onnxruntime", cache=2))
     unet, transformer = (cache.get(row) for row in rows)
     assert unet.served is not None and transformer.served is None
     assert transformer.mapper_cfg.runtime == "torch"
+    by_torch = ModelCache(model_store(tmp_path)).get(rows[0])
+    assert by_torch.served is None
     tokens = torch.rand(3, 64, 4) * 2 - 1
-    by_torch[1].prepare_for_serving()
-    torch.testing.assert_close(unet.predict_tokens(tokens), by_torch[1].predict_tokens(tokens))
+    torch.testing.assert_close(unet.predict_tokens(tokens), by_torch.predict_tokens(tokens))
 
 
 def test_concurrent_first_requests_for_a_model_load_it_once(tmp_path, monkeypatch):
     """Four requests arrive together for a model not yet loaded: one loads (and, with ONNX Runtime,
     exports) it while the others wait for that copy. Fails if the cache loads once per request."""
-    server = MappingServer(SMALL_UNET, AugmentConfig(), TrainConfig(device="cpu"))
-    server.initialise((8, 8), 4, 4)
-    server.save(tmp_path / "unet.pt")
-    row = ModelRow(
-        id=1, file="unet.pt", grid=[8, 8], in_channels=4, out_channels=4, mapper=SMALL_UNET.model_dump()
-    )
-    store = SimpleNamespace(
-        files=SimpleNamespace(model=lambda name: tmp_path / name),
-        cfg=SimpleNamespace(model_cache=1, mapper_runtime="torch"),
-    )
+    row = stored_model(tmp_path, 1, SMALL_UNET)
     loads, load = [], MappingServer.load
 
     def slow_load(self, *args) -> None:
@@ -250,7 +238,7 @@ def test_concurrent_first_requests_for_a_model_load_it_once(tmp_path, monkeypatc
         load(self, *args)
 
     monkeypatch.setattr(MappingServer, "load", slow_load)
-    cache = ModelCache(store)
+    cache = ModelCache(model_store(tmp_path))
     with ThreadPoolExecutor(4) as pool:
         served = list(pool.map(lambda _: cache.get(row), range(4)))
     assert len(loads) == 1 and all(s is served[0] for s in served)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from privacysf.cli.options import add_config_options, build_config, section_overrides
 from privacysf.cli.service import add_commands as add_service_commands
-from privacysf.config import CENTER_PARTITIONS, FEDERATION_MODES, IMAGE_MODES, KEY_SETTINGS
+from privacysf.config import CENTER_PARTITIONS, FEDERATION_MODES, IMAGE_MODES, KEY_SETTINGS, MAPPER_RUNTIMES
 from privacysf.errors import PrivacySFError
 
 
@@ -279,7 +279,7 @@ def make_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", help="auto, cpu or cuda")
     segment.add_argument(
         "--mapper-runtime",
-        choices=["torch", "onnxruntime"],
+        choices=MAPPER_RUNTIMES,
         help="what maps the codes, on the CPU (default: the run's mapper.runtime; onnxruntime needs "
         "privacysf[onnx] and a unet or cnn mapper)",
     )

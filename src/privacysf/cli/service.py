@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from privacysf.config import MAPPER_RUNTIMES
 from privacysf.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -218,7 +219,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--mapper-runtime",
-        choices=["torch", "onnxruntime"],
+        choices=MAPPER_RUNTIMES,
         help="what answers mapping requests for unet and cnn models (default torch; onnxruntime needs "
         "privacysf[onnx])",
     )

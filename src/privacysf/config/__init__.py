@@ -9,6 +9,7 @@ from privacysf.config.experiment import ExperimentConfig
 from privacysf.config.sections import (
     AUGMENTATIONS,
     IMAGE_MODES,
+    MAPPER_RUNTIMES,
     TRANSFORMER_LR,
     WIRE_DTYPE_NAMES,
     AugmentConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "CENTER_PARTITIONS",
     "FEDERATION_MODES",
     "IMAGE_MODES",
+    "MAPPER_RUNTIMES",
     "KEY_SETTINGS",
     "TRANSFORMER_LR",
     "WIRE_DTYPE_NAMES",

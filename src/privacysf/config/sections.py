@@ -50,6 +50,7 @@ Activation = Literal["gelu", "relu"]
 comparisons where GELU evaluates an error function per value."""
 MapperRuntime = Literal["torch", "onnxruntime"]
 """What answers queries with a trained mapper: torch, or its ONNX Runtime export (``mapper.runtime``)."""
+MAPPER_RUNTIMES = get_args(MapperRuntime)
 ONNX_KINDS = ("unet", "cnn")
 """The mapper kinds ONNX Runtime is tested to answer for (without a center embedding)."""
 ORDER_AUGMENTATIONS = ("reverse", "flip", "shift", "splice", "cutmix")

@@ -42,16 +42,14 @@ class ModelCache:
             path = self.store.files.model(row.file)
             try:
                 server.load(path, tuple(row.grid), row.in_channels, row.out_channels)
-            except BaseException:  # the next request for it tries afresh
+                with self.lock:
+                    self.loaded[row.id] = server
+                    while len(self.loaded) > self.store.cfg.model_cache:
+                        dropped, _ = self.loaded.popitem(last=False)
+                        self.registered = {k: v for k, v in self.registered.items() if k[0] != dropped}
+            finally:  # loaded (later requests find it cached) or failed (the next one tries afresh)
                 with self.lock:
                     self.loading.pop(row.id, None)
-                raise
-            with self.lock:
-                self.loaded[row.id] = server
-                self.loading.pop(row.id, None)
-                while len(self.loaded) > self.store.cfg.model_cache:
-                    dropped, _ = self.loaded.popitem(last=False)
-                    self.registered = {k: v for k, v in self.registered.items() if k[0] != dropped}
         return server
 
     def _cached(self, model_id: int) -> MappingServer | None:
