@@ -52,10 +52,16 @@ class MaskCodec(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.encoder = ConvEncoder(
-            num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding
+            num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding, cfg.activation
         )
         self.decoder = ConvDecoder(
-            cfg.mask_channels, num_classes, cfg.width, cfg.downsample, cfg.norm, cfg.top_decoder_width
+            cfg.mask_channels,
+            num_classes,
+            cfg.width,
+            cfg.downsample,
+            cfg.norm,
+            cfg.top_decoder_width,
+            cfg.activation,
         )
         self.register_buffer("logit_offset", torch.zeros(num_classes, 1, 1))
         self.register_load_state_dict_pre_hook(_take_offset_shape)
@@ -90,7 +96,15 @@ def build_image_encoder(cfg: CodecConfig) -> ConvEncoder:
     Training, loading and the untrained networks of size/latency measurements all build it here, so a
     change of its shape reaches every one of them.
     """
-    return ConvEncoder(1, cfg.image_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding)
+    return ConvEncoder(
+        1, cfg.image_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding, cfg.activation
+    )
+
+
+def build_image_decoder(cfg: CodecConfig) -> ConvDecoder:
+    """A center-side decoder from image codes back to images: the ``autoencoder`` mode's decoder and
+    the ``private`` mode's in-the-loop attacker, built like the center's other networks."""
+    return ConvDecoder(cfg.image_channels, 1, cfg.width, cfg.downsample, cfg.norm, activation=cfg.activation)
 
 
 def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
@@ -106,6 +120,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "width": c.width,
         "norm": None if c.norm == "instance" else c.norm,  # checkpoints from before codec.norm: instance
         "padding": None if c.padding == "zeros" else c.padding,  # from before codec.padding: zeros
+        "activation": None if c.activation == "prelu" else c.activation,  # before codec.activation: prelu
         # checkpoints from before codec.mask_decoder_width decoded at full resolution with ``width``
         "mask_decoder_width": (
             None if part != "mask-codec" or c.top_decoder_width == c.width else c.top_decoder_width

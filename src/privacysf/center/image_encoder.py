@@ -17,6 +17,7 @@ from torch import nn
 
 from privacysf.center.codecs import (
     MaskCodec,
+    build_image_decoder,
     build_image_encoder,
     codec_signature,
     decode_masks,
@@ -32,7 +33,7 @@ from privacysf.data.preprocess import SliceSet
 from privacysf.exchange import grid_to_tokens, tokens_to_grid
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import validation_dice
-from privacysf.nets.conv import ConvDecoder, ConvEncoder
+from privacysf.nets.conv import ConvEncoder
 from privacysf.nets.mappers import build_task_head
 
 
@@ -40,9 +41,8 @@ class AutoencoderObjective:
     """``autoencoder`` mode: the code must let a (center-kept) image decoder rebuild the image."""
 
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
-        c = cfg.codec
         self.encoder = encoder
-        self.decoder = ConvDecoder(c.image_channels, 1, c.width, c.downsample, c.norm).to(device)
+        self.decoder = build_image_decoder(cfg.codec).to(device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"image_decoder": self.decoder}
@@ -129,9 +129,8 @@ class PrivateObjective(TaskObjective):
 
     def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
         super().__init__(cfg, encoder, codec, device)
-        c = cfg.codec
-        self.weight = c.private_weight
-        self.attacker = ConvDecoder(c.image_channels, 1, c.width, c.downsample, c.norm).to(device)
+        self.weight = cfg.codec.private_weight
+        self.attacker = build_image_decoder(cfg.codec).to(device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {**super().modules(), "attacker_decoder": self.attacker}

@@ -48,6 +48,9 @@ Padding = Literal["zeros", "circular"]
 Activation = Literal["gelu", "relu"]
 """Nonlinearities of the server's convolutional mappers: exact GELU, or ReLU, which costs a few
 comparisons where GELU evaluates an error function per value."""
+CodecActivation = Literal["prelu", "relu"]
+"""Nonlinearities of the center's convolutional networks (``codec.activation``): MONAI's PReLU, with one
+learned slope per block, or ReLU."""
 MapperRuntime = Literal["torch", "onnxruntime"]
 """What answers queries with a trained mapper: torch, or its ONNX Runtime export (``mapper.runtime``)."""
 MAPPER_RUNTIMES = get_args(MapperRuntime)
@@ -197,6 +200,12 @@ class CodecConfig(ConfigModel):
     training ones decode foreground in the air: on Colin27 seed 0, trained on middle slices and tested
     on the top ones, the mask codec's 3-D test ceiling was 0.81 with ``instance`` and 0.99 with
     ``batch``, and Privacy-SF's Dice 0.24 and 0.88 (``docs/results.md``)."""
+    activation: CodecActivation = "prelu"
+    """Nonlinearity of every block of the center's networks (mask codec, image encoder, and the
+    ``autoencoder`` and ``private`` modes' decoders). ``prelu`` is MONAI's default and was the only
+    one before this setting; ``relu`` skips the reduction PReLU's backward pass makes for its slope,
+    which took 18 % of a mask-codec training step at 128² on the CPU. A checkpoint records it unless it
+    is ``prelu``; run folders saved before the setting load as ``prelu``."""
     padding: Padding = "zeros"
     """Border rule of both center encoders' convolutions. ``circular`` wraps them around the image, so
     the code of an image shifted cyclically by whole tokens is exactly the shifted code, and the
