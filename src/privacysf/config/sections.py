@@ -48,9 +48,9 @@ Padding = Literal["zeros", "circular"]
 Activation = Literal["gelu", "relu"]
 """Nonlinearities of the server's convolutional mappers: exact GELU, or ReLU, which costs a few
 comparisons where GELU evaluates an error function per value."""
-CodecActivation = Literal["prelu", "relu"]
+CodecActivation = Literal["prelu", "relu", "leakyrelu"]
 """Nonlinearities of the center's convolutional networks (``codec.activation``): MONAI's PReLU, with one
-learned slope per block, or ReLU."""
+learned slope per block, ReLU, or a leaky ReLU whose slope stays at PReLU's starting 0.25."""
 MapperRuntime = Literal["torch", "onnxruntime"]
 """What answers queries with a trained mapper: torch, or its ONNX Runtime export (``mapper.runtime``)."""
 MAPPER_RUNTIMES = get_args(MapperRuntime)

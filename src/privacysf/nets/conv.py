@@ -84,6 +84,15 @@ class WrappedConv2d(nn.Conv2d):
         return out
 
 
+LEAKY_SLOPE = 0.25
+"""Slope of ``leakyrelu`` below zero: where every PReLU starts, kept fixed."""
+
+
+def monai_activation(activation: CodecActivation) -> str | tuple[str, dict]:
+    """``codec.activation`` as MONAI's blocks take it."""
+    return ("leakyrelu", {"negative_slope": LEAKY_SLOPE}) if activation == "leakyrelu" else activation
+
+
 def wrap_borders(net: nn.Module) -> None:
     """Make every convolution of ``net`` that pads a :class:`WrappedConv2d`, weights kept: MONAI's
     blocks take no padding mode, so their convolutions are swapped once built."""
@@ -105,13 +114,14 @@ class ConvEncoder(nn.Module):
         activation: CodecActivation = "prelu",
     ) -> None:
         super().__init__()
+        act = monai_activation(activation)
         layers: list[nn.Module] = []
         channels = in_channels
         for i in range(_stages(downsample)):
             out = width * 2**i
-            layers.append(ResidualUnit(2, channels, out, strides=2, subunits=2, norm=norm, act=activation))
+            layers.append(ResidualUnit(2, channels, out, strides=2, subunits=2, norm=norm, act=act))
             channels = out
-        layers.append(ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm, act=activation))
+        layers.append(ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm, act=act))
         layers.append(nn.Conv2d(channels, code_channels, 1))
         self.net = nn.Sequential(*layers)
         if padding == "circular":
@@ -142,17 +152,16 @@ class ConvDecoder(nn.Module):
         super().__init__()
         stages = _stages(downsample)
         channels = width * 2 ** (stages - 1)
+        act = monai_activation(activation)
         layers: list[nn.Module] = [
             nn.Conv2d(code_channels, channels, 1),
-            ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm, act=activation),
+            ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm, act=act),
         ]
         for i in reversed(range(stages)):
             out = width * 2 ** (i - 1) if i else top_width or width
             layers += [
-                Convolution(
-                    2, channels, out, strides=2, kernel_size=3, is_transposed=True, norm=norm, act=activation
-                ),
-                ResidualUnit(2, out, out, strides=1, subunits=1, norm=norm, act=activation),
+                Convolution(2, channels, out, strides=2, is_transposed=True, norm=norm, act=act),
+                ResidualUnit(2, out, out, strides=1, subunits=1, norm=norm, act=act),
             ]
             channels = out
         layers.append(nn.Conv2d(channels, out_channels, 1))
