@@ -9,7 +9,7 @@ from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signat
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import CodecConfig, ExperimentConfig
-from privacysf.nets.conv import WrappedConv2d
+from privacysf.nets.conv import LEAKY_SLOPE, WrappedConv2d
 from privacysf.workflows.fit import reload_center
 
 SIZE = 128
@@ -129,15 +129,17 @@ def test_a_wrapped_convolution_is_torchs_circular_one_in_the_inputs_layout(kerne
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("activation", ["prelu", "relu"])
+@pytest.mark.parametrize("activation", ["prelu", "relu", "leakyrelu"])
 def test_a_reloaded_run_serves_its_networks_with_the_activation_it_trained_with(tmp_path, activation):
     """A run saved before ``codec.activation`` (PReLU, no config or signature entry) reloads with
     PReLU; fails without the migration in ``ExperimentConfig.load_run`` once the default is another
-    activation. A ReLU run keeps no PReLU anywhere through the served copy."""
+    activation. The others keep no PReLU anywhere through the served copy."""
     cfg = ExperimentConfig().override([f"codec.activation={activation}", "codec.width=8"])
     _save_run(tmp_path, cfg, ("activation",) if activation == "prelu" else ())
     loaded, center = reload_center(tmp_path, "cpu")
     assert loaded.codec.activation == activation
-    kinds = {torch.nn.PReLU: "prelu", torch.nn.ReLU: "relu"}
+    kinds = {torch.nn.PReLU: "prelu", torch.nn.ReLU: "relu", torch.nn.LeakyReLU: "leakyrelu"}
     for net in (center.image_encoder, center.mask_codec.encoder, center.mask_codec.decoder):
         assert {kinds[type(m)] for m in net.modules() if type(m) in kinds} == {activation}
+        slopes = {m.negative_slope for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)}
+        assert slopes <= {LEAKY_SLOPE}

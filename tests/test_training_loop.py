@@ -57,29 +57,3 @@ def test_a_hook_that_leaves_training_keeps_its_epoch_in_the_resume_file(tmp_path
     resumed = []
     result = tiny_fit(resume, lambda record: resumed.append(int(record["epoch"])))
     assert resumed == [2] and [int(r["epoch"]) for r in result.history] == [0, 1, 2]
-
-
-def conv_net() -> torch.nn.Sequential:
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
-
-
-def test_cpu_weights_train_channels_last_and_come_back_contiguous(tmp_path):
-    """Fails if ``fit`` stops training in channels-last layout on the CPU (the measured speed-up is
-    gone) or hands the weights back in it (checkpoints and exports expect contiguous ones)."""
-    torch.manual_seed(0)
-    model = conv_net()
-    x, y = torch.randn(4, 3, 8, 8), torch.randn(4, 1, 8, 8)
-    layouts = []
-
-    def step(_) -> torch.Tensor:
-        layouts.append(model[0].weight.is_contiguous(memory_format=torch.channels_last))
-        return torch.nn.functional.mse_loss(model(x), y)
-
-    cfg = TrainConfig(epochs=2, patience=2, progress=False)
-    fit(model, lambda epoch: [None], step, lambda: 0.0, cfg, "layout", tmp_path / "best.pt")
-    assert layouts == [True, True]
-    assert all(p.is_contiguous() for p in model.parameters())
-    saved = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
-    fresh = conv_net()
-    fresh.load_state_dict(saved)
-    assert torch.allclose(fresh(x), model(x))

@@ -51,6 +51,10 @@ SETTINGS: dict[str, Setting] = {
     "GELU mapper (before 2026-12-05)": Setting(["mapper.activation=gelu"]),
     "mid grid mapper": Setting(["mapper.grid_channels=[16,32,128]"]),
     "mapper in ONNX Runtime": Setting(["mapper.runtime=onnxruntime"]),
+    "leaky ReLU center": Setting(["codec.activation=leakyrelu"]),
+    "leaky ReLU center, mapper in ONNX Runtime": Setting(
+        ["codec.activation=leakyrelu", "mapper.runtime=onnxruntime"]
+    ),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
 convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
@@ -66,7 +70,9 @@ convolutions wrap around the image (``codec.padding=circular``, exact whole-toke
 unet mapper with the exact GELU of earlier versions for today's ReLU, the unet mapper 16 and 32 wide
 on its two top levels (docs/results.md, "Lighter mappers and the mapper in ONNX Runtime", for the
 Dice of both narrower mappers), and the default mapper served by ONNX Runtime (``mapper.runtime=onnxruntime``;
-the raw U-Net is then also timed in ONNX Runtime, as a row of its own, for a like-for-like view).
+the raw U-Net is then also timed in ONNX Runtime, as a row of its own, for a like-for-like view),
+and center networks with a fixed-slope leaky ReLU for PReLU (``codec.activation=leakyrelu``), in
+torch and beside the mapper in ONNX Runtime.
 The instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""

@@ -9,9 +9,10 @@ is the center's default: an instance norm rescales every token by statistics of 
 the air around a small head at the top of a scan gets other features than the air around a large one,
 and codes of slices unlike the training ones decode foreground outside the body.
 
-``activation`` (``codec.activation``) is every block's nonlinearity: MONAI's default PReLU, or ReLU, whose
-backward pass is a comparison where PReLU's also reduces over every value for its slope (18 % of a
-mask-codec training step at 128² on the CPU).
+``activation`` (``codec.activation``) is every block's nonlinearity: MONAI's default PReLU, or a ReLU or
+fixed-slope leaky ReLU, whose backward pass is a comparison where PReLU's also reduces over every
+value for its slope (18 % of a mask-codec training step at 128² on the CPU; both cost Dice,
+docs/results.md "Cheaper center activations").
 
 ``padding`` (``codec.padding``) is the encoder's border rule. ``circular`` wraps every convolution
 around the image's edges (:class:`WrappedConv2d`), so a cyclic shift of the image by whole tokens gives
