@@ -1,14 +1,25 @@
 """The mask codec's batches: a fixed number of reshaped label-map draws per epoch, whatever the data."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
+from monai.data import get_track_meta
 
 from privacysf.center.codecs import build_image_encoder, token_grid, train_mask_codec
 from privacysf.center.pipeline import Center, mask_ceiling
 from privacysf.common.training import epoch_order
 from privacysf.config import CodecConfig, ExperimentConfig, TrainConfig
-from privacysf.data.loader import class_balanced_weights, mask_batches, paste_shapes
+from privacysf.data.loader import (
+    class_balanced_weights,
+    mask_batches,
+    paste_shapes,
+    shape_augmentation,
+    slice_batches,
+    untracked,
+)
 from privacysf.data.prepare import prepare
+from privacysf.data.preprocess import SliceSet
 
 CPU = torch.device("cpu")
 
@@ -117,3 +128,25 @@ def test_the_mask_codec_trains_its_own_epochs_at_most_train_epochs():
         run = cfg.override([f"codec.mask_epochs={'null' if mask_epochs is None else mask_epochs}"])
         _, result = train_mask_codec(run, data.train, data.val, k, CPU, None)
         assert result.epochs_trained == trained, mask_epochs
+
+
+def test_augmented_batches_are_plain_tensors_with_the_values_tracked_transforms_give():
+    """Fails if the loader's transforms run with MONAI's metadata tracking again (slower, and the
+    batches come out as ``MetaTensor``) or if ``untracked`` leaves the global switch off."""
+    masks = _masks()
+    images = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    slices = SliceSet(images, masks, np.ones((3, 2)), ["a", "b", "c"], np.arange(3), np.ones(3))
+    train = TrainConfig(batch_size=2, augment=True, min_steps=2)
+    drawn = list(_draws(masks, batch_size=2, steps=3, augment=True)(0))
+    passed = [t for batch in slice_batches(slices, train, CPU)(0) for t in batch]
+    assert all(type(t) is torch.Tensor for t in drawn + passed)
+    assert get_track_meta()  # put back on leaving
+    transform = shape_augmentation()
+    outputs = []
+    for context in (nullcontext, untracked):
+        transform.set_random_state(3)
+        with context():
+            outputs.append([transform({"mask": torch.from_numpy(m[None])})["mask"] for m in masks])
+    (tracked, plain), kinds = outputs, {type(t).__name__ for t in outputs[0]}
+    assert kinds == {"MetaTensor"}  # what the loader would otherwise carry through training
+    assert all(torch.equal(a.as_tensor(), b) for a, b in zip(tracked, plain, strict=True))
