@@ -132,8 +132,8 @@ def test_a_wrapped_convolution_is_torchs_circular_one_in_the_inputs_layout(kerne
 @pytest.mark.parametrize("activation", ["prelu", "relu", "leakyrelu"])
 def test_a_reloaded_run_serves_its_networks_with_the_activation_it_trained_with(tmp_path, activation):
     """A run saved before ``codec.activation`` (PReLU, no config or signature entry) reloads with
-    PReLU; fails without the migration in ``ExperimentConfig.load_run`` once the default is another
-    activation. The others keep no PReLU anywhere through the served copy."""
+    PReLU: fails if the default changes without a migration in ``ExperimentConfig.load_run`` (as
+    ``codec.norm``'s has). The others keep no PReLU anywhere through the served copy."""
     cfg = ExperimentConfig().override([f"codec.activation={activation}", "codec.width=8"])
     _save_run(tmp_path, cfg, ("activation",) if activation == "prelu" else ())
     loaded, center = reload_center(tmp_path, "cpu")

@@ -11,6 +11,7 @@ from privacysf.center.pipeline import Center, mask_ceiling
 from privacysf.common.training import epoch_order
 from privacysf.config import CodecConfig, ExperimentConfig, TrainConfig
 from privacysf.data.loader import (
+    augmentation,
     class_balanced_weights,
     mask_batches,
     paste_shapes,
@@ -130,6 +131,16 @@ def test_the_mask_codec_trains_its_own_epochs_at_most_train_epochs():
         assert result.epochs_trained == trained, mask_epochs
 
 
+def _twice(transform, items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``transform`` applied to ``items`` with MONAI's tracking on, then off, from the same seed."""
+    outputs = []
+    for context in (nullcontext, untracked):
+        transform.set_random_state(3)
+        with context():
+            outputs.append([transform(dict(item)) for item in items])
+    return outputs[0], outputs[1]
+
+
 def test_augmented_batches_are_plain_tensors_with_the_values_tracked_transforms_give():
     """Fails if the loader's transforms run with MONAI's metadata tracking again (slower, and the
     batches come out as ``MetaTensor``) or if ``untracked`` leaves the global switch off."""
@@ -141,12 +152,13 @@ def test_augmented_batches_are_plain_tensors_with_the_values_tracked_transforms_
     passed = [t for batch in slice_batches(slices, train, CPU)(0) for t in batch]
     assert all(type(t) is torch.Tensor for t in drawn + passed)
     assert get_track_meta()  # put back on leaving
-    transform = shape_augmentation()
-    outputs = []
-    for context in (nullcontext, untracked):
-        transform.set_random_state(3)
-        with context():
-            outputs.append([transform({"mask": torch.from_numpy(m[None])})["mask"] for m in masks])
-    (tracked, plain), kinds = outputs, {type(t).__name__ for t in outputs[0]}
-    assert kinds == {"MetaTensor"}  # what the loader would otherwise carry through training
-    assert all(torch.equal(a.as_tensor(), b) for a, b in zip(tracked, plain, strict=True))
+    items = [
+        {"image": torch.from_numpy(x), "mask": torch.from_numpy(m[None])}
+        for x, m in zip(images, masks, strict=True)
+    ]
+    for transform, keys in ((shape_augmentation(), ["mask"]), (augmentation(), ["image", "mask"])):
+        tracked, plain = _twice(transform, [{k: item[k] for k in keys} for item in items])
+        assert {type(item[k]).__name__ for item in tracked for k in keys} == {"MetaTensor"}
+        assert all(
+            torch.equal(a[k].as_tensor(), b[k]) for a, b in zip(tracked, plain, strict=True) for k in keys
+        )

@@ -116,8 +116,6 @@ class ExperimentConfig(ConfigModel):
             then.append("codec.norm=instance")
         if "mask_decoder_width" not in codec:
             then.append(f"codec.mask_decoder_width={cfg.codec.width}")
-        if "activation" not in codec:
-            then.append("codec.activation=prelu")
         mapper = values.get("mapper", {})
         then += [f"mapper.{k}={v}" for k, v in FORMER_MAPPER_DEFAULTS.items() if k not in mapper]
         return cfg.override(then) if then else cfg

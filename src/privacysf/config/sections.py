@@ -204,11 +204,12 @@ class CodecConfig(ConfigModel):
     """Nonlinearity of every block of the center's networks (mask codec, image encoder, and the
     ``autoencoder`` and ``private`` modes' decoders). ``prelu`` is MONAI's default. ``relu`` and
     ``leakyrelu`` (slope fixed at 0.25) skip the reduction PReLU's backward pass makes for its slope
-    (a 128² mask-codec training step in 0.8 of the time) but were measured and not adopted: over
-    nine paired fits ReLU left the CT mask codec's ceiling at 0.57-0.75 (−0.087 3-D Dice); the leaky
-    ReLU changed Dice by −0.004 but CT's by −0.012, the fits' training time did not visibly fall, and
-    a 256² query took 0.94 of the time (docs/results.md, "Cheaper center activations"). A checkpoint
-    records it unless it is ``prelu``; run folders saved before the setting load as ``prelu``."""
+    (a 128² mask-codec training step took 0.81 of the time with ReLU; the leaky ReLU's backward pass
+    costs what ReLU's does) but were measured and not adopted: over nine paired fits ReLU left the CT
+    mask codec's ceiling at 0.57-0.75 (−0.274 3-D Dice on CT, −0.087 over the nine); the leaky ReLU
+    changed Dice by −0.004 but CT's by −0.012, the fits' training time did not visibly fall, and a
+    256² query took 0.94 of the time (docs/results.md, "Cheaper center activations"). A checkpoint
+    records it unless it is ``prelu``, so run folders saved before the setting load as they were."""
     padding: Padding = "zeros"
     """Border rule of both center encoders' convolutions. ``circular`` wraps them around the image, so
     the code of an image shifted cyclically by whole tokens is exactly the shifted code, and the
