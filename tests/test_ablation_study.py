@@ -40,19 +40,22 @@ def test_changes_are_paired_within_seeds():
 
 
 def test_each_center_of_the_study_is_named_and_configured_with_the_reference_first():
-    study = AblationConfig(equivariance=(0.0, 1.0), padding=("zeros", "circular"))
+    study = AblationConfig(equivariance=(0.0, 1.0), padding=("zeros", "circular"), symmetry=("none", "flips"))
     centers = dict(study.centers(CodecConfig()))
-    assert list(centers) == ["0", "0, circular", "1", "1, circular"]  # zeros keep the old names
-    cfg = ExperimentConfig().override(centers["1, circular"])
-    assert (cfg.codec.equivariance, cfg.codec.padding) == (1.0, "circular")
+    assert list(centers)[:4] == ["0", "0, flips", "0, circular", "0, circular, flips"]  # defaults unnamed
+    assert len(centers) == 8
+    cfg = ExperimentConfig().override(centers["1, circular, flips"])
+    assert (cfg.codec.equivariance, cfg.codec.padding, cfg.codec.symmetry) == (1.0, "circular", "flips")
 
 
 def test_a_study_without_center_axes_trains_the_configured_center():
     """Fails if an unset ``ablation.padding`` falls back to zeros: ``--set codec.padding=circular``
     would then study zero-padded centers."""
-    cfg = ExperimentConfig().override(["codec.padding=circular", "codec.equivariance=0.5"])
+    cfg = ExperimentConfig().override(
+        ["codec.padding=circular", "codec.equivariance=0.5", "codec.symmetry=flips"]
+    )
     [(name, overrides)] = cfg.ablation.centers(cfg.codec)
-    assert name == "0.5, circular"
+    assert name == "0.5, circular, flips"
     assert cfg.override(overrides) == cfg
 
 

@@ -9,7 +9,8 @@ from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signat
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import CodecConfig, ExperimentConfig
-from privacysf.nets.conv import LEAKY_SLOPE, WrappedConv2d
+from privacysf.nets.conv import LEAKY_SLOPE, ConvEncoder, WrappedConv2d, wrap
+from privacysf.nets.flips import FlipEncoder
 from privacysf.workflows.fit import reload_center
 
 SIZE = 128
@@ -111,6 +112,18 @@ def test_a_reloaded_run_serves_its_encoders_with_the_padding_it_trained_with(tmp
         assert modes == {padding}
 
 
+@pytest.mark.parametrize("symmetry", ["none", "flips"])
+def test_a_reloaded_run_serves_the_encoders_of_its_symmetry(tmp_path, symmetry):
+    """A run saved before ``codec.symmetry`` (no config or signature entry) reloads with plain
+    encoders; a flips run reloads flip-equivariant ones, whose weights a plain encoder cannot take."""
+    cfg = ExperimentConfig().override([f"codec.symmetry={symmetry}", "codec.width=8"])
+    _save_run(tmp_path, cfg, ("symmetry",) if symmetry == "none" else ())
+    loaded, center = reload_center(tmp_path, "cpu")
+    assert loaded.codec.symmetry == symmetry
+    for encoder in (center.image_encoder, center.mask_codec.encoder):
+        assert isinstance(encoder, FlipEncoder if symmetry == "flips" else ConvEncoder)
+
+
 @pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (3, 2), (5, 1)])
 def test_a_wrapped_convolution_is_torchs_circular_one_in_the_inputs_layout(kernel, stride):
     """Values and gradients as torch's ``padding_mode="circular"``, and a channels-last input stays
@@ -122,7 +135,7 @@ def test_a_wrapped_convolution_is_torchs_circular_one_in_the_inputs_layout(kerne
     x = torch.rand(2, 3, 16, 12).contiguous(memory_format=torch.channels_last).requires_grad_()
     out, expected = wrapped(x), reference(x)
     torch.testing.assert_close(out, expected)
-    assert wrapped._wrapped(x).is_contiguous(memory_format=torch.channels_last)
+    assert wrap(x, kernel // 2, kernel // 2).is_contiguous(memory_format=torch.channels_last)
     grads = torch.autograd.grad(out.square().sum(), (x, wrapped.weight))
     expected_grads = torch.autograd.grad(expected.square().sum(), (x, reference.weight))
     for got, want in zip(grads, expected_grads, strict=True):

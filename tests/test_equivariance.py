@@ -87,6 +87,30 @@ def test_circular_padding_makes_both_encoders_commute_with_whole_token_shifts(sl
             assert row.image_relative > 0.01 and row.mask_relative > 0.01, row
 
 
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_flip_symmetric_centers_commute_with_flips_and_the_half_turn(slices, padding):
+    """``codec.symmetry=flips``: the code of a flipped (or half-turned) image or mask is the flipped
+    code, to float rounding, with batch statistics that differ per field. Fails if a strided layer
+    reads an odd window (a kernel-3 stride-2 convolution samples a flipped map off by one pixel) or
+    the head stops pooling over the four flips; a 90° turn stays far from exact (not in the group)."""
+    torch.manual_seed(0)
+    cfg = CodecConfig(width=8, downsample=DOWNSAMPLE, padding=padding, symmetry="flips")
+    classes = int(slices.masks.max()) + 1
+    encoder, codec = build_image_encoder(cfg), MaskCodec(classes, cfg)
+    with torch.no_grad():  # training-mode passes: running statistics away from their start
+        encoder(torch.from_numpy(slices.images))
+        codec.encode(torch.from_numpy(slices.masks).long())
+    rows = {
+        r.transform: r for r in measure(encoder.eval(), codec.eval(), slices.images, slices.masks, DOWNSAMPLE)
+    }
+    exact = ["flip left-right", "flip up-down", "reverse (180° turn)"]
+    if padding == "circular":
+        exact += [name for name in rows if name.startswith("shift")]
+    for name in exact:
+        assert rows[name].image_relative < 1e-5 and rows[name].mask_relative < 1e-5, rows[name]
+    assert rows["90° turn"].image_relative > 0.01 and rows["90° turn"].mask_relative > 0.01
+
+
 def test_the_penalty_makes_an_encoder_commute_with_the_transforms(slices):
     """Two copies of one conv encoder fitted to a target that is not flip-equivariant (the image moved
     3 pixels right, then pooled), one with the penalty: the penalised one ends with a far smaller flip

@@ -92,3 +92,21 @@ def test_a_served_center_decodes_every_empty_mask_empty():
     empty = np.zeros((2, SIZE, SIZE), np.int64)
     for dtype in finer_dtypes(cfg.codec.wire_dtype):
         assert not served.decode_message(served.mask_message(empty, dtype)).any(), dtype
+
+
+def test_a_flip_symmetric_center_is_served_and_answers_as_trained():
+    """``codec.symmetry=flips``: its encoders' field norms cannot fold, but the served copy (channels
+    last) must still run and answer as the trained networks, codes flipping with the image."""
+    cfg = CodecConfig(symmetry="flips", padding="circular")
+    encoder = _with_statistics(build_image_encoder(cfg))
+    codec = _with_statistics(MaskCodec(3, cfg))
+    served_encoder, served_codec = inference_copy(encoder), inference_copy(codec)
+    images, labels = torch.rand(2, 1, SIZE, SIZE), torch.randint(0, 3, (2, SIZE, SIZE))
+    with torch.no_grad():
+        served_code = served_encoder(images.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(served_code, encoder(images), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(served_codec.encode(labels), codec.encode(labels), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            served_encoder(images.flip(-1)), served_code.flip(-1), atol=1e-5, rtol=1e-4
+        )
+    assert served_code.abs().max() > 0.05

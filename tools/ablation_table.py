@@ -3,7 +3,11 @@
 A study split into runs (one seed each, so two can share a machine) is read back as one: the cells
 of every run of a dataset are pooled, sorted by training share and seed, and tabulated by
 :func:`privacysf.workflows.ablation_table.ablation_markdown`. The runs of one dataset must have
-compared the same centers and policies, or share the one center ``--center`` names.
+compared the same centers and policies, or share the one center ``--center`` names. With ``--join``,
+runs that trained other centers on the same splits (a later study of a new center) are merged cell
+by cell instead, the first run's centers first: the new center's changes are then paired with the
+old reference on the same test cases. Joined cells must agree on the raw U-Net's Dice, the check
+that they are the same split.
 
     .venv/bin/python tools/ablation_table.py runs/*-ablation-* --out docs/benchmarks/augmentation.md
 """
@@ -31,7 +35,29 @@ def _only(cell: dict, center: str, run: Path) -> dict:
     }
 
 
-def pooled_studies(runs: list[Path], center: str | None = None) -> list[tuple[dict, ExperimentConfig]]:
+def _joined(cells: list[dict]) -> list[dict]:
+    """One cell per (share, seed), the centers of every run of that cell in the order given."""
+    by_cell: dict[tuple, dict] = {}
+    for cell in cells:
+        key = (cell["fraction"], cell["seed"])
+        if key not in by_cell:
+            by_cell[key] = {
+                **cell,
+                "centers": dict(cell["centers"]),
+                "equivariance": dict(cell["equivariance"]),
+            }
+            continue
+        joined = by_cell[key]
+        if cell.get("unet", {}).get("dice_3d") != joined.get("unet", {}).get("dice_3d"):
+            raise SystemExit(f"share {key[0]:g}, seed {key[1]}: the raw U-Nets differ, so the splits do")
+        joined["centers"].update(cell["centers"])
+        joined["equivariance"].update(cell["equivariance"])
+    return list(by_cell.values())
+
+
+def pooled_studies(
+    runs: list[Path], center: str | None = None, join: bool = False
+) -> list[tuple[dict, ExperimentConfig]]:
     """(pooled summary, config of its first run) per dataset, in the order datasets first appear.
 
     With ``center``, each run keeps that center alone, so runs that trained other centers beside it
@@ -48,15 +74,13 @@ def pooled_studies(runs: list[Path], center: str | None = None) -> list[tuple[di
     studies = []
     for dataset, parts in by_dataset.items():
         first = parts[0][1]
-        for _, cfg in parts[1:]:
+        for _, cfg in [] if join else parts[1:]:
             if cfg.ablation.policies != first.ablation.policies or (
                 center is None and cfg.ablation.centers(cfg.codec) != first.ablation.centers(first.codec)
             ):
                 raise SystemExit(f"{dataset}: the runs compared different centers or policies")
-        cells = sorted(
-            (cell for summary, _ in parts for cell in summary["cells"]),
-            key=lambda cell: (cell["fraction"], cell["seed"]),
-        )
+        cells = [cell for summary, _ in parts for cell in summary["cells"]]
+        cells = sorted(_joined(cells) if join else cells, key=lambda cell: (cell["fraction"], cell["seed"]))
         studies.append(({**parts[0][0], "cells": cells}, parts[0][1]))
     return studies
 
@@ -68,8 +92,11 @@ def main() -> None:
     parser.add_argument(
         "--center", help="pool this center alone (a name in ablation.json, e.g. '0, circular')"
     )
+    parser.add_argument(
+        "--join", action="store_true", help="merge runs of other centers on the same splits, cell by cell"
+    )
     args = parser.parse_args()
-    studies = pooled_studies(args.runs, args.center)
+    studies = pooled_studies(args.runs, args.center, args.join)
     text = "\n".join(ablation_markdown(summary) for summary, _ in studies)
     print(text)
     if args.out:

@@ -28,7 +28,8 @@ from privacysf.errors import ConfigError, DataError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, grid_to_tokens, tokens_to_grid
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import validation_dice
-from privacysf.nets.conv import ConvDecoder, ConvEncoder
+from privacysf.nets.conv import ConvDecoder, ConvEncoder, downsampling_stages, monai_activation
+from privacysf.nets.flips import FlipEncoder
 
 
 def token_grid(size: int, cfg: CodecConfig) -> tuple[int, int]:
@@ -51,9 +52,7 @@ class MaskCodec(nn.Module):
     def __init__(self, num_classes: int, cfg: CodecConfig) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.encoder = ConvEncoder(
-            num_classes, cfg.mask_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding, cfg.activation
-        )
+        self.encoder = build_encoder(num_classes, cfg.mask_channels, cfg)
         self.decoder = ConvDecoder(
             cfg.mask_channels,
             num_classes,
@@ -90,15 +89,35 @@ def _take_offset_shape(module: MaskCodec, state: dict, prefix: str, *_) -> None:
     module.logit_offset = torch.zeros_like(state[key])
 
 
-def build_image_encoder(cfg: CodecConfig) -> ConvEncoder:
+CenterEncoder = ConvEncoder | FlipEncoder
+"""Either encoder a center can hold (``codec.symmetry``); both map (N, C, H, W) to bounded codes."""
+
+
+def build_encoder(in_channels: int, code_channels: int, cfg: CodecConfig) -> CenterEncoder:
+    """A center encoder as ``codec`` describes it: the plain convolutional one, or its flip-equivariant
+    twin (``codec.symmetry=flips``)."""
+    if cfg.symmetry == "flips":
+        return FlipEncoder(
+            in_channels,
+            code_channels,
+            cfg.width,
+            downsampling_stages(cfg.downsample),
+            cfg.norm,
+            cfg.padding,
+            monai_activation(cfg.activation),
+        )
+    return ConvEncoder(
+        in_channels, code_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding, cfg.activation
+    )
+
+
+def build_image_encoder(cfg: CodecConfig) -> CenterEncoder:
     """The center's image encoder: one grey-level channel in, ``image_channels`` values per token out.
 
     Training, loading and the untrained networks of size/latency measurements all build it here, so a
     change of its shape reaches every one of them.
     """
-    return ConvEncoder(
-        1, cfg.image_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding, cfg.activation
-    )
+    return build_encoder(1, cfg.image_channels, cfg)
 
 
 def build_image_decoder(cfg: CodecConfig) -> ConvDecoder:
@@ -121,6 +140,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "norm": None if c.norm == "instance" else c.norm,  # checkpoints from before codec.norm: instance
         "padding": None if c.padding == "zeros" else c.padding,  # from before codec.padding: zeros
         "activation": None if c.activation == "prelu" else c.activation,  # before codec.activation: prelu
+        "symmetry": None if c.symmetry == "none" else c.symmetry,  # before codec.symmetry: none
         # checkpoints from before codec.mask_decoder_width decoded at full resolution with ``width``
         "mask_decoder_width": (
             None if part != "mask-codec" or c.top_decoder_width == c.width else c.top_decoder_width

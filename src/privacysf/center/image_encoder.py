@@ -16,6 +16,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from privacysf.center.codecs import (
+    CenterEncoder,
     MaskCodec,
     build_image_decoder,
     build_image_encoder,
@@ -33,7 +34,6 @@ from privacysf.data.preprocess import SliceSet
 from privacysf.exchange import grid_to_tokens, tokens_to_grid
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import validation_dice
-from privacysf.nets.conv import ConvEncoder
 from privacysf.nets.mappers import build_task_head
 
 
@@ -156,7 +156,7 @@ def train_image_encoder(
     device: torch.device,
     checkpoint: Path | None,
     initial: dict[str, dict] | None = None,
-) -> tuple[ConvEncoder, FitResult, dict[str, nn.Module]]:
+) -> tuple[CenterEncoder, FitResult, dict[str, nn.Module]]:
     """Train the image encoder in its mode; also return the mode's center-side parts (decoder, head).
 
     ``initial`` maps ``"model"`` and the mode's part names to state dicts to start from (a federated

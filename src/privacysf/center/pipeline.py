@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from privacysf.center.codecs import (
+    CenterEncoder,
     MaskCodec,
     build_image_encoder,
     codec_signature,
@@ -37,7 +38,6 @@ from privacysf.exchange import CodeBatch, decode_codes, encode_codes, finer_dtyp
 from privacysf.exchange.encrypted import is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER, roll_tokens
 from privacysf.metrics import mean_dice
-from privacysf.nets.conv import ConvEncoder
 from privacysf.nets.inference import inference_copy
 
 MASK_CODEC = Path("center") / "mask_codec.pt"
@@ -71,7 +71,7 @@ class Center:
 
     cfg: ExperimentConfig
     mask_codec: MaskCodec
-    image_encoder: ConvEncoder
+    image_encoder: CenterEncoder
     grid: tuple[int, int]
     device: torch.device
     key: KeyedTransform | None = None

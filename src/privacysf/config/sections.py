@@ -45,6 +45,8 @@ each stores a code number)."""
 CodecNorm = Literal["batch", "instance"]
 Padding = Literal["zeros", "circular"]
 """Border rules of convolutions: ``circular`` wraps around, so whole-token cyclic shifts commute."""
+CodecSymmetry = Literal["none", "flips"]
+"""What the center's encoders are built to commute with (``codec.symmetry``)."""
 Activation = Literal["gelu", "relu"]
 """Nonlinearities of the server's convolutional mappers: exact GELU, or ReLU, which costs a few
 comparisons where GELU evaluates an error function per value."""
@@ -216,6 +218,23 @@ class CodecConfig(ConfigModel):
     server's ``augment.shift`` trains on true pairs (its error is 8-30 % with ``zeros``). The decoders
     keep zeros: the server never transforms what they read back. docs/results.md ("Circular
     padding") has what it changes."""
+    symmetry: CodecSymmetry = "none"
+    """``flips`` builds both center encoders from group convolutions over the four flips of a map,
+    with a flip-invariant head (:mod:`privacysf.nets.flips`), so the code of an image flipped
+    left-right, up-down or both is exactly the code grid flipped the same way, and the server's
+    ``augment.flip`` and ``augment.reverse`` train on true pairs (their errors are 33-67 % with
+    ``none``). The decoders are unchanged. Needs ``width`` divisible by 4; docs/results.md
+    ("Flip-equivariant centers") has what it changes."""
+
+    @field_validator("symmetry")
+    @classmethod
+    def _fields_fill_the_width(cls, symmetry: str, info: ValidationInfo) -> str:
+        """A flip-equivariant layer's channels come in fields of four, one per flip."""
+        width = info.data.get("width")
+        if symmetry == "flips" and width is not None and width % 4:
+            raise ValueError(f"codec.symmetry=flips needs codec.width divisible by 4, got {width}")
+        return symmetry
+
     code_noise: float = Field(0.1, ge=0)
     """Gaussian noise on mask codes while the codec trains, so its decoder tolerates mapping errors."""
     mask_steps: int = Field(12, ge=0)
@@ -435,7 +454,8 @@ class AugmentConfig(ConfigModel):
     reverse: Probability = 0.0
     """Reverse the token order of both codes (a 180° turn of the token grid)."""
     flip: Probability = 0.0
-    """Flip the token grid of both codes left-right or up-down."""
+    """Flip the token grid of both codes left-right or up-down (true pairs with
+    ``codec.symmetry=flips``, near-useless even then: docs/results.md, "Flip-equivariant centers")."""
     shift: Probability = 0.0
     """Cyclic shift of both token grids by up to ``max_shift`` whole tokens per axis."""
     max_shift: int = Field(2, ge=0)

@@ -8,7 +8,14 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field, field_validator
 
 from privacysf.config.model import ConfigModel
-from privacysf.config.sections import AUGMENTATIONS, IMAGE_MODES, CodecConfig, ImageMode, Padding
+from privacysf.config.sections import (
+    AUGMENTATIONS,
+    IMAGE_MODES,
+    CodecConfig,
+    CodecSymmetry,
+    ImageMode,
+    Padding,
+)
 
 CenterPartition = Literal["iid", "size-skew", "label-skew"]
 CENTER_PARTITIONS = get_args(CenterPartition)
@@ -87,8 +94,8 @@ class AblationConfig(ConfigModel):
     """The augmentation study (``privacysf ablate``): policies × centers × training shares × seeds.
 
     For each training share and seed (one split, ``data.seed`` = ``train.seed``), one center is
-    trained per equivariance weight and padding (:meth:`centers`), the server's mapper is retrained on
-    its codes once per policy, and the raw U-Net (with its own image-space augmentation,
+    trained per equivariance weight, padding and symmetry (:meth:`centers`), the server's mapper is
+    retrained on its codes once per policy, and the raw U-Net (with its own image-space augmentation,
     ``train.augment``) is trained on the same slices. Every Dice change is paired within a seed, so
     the intervals are over seeds.
     """
@@ -108,6 +115,9 @@ class AblationConfig(ConfigModel):
     padding: tuple[Padding, ...] | None = Field(None, min_length=1)
     """``codec.padding`` of the centers compared, one center per weight × padding (:meth:`centers`).
     Unset: the configured ``codec.padding`` alone."""
+    symmetry: tuple[CodecSymmetry, ...] | None = Field(None, min_length=1)
+    """``codec.symmetry`` of the centers compared, one center per weight × padding × symmetry.
+    Unset: the configured ``codec.symmetry`` alone."""
     compare_unet: bool = True
     """Also train the raw U-Net on each share and seed: the gap the augmentation should narrow."""
 
@@ -123,7 +133,7 @@ class AblationConfig(ConfigModel):
                 )
         return policies
 
-    @field_validator("equivariance", "padding")
+    @field_validator("equivariance", "padding", "symmetry")
     @classmethod
     def _each_center_once(cls, values: tuple | None) -> tuple | None:
         """A repeated entry would train the same center twice, the second's scores over the first's."""
@@ -136,13 +146,15 @@ class AblationConfig(ConfigModel):
         An unset axis keeps ``codec``'s value, so ``--set codec.padding=circular`` is what a study
         without ``ablation.padding`` trains.
 
-        A zero-padded center is named by its weight alone ("0", "1"), as in studies made before
-        ``padding`` was an axis, so their tables still read."""
+        A center is named by its weight, then each setting that is not the default ("0",
+        "1, circular", "0, circular, flips"), so tables of studies made before an axis existed still
+        read."""
         return [
             (
-                f"{weight:g}" if padding == "zeros" else f"{weight:g}, {padding}",
-                [f"codec.equivariance={weight}", f"codec.padding={padding}"],
+                ", ".join([f"{weight:g}"] + [v for v in (padding, symmetry) if v not in ("zeros", "none")]),
+                [f"codec.equivariance={weight}", f"codec.padding={padding}", f"codec.symmetry={symmetry}"],
             )
             for weight in self.equivariance or (codec.equivariance,)
             for padding in self.padding or (codec.padding,)
+            for symmetry in self.symmetry or (codec.symmetry,)
         ]

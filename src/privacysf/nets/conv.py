@@ -34,11 +34,30 @@ from torch.nn import functional
 from privacysf.config.sections import CodecActivation, Padding
 
 
-def _stages(downsample: int) -> int:
+def downsampling_stages(downsample: int) -> int:
     stages = int(math.log2(downsample))
     if 2**stages != downsample or stages < 1:
         raise ValueError(f"downsample must be a power of two >= 2, got {downsample}")
     return stages
+
+
+def wrap(x: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """``x`` with its last ``rows``/``columns`` copied before its first and its first after its
+    last, in one tensor of ``x``'s layout (half the time of two concatenations)."""
+    n, c, h, w = x.shape
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    out = torch.empty(
+        (n, c, h + 2 * rows, w + 2 * columns),
+        dtype=x.dtype,
+        device=x.device,
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+    )
+    out[..., rows : rows + h, columns : columns + w] = x
+    out[..., rows : rows + h, :columns] = x[..., w - columns :]
+    out[..., rows : rows + h, columns + w :] = x[..., :columns]
+    out[..., :rows, :] = out[..., h : h + rows, :]
+    out[..., rows + h :, :] = out[..., rows : 2 * rows, :]
+    return out
 
 
 class WrappedConv2d(nn.Conv2d):
@@ -65,25 +84,10 @@ class WrappedConv2d(nn.Conv2d):
         self.load_state_dict(conv.state_dict())
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return functional.conv2d(self._wrapped(x), weight, bias, self.stride, 0, self.dilation, self.groups)
-
-    def _wrapped(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` with its last ``rows``/``columns`` copied before its first and its first after its
-        last, in one tensor of ``x``'s layout (half the time of two concatenations)."""
-        (rows, columns), (n, c, h, w) = cast(tuple[int, int], self.padding), x.shape
-        channels_last = x.is_contiguous(memory_format=torch.channels_last)
-        out = torch.empty(
-            (n, c, h + 2 * rows, w + 2 * columns),
-            dtype=x.dtype,
-            device=x.device,
-            memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        rows, columns = cast(tuple[int, int], self.padding)
+        return functional.conv2d(
+            wrap(x, rows, columns), weight, bias, self.stride, 0, self.dilation, self.groups
         )
-        out[..., rows : rows + h, columns : columns + w] = x
-        out[..., rows : rows + h, :columns] = x[..., w - columns :]
-        out[..., rows : rows + h, columns + w :] = x[..., :columns]
-        out[..., :rows, :] = out[..., h : h + rows, :]
-        out[..., rows + h :, :] = out[..., rows : 2 * rows, :]
-        return out
 
 
 LEAKY_SLOPE = 0.25
@@ -119,7 +123,7 @@ class ConvEncoder(nn.Module):
         act = monai_activation(activation)
         layers: list[nn.Module] = []
         channels = in_channels
-        for i in range(_stages(downsample)):
+        for i in range(downsampling_stages(downsample)):
             out = width * 2**i
             layers.append(ResidualUnit(2, channels, out, strides=2, subunits=2, norm=norm, act=act))
             channels = out
@@ -152,7 +156,7 @@ class ConvDecoder(nn.Module):
         activation: CodecActivation = "prelu",
     ) -> None:
         super().__init__()
-        stages = _stages(downsample)
+        stages = downsampling_stages(downsample)
         channels = width * 2 ** (stages - 1)
         act = monai_activation(activation)
         layers: list[nn.Module] = [
