@@ -10,7 +10,7 @@ import pytest
 from privacysf.config import AblationConfig, AugmentConfig, CodecConfig, ExperimentConfig
 from privacysf.errors import ConfigError
 from privacysf.workflows.ablate import run_ablation, study_cells, variants
-from privacysf.workflows.ablation_table import ablation_rows, t_interval
+from privacysf.workflows.ablation_table import ablation_rows, join_cells, t_interval
 from tests.fitkit import TINY_FIT
 
 
@@ -37,6 +37,28 @@ def test_changes_are_paired_within_seeds():
     assert rows["+flip"][5] == rows["+flip"][4]  # one center: the reference is its own
     assert rows["+flip"][6].startswith("0.033 [")  # U-Net ahead by 0.05, 0.04, 0.01
     assert rows["raw U-Net (image-space augmentation)"][3].startswith("0.683 [")
+
+
+def _other_center(cell: dict, name: str, none: float) -> dict:
+    """``cell``'s split, as a later study that trained center ``name`` alone would record it."""
+    return {**cell, "centers": {name: {"none": {"dice_3d": none}}}, "equivariance": {name: []}}
+
+
+def test_a_later_studys_center_joins_the_reference_on_the_same_splits():
+    """The new center's changes pair with the first study's reference on each seed; a cell of another
+    split (its U-Net differs), a center trained twice, or a seed the new study lacks is refused."""
+    first = [_cell(0, 0.50, 0.55, 0.60), _cell(1, 0.70, 0.74, 0.68)]
+    later = [_other_center(first[0], "0, flips", 0.53), _other_center(first[1], "0, flips", 0.72)]
+    joined = join_cells(first + later)
+    assert [list(c["centers"]) for c in joined] == [["0", "0, flips"]] * 2
+    rows = {(r[1], r[2]): r for r in ablation_rows({"cells": joined})}
+    assert rows[("0, flips", "none")][4].startswith("0.025 [")  # +0.03 and +0.02 against center 0
+    with pytest.raises(ValueError, match="splits"):
+        join_cells([first[0], {**later[0], "unet": {"dice_3d": 0.61}}])
+    with pytest.raises(ValueError, match="trained by two studies"):
+        join_cells([first[0], _other_center(first[0], "0", 0.5)])
+    with pytest.raises(ValueError, match="seed 1: no run of center 0, flips"):
+        join_cells([*first, later[0]])
 
 
 def test_each_center_of_the_study_is_named_and_configured_with_the_reference_first():

@@ -87,14 +87,16 @@ def test_circular_padding_makes_both_encoders_commute_with_whole_token_shifts(sl
             assert row.image_relative > 0.01 and row.mask_relative > 0.01, row
 
 
-@pytest.mark.parametrize("padding", ["zeros", "circular"])
-def test_flip_symmetric_centers_commute_with_flips_and_the_half_turn(slices, padding):
+@pytest.mark.parametrize(
+    ("padding", "norm"), [("zeros", "batch"), ("circular", "batch"), ("zeros", "instance")]
+)
+def test_flip_symmetric_centers_commute_with_flips_and_the_half_turn(slices, padding, norm):
     """``codec.symmetry=flips``: the code of a flipped (or half-turned) image or mask is the flipped
     code, to float rounding, with batch statistics that differ per field. Fails if a strided layer
     reads an odd window (a kernel-3 stride-2 convolution samples a flipped map off by one pixel) or
     the head stops pooling over the four flips; a 90° turn stays far from exact (not in the group)."""
     torch.manual_seed(0)
-    cfg = CodecConfig(width=8, downsample=DOWNSAMPLE, padding=padding, symmetry="flips")
+    cfg = CodecConfig(width=8, downsample=DOWNSAMPLE, padding=padding, norm=norm, symmetry="flips")
     classes = int(slices.masks.max()) + 1
     encoder, codec = build_image_encoder(cfg), MaskCodec(classes, cfg)
     with torch.no_grad():  # training-mode passes: running statistics away from their start

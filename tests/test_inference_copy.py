@@ -5,6 +5,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from privacysf.center.codecs import MaskCodec, build_image_encoder, token_grid
 from privacysf.center.pipeline import Center
@@ -20,7 +21,7 @@ def _with_statistics(net: M) -> M:
     """``net`` after a few training-mode passes, so its batch norms hold statistics and affine
     parameters far from the identity a fresh one starts at (a fold of an identity proves nothing)."""
     torch.manual_seed(0)
-    for norm in (m for m in net.modules() if isinstance(m, nn.BatchNorm2d)):
+    for norm in (m for m in net.modules() if isinstance(m, _BatchNorm)):  # 2-D, and flips' per-field 3-D
         nn.init.uniform_(norm.weight, 0.5, 1.5)
         nn.init.uniform_(norm.bias, -0.3, 0.3)
     net.train()

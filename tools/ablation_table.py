@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from privacysf.config import ExperimentConfig
-from privacysf.workflows.ablation_table import ablation_markdown
+from privacysf.workflows.ablation_table import ablation_markdown, join_cells
 
 
 def _only(cell: dict, center: str, run: Path) -> dict:
@@ -33,26 +33,6 @@ def _only(cell: dict, center: str, run: Path) -> dict:
         "centers": {center: cell["centers"][center]},
         "equivariance": {center: cell.get("equivariance", {}).get(center, [])},
     }
-
-
-def _joined(cells: list[dict]) -> list[dict]:
-    """One cell per (share, seed), the centers of every run of that cell in the order given."""
-    by_cell: dict[tuple, dict] = {}
-    for cell in cells:
-        key = (cell["fraction"], cell["seed"])
-        if key not in by_cell:
-            by_cell[key] = {
-                **cell,
-                "centers": dict(cell["centers"]),
-                "equivariance": dict(cell["equivariance"]),
-            }
-            continue
-        joined = by_cell[key]
-        if cell.get("unet", {}).get("dice_3d") != joined.get("unet", {}).get("dice_3d"):
-            raise SystemExit(f"share {key[0]:g}, seed {key[1]}: the raw U-Nets differ, so the splits do")
-        joined["centers"].update(cell["centers"])
-        joined["equivariance"].update(cell["equivariance"])
-    return list(by_cell.values())
 
 
 def pooled_studies(
@@ -74,13 +54,18 @@ def pooled_studies(
     studies = []
     for dataset, parts in by_dataset.items():
         first = parts[0][1]
+        # joined runs train other centers, with their own policies, by design; join_cells checks splits
         for _, cfg in [] if join else parts[1:]:
             if cfg.ablation.policies != first.ablation.policies or (
                 center is None and cfg.ablation.centers(cfg.codec) != first.ablation.centers(first.codec)
             ):
                 raise SystemExit(f"{dataset}: the runs compared different centers or policies")
         cells = [cell for summary, _ in parts for cell in summary["cells"]]
-        cells = sorted(_joined(cells) if join else cells, key=lambda cell: (cell["fraction"], cell["seed"]))
+        try:
+            cells = join_cells(cells) if join else cells
+        except ValueError as problem:
+            raise SystemExit(f"{dataset}: {problem}") from problem
+        cells = sorted(cells, key=lambda cell: (cell["fraction"], cell["seed"]))
         studies.append(({**parts[0][0], "cells": cells}, parts[0][1]))
     return studies
 

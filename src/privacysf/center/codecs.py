@@ -28,7 +28,7 @@ from privacysf.errors import ConfigError, DataError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, grid_to_tokens, tokens_to_grid
 from privacysf.exchange.rounding import wire_rounding
 from privacysf.metrics import validation_dice
-from privacysf.nets.conv import ConvDecoder, ConvEncoder, downsampling_stages, monai_activation
+from privacysf.nets.conv import ConvDecoder, ConvEncoder
 from privacysf.nets.flips import FlipEncoder
 
 
@@ -96,17 +96,8 @@ CenterEncoder = ConvEncoder | FlipEncoder
 def build_encoder(in_channels: int, code_channels: int, cfg: CodecConfig) -> CenterEncoder:
     """A center encoder as ``codec`` describes it: the plain convolutional one, or its flip-equivariant
     twin (``codec.symmetry=flips``)."""
-    if cfg.symmetry == "flips":
-        return FlipEncoder(
-            in_channels,
-            code_channels,
-            cfg.width,
-            downsampling_stages(cfg.downsample),
-            cfg.norm,
-            cfg.padding,
-            monai_activation(cfg.activation),
-        )
-    return ConvEncoder(
+    encoder = FlipEncoder if cfg.symmetry == "flips" else ConvEncoder
+    return encoder(
         in_channels, code_channels, cfg.width, cfg.downsample, cfg.norm, cfg.padding, cfg.activation
     )
 

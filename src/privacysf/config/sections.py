@@ -47,6 +47,9 @@ Padding = Literal["zeros", "circular"]
 """Border rules of convolutions: ``circular`` wraps around, so whole-token cyclic shifts commute."""
 CodecSymmetry = Literal["none", "flips"]
 """What the center's encoders are built to commute with (``codec.symmetry``)."""
+FLIPS = 4
+"""The flips of a 2-D map (none, left-right, up-down, both): a flip-equivariant layer's channels come
+in fields of this many, one per flip."""
 Activation = Literal["gelu", "relu"]
 """Nonlinearities of the server's convolutional mappers: exact GELU, or ReLU, which costs a few
 comparisons where GELU evaluates an error function per value."""
@@ -222,17 +225,17 @@ class CodecConfig(ConfigModel):
     """``flips`` builds both center encoders from group convolutions over the four flips of a map,
     with a flip-invariant head (:mod:`privacysf.nets.flips`), so the code of an image flipped
     left-right, up-down or both is exactly the code grid flipped the same way, and the server's
-    ``augment.flip`` and ``augment.reverse`` train on true pairs (their errors are 33-67 % with
-    ``none``). The decoders are unchanged. Needs ``width`` divisible by 4; docs/results.md
-    ("Flip-equivariant centers") has what it changes."""
+    ``augment.flip`` and ``augment.reverse`` train on true pairs (flip errors of 33-67 % and half-turn
+    errors of 37-80 % with ``none``). The decoders are unchanged. Needs ``width`` divisible by 4;
+    docs/results.md ("Flip-equivariant centers") has what it changes."""
 
     @field_validator("symmetry")
     @classmethod
     def _fields_fill_the_width(cls, symmetry: str, info: ValidationInfo) -> str:
-        """A flip-equivariant layer's channels come in fields of four, one per flip."""
+        """A flip-equivariant layer's channels come in fields of :data:`FLIPS`, one per flip."""
         width = info.data.get("width")
-        if symmetry == "flips" and width is not None and width % 4:
-            raise ValueError(f"codec.symmetry=flips needs codec.width divisible by 4, got {width}")
+        if symmetry == "flips" and width is not None and width % FLIPS:
+            raise ValueError(f"codec.symmetry=flips needs codec.width divisible by {FLIPS}, got {width}")
         return symmetry
 
     code_noise: float = Field(0.1, ge=0)

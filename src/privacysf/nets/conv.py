@@ -35,6 +35,8 @@ from privacysf.config.sections import CodecActivation, Padding
 
 
 def downsampling_stages(downsample: int) -> int:
+    """How many stride-2 stages halve an image ``downsample`` times over: a token is one pixel of the
+    last stage, so ``downsample`` must be a power of two."""
     stages = int(math.log2(downsample))
     if 2**stages != downsample or stages < 1:
         raise ValueError(f"downsample must be a power of two >= 2, got {downsample}")

@@ -30,6 +30,7 @@ is measured in docs/results.md ("Flip-equivariant centers").
 
 from __future__ import annotations
 
+from functools import partial
 from typing import cast
 
 import torch
@@ -37,10 +38,10 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 from torch.nn import functional
 
-from privacysf.config.sections import Padding
-from privacysf.nets.conv import wrap
+from privacysf.config.sections import FLIPS, CodecActivation, CodecNorm, Padding
+from privacysf.nets.conv import downsampling_stages, monai_activation, wrap
 
-GROUP = 4
+GROUP = FLIPS
 """The flips of a 2-D map: element ``g``'s bit 0 flips the columns, bit 1 the rows."""
 
 
@@ -64,6 +65,7 @@ class FlipConv2d(nn.Module):
         in_channels: int,
         out_fields: int,
         kernel: int,
+        *,
         stride: int = 1,
         padding: int = 0,
         lifting: bool = False,
@@ -102,7 +104,7 @@ class FlipConv2d(nn.Module):
 class FieldNorm(nn.Module):
     """A MONAI batch or instance norm with one set of statistics and affine weights per field."""
 
-    def __init__(self, norm: str, fields: int) -> None:
+    def __init__(self, norm: CodecNorm, fields: int) -> None:
         super().__init__()
         self.norm = get_norm_layer(norm, spatial_dims=3, channels=fields)
 
@@ -119,56 +121,78 @@ class FlipResidualUnit(nn.Module):
         self,
         in_channels: int,
         out_fields: int,
+        *,
         stride: int,
-        norm: str,
-        act: str | tuple,
+        norm: CodecNorm,
+        activation: CodecActivation,
         lifting: bool,
         wrap_borders: bool,
     ) -> None:
         super().__init__()
         first = 4 if stride == 2 else 3  # an even window samples a flipped map on the same grid
+        act = monai_activation(activation)
         self.path = nn.Sequential(
-            FlipConv2d(in_channels, out_fields, first, stride, 1, lifting, wrap_borders),
+            FlipConv2d(
+                in_channels,
+                out_fields,
+                first,
+                stride=stride,
+                padding=1,
+                lifting=lifting,
+                wrap_borders=wrap_borders,
+            ),
             FieldNorm(norm, out_fields),
             get_act_layer(act),
-            FlipConv2d(out_fields * GROUP, out_fields, 3, 1, 1, False, wrap_borders),
+            FlipConv2d(out_fields * GROUP, out_fields, 3, padding=1, wrap_borders=wrap_borders),
             FieldNorm(norm, out_fields),
             get_act_layer(act),
         )
         same = stride == 1 and not lifting and in_channels == out_fields * GROUP
-        self.skip = nn.Identity() if same else FlipConv2d(in_channels, out_fields, stride, stride, 0, lifting)
+        self.skip = (
+            nn.Identity()
+            if same
+            else FlipConv2d(in_channels, out_fields, stride, stride=stride, lifting=lifting)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.path(x) + self.skip(x)
 
 
 class FlipEncoder(nn.Module):
-    """:class:`privacysf.nets.conv.ConvEncoder`'s stages and widths (``width * 2**i`` channels, a
-    quarter as many fields), flip-equivariant, ending in a flip-invariant 1×1 head and tanh."""
+    """:class:`privacysf.nets.conv.ConvEncoder`'s arguments, stages and widths (``width * 2**i``
+    channels, a quarter as many fields), flip-equivariant, ending in a flip-invariant 1×1 head and tanh.
+    A quarter of the plain encoder's weights at the same arithmetic: every kernel serves four flips."""
 
     def __init__(
         self,
         in_channels: int,
         code_channels: int,
         width: int,
-        stages: int,
-        norm: str,
-        padding: Padding,
-        activation: str | tuple,
+        downsample: int,
+        norm: CodecNorm,
+        padding: Padding = "zeros",
+        activation: CodecActivation = "prelu",
     ) -> None:
         super().__init__()
-        wrap_borders = padding == "circular"
+        self.downsample = downsample
+        unit = partial(FlipResidualUnit, norm=norm, activation=activation, wrap_borders=padding == "circular")
         layers: list[nn.Module] = []
         channels, lifting = in_channels, True
-        for i in range(stages):
+        for i in range(downsampling_stages(downsample)):
             fields = width * 2**i // GROUP
-            layers.append(FlipResidualUnit(channels, fields, 2, norm, activation, lifting, wrap_borders))
+            layers.append(unit(channels, fields, stride=2, lifting=lifting))
             channels, lifting = fields * GROUP, False
-        layers.append(FlipResidualUnit(channels, channels // GROUP, 1, norm, activation, False, wrap_borders))
+        layers.append(unit(channels, channels // GROUP, stride=1, lifting=False))
         self.net = nn.Sequential(*layers)
         self.head = nn.Conv2d(channels // GROUP, code_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % self.downsample or x.shape[-1] % self.downsample:
+            # a stride-2 window of an odd-sized map is not carried onto the grid by a flip
+            raise ValueError(
+                f"a flip-equivariant encoder needs image sides divisible by {self.downsample}, got "
+                f"{tuple(x.shape[-2:])}"
+            )
         features = self.net(x)
         n, c, h, w = features.shape
         pooled = features.reshape(n, c // GROUP, GROUP, h, w).mean(2)  # the same for every flip

@@ -44,6 +44,42 @@ def reference_center(summary: dict) -> str:
     return next(iter(summary["cells"][0]["centers"]))
 
 
+def join_cells(cells: list[dict]) -> list[dict]:
+    """Cells of studies that trained different centers on the same splits, one per (share, seed) with
+    every study's centers in the order given, so a later center's changes pair with an earlier
+    reference on the same test cases.
+
+    Raises ValueError where the joined cells are not one split (different training slice counts or raw
+    U-Net Dice), where two studies trained a center of the same name on one cell (which to keep?), or
+    where a cell lacks a center the others have (its changes could not be paired)."""
+    by_cell: dict[tuple, dict] = {}
+    for cell in cells:
+        key = (cell["fraction"], cell["seed"])
+        where = f"share {key[0]:g}, seed {key[1]}"
+        if key not in by_cell:
+            by_cell[key] = {
+                **cell,
+                "centers": dict(cell["centers"]),
+                "equivariance": dict(cell.get("equivariance", {})),
+            }
+            continue
+        joined = by_cell[key]
+        unets = [c["unet"]["dice_3d"] for c in (joined, cell) if "unet" in c]
+        if cell["train_slices"] != joined["train_slices"] or len(set(unets)) > 1:
+            raise ValueError(
+                f"{where}: the studies' training slices or raw U-Nets differ, so their splits do"
+            )
+        if same := set(cell["centers"]) & set(joined["centers"]):
+            raise ValueError(f"{where}: center {', '.join(sorted(same))} was trained by two studies")
+        joined["centers"].update(cell["centers"])
+        joined["equivariance"].update(cell.get("equivariance", {}))
+    everywhere = set().union(*(c["centers"] for c in by_cell.values())) if by_cell else set()
+    for (share, seed), cell in by_cell.items():
+        if missing := everywhere - set(cell["centers"]):
+            raise ValueError(f"share {share:g}, seed {seed}: no run of center {', '.join(sorted(missing))}")
+    return list(by_cell.values())
+
+
 def ablation_rows(summary: dict) -> list[list[str]]:
     """One row per share × center × policy (and one for the raw U-Net per share) over every seed the
     share has finished; changes and gaps are paired within each seed."""
