@@ -162,3 +162,29 @@ def test_augmented_batches_are_plain_tensors_with_the_values_tracked_transforms_
         assert all(
             torch.equal(a[k].as_tensor(), b[k]) for a, b in zip(tracked, plain, strict=True) for k in keys
         )
+
+
+def test_the_mask_codec_is_never_stopped_early():
+    """A codec whose validation score wanders while its learning rate is high (here far too high)
+    trains its whole
+    schedule: with ``train.patience=1`` its history shows an epoch that failed to beat an earlier
+    best (where any other network would have stopped), and it still trained every epoch. Fails if
+    ``codec_training`` stops overriding the patience."""
+    settings = ["data.dataset=phantom", "data.size=32", "data.phantom_cases=6", "train.epochs=6"]
+    settings += [
+        "train.progress=false",
+        "train.patience=1",
+        "train.lr=0.05",
+        "codec.width=4",
+        "codec.mask_steps=1",
+    ]
+    cfg = ExperimentConfig().override(settings)
+    data = prepare(cfg.data)
+    torch.manual_seed(0)
+    _, result = train_mask_codec(cfg, data.train, data.val, data.info.num_classes, CPU, None)
+    scores = [epoch["val_score"] for epoch in result.history]
+    stalled = [
+        e for e in range(2, len(scores)) if max(scores[1:e]) > scores[0] and scores[e] <= max(scores[:e])
+    ]
+    assert stalled, scores  # the case early stopping would have ended
+    assert result.epochs_trained == 6

@@ -147,7 +147,8 @@ class TrainConfig(ConfigModel):
     2 steps an epoch otherwise). Sets of ``min_steps × batch_size`` slices or more keep one pass."""
     patience: int = Field(10, ge=1)
     """Early stopping: epochs without a better validation score before stopping, counted once some
-    epoch has beaten the first (a run stuck at its first score, e.g. 0 on a rare class, goes on)."""
+    epoch has beaten the first (a run stuck at its first score, e.g. 0 on a rare class, goes on). The
+    mask codec is never stopped early: it trains its whole schedule (``codec.mask_epochs``)."""
     augment: bool = True
     """Random flips and intensity jitter of raw images (only ever on the center / raw baseline)."""
     device: Annotated[str, AfterValidator(_device)] = "auto"
