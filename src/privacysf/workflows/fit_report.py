@@ -239,7 +239,8 @@ def write_report(run_dir: Path, cfg: ExperimentConfig, metrics: dict) -> None:
             f"{cfg.data.size // cfg.codec.downsample}² token grid ({cfg.codec.image_channels} values per "
             f"image token, {cfg.codec.mask_channels} per mask token, sent as {p['wire_dtype']}), "
             f"at most {cfg.train.epochs} epochs per network{_codec_epochs(cfg)} (early stopping after "
-            f"{cfg.train.patience} epoch(s) without a better validation score), seed {cfg.train.seed}. "
+            f"{cfg.train.patience} epoch(s) without a better validation score, except the mask codec's), "
+            f"seed {cfg.train.seed}. "
             f"Split: {metrics['split']['kind']} ({metrics['split']['slices']['test']} test slices). "
             "Config: `config.json`."
         )
