@@ -6,8 +6,8 @@ of every run of a dataset are pooled, sorted by training share and seed, and tab
 compared the same centers and policies, or share the one center ``--center`` names. With ``--join``,
 runs that trained other centers on the same splits (a later study of a new center) are merged cell
 by cell instead, the first run's centers first: the new center's changes are then paired with the
-old reference on the same test cases. Joined cells must agree on the raw U-Net's Dice, the check
-that they are the same split.
+old reference on the same test cases (:func:`privacysf.workflows.ablation_table.join_cells` refuses
+cells of other splits, a center trained twice and a seed one run lacks).
 
     .venv/bin/python tools/ablation_table.py runs/*-ablation-* --out docs/benchmarks/augmentation.md
 """

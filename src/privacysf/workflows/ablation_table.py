@@ -52,10 +52,13 @@ def join_cells(cells: list[dict]) -> list[dict]:
     Raises ValueError where the joined cells are not one split (different training slice counts or raw
     U-Net Dice), where two studies trained a center of the same name on one cell (which to keep?), or
     where a cell lacks a center the others have (its changes could not be paired)."""
+
+    def where(key: tuple) -> str:
+        return f"share {key[0]:g}, seed {key[1]}"
+
     by_cell: dict[tuple, dict] = {}
     for cell in cells:
         key = (cell["fraction"], cell["seed"])
-        where = f"share {key[0]:g}, seed {key[1]}"
         if key not in by_cell:
             by_cell[key] = {
                 **cell,
@@ -67,16 +70,16 @@ def join_cells(cells: list[dict]) -> list[dict]:
         unets = [c["unet"]["dice_3d"] for c in (joined, cell) if "unet" in c]
         if cell["train_slices"] != joined["train_slices"] or len(set(unets)) > 1:
             raise ValueError(
-                f"{where}: the studies' training slices or raw U-Nets differ, so their splits do"
+                f"{where(key)}: the studies' training slices or raw U-Nets differ, so their splits do"
             )
         if same := set(cell["centers"]) & set(joined["centers"]):
-            raise ValueError(f"{where}: center {', '.join(sorted(same))} was trained by two studies")
+            raise ValueError(f"{where(key)}: center {', '.join(sorted(same))} was trained by two studies")
         joined["centers"].update(cell["centers"])
         joined["equivariance"].update(cell.get("equivariance", {}))
-    everywhere = set().union(*(c["centers"] for c in by_cell.values())) if by_cell else set()
-    for (share, seed), cell in by_cell.items():
+    everywhere = set().union(*(c["centers"] for c in by_cell.values()))
+    for key, cell in by_cell.items():
         if missing := everywhere - set(cell["centers"]):
-            raise ValueError(f"share {share:g}, seed {seed}: no run of center {', '.join(sorted(missing))}")
+            raise ValueError(f"{where(key)}: no run of center {', '.join(sorted(missing))}")
     return list(by_cell.values())
 
 
