@@ -105,10 +105,23 @@ def test_the_unet_mappers_arithmetic_grows_linearly_with_the_tokens():
 
 def test_the_task_head_is_the_mappers_kind_and_never_the_order_blind_transformer():
     grid = (8, 8)
-    assert isinstance(build_task_head(SMALL_UNET, grid, 4, 4), GridUNetMapper)
-    head = build_task_head(TRANSFORMER, grid, 4, 4)
+    assert isinstance(build_task_head(SMALL_UNET, "mapper", grid, 4, 4), GridUNetMapper)
+    head = build_task_head(TRANSFORMER, "mapper", grid, 4, 4)
     default = build_mapper(MapperConfig(width=16), grid, 4, 4)
     assert type(head) is type(default)  # the center's head sees raster order; no permutation to learn
+
+
+def test_lighter_task_heads_keep_the_token_shapes_at_a_fraction_of_the_weights():
+    grid, tokens = (8, 8), torch.randn(2, 64, 4)
+    size = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    full = build_task_head(MapperConfig(), "mapper", grid, 4, 3)
+    for kind, share in (("narrow", 1 / 8), ("linear", 1e-3)):
+        head = build_task_head(MapperConfig(), kind, grid, 4, 3)
+        assert head(tokens).shape == (2, 64, 3)
+        assert size(head) < share * size(full)
+    linear = build_task_head(MapperConfig(), "linear", grid, 4, 3)
+    swapped = tokens.flip(1)  # a per-token map: moving tokens moves its answers, nothing mixes
+    assert torch.allclose(linear(swapped), linear(tokens).flip(1))
 
 
 def test_a_unet_checkpoint_records_its_levels_and_a_cnn_checkpoint_keeps_its_old_signature(tmp_path):

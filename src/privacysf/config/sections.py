@@ -46,6 +46,7 @@ CodecNorm = Literal["batch", "instance"]
 Padding = Literal["zeros", "circular"]
 """Border rules of convolutions: ``circular`` wraps around, so whole-token cyclic shifts commute."""
 CodecSymmetry = Literal["none", "flips"]
+TaskHead = Literal["mapper", "narrow", "linear"]
 """What the center's encoders are built to commute with (``codec.symmetry``)."""
 FLIPS = 4
 """The flips of a 2-D map (none, left-right, up-down, both): a flip-equivariant layer's channels come
@@ -265,6 +266,11 @@ class CodecConfig(ConfigModel):
     image_mode: ImageMode = "task"
     """How the image encoder is trained: ``autoencoder`` (image decoder), ``task`` (mask-code head) or
     ``private`` (``task`` plus an in-the-loop attacker decoder whose reconstruction it must spoil)."""
+    task_head: TaskHead = "mapper"
+    """The head that predicts mask codes from image codes while a ``task`` or ``private`` encoder
+    trains (it stays in the center): ``mapper``, a network of the server mapper's kind and widths;
+    ``narrow``, the same with a quarter of each width (at least 8); ``linear``, one linear map per
+    token, so the encoder alone must make its code predict the mask code."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     equivariance: float = Field(0.0, ge=0)

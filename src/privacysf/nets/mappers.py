@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from privacysf.config import MapperConfig
+from privacysf.config import MapperConfig, TaskHead
 from privacysf.nets.grid import GridUNetMapper
 from privacysf.nets.polynomial import PolynomialMapper
 from privacysf.nets.sequence import SequenceMapper
@@ -58,14 +58,25 @@ def build_mapper(
 
 
 def build_task_head(
-    cfg: MapperConfig, grid: tuple[int, int], in_channels: int, out_channels: int
+    cfg: MapperConfig, head: TaskHead, grid: tuple[int, int], in_channels: int, out_channels: int
 ) -> nn.Module:
-    """The center's ``task``-mode head, which predicts mask codes from image codes while the image
-    encoder trains: a network of the mapper's own kind, so the code is shaped for what will map it.
+    """The center's ``task``-mode head (``codec.task_head``), which predicts mask codes from image codes
+    while the image encoder trains.
 
-    The center's head always sees its tokens in raster order (a secret order is applied after), so
-    an order-blind transformer mapper gets the default kind's head instead.
+    ``mapper`` is a network of the mapper's own kind, so the code is shaped for what will map it;
+    ``narrow`` keeps that kind at a quarter of its widths; ``linear`` maps each token alone. The
+    center's head always sees its tokens in raster order (a secret order is applied after), so an
+    order-blind transformer mapper gets the default kind's head instead.
     """
+    if head == "linear":
+        return nn.Linear(in_channels, out_channels)
     if cfg.order_blind:
         cfg = cfg.updated(kind=MapperConfig.model_fields["kind"].default)
+    if head == "narrow":
+        quarter = lambda width: max(8, width // 32 * 8)  # noqa: E731 (a multiple of 8, for GroupNorm)
+        cfg = cfg.updated(
+            grid_channels=tuple(quarter(w) for w in cfg.grid_channels),
+            width=quarter(cfg.width),
+            poly_width=max(1, cfg.poly_width // 4),
+        )
     return build_mapper(cfg, grid, in_channels, out_channels)
