@@ -156,3 +156,15 @@ def test_a_reloaded_run_serves_its_networks_with_the_activation_it_trained_with(
         assert {kinds[type(m)] for m in net.modules() if type(m) in kinds} == {activation}
         slopes = {m.negative_slope for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)}
         assert slopes <= {LEAKY_SLOPE}
+
+
+def test_an_image_encoder_checkpoint_records_a_lighter_task_head_and_older_ones_still_match():
+    """Resuming or reloading a ``linear``-head encoder as a ``mapper``-head one must be refused by the
+    signature (the head's weights would not fit), while checkpoints from before ``codec.task_head``
+    (no entry) still match the default; the mask codec does not depend on the head."""
+    heads = {h: ExperimentConfig().override([f"codec.task_head={h}"]) for h in ("mapper", "narrow", "linear")}
+    encoder = {h: codec_signature(cfg, 2, "image-encoder") for h, cfg in heads.items()}
+    assert encoder["mapper"]["task_head"] is None
+    assert len({json.dumps(s, sort_keys=True) for s in encoder.values()}) == 3
+    codecs = {json.dumps(codec_signature(cfg, 2, "mask-codec"), sort_keys=True) for cfg in heads.values()}
+    assert len(codecs) == 1

@@ -73,9 +73,8 @@ class TaskObjective:
         c = cfg.codec
         self.encoder, self.codec = encoder, codec
         self.grid = token_grid(cfg.data.size, c)
-        self.head = build_task_head(
-            cfg.mapper, c.task_head, self.grid, c.image_channels, c.mask_channels
-        ).to(device)
+        head = build_task_head(cfg.mapper, c.task_head, self.grid, c.image_channels, c.mask_channels)
+        self.head = head.to(device)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.wire_dtype = c.wire_dtype
         for p in codec.parameters():

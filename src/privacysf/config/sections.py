@@ -270,7 +270,10 @@ class CodecConfig(ConfigModel):
     """The head that predicts mask codes from image codes while a ``task`` or ``private`` encoder
     trains (it stays in the center): ``mapper``, a network of the server mapper's kind and widths;
     ``narrow``, the same with a quarter of each width (at least 8); ``linear``, one linear map per
-    token, so the encoder alone must make its code predict the mask code."""
+    token, so the encoder alone must make its code predict the mask code. The lighter two cut an
+    encoder step to 0.75 and 0.59 of the current one's time and lost CT Dice in every seed (−0.053
+    and −0.138 on average); ``linear`` gained 0.018 on dsb-nuclei (docs/results.md, "Lighter task
+    heads")."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     equivariance: float = Field(0.0, ge=0)
