@@ -158,13 +158,27 @@ def test_a_reloaded_run_serves_its_networks_with_the_activation_it_trained_with(
         assert slopes <= {LEAKY_SLOPE}
 
 
-def test_an_image_encoder_checkpoint_records_a_lighter_task_head_and_older_ones_still_match():
+def test_an_image_encoder_checkpoint_records_its_task_head_and_auto_follows_the_classes():
     """Resuming or reloading a ``linear``-head encoder as a ``mapper``-head one must be refused by the
     signature (the head's weights would not fit), while checkpoints from before ``codec.task_head``
-    (no entry) still match the default; the mask codec does not depend on the head."""
-    heads = {h: ExperimentConfig().override([f"codec.task_head={h}"]) for h in ("mapper", "narrow", "linear")}
-    encoder = {h: codec_signature(cfg, 2, "image-encoder") for h, cfg in heads.items()}
-    assert encoder["mapper"]["task_head"] is None
-    assert len({json.dumps(s, sort_keys=True) for s in encoder.values()}) == 3
-    codecs = {json.dumps(codec_signature(cfg, 2, "mask-codec"), sort_keys=True) for cfg in heads.values()}
-    assert len(codecs) == 1
+    (no entry) still match a ``mapper`` head; ``auto`` is ``linear`` for one foreground class and
+    ``mapper`` for more; the mask codec does not depend on the head."""
+    heads = ("auto", "mapper", "narrow", "linear")
+    cfgs = {h: ExperimentConfig().override([f"codec.task_head={h}"]) for h in heads}
+    for classes in (2, 6):
+        encoder = {h: json.dumps(codec_signature(cfg, classes, "image-encoder")) for h, cfg in cfgs.items()}
+        assert len({encoder[h] for h in ("mapper", "narrow", "linear")}) == 3
+        assert encoder["auto"] == encoder["linear" if classes == 2 else "mapper"]
+        assert codec_signature(cfgs["mapper"], classes, "image-encoder")["task_head"] is None
+        codecs = {json.dumps(codec_signature(cfg, classes, "mask-codec")) for cfg in cfgs.values()}
+        assert len(codecs) == 1
+
+
+def test_a_binary_run_folder_saved_before_the_task_head_setting_reloads_as_trained(tmp_path):
+    """Fails without the migration in ``ExperimentConfig.load_run``: ``auto`` would make a binary
+    run's head ``linear``, which its image encoder's checkpoint (no entry: ``mapper``) does not match."""
+    _save_run(
+        tmp_path, ExperimentConfig().override(["codec.task_head=mapper", "codec.width=8"]), ("task_head",)
+    )
+    loaded, _ = reload_center(tmp_path, "cpu")
+    assert loaded.codec.task_head == "mapper"

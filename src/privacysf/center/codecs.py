@@ -120,6 +120,7 @@ def build_image_decoder(cfg: CodecConfig) -> ConvDecoder:
 def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
     """What a center checkpoint must agree on with the run that loads it."""
     c = cfg.codec
+    head = c.task_head_for(num_classes)
     return {
         "kind": part,
         "num_classes": num_classes,
@@ -138,7 +139,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         ),
         "image_mode": c.image_mode if part == "image-encoder" else None,
         # checkpoints from before codec.task_head trained the mapper-shaped head
-        "task_head": c.task_head if part == "image-encoder" and c.task_head != "mapper" else None,
+        "task_head": head if part == "image-encoder" and head != "mapper" else None,
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
     }
 

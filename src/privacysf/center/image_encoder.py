@@ -73,7 +73,8 @@ class TaskObjective:
         c = cfg.codec
         self.encoder, self.codec = encoder, codec
         self.grid = token_grid(cfg.data.size, c)
-        head = build_task_head(cfg.mapper, c.task_head, self.grid, c.image_channels, c.mask_channels)
+        kind = c.task_head_for(codec.num_classes)
+        head = build_task_head(cfg.mapper, kind, self.grid, c.image_channels, c.mask_channels)
         self.head = head.to(device)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.wire_dtype = c.wire_dtype

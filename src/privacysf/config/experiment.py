@@ -114,6 +114,8 @@ class ExperimentConfig(ConfigModel):
         then = []
         if "norm" not in codec:
             then.append("codec.norm=instance")
+        if "task_head" not in codec:
+            then.append("codec.task_head=mapper")
         if "mask_decoder_width" not in codec:
             then.append(f"codec.mask_decoder_width={cfg.codec.width}")
         mapper = values.get("mapper", {})

@@ -46,7 +46,8 @@ CodecNorm = Literal["batch", "instance"]
 Padding = Literal["zeros", "circular"]
 """Border rules of convolutions: ``circular`` wraps around, so whole-token cyclic shifts commute."""
 CodecSymmetry = Literal["none", "flips"]
-TaskHead = Literal["mapper", "narrow", "linear"]
+TaskHeadNetwork = Literal["mapper", "narrow", "linear"]
+TaskHead = Literal["auto", "mapper", "narrow", "linear"]
 """What the center's encoders are built to commute with (``codec.symmetry``)."""
 FLIPS = 4
 """The flips of a 2-D map (none, left-right, up-down, both): a flip-equivariant layer's channels come
@@ -266,14 +267,15 @@ class CodecConfig(ConfigModel):
     image_mode: ImageMode = "task"
     """How the image encoder is trained: ``autoencoder`` (image decoder), ``task`` (mask-code head) or
     ``private`` (``task`` plus an in-the-loop attacker decoder whose reconstruction it must spoil)."""
-    task_head: TaskHead = "mapper"
+    task_head: TaskHead = "auto"
     """The head that predicts mask codes from image codes while a ``task`` or ``private`` encoder
     trains (it stays in the center): ``mapper``, a network of the server mapper's kind and widths;
     ``narrow``, the same with a quarter of each width (at least 8); ``linear``, one linear map per
-    token, so the encoder alone must make its code predict the mask code. The lighter two cut an
-    encoder step to 0.75 and 0.59 of the current one's time and lost CT Dice in every seed (−0.053
-    and −0.138 on average); ``linear`` gained 0.018 on dsb-nuclei (docs/results.md, "Lighter task
-    heads")."""
+    token, so the encoder alone must make its code predict the mask code; ``auto`` (current),
+    ``linear`` for one foreground class and ``mapper`` for more (:meth:`task_head_for`). The linear
+    head gained 3-D Dice on four binary sets and cut an encoder step to 0.59 of the mapper-shaped
+    one's time, but lost 0.138 on CT's five classes; ``narrow`` lost there too (docs/results.md,
+    "Lighter task heads")."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     equivariance: float = Field(0.0, ge=0)
@@ -289,6 +291,13 @@ class CodecConfig(ConfigModel):
     this rounding (an ``autoencoder`` encoder does not). ``uint4`` halves int8's bytes at no
     measured cost in Dice; ``uint2`` halves them again and cost 0.011 on average, up to 0.04 on
     icbm152-tissue (docs/results.md, "Packed 4- and 2-bit codes")."""
+
+    def task_head_for(self, num_classes: int) -> TaskHeadNetwork:
+        """The task head a center with ``num_classes`` label classes (background included) trains:
+        ``task_head``, with ``auto`` resolved by the classes."""
+        if self.task_head == "auto":
+            return "linear" if num_classes <= 2 else "mapper"
+        return self.task_head
 
     @property
     def top_decoder_width(self) -> int:

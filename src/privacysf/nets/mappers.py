@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from privacysf.config import MapperConfig, TaskHead
+from privacysf.config import MapperConfig, TaskHeadNetwork
 from privacysf.nets.grid import GridUNetMapper
 from privacysf.nets.polynomial import PolynomialMapper
 from privacysf.nets.sequence import SequenceMapper
@@ -58,9 +58,9 @@ def build_mapper(
 
 
 def build_task_head(
-    cfg: MapperConfig, head: TaskHead, grid: tuple[int, int], in_channels: int, out_channels: int
+    cfg: MapperConfig, head: TaskHeadNetwork, grid: tuple[int, int], in_channels: int, out_channels: int
 ) -> nn.Module:
-    """The center's ``task``-mode head (``codec.task_head``), which predicts mask codes from image codes
+    """The center's ``task``-mode head (``codec.task_head_for``), which predicts mask codes from image codes
     while the image encoder trains.
 
     ``mapper`` is a network of the mapper's own kind, so the code is shaped for what will map it;
