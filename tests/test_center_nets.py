@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signature
+from privacysf.center.image_encoder import IMAGE_MODES
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import CodecConfig, ExperimentConfig
 from privacysf.nets.conv import LEAKY_SLOPE, ConvEncoder, WrappedConv2d, wrap
 from privacysf.nets.flips import FlipEncoder
+from privacysf.nets.grid import GridUNetMapper
 from privacysf.workflows.fit import reload_center
 
 SIZE = 128
@@ -182,3 +184,24 @@ def test_a_binary_run_folder_saved_before_the_task_head_setting_reloads_as_train
     )
     loaded, _ = reload_center(tmp_path, "cpu")
     assert loaded.codec.task_head == "mapper"
+
+
+@pytest.mark.parametrize(
+    ("classes", "head"), [(2, torch.nn.Linear), (3, GridUNetMapper), (6, GridUNetMapper)]
+)
+def test_the_task_objective_trains_the_head_its_classes_choose(classes, head):
+    """The head the image encoder trains with is the one its checkpoint's signature names: ``auto``
+    resolved with the mask codec's classes, for ``task`` and ``private`` modes alike."""
+    for mode in ("task", "private"):
+        cfg = ExperimentConfig().override([f"codec.image_mode={mode}", "codec.width=8"])
+        codec = MaskCodec(classes, cfg.codec)
+        objective = IMAGE_MODES[mode](cfg, build_image_encoder(cfg.codec), codec, torch.device("cpu"))
+        assert isinstance(objective.head, head)
+        named = codec_signature(cfg, classes, "image-encoder")["task_head"]
+        assert named == ("linear" if head is torch.nn.Linear else None)
+
+
+def test_an_autoencoder_checkpoint_names_no_task_head():
+    cfg = ExperimentConfig().override(["codec.image_mode=autoencoder"])
+    assert codec_signature(cfg, 2, "image-encoder")["task_head"] is None
+    assert codec_signature(cfg.override(["codec.image_mode=task"]), 2, "image-parts")["task_head"] == "linear"

@@ -103,12 +103,18 @@ def test_the_unet_mappers_arithmetic_grows_linearly_with_the_tokens():
     assert cnn[1] > 5 * unet[1]  # at 256² images with the default codec
 
 
-def test_the_task_head_is_the_mappers_kind_and_never_the_order_blind_transformer():
+@pytest.mark.parametrize("head", ["mapper", "narrow"])
+def test_the_task_head_is_the_mappers_kind_and_never_the_order_blind_transformer(head):
     grid = (8, 8)
-    assert isinstance(build_task_head(SMALL_UNET, "mapper", grid, 4, 4), GridUNetMapper)
-    head = build_task_head(TRANSFORMER, "mapper", grid, 4, 4)
+    assert isinstance(build_task_head(SMALL_UNET, head, grid, 4, 4), GridUNetMapper)
+    built = build_task_head(TRANSFORMER, head, grid, 4, 4)
     default = build_mapper(MapperConfig(width=16), grid, 4, 4)
-    assert type(head) is type(default)  # the center's head sees raster order; no permutation to learn
+    assert type(built) is type(default)  # the center's head sees raster order; no permutation to learn
+
+
+def test_a_task_head_policy_is_refused_where_a_head_network_is_built():
+    with pytest.raises(ValueError, match="task_head_for"):
+        build_task_head(SMALL_UNET, "auto", (8, 8), 4, 4)  # type: ignore[arg-type]
 
 
 def test_lighter_task_heads_keep_the_token_shapes_at_a_fraction_of_the_weights():
@@ -119,6 +125,11 @@ def test_lighter_task_heads_keep_the_token_shapes_at_a_fraction_of_the_weights()
         head = build_task_head(MapperConfig(), kind, grid, 4, 3)
         assert head(tokens).shape == (2, 64, 3)
         assert size(head) < share * size(full)
+    poly = MapperConfig(kind="poly")
+    assert (
+        size(build_task_head(poly, "narrow", grid, 4, 3))
+        < size(build_task_head(poly, "mapper", grid, 4, 3)) / 3
+    )
     linear = build_task_head(MapperConfig(), "linear", grid, 4, 3)
     swapped = tokens.flip(1)  # a per-token map: moving tokens moves its answers, nothing mixes
     assert torch.allclose(linear(swapped), linear(tokens).flip(1))

@@ -24,10 +24,10 @@ from privacysf.benchmark.latency import interleaved_times
 from privacysf.center.codecs import MaskCodec, build_image_encoder
 from privacysf.center.image_encoder import TaskObjective
 from privacysf.common.markdown import Markdown
-from privacysf.config import ExperimentConfig, TaskHead
+from privacysf.config import ExperimentConfig, TaskHeadNetwork
 from privacysf.nets.unet import build_unet
 
-HEADS: tuple[TaskHead, ...] = ("mapper", "narrow", "linear")
+HEADS: tuple[TaskHeadNetwork, ...] = ("mapper", "narrow", "linear")
 
 
 def _step(params: list[torch.Tensor], loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -46,7 +46,7 @@ def steps(size: int, batch: int, classes: int) -> dict[str, Callable[[], None]]:
     torch.manual_seed(0)
     x = torch.randn(batch, 1, size, size)
     y = torch.randint(0, classes, (batch, size, size))
-    calls = {}
+    calls: dict[str, Callable[[], None]] = {}
     for head in HEADS:
         cfg = ExperimentConfig().override([f"data.size={size}", f"codec.task_head={head}"])
         encoder = build_image_encoder(cfg.codec)

@@ -138,8 +138,12 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
             None if part != "mask-codec" or c.top_decoder_width == c.width else c.top_decoder_width
         ),
         "image_mode": c.image_mode if part == "image-encoder" else None,
-        # checkpoints from before codec.task_head trained the mapper-shaped head
-        "task_head": head if part == "image-encoder" and head != "mapper" else None,
+        # checkpoints from before codec.task_head trained the mapper-shaped head; an autoencoder has none
+        "task_head": (
+            head
+            if part in ("image-encoder", "image-parts") and c.image_mode != "autoencoder" and head != "mapper"
+            else None
+        ),
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
     }
 

@@ -46,9 +46,11 @@ CodecNorm = Literal["batch", "instance"]
 Padding = Literal["zeros", "circular"]
 """Border rules of convolutions: ``circular`` wraps around, so whole-token cyclic shifts commute."""
 CodecSymmetry = Literal["none", "flips"]
-TaskHeadNetwork = Literal["mapper", "narrow", "linear"]
-TaskHead = Literal["auto", "mapper", "narrow", "linear"]
 """What the center's encoders are built to commute with (``codec.symmetry``)."""
+TaskHeadNetwork = Literal["mapper", "narrow", "linear"]
+"""The networks a ``task``-mode head can be (:func:`privacysf.nets.mappers.build_task_head`)."""
+TaskHead = Literal["auto", "mapper", "narrow", "linear"]
+"""``codec.task_head``: a head network, or ``auto`` to choose one by the number of classes."""
 FLIPS = 4
 """The flips of a 2-D map (none, left-right, up-down, both): a flip-equivariant layer's channels come
 in fields of this many, one per flip."""
@@ -270,12 +272,13 @@ class CodecConfig(ConfigModel):
     task_head: TaskHead = "auto"
     """The head that predicts mask codes from image codes while a ``task`` or ``private`` encoder
     trains (it stays in the center): ``mapper``, a network of the server mapper's kind and widths;
-    ``narrow``, the same with a quarter of each width (at least 8); ``linear``, one linear map per
-    token, so the encoder alone must make its code predict the mask code; ``auto`` (current),
-    ``linear`` for one foreground class and ``mapper`` for more (:meth:`task_head_for`). The linear
-    head gained 3-D Dice on four binary sets and cut an encoder step to 0.59 of the mapper-shaped
-    one's time, but lost 0.138 on CT's five classes; ``narrow`` lost there too (docs/results.md,
-    "Lighter task heads")."""
+    ``narrow``, the same at a quarter of each width, rounded down to a multiple of 8 and at least 8;
+    ``linear``, one linear map per token, so the encoder alone must make its code predict the mask
+    code; ``auto`` (current), ``linear`` for one foreground class and ``mapper`` for more
+    (:meth:`task_head_for`). On binary sets the linear head changed 3-D Dice by +0.017 [−0.010,
+    +0.043] over nine pairs (largest where the mapper-shaped head's run was weak) and cut the
+    training time to 0.78; on CT's five foreground classes it lost 0.138 and ``narrow`` 0.053
+    (docs/results.md, "Lighter task heads")."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     equivariance: float = Field(0.0, ge=0)

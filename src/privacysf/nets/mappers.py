@@ -70,13 +70,21 @@ def build_task_head(
     """
     if head == "linear":
         return nn.Linear(in_channels, out_channels)
+    if head not in ("mapper", "narrow"):
+        raise ValueError(
+            f"task head {head!r} is not a head network; resolve it with CodecConfig.task_head_for"
+        )
     if cfg.order_blind:
         cfg = cfg.updated(kind=MapperConfig.model_fields["kind"].default)
     if head == "narrow":
-        quarter = lambda width: max(8, width // 32 * 8)  # noqa: E731 (a multiple of 8, for GroupNorm)
         cfg = cfg.updated(
-            grid_channels=tuple(quarter(w) for w in cfg.grid_channels),
-            width=quarter(cfg.width),
+            grid_channels=tuple(_quarter(w) for w in cfg.grid_channels),
+            width=_quarter(cfg.width),
             poly_width=max(1, cfg.poly_width // 4),
         )
     return build_mapper(cfg, grid, in_channels, out_channels)
+
+
+def _quarter(width: int) -> int:
+    """A quarter of a mapper width, rounded down to a multiple of 8 (GroupNorm's groups), at least 8."""
+    return max(8, width // 32 * 8)
