@@ -49,7 +49,7 @@ CodecSymmetry = Literal["none", "flips"]
 """What the center's encoders are built to commute with (``codec.symmetry``)."""
 TaskHeadNetwork = Literal["mapper", "narrow", "linear"]
 """The networks a ``task``-mode head can be (:func:`privacysf.nets.mappers.build_task_head`)."""
-TaskHead = Literal["auto", "mapper", "narrow", "linear"]
+TaskHead = Literal["auto", TaskHeadNetwork]
 """``codec.task_head``: a head network, or ``auto`` to choose one by the number of classes."""
 FLIPS = 4
 """The flips of a 2-D map (none, left-right, up-down, both): a flip-equivariant layer's channels come
