@@ -109,6 +109,14 @@ def test_the_study_keeps_the_configured_share_and_seed_unless_it_lists_its_own()
     ]
 
 
+def test_each_count_of_views_names_its_rows_after_the_first():
+    study = AblationConfig(views=(4, 1))
+    assert study.upload_views(CodecConfig()) == [("", 4), (", 1 views", 1)]
+    assert AblationConfig().upload_views(CodecConfig(upload_views=3)) == [("", 3)]
+    with pytest.raises(ConfigError, match="lists an entry twice"):
+        ExperimentConfig().override(["ablation.views=[2, 2]"])
+
+
 def test_one_seed_gives_a_mean_without_an_interval():
     mean, low, high = t_interval([0.3])
     assert mean == 0.3 and math.isnan(low) and math.isnan(high)
@@ -136,7 +144,12 @@ def test_an_unknown_augmentation_in_a_policy_is_refused_by_name():
 
 def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
     settings = [*TINY_FIT, "train.epochs=1", "train.threads=1", f"output_dir={tmp_path}"]
-    study = ["ablation.policies=[flip]", "ablation.fractions=[0.5]", "ablation.seeds=[0, 1]"]
+    study = [
+        "ablation.policies=[flip]",
+        "ablation.fractions=[0.5]",
+        "ablation.seeds=[0, 1]",
+        "ablation.views=[1, 2]",
+    ]
     full = ExperimentConfig().override(settings)
     run_dir, summary = run_ablation(full.override(study))
 
@@ -146,8 +159,17 @@ def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
 
     assert cells[0]["train_slices"] < len(prepare(full.data).train)  # the share was applied
     for cell in cells:
-        assert set(cell["centers"]["0"]) == {"none", "+flip", "default"}  # default: the recommended shift
-        assert cell["centers"]["0"]["+flip"]["augment"]["flip"] == 0.5
+        rows = cell["centers"]["0"]  # default: the recommended shift
+        assert set(rows) == {
+            "none",
+            "+flip",
+            "default",
+            "none, 2 views",
+            "+flip, 2 views",
+            "default, 2 views",
+        }
+        assert rows["+flip"]["augment"]["flip"] == 0.5 == rows["+flip, 2 views"]["augment"]["flip"]
+        assert (rows["+flip"]["upload_views"], rows["+flip, 2 views"]["upload_views"]) == (1, 2)
         assert 0 <= cell["unet"]["dice_3d"] <= 1
         assert (run_dir / "cells" / f"share0.5-seed{cell['seed']}" / "baseline" / "unet.pt").is_file()
         errors = {row["transform"]: row for row in cell["equivariance"]["0"]}

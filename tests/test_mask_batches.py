@@ -12,6 +12,7 @@ from privacysf.common.training import epoch_order, out_of_patience
 from privacysf.config import CodecConfig, ExperimentConfig, TrainConfig
 from privacysf.data.loader import (
     augmentation,
+    augmented_views,
     class_balanced_weights,
     mask_batches,
     paste_shapes,
@@ -181,3 +182,25 @@ def test_the_mask_codec_is_never_stopped_early():
         ]
         assert not stops, stops
         assert out_of_patience(2, 1, run.train.patience)  # the others' rule would have stopped it
+
+
+def test_uploaded_views_transform_each_image_with_its_own_mask():
+    """Each extra view is its slice flipped the same way in image and mask (with a gain and an offset
+    on the intensities alone), the slices themselves come first, and a seed draws the same views.
+    Fails if the image and the mask are flipped apart (``RandFlipd(keys="image", ...)``)."""
+    rng = np.random.default_rng(1)
+    images = rng.standard_normal((4, 1, 24, 24)).astype(np.float32)
+    masks = rng.integers(0, 3, (4, 24, 24))
+    views, labels = augmented_views(images, masks, 3, seed=5)
+    assert views.shape == (12, 1, 24, 24) and labels.shape == (12, 24, 24)
+    assert views.dtype == images.dtype and labels.dtype == masks.dtype
+    assert np.array_equal(views[:4], images) and np.array_equal(labels[:4], masks)
+    flips = [lambda a: a, lambda a: a[..., ::-1, :], lambda a: a[..., ::-1], lambda a: a[..., ::-1, ::-1]]
+    for view, label, image, mask in zip(
+        views[4:], labels[4:], np.tile(images, (2, 1, 1, 1)), np.tile(masks, (2, 1, 1)), strict=True
+    ):
+        [flip] = [f for f in flips if np.array_equal(label, f(mask))]
+        assert np.corrcoef(view.ravel(), flip(image).ravel())[0, 1] > 0.999
+    again, _ = augmented_views(images, masks, 3, seed=5)
+    assert np.array_equal(again, views)
+    assert augmented_views(images, masks, 1, seed=5)[0] is images

@@ -10,14 +10,22 @@ import torch
 from keykit import assert_no_secret, secret_forms
 
 from privacysf.center.keys import CenterKey
-from privacysf.center.pipeline import IMAGE_ENCODER, KEY, MASK_CODEC, keyed_transform, load_center
+from privacysf.center.pipeline import (
+    IMAGE_ENCODER,
+    KEY,
+    MASK_CODEC,
+    keyed_transform,
+    load_center,
+    upload_messages,
+)
 from privacysf.cli.main import main
 from privacysf.config import ExperimentConfig
+from privacysf.data.loader import augmented_views
 from privacysf.data.phantom import phantom_case
 from privacysf.data.prepare import prepare
 from privacysf.data.readers import read_volume
 from privacysf.errors import ConfigError, DataError, WireFormatError
-from privacysf.exchange import CodeBatch, encode_codes
+from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.metrics import mean_dice
 from privacysf.nets.onnx_runtime import OnnxRuntimeModule
 from privacysf.workflows.fit import reload, reload_server, run_fit
@@ -128,6 +136,25 @@ def test_segment_maps_in_onnx_runtime_when_told(fitted, tmp_path, monkeypatch):
     assert main(["segment", *ask[:2], str(tmp_path / "torch.nii.gz"), *ask[2:]]) == 0
     ort, by_cli = (np.asarray(nib.load(str(tmp_path / f"{n}.nii.gz")).dataobj) for n in ("ort", "torch"))
     assert ort.shape == case.image[..., :2].shape and (ort == by_cli).mean() > 0.999
+
+
+def test_the_center_uploads_the_codes_of_each_view_and_one_validation_pair_per_slice(fitted):
+    """``codec.upload_views`` multiplies the training pairs, not the validation ones, and each extra
+    pair is the center's own codes of an augmented slice and its mask. Fails if the views are ignored,
+    or applied to the validation pairs too."""
+    run_dir, _ = fitted
+    cfg, center, _ = reload(run_dir)
+    data = prepare(cfg.data)
+    plain = [decode_codes(m).tokens for m in upload_messages(center, data.train, data.val)]
+    three = [decode_codes(m).tokens for m in upload_messages(center, data.train, data.val, views=3)]
+    n = len(data.train)
+    assert [len(t) for t in three] == [3 * n, 3 * n, len(data.val), len(data.val)]
+    assert all(np.array_equal(a[:n], b) for a, b in zip(three[:2], plain[:2], strict=True))
+    assert all(np.array_equal(a, b) for a, b in zip(three[2:], plain[2:], strict=True))
+    images, masks = augmented_views(data.train.images, data.train.masks, 3, cfg.train.seed)
+    image_codes, mask_codes = (decode_codes(m).tokens for m in center.pair_messages(images, masks))
+    assert np.array_equal(three[0], image_codes) and np.array_equal(three[1], mask_codes)
+    assert not np.array_equal(three[1][n : 2 * n], plain[1])  # the views are not the slices again
 
 
 def test_server_refuses_codes_of_the_wrong_shape(fitted):

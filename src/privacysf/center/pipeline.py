@@ -32,6 +32,7 @@ from privacysf.center.image_encoder import train_image_encoder
 from privacysf.center.keys import CenterKey, KeyedTransform
 from privacysf.common.torchutil import load_checkpoint, save_checkpoint
 from privacysf.config import ExperimentConfig
+from privacysf.data.loader import augmented_views
 from privacysf.data.preprocess import SliceSet
 from privacysf.errors import ConfigError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, finer_dtypes, tokens_to_grid
@@ -295,9 +296,14 @@ def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str
     return mean_dice(center.decode_message(center.mask_message(masks, dtype)), masks, num_classes)
 
 
-def upload_messages(center: Center, train: SliceSet, val: SliceSet) -> tuple[bytes, bytes, bytes, bytes]:
-    """All a center sends for the server to learn its mapping: train and val image and mask codes."""
-    return (*center.pair_messages(train.images, train.masks), *center.pair_messages(val.images, val.masks))
+def upload_messages(
+    center: Center, train: SliceSet, val: SliceSet, views: int | None = None
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """All a center sends for the server to learn its mapping: train and val image and mask codes,
+    the training pairs in ``views`` views of each slice (default ``codec.upload_views``)."""
+    views = center.cfg.codec.upload_views if views is None else views
+    images, masks = augmented_views(train.images, train.masks, views, center.cfg.train.seed)
+    return (*center.pair_messages(images, masks), *center.pair_messages(val.images, val.masks))
 
 
 def load_center(cfg: ExperimentConfig, num_classes: int, run_dir: Path, device) -> Center:

@@ -287,6 +287,12 @@ class CodecConfig(ConfigModel):
     error of one transform drawn per step over the squared distance between the batch's slices'
     codes. 0 (off) keeps the encoders as they were; the
     measured errors and Dice are in docs/results.md ("Server-side code augmentation")."""
+    upload_views: int = Field(1, ge=1)
+    """Views of each training slice whose code pairs the center uploads: the slice and
+    ``upload_views - 1`` copies through the raw U-Net's image-space augmentation (flips, intensity
+    jitter; :func:`privacysf.data.loader.augmented_views`), drawn once. Each is encoded by the center,
+    so every extra pair is a true pair, under any key. Validation pairs stay one per slice. The
+    upload and the mapper's epochs grow with it."""
     wire_dtype: WireDtype = "uint4"
     """dtype of codes on the wire: ``float32``, ``float16``, or one of 255, 16 or 4 evenly spaced values
     in [-1, 1] (the codes' range): ``int8``, ``uint4`` and ``uint2``, the last two packed two and four

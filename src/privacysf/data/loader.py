@@ -77,6 +77,31 @@ def slice_batches(
     return batches
 
 
+def augmented_views(
+    images: np.ndarray, masks: np.ndarray, views: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The slices followed by ``views - 1`` copies of each through :func:`augmentation` (the raw
+    U-Net's own image-space augmentation), drawn once from ``seed``: (views·N, 1, S, S) images and
+    (views·N, S, S) masks.
+
+    Why: the server never sees an image, so it cannot augment the way a U-Net does, and a transformed
+    code is not the code of a transformed image unless the encoders make it so. The center can: it
+    encodes augmented slices itself, so every extra pair it uploads is a true pair, under any key.
+    """
+    if views == 1:
+        return images, masks
+    transform = augmentation()
+    transform.set_random_state(seed)
+    x, y = torch.from_numpy(images), torch.from_numpy(masks)
+    all_images, all_masks = [images], [masks]
+    with untracked():
+        for _ in range(views - 1):
+            items = [transform({"image": x[i], "mask": y[i][None]}) for i in range(len(x))]
+            all_images.append(np.stack([np.asarray(item["image"], images.dtype) for item in items]))
+            all_masks.append(np.stack([np.asarray(item["mask"][0], masks.dtype) for item in items]))
+    return np.concatenate(all_images), np.concatenate(all_masks)
+
+
 def shape_augmentation() -> Compose:
     """Flips, right-angle turns and a random rotation, scaling and shift of label maps alone (nearest
     neighbour, so labels stay labels): shapes for a codec that never sees the image."""

@@ -69,13 +69,17 @@ def _center_rows(
         served.image_encoder, served.mask_codec, data.test.images, data.test.masks, cfg.codec.downsample
     )
     rows = {}
-    for name, augment in variants(cfg.augment, cfg.ablation.policies).items():
-        variant_dir = folder / "variants" / name.replace(" ", "_")
-        rows[name] = {
-            **remap_scores(cfg.updated(augment=augment), center, served, data, variant_dir),
-            "augment": augment.model_dump(),
-        }
-        print(f"    {name:22s} 3-D Dice {rows[name]['dice_3d']:.4f}", flush=True)
+    for suffix, views in cfg.ablation.upload_views(cfg.codec):
+        for policy, augment in variants(cfg.augment, cfg.ablation.policies).items():
+            name = policy + suffix
+            variant_dir = folder / "variants" / name.replace(" ", "_").replace(",", "")
+            variant = cfg.updated(augment=augment, codec=cfg.codec.updated(upload_views=views))
+            rows[name] = {
+                **remap_scores(variant, center, served, data, variant_dir),
+                "augment": augment.model_dump(),
+                "upload_views": views,
+            }
+            print(f"    {name:22s} 3-D Dice {rows[name]['dice_3d']:.4f}", flush=True)
     return rows, [asdict(row) for row in errors]
 
 

@@ -148,7 +148,8 @@ def ablation_markdown(summary: dict) -> str:
     doc.paragraph(
         "3-D per-case foreground Dice on each seed's test cases: mean over seeds [95 % t-interval over "
         "seeds]. Centers are named by codec.equivariance and, where not the default, codec.padding and "
-        "codec.symmetry. Change: "
+        'codec.symmetry; a policy ending in ", N views" trained the mapper on the center\'s codes of N '
+        "views of each training slice (codec.upload_views). Change: "
         f"paired within each seed against center {reference_center(summary)} with no augmentation; "
         "within center: against the same center with no augmentation (what the policy alone adds). "
         "Gap: raw U-Net minus this row, paired likewise (positive: the U-Net is ahead)."
