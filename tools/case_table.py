@@ -14,9 +14,9 @@ absolute seconds depend on what else the machine was doing.
 With ``--encrypted`` the runs made with ``encryption.enabled`` give the test Dice of their encrypted
 queries beside the same mapper's on plain codes, with seconds and bytes per query.
 
-With ``--against FOLDER`` each dataset-seed pair run in both places gives Privacy-SF's Dice and the
-ceiling there ("before") and here, and the mean change over the pairs (the first run of a pair
-where a folder holds several).
+With ``--against FOLDER [FOLDER ...]`` each dataset-seed pair run in both places gives Privacy-SF's
+Dice and the ceiling there ("before") and here, and the mean change over the pairs (the first run of
+a pair where the folders hold several).
 
 Each figure is read from a run's ``metrics.json`` (``per_case_3d.foreground_only``: each test case's
 slices stacked into one volume, classes the case holds averaged, then the mean over cases). A run
@@ -149,11 +149,11 @@ def main() -> None:
     table = parser.add_mutually_exclusive_group()
     table.add_argument("--timing", action="store_true", help="training seconds per stage, not Dice")
     table.add_argument("--encrypted", action="store_true", help="encrypted queries against plain codes")
-    table.add_argument("--against", type=Path, help="folder of earlier runs: paired Dice changes")
+    table.add_argument("--against", type=Path, nargs="+", help="folders of earlier runs: paired Dice changes")
     args = parser.parse_args()
     rows = _runs(args.folders)
     if args.against:
-        print_pairs(rows, _runs([args.against]))
+        print_pairs(rows, _runs(args.against))
         return
     printer = print_timing if args.timing else print_encrypted if args.encrypted else print_dice
     printer(rows)

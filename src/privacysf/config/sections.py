@@ -276,9 +276,10 @@ class CodecConfig(ConfigModel):
     ``linear``, one linear map per token, so the encoder alone must make its code predict the mask
     code; ``auto`` (current), ``linear`` for one foreground class and ``mapper`` for more
     (:meth:`task_head_for`). On binary sets the linear head changed 3-D Dice by +0.017 [−0.010,
-    +0.043] over nine pairs (largest where the mapper-shaped head's run was weak) but −0.062 on the
-    cross-subject brain-3subjects, and cut the training time to 0.78; on CT's five foreground
-    classes it lost 0.138 and ``narrow`` 0.053 (docs/results.md, "Lighter task heads")."""
+    +0.043] over nine pairs (largest where the mapper-shaped head's run was weak) but −0.024 [−0.074,
+    +0.026] over six seeds of the cross-subject brain-3subjects, and cut the training time to 0.78;
+    on CT's five foreground classes it lost 0.138 and ``narrow`` 0.053 (docs/results.md, "Lighter
+    task heads")."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     equivariance: float = Field(0.0, ge=0)
