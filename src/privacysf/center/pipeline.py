@@ -301,8 +301,11 @@ def upload_messages(
 ) -> tuple[bytes, bytes, bytes, bytes]:
     """All a center sends for the server to learn its mapping: train and val image and mask codes,
     the training pairs in ``views`` views of each slice (default ``codec.upload_views``)."""
-    views = center.cfg.codec.upload_views if views is None else views
-    images, masks = augmented_views(train.images, train.masks, views, center.cfg.train.seed)
+    codec = center.cfg.codec
+    views = codec.upload_views if views is None else views
+    images, masks = augmented_views(
+        train.images, train.masks, views, center.cfg.train.seed, codec.view_augmentation
+    )
     return (*center.pair_messages(images, masks), *center.pair_messages(val.images, val.masks))
 
 

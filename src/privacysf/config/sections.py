@@ -51,6 +51,8 @@ TaskHeadNetwork = Literal["mapper", "narrow", "linear"]
 """The networks a ``task``-mode head can be (:func:`privacysf.nets.mappers.build_task_head`)."""
 TaskHead = Literal["auto", TaskHeadNetwork]
 """``codec.task_head``: a head network, or ``auto`` to choose one by the number of classes."""
+ViewAugmentation = Literal["flips", "affine"]
+"""How the center draws the extra views it uploads (``codec.view_augmentation``)."""
 FLIPS = 4
 """The flips of a 2-D map (none, left-right, up-down, both): a flip-equivariant layer's channels come
 in fields of this many, one per flip."""
@@ -290,10 +292,14 @@ class CodecConfig(ConfigModel):
     measured errors and Dice are in docs/results.md ("Server-side code augmentation")."""
     upload_views: int = Field(1, ge=1)
     """Views of each training slice whose code pairs the center uploads: the slice and
-    ``upload_views - 1`` copies through the raw U-Net's image-space augmentation (flips, intensity
-    jitter; :func:`privacysf.data.loader.augmented_views`), drawn once. Each is encoded by the center,
-    so every extra pair is a true pair, under any key. Validation pairs stay one per slice. The
-    upload and the mapper's epochs grow with it."""
+    ``upload_views - 1`` augmented copies (``view_augmentation``;
+    :func:`privacysf.data.loader.augmented_views`), drawn once. Each is encoded by the center, so
+    every extra pair is a true pair, under any key. Validation pairs stay one per slice. The upload
+    and the mapper's epochs grow with it."""
+    view_augmentation: ViewAugmentation = "flips"
+    """What makes the copies of ``upload_views``: ``flips``, the raw U-Net's own image-space
+    augmentation (flips, intensity jitter); ``affine``, a small rotation, scaling and shift with the
+    same jitter and no flips, so a copy keeps the anatomy's orientation."""
     wire_dtype: WireDtype = "uint4"
     """dtype of codes on the wire: ``float32``, ``float16``, or one of 255, 16 or 4 evenly spaced values
     in [-1, 1] (the codes' range): ``int8``, ``uint4`` and ``uint2``, the last two packed two and four

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ from monai.transforms import (
 )
 
 from privacysf.common.training import epoch_order
-from privacysf.config import CodecConfig, TrainConfig
+from privacysf.config import CodecConfig, TrainConfig, ViewAugmentation
 from privacysf.data.preprocess import SliceSet
 
 
@@ -77,12 +78,36 @@ def slice_batches(
     return batches
 
 
+def view_augmentation(kind: ViewAugmentation, size: int) -> Compose:
+    """The transform of the center's uploaded views (``codec.view_augmentation``) at ``size``² pixels.
+
+    ``flips`` is :func:`augmentation`, what the raw U-Net trains with. ``affine`` turns by up to 15°,
+    scales by up to 10 % and shifts by up to 6 % of the side, with the same intensity jitter and
+    no flips: an upside-down brain or a liver on the left is no image the center will ever query."""
+    if kind == "flips":
+        return augmentation()
+    return Compose(
+        [
+            RandAffined(
+                keys=("image", "mask"),
+                prob=1.0,
+                rotate_range=math.radians(15),
+                scale_range=0.1,
+                translate_range=(0.06 * size, 0.06 * size),
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+        ]
+    )
+
+
 def augmented_views(
-    images: np.ndarray, masks: np.ndarray, views: int, seed: int
+    images: np.ndarray, masks: np.ndarray, views: int, seed: int, kind: ViewAugmentation = "flips"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The slices followed by ``views - 1`` copies of each through :func:`augmentation` (the raw
-    U-Net's own image-space augmentation), drawn once from ``seed``: (views·N, 1, S, S) images and
-    (views·N, S, S) masks.
+    """The slices followed by ``views - 1`` copies of each through :func:`view_augmentation`, drawn
+    once from ``seed``: (views·N, 1, S, S) images and (views·N, S, S) masks.
 
     Why: the server never sees an image, so it cannot augment the way a U-Net does, and a transformed
     code is not the code of a transformed image unless the encoders make it so. The center can: it
@@ -90,7 +115,7 @@ def augmented_views(
     """
     if views == 1:
         return images, masks
-    transform = augmentation()
+    transform = view_augmentation(kind, images.shape[-1])
     transform.set_random_state(seed)
     x, y = torch.from_numpy(images), torch.from_numpy(masks)
     all_images, all_masks = [images], [masks]
