@@ -110,8 +110,10 @@ def test_the_study_keeps_the_configured_share_and_seed_unless_it_lists_its_own()
 
 
 def test_each_count_of_views_names_its_rows_after_the_first():
-    study = AblationConfig(views=(4, 1))
-    assert study.upload_views(CodecConfig()) == [("", 4), (", 1 views", 1)]
+    study = AblationConfig(views=(4, 1, 2))
+    assert study.upload_views(CodecConfig()) == [("", 4), (", 1 view", 1), (", 2 views", 2)]
+    affine = study.upload_views(CodecConfig(view_augmentation="affine"))
+    assert affine == [("", 4), (", 1 affine view", 1), (", 2 affine views", 2)]
     assert AblationConfig().upload_views(CodecConfig(upload_views=3)) == [("", 3)]
     with pytest.raises(ConfigError, match="lists an entry twice"):
         ExperimentConfig().override(["ablation.views=[2, 2]"])
@@ -170,6 +172,7 @@ def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
         }
         assert rows["+flip"]["augment"]["flip"] == 0.5 == rows["+flip, 2 views"]["augment"]["flip"]
         assert (rows["+flip"]["upload_views"], rows["+flip, 2 views"]["upload_views"]) == (1, 2)
+        assert 1.5 < rows["none, 2 views"]["train_bytes"] / rows["none"]["train_bytes"] < 2.0  # headers once
         assert 0 <= cell["unet"]["dice_3d"] <= 1
         assert (run_dir / "cells" / f"share0.5-seed{cell['seed']}" / "baseline" / "unet.pt").is_file()
         errors = {row["transform"]: row for row in cell["equivariance"]["0"]}

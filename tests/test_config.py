@@ -158,3 +158,11 @@ def test_a_boolean_is_not_a_number():
         with pytest.raises(ConfigError, match=r"must be a number, not true or false"):
             ExperimentConfig().override([setting])
     assert ExperimentConfig().override(["key.enabled=true"]).key.enabled is True
+
+
+def test_dp_training_refuses_uploaded_views():
+    """DP-SGD's accounting counts each training pair once; views make one slice several pairs.
+    Fails if the check on ``codec.upload_views`` is dropped from the config's rules."""
+    ExperimentConfig().override(["mapper.dp_noise=1.0", "augment.shift=0"])  # one view: accepted
+    with pytest.raises(ConfigError, match="mapper.dp_noise needs codec.upload_views=1"):
+        ExperimentConfig().override(["mapper.dp_noise=1.0", "codec.upload_views=4"])

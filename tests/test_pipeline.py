@@ -138,23 +138,29 @@ def test_segment_maps_in_onnx_runtime_when_told(fitted, tmp_path, monkeypatch):
     assert ort.shape == case.image[..., :2].shape and (ort == by_cli).mean() > 0.999
 
 
-def test_the_center_uploads_the_codes_of_each_view_and_one_validation_pair_per_slice(fitted):
-    """``codec.upload_views`` multiplies the training pairs, not the validation ones, and each extra
-    pair is the center's own codes of an augmented slice and its mask. Fails if the views are ignored,
-    or applied to the validation pairs too."""
+def test_the_center_uploads_the_codes_of_each_view_shuffled_and_one_validation_pair_per_slice(fitted):
+    """``codec.upload_views`` in the center's config (what fit, federation and remote uploads all
+    read) multiplies the training pairs, not the validation ones; each extra pair is the center's own
+    codes of an augmented slice and its mask, and the order does not group a slice's views. Fails if
+    the setting is ignored, applied to the validation pairs, or the views go in blocks."""
     run_dir, _ = fitted
     cfg, center, _ = reload(run_dir)
     data = prepare(cfg.data)
     plain = [decode_codes(m).tokens for m in upload_messages(center, data.train, data.val)]
-    three = [decode_codes(m).tokens for m in upload_messages(center, data.train, data.val, views=3)]
+    three_cfg = cfg.override(["codec.upload_views=3"])
+    three = [
+        decode_codes(m).tokens for m in upload_messages(replace(center, cfg=three_cfg), data.train, data.val)
+    ]
     n = len(data.train)
     assert [len(t) for t in three] == [3 * n, 3 * n, len(data.val), len(data.val)]
-    assert all(np.array_equal(a[:n], b) for a, b in zip(three[:2], plain[:2], strict=True))
     assert all(np.array_equal(a, b) for a, b in zip(three[2:], plain[2:], strict=True))
     images, masks = augmented_views(data.train.images, data.train.masks, 3, cfg.train.seed)
-    image_codes, mask_codes = (decode_codes(m).tokens for m in center.pair_messages(images, masks))
-    assert np.array_equal(three[0], image_codes) and np.array_equal(three[1], mask_codes)
-    assert not np.array_equal(three[1][n : 2 * n], plain[1])  # the views are not the slices again
+    blocks = [decode_codes(m).tokens for m in center.pair_messages(images, masks)]
+    assert np.array_equal(blocks[0][:n], plain[0]) and np.array_equal(blocks[1][:n], plain[1])
+    order = np.random.default_rng(cfg.train.seed).permutation(3 * n)
+    assert np.array_equal(three[0], blocks[0][order]) and np.array_equal(three[1], blocks[1][order])
+    assert not np.array_equal(order, np.arange(3 * n))
+    assert not np.array_equal(blocks[1][n : 2 * n], plain[1])  # the views are not the slices again
 
 
 def test_server_refuses_codes_of_the_wrong_shape(fitted):

@@ -296,16 +296,19 @@ def mask_ceiling(center: Center, masks: np.ndarray, num_classes: int, dtype: str
     return mean_dice(center.decode_message(center.mask_message(masks, dtype)), masks, num_classes)
 
 
-def upload_messages(
-    center: Center, train: SliceSet, val: SliceSet, views: int | None = None
-) -> tuple[bytes, bytes, bytes, bytes]:
-    """All a center sends for the server to learn its mapping: train and val image and mask codes,
-    the training pairs in ``views`` views of each slice (default ``codec.upload_views``)."""
-    codec = center.cfg.codec
-    views = codec.upload_views if views is None else views
+def upload_messages(center: Center, train: SliceSet, val: SliceSet) -> tuple[bytes, bytes, bytes, bytes]:
+    """All a center sends for the server to learn its mapping: train and val image and mask codes.
+
+    With ``codec.upload_views`` the training pairs are those of every view of each slice, in an order
+    drawn from the training seed, so the message's order does not say which codes are views of one
+    slice (their contents may still: two views of a slice have similar codes)."""
+    codec, seed = center.cfg.codec, center.cfg.train.seed
     images, masks = augmented_views(
-        train.images, train.masks, views, center.cfg.train.seed, codec.view_augmentation
+        train.images, train.masks, codec.upload_views, seed, codec.view_augmentation
     )
+    if codec.upload_views > 1:
+        order = np.random.default_rng(seed).permutation(len(images))
+        images, masks = images[order], masks[order]
     return (*center.pair_messages(images, masks), *center.pair_messages(val.images, val.masks))
 
 

@@ -121,8 +121,9 @@ class AblationConfig(ConfigModel):
     views: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(None, min_length=1)
     """``codec.upload_views`` compared for each center and policy: the center is trained once and the
     mapper retrained on the pairs of that many views of each training slice. Rows at the first count
-    keep the policy's name (the first is the reference); the others add ", N views". Unset: the
-    configured ``codec.upload_views`` alone."""
+    keep the policy's name (the first is the reference); the others add ", N views" (", N affine
+    views" with ``codec.view_augmentation=affine``). Unset: the configured ``codec.upload_views``
+    alone."""
     compare_unet: bool = True
     """Also train the raw U-Net on each share and seed: the gap the augmentation should narrow."""
 
@@ -141,16 +142,21 @@ class AblationConfig(ConfigModel):
     @field_validator("equivariance", "padding", "symmetry", "views")
     @classmethod
     def _each_center_once(cls, values: tuple | None) -> tuple | None:
-        """A repeated entry would train the same center twice, the second's scores over the first's."""
+        """A repeated entry would train the same center (or mapper) twice, the second's scores over
+        the first's."""
         if values is not None and len(set(values)) < len(values):
-            raise ValueError(f"{list(values)} lists an entry twice; list each center's setting once")
+            raise ValueError(f"{list(values)} lists an entry twice; list each setting once")
         return values
 
     def upload_views(self, codec: CodecConfig) -> list[tuple[str, int]]:
         """Each count of uploaded views compared, the reference first, with the suffix of its rows'
         names ("" for the first)."""
         counts = self.views or (codec.upload_views,)
-        return [("" if i == 0 else f", {views} views", views) for i, views in enumerate(counts)]
+        kind = "" if codec.view_augmentation == "flips" else f" {codec.view_augmentation}"
+        return [
+            ("" if i == 0 else f", {views}{kind} {'view' if views == 1 else 'views'}", views)
+            for i, views in enumerate(counts)
+        ]
 
     def centers(self, codec: CodecConfig) -> list[tuple[str, list[str]]]:
         """Each center compared, the reference first: its name in ``ablation.json`` and its overrides.

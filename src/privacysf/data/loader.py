@@ -40,14 +40,21 @@ def untracked() -> Iterator[None]:
         set_track_meta(before)
 
 
+def _intensity_jitter() -> list:
+    """A gain and an offset of up to 10 % each, on half the images: mild and label-preserving."""
+    return [
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+    ]
+
+
 def augmentation() -> Compose:
     """Flips and mild intensity jitter: label-preserving changes every modality here tolerates."""
     return Compose(
         [
             RandFlipd(keys=("image", "mask"), prob=0.5, spatial_axis=0),
             RandFlipd(keys=("image", "mask"), prob=0.5, spatial_axis=1),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            *_intensity_jitter(),
         ]
     )
 
@@ -82,7 +89,7 @@ def view_augmentation(kind: ViewAugmentation, size: int) -> Compose:
     """The transform of the center's uploaded views (``codec.view_augmentation``) at ``size``² pixels.
 
     ``flips`` is :func:`augmentation`, what the raw U-Net trains with. ``affine`` turns by up to 15°,
-    scales by up to 10 % and shifts by up to 6 % of the side, with the same intensity jitter and
+    scales each axis by up to 10 % and shifts by up to 6 % of the side, with the same intensity jitter and
     no flips: an upside-down brain or a liver on the left is no image the center will ever query."""
     if kind == "flips":
         return augmentation()
@@ -92,13 +99,12 @@ def view_augmentation(kind: ViewAugmentation, size: int) -> Compose:
                 keys=("image", "mask"),
                 prob=1.0,
                 rotate_range=math.radians(15),
-                scale_range=0.1,
+                scale_range=(0.1, 0.1),  # one value would scale the first axis alone
                 translate_range=(0.06 * size, 0.06 * size),
                 mode=("bilinear", "nearest"),
                 padding_mode="border",
             ),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            *_intensity_jitter(),
         ]
     )
 

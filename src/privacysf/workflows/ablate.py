@@ -12,7 +12,7 @@ seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from privacysf.center.equivariance import measure
@@ -75,7 +75,7 @@ def _center_rows(
             variant_dir = folder / "variants" / name.replace(" ", "_").replace(",", "")
             variant = cfg.updated(augment=augment, codec=cfg.codec.updated(upload_views=views))
             rows[name] = {
-                **remap_scores(variant, center, served, data, variant_dir),
+                **remap_scores(variant, replace(center, cfg=variant), served, data, variant_dir),
                 "augment": augment.model_dump(),
                 "upload_views": views,
             }
@@ -86,14 +86,16 @@ def _center_rows(
 def remap_scores(
     cfg: ExperimentConfig, center: Center, served: Center, data: PreparedData, folder: Path
 ) -> dict:
-    """Train one server mapper with ``cfg`` on ``center``'s codes and score it on the test slices as
-    ``served`` segments them: the center stays fixed, so rows differ in the mapper alone."""
+    """Train one server mapper with ``cfg`` on what ``center`` uploads (its config says how many views)
+    and score it on the test slices as ``served`` segments them: the networks stay fixed, so rows
+    differ in the mapper alone."""
     seed_everything(cfg.train.seed, cfg.train.threads)
-    server, fit_result, _ = fit_server(cfg, center, data.train, data.val, folder)
+    server, fit_result, upload = fit_server(cfg, center, data.train, data.val, folder)
     return {
         **_scores(score_test(served.segment(server, data.test.images), data)),
         "best_val_mse": -fit_result.best_score,
         "mapper_seconds": round(fit_result.seconds, 1),
+        "train_bytes": upload["train_bytes"],
     }
 
 

@@ -151,7 +151,7 @@ def ablation_markdown(summary: dict) -> str:
         'codec.symmetry; a policy ending in ", N views" trained the mapper on the center\'s codes of N '
         "views of each training slice (codec.upload_views). Change: "
         f"paired within each seed against center {reference_center(summary)} with no augmentation; "
-        "within center: against the same center with no augmentation (what the policy alone adds). "
+        "within center: against the same center's row with no augmentation (at the first count of views). "
         "Gap: raw U-Net minus this row, paired likewise (positive: the U-Net is ahead)."
     )
     doc.table(

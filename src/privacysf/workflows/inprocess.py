@@ -88,7 +88,7 @@ def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> Payload
 def fit_server(cfg: ExperimentConfig, center: Center, train: SliceSet, val: SliceSet, run_dir: Path):
     """What the center uploads and what the server does with it (server side sees bytes only)."""
     started = time.perf_counter()
-    messages = upload_messages(center, train, val, cfg.codec.upload_views)
+    messages = upload_messages(center, train, val)
     encode_seconds = time.perf_counter() - started
     server = MappingServer(cfg.mapper, cfg.augment, cfg.train)
     result = server.fit(*messages, checkpoint=run_dir / MAPPER)
