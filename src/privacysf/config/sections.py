@@ -297,8 +297,9 @@ class CodecConfig(ConfigModel):
     every extra pair is a true pair, under any key. Validation pairs stay one per slice. The upload
     and the mapper's epochs grow with it. 1 (off): at a quarter of the data, beside the default shift,
     4 flipped views changed 3-D Dice by +0.006 on dsb-nuclei, −0.015 on icbm152-tissue and −0.082 on
-    totalseg-ct, and 4 ``affine`` views by −0.000, −0.005 and −0.073, none with an interval above
-    0 (docs/results.md, "Augmented views from the center"). DP training refuses it."""
+    totalseg-ct, and 4 ``affine`` views by −0.000, −0.005 and −0.073; only the nuclei's +0.006 has
+    its interval above 0 (docs/results.md, "Augmented views from the center"). DP training refuses
+    it."""
     view_augmentation: ViewAugmentation = "flips"
     """What makes the copies of ``upload_views``: ``flips``, the raw U-Net's own image-space
     augmentation (flips, intensity jitter), for images without an orientation such as nuclei;
