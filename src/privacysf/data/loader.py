@@ -59,6 +59,19 @@ def augmentation() -> Compose:
     )
 
 
+def transform_pairs(
+    transform: Compose, images: torch.Tensor, masks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each (1, H, W) image and (H, W) mask through ``transform`` together, one draw per pair,
+    untracked: (N, 1, H, W) images and (N, H, W) masks."""
+    with untracked():
+        items = [transform({"image": images[i], "mask": masks[i][None]}) for i in range(len(images))]
+    return (
+        torch.stack([torch.as_tensor(item["image"]) for item in items]),
+        torch.stack([torch.as_tensor(item["mask"])[0] for item in items]),
+    )
+
+
 def slice_batches(
     slices: SliceSet, train: TrainConfig, device: torch.device, seed_offset: int = 0
 ) -> Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]:
@@ -76,10 +89,7 @@ def slice_batches(
         for index in epoch_order(len(slices), batch_size, train.min_steps, seed + epoch):
             x, y = images[index], masks[index]
             if transform is not None:
-                with untracked():
-                    items = [transform({"image": x[i], "mask": y[i][None]}) for i in range(len(index))]
-                x = torch.stack([torch.as_tensor(item["image"]) for item in items])
-                y = torch.stack([torch.as_tensor(item["mask"])[0] for item in items])
+                x, y = transform_pairs(transform, x, y)
             yield x.float().to(device), y.long().to(device)
 
     return batches
@@ -125,11 +135,10 @@ def augmented_views(
     transform.set_random_state(seed)
     x, y = torch.from_numpy(images), torch.from_numpy(masks)
     all_images, all_masks = [images], [masks]
-    with untracked():
-        for _ in range(views - 1):
-            items = [transform({"image": x[i], "mask": y[i][None]}) for i in range(len(x))]
-            all_images.append(np.stack([np.asarray(item["image"], images.dtype) for item in items]))
-            all_masks.append(np.stack([np.asarray(item["mask"][0], masks.dtype) for item in items]))
+    for _ in range(views - 1):
+        image_views, mask_views = transform_pairs(transform, x, y)
+        all_images.append(image_views.numpy().astype(images.dtype))
+        all_masks.append(mask_views.numpy().astype(masks.dtype))
     return np.concatenate(all_images), np.concatenate(all_masks)
 
 
