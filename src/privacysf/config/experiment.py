@@ -65,12 +65,7 @@ class ExperimentConfig(ConfigModel):
             problems.append(f"data.size {size} must be divisible by the U-Net's total stride {stride}")
         if self.key.enabled and self.key.permute_tokens:
             problems += [f"key.permute_tokens: {p}" for p in permutation_conflicts(self.mapper, self.augment)]
-        problems += dp_conflicts(self.mapper, self.augment)
-        if self.mapper.dp_noise > 0 and self.codec.upload_views > 1:
-            problems.append(
-                f"mapper.dp_noise needs codec.upload_views=1 (DP-SGD counts each pair once, and "
-                f"{self.codec.upload_views} views make each slice {self.codec.upload_views} pairs)"
-            )
+        problems += dp_conflicts(self.mapper, self.augment, self.codec)
         if self.encryption.enabled:
             tokens = (size // downsample) ** 2
             if self.mapper.kind != "poly":

@@ -533,15 +533,21 @@ class AugmentConfig(ConfigModel):
         return [name for name in ORDER_AUGMENTATIONS if getattr(self, name) > 0]
 
 
-def dp_conflicts(mapper: MapperConfig, augment: AugmentConfig) -> list[str]:
+def dp_conflicts(mapper: MapperConfig, augment: AugmentConfig, codec: CodecConfig) -> list[str]:
     """Why DP-SGD's accounting would not hold for the mapper with these augmentations: ``mixup`` and
-    ``splice``/``cutmix`` build each training pair from two, so one pair's influence is no longer one
-    gradient."""
-    if mapper.dp_noise > 0 and (
-        mixed := [name for name in ("mixup", "splice", "cutmix") if getattr(augment, name) > 0]
-    ):
-        return [f"mapper.dp_noise needs augment.{'/'.join(mixed)} = 0 (they mix two pairs into one)"]
-    return []
+    ``splice``/``cutmix`` build each training pair from two, and uploaded views make one slice
+    several pairs, so one slice's influence is no longer one gradient."""
+    if mapper.dp_noise <= 0:
+        return []
+    problems = []
+    if mixed := [name for name in ("mixup", "splice", "cutmix") if getattr(augment, name) > 0]:
+        problems.append(f"mapper.dp_noise needs augment.{'/'.join(mixed)} = 0 (they mix two pairs into one)")
+    if codec.upload_views > 1:
+        problems.append(
+            f"mapper.dp_noise needs codec.upload_views=1 (DP-SGD counts each pair once, and "
+            f"{codec.upload_views} views make each slice {codec.upload_views} pairs)"
+        )
+    return problems
 
 
 def permutation_conflicts(mapper: MapperConfig, augment: AugmentConfig) -> list[str]:
