@@ -139,6 +139,24 @@ def test_the_configured_default_is_a_row_and_no_augmentation_is_trained_twice():
     assert set(variants(both, ("flip",))) == {"none", "+flip", "default", "default -flip"}  # -shift is +flip
 
 
+def test_each_reach_of_the_shift_is_a_row_of_its_own_and_unshifted_rows_are_not_repeated():
+    rows = variants(AugmentConfig.recommended(), ("flip", "shift+cutmix"), max_shifts=(2, 16))
+    assert list(rows) == [
+        "none",
+        "+flip",
+        "+shift+cutmix",
+        "+shift+cutmix, shifts up to 16",
+        "default",
+        "default, shifts up to 16",
+    ]
+    assert rows["none"].max_shift == rows["+flip"].max_shift == rows["default"].max_shift == 2
+    assert rows["default, shifts up to 16"] == AugmentConfig.recommended().updated(max_shift=16)
+    assert rows["+shift+cutmix, shifts up to 16"].cutmix == 0.5
+    assert variants(AugmentConfig(max_shift=4), ("shift",))["+shift"].max_shift == 4  # unset: as configured
+    with pytest.raises(ConfigError, match="lists an entry twice"):
+        ExperimentConfig().override(["ablation.max_shifts=[2, 2]"])
+
+
 def test_an_unknown_augmentation_in_a_policy_is_refused_by_name():
     with pytest.raises(ConfigError, match="'flip\\+flop': flop is not one of"):
         ExperimentConfig().override(["ablation.policies=[flip, flip+flop]"])
@@ -151,6 +169,7 @@ def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
         "ablation.fractions=[0.5]",
         "ablation.seeds=[0, 1]",
         "ablation.views=[1, 2]",
+        "ablation.max_shifts=[2, 3]",
     ]
     full = ExperimentConfig().override(settings)
     run_dir, summary = run_ablation(full.override(study))
@@ -166,10 +185,13 @@ def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
             "none",
             "+flip",
             "default",
+            "default, shifts up to 3",
             "none, 2 views",
             "+flip, 2 views",
             "default, 2 views",
+            "default, shifts up to 3, 2 views",
         }
+        assert rows["default, shifts up to 3"]["augment"]["max_shift"] == 3
         assert rows["+flip"]["augment"]["flip"] == 0.5 == rows["+flip, 2 views"]["augment"]["flip"]
         assert (rows["+flip"]["upload_views"], rows["+flip, 2 views"]["upload_views"]) == (1, 2)
         assert 1.5 < rows["none, 2 views"]["train_bytes"] / rows["none"]["train_bytes"] < 2.0  # headers once
@@ -178,6 +200,7 @@ def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
         errors = {row["transform"]: row for row in cell["equivariance"]["0"]}
         assert errors["none (reference)"]["image_relative"] == 0
         assert 0 < errors["flip left-right"]["image_relative"] < 10
+        assert "shift 3 token(s)" in errors  # the longest shift a row trains with is measured
     assert json.loads((run_dir / "ablation.json").read_text()) == summary
     table = (run_dir / "ablation.md").read_text()
     assert "seeds 0, 1" in table and "| 0.5 (" in table and "raw U-Net" in table

@@ -205,9 +205,15 @@ class EquivarianceRow:
 
 
 def measure(
-    image_encoder: nn.Module, codec: MaskCodec, images: np.ndarray, masks: np.ndarray, downsample: int
+    image_encoder: nn.Module,
+    codec: MaskCodec,
+    images: np.ndarray,
+    masks: np.ndarray,
+    downsample: int,
+    max_shift: int = 2,
 ) -> list[EquivarianceRow]:
-    """Every transform's errors for a center's encoders on (N, 1, H, W) images and (N, H, W) masks."""
+    """Every transform's errors for a center's encoders on (N, 1, H, W) images and (N, H, W) masks,
+    with shifts of one token and of ``max_shift`` tokens (the longest the server applies)."""
     device = next(codec.parameters()).device
     x = torch.from_numpy(images).to(device)
     y = codec.inputs(torch.from_numpy(masks).to(device))
@@ -217,7 +223,7 @@ def measure(
     with torch.no_grad():  # each encoder's codes of the untransformed slices, once for all transforms
         image_codes, codes = image_encoder(x), codec.encoder(y)
     rows = []
-    for t in transforms(grid, downsample):
+    for t in transforms(grid, downsample, max_shift):
         image_error = equivariance_error(image_encoder, x, t, image_codes)
         mask_error = equivariance_error(codec.encoder, y, t, codes)
         dice = None

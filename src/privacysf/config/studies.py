@@ -124,6 +124,11 @@ class AblationConfig(ConfigModel):
     keep the policy's name (the first is the reference); the others add ", N views" (", N affine
     views" with ``codec.view_augmentation=affine``). Unset: the configured ``codec.upload_views``
     alone."""
+    max_shifts: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(None, min_length=1)
+    """``augment.max_shift`` compared for every row whose policy shifts: the mapper is retrained once
+    per reach (whole tokens per axis). Rows at the first keep their names; the others add ", shifts
+    up to K". On a circular center every reach is an exact transform, and half the grid's side
+    reaches every cyclic position. Unset: the configured ``augment.max_shift`` alone."""
     compare_unet: bool = True
     """Also train the raw U-Net on each share and seed: the gap the augmentation should narrow."""
 
@@ -139,7 +144,7 @@ class AblationConfig(ConfigModel):
                 )
         return policies
 
-    @field_validator("equivariance", "padding", "symmetry", "views")
+    @field_validator("equivariance", "padding", "symmetry", "views", "max_shifts")
     @classmethod
     def _each_center_once(cls, values: tuple | None) -> tuple | None:
         """A repeated entry would train the same center (or mapper) twice, the second's scores over

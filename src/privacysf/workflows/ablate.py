@@ -32,24 +32,32 @@ from privacysf.workflows.session import open_run
 PROBABILITY = 0.5
 
 
-def variants(default: AugmentConfig, policies: Sequence[str] = SWITCHES) -> dict[str, AugmentConfig]:
+def variants(
+    default: AugmentConfig, policies: Sequence[str] = SWITCHES, max_shifts: Sequence[int] | None = None
+) -> dict[str, AugmentConfig]:
     """``none``, ``+policy`` for each policy (its ``+``-joined augmentations on together) and, when the
     configured default switches some on, ``default`` and ``default -name`` for each of them.
 
-    A row whose augmentation equals an earlier row's is left out (with the recommended ``shift``
-    alone on, ``default -shift`` is ``none``), so no mapper is trained twice on the same center."""
-    off = default.updated(**{name: 0.0 for name in SWITCHES})
+    With ``max_shifts``, each row that shifts is repeated per reach: the first keeps the row's name,
+    the others add ", shifts up to K". A row whose augmentation equals an earlier row's is left out
+    (with the recommended ``shift`` alone on, ``default -shift`` is ``none``), so no mapper is trained
+    twice on the same center."""
+    reaches = list(max_shifts or [default.max_shift])
+    off = default.updated(max_shift=reaches[0], **{name: 0.0 for name in SWITCHES})
     candidates = [("none", off)]
     candidates += [
         (f"+{policy}", off.updated(**dict.fromkeys(policy.split("+"), PROBABILITY))) for policy in policies
     ]
     if enabled := [name for name in SWITCHES if getattr(default, name) > 0]:
-        candidates.append(("default", default))
-        candidates += [(f"default -{name}", default.updated(**{name: 0.0})) for name in enabled]
+        on = default.updated(max_shift=reaches[0])
+        candidates.append(("default", on))
+        candidates += [(f"default -{name}", on.updated(**{name: 0.0})) for name in enabled]
     rows: dict[str, AugmentConfig] = {}
     for name, augment in candidates:
-        if augment not in rows.values():
-            rows[name] = augment
+        for i, reach in enumerate(reaches if augment.shift > 0 else reaches[:1]):
+            reached = augment.updated(max_shift=reach)
+            if reached not in rows.values():
+                rows[name + (f", shifts up to {reach}" if i else "")] = reached
     return rows
 
 
@@ -65,12 +73,15 @@ def _center_rows(
     its encoders' equivariance errors on the test slices under every transform the server can apply."""
     center, _ = train_center(cfg, data.train, data.val, data.info.num_classes, device, folder)
     served = center.serving()  # each variant scored as `privacysf segment` runs the center
+    study = cfg.ablation
+    reach = max(study.max_shifts or [cfg.augment.max_shift])  # the longest shift any row trains with
+    test = data.test
     errors = measure(
-        served.image_encoder, served.mask_codec, data.test.images, data.test.masks, cfg.codec.downsample
+        served.image_encoder, served.mask_codec, test.images, test.masks, cfg.codec.downsample, reach
     )
     rows = {}
-    for suffix, views in cfg.ablation.upload_views(cfg.codec):
-        for policy, augment in variants(cfg.augment, cfg.ablation.policies).items():
+    for suffix, views in study.upload_views(cfg.codec):
+        for policy, augment in variants(cfg.augment, study.policies, study.max_shifts).items():
             name = policy + suffix
             variant_dir = folder / "variants" / name.replace(" ", "_").replace(",", "")
             variant = cfg.updated(augment=augment, codec=cfg.codec.updated(upload_views=views))

@@ -149,7 +149,8 @@ def ablation_markdown(summary: dict) -> str:
         "3-D per-case foreground Dice on each seed's test cases: mean over seeds [95 % t-interval over "
         "seeds]. Centers are named by codec.equivariance and, where not the default, codec.padding and "
         'codec.symmetry; a policy ending in ", N views" trained the mapper on the center\'s codes of N '
-        "views of each training slice (codec.upload_views). Change: "
+        'views of each training slice (codec.upload_views), and one with ", shifts up to K" shifted '
+        "by up to K whole tokens (augment.max_shift). Change: "
         f"paired within each seed against center {reference_center(summary)} with no augmentation; "
         "within center: against the same center's row with no augmentation (at the first count of views). "
         "Gap: raw U-Net minus this row, paired likewise (positive: the U-Net is ahead)."
