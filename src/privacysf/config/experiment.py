@@ -16,20 +16,11 @@ from typing import Any, ClassVar
 import yaml
 from pydantic import Field, model_validator
 
+from privacysf.config.augment import AugmentConfig, dp_conflicts, permutation_conflicts
+from privacysf.config.codec import CodecConfig
+from privacysf.config.mapper import FORMER_MAPPER_DEFAULTS, MapperConfig
 from privacysf.config.model import ConfigModel
-from privacysf.config.sections import (
-    FORMER_MAPPER_DEFAULTS,
-    AugmentConfig,
-    CodecConfig,
-    DataConfig,
-    EncryptionConfig,
-    KeyConfig,
-    MapperConfig,
-    TrainConfig,
-    UNetConfig,
-    dp_conflicts,
-    permutation_conflicts,
-)
+from privacysf.config.sections import DataConfig, EncryptionConfig, KeyConfig, TrainConfig, UNetConfig
 from privacysf.config.studies import AblationConfig, AttackConfig, FederationConfig
 from privacysf.errors import ConfigError
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Any, ClassVar, get_args
+from typing import Annotated, Any, ClassVar, get_args
 
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import ErrorDetails
 from typing_extensions import Self
 
 from privacysf.errors import ConfigError
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+"""A chance per batch or a share: a number from 0 to 1."""
 
 
 class ConfigModel(BaseModel):

@@ -7,15 +7,9 @@ from typing import Annotated, Literal, get_args
 
 from pydantic import Field, field_validator
 
+from privacysf.config.augment import AUGMENTATIONS
+from privacysf.config.codec import IMAGE_MODES, CodecConfig, CodecSymmetry, ImageMode, Padding
 from privacysf.config.model import ConfigModel
-from privacysf.config.sections import (
-    AUGMENTATIONS,
-    IMAGE_MODES,
-    CodecConfig,
-    CodecSymmetry,
-    ImageMode,
-    Padding,
-)
 
 CenterPartition = Literal["iid", "size-skew", "label-skew"]
 CENTER_PARTITIONS = get_args(CenterPartition)

@@ -31,7 +31,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 from torch.nn import functional
 
-from privacysf.config.sections import CodecActivation, Padding
+from privacysf.config.codec import CodecActivation, Padding
 
 
 def downsampling_stages(downsample: int) -> int:

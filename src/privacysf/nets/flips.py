@@ -38,7 +38,7 @@ from monai.networks.layers.utils import get_act_layer, get_norm_layer
 from torch import nn
 from torch.nn import functional
 
-from privacysf.config.sections import FLIPS, CodecActivation, CodecNorm, Padding
+from privacysf.config.codec import FLIPS, CodecActivation, CodecNorm, Padding
 from privacysf.nets.conv import downsampling_stages, monai_activation, wrap
 
 GROUP = FLIPS

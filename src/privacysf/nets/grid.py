@@ -18,7 +18,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from privacysf.config.sections import Activation
+from privacysf.config.mapper import Activation
 from privacysf.nets.sequence import ResidualDilatedBlock, grid_positions, nonlinearity
 
 

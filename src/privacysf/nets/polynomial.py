@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from privacysf.config.sections import Padding
+from privacysf.config.codec import Padding
 
 
 class PolynomialMapper(nn.Module):

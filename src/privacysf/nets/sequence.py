@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from privacysf.config.sections import Activation
+from privacysf.config.mapper import Activation
 
 
 def grid_positions(grid: tuple[int, int]) -> torch.Tensor:
