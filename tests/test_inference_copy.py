@@ -3,6 +3,7 @@
 from typing import TypeVar
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -11,7 +12,7 @@ from privacysf.center.codecs import MaskCodec, build_image_encoder, token_grid
 from privacysf.center.pipeline import Center
 from privacysf.config import CodecConfig, ExperimentConfig
 from privacysf.exchange import finer_dtypes
-from privacysf.nets.inference import inference_copy
+from privacysf.nets.inference import InplaceActivation, PointwiseConv, inference_copy
 
 SIZE = 64
 M = TypeVar("M", bound=nn.Module)
@@ -47,6 +48,8 @@ def test_the_copy_folds_every_batch_norm_and_answers_as_the_network_does():
     labels = torch.randint(0, 3, (2, SIZE, SIZE))
     served_encoder, served_codec = inference_copy(encoder), inference_copy(codec)
     assert _norms(served_encoder) == _norms(served_codec) == 0
+    for served in (served_encoder, served_codec):  # every 1x1 convolution and activation replaced
+        assert not [m for m in served.modules() if isinstance(m, nn.PReLU) or PointwiseConv.replaces(m)]
     assert served_codec.decoder.net[1].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         code = codec.encode(labels)
@@ -58,6 +61,31 @@ def test_the_copy_folds_every_batch_norm_and_answers_as_the_network_does():
     for trained, served in pairs:
         assert torch.allclose(trained, served, atol=1e-4, rtol=1e-4)
         assert trained.abs().max() > 0.05  # not an all-zero answer that any copy would match
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_a_pointwise_product_answers_as_the_1x1_convolution_it_replaces(layout):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 3, 1)
+    x = torch.randn(2, 8, 16, 12).to(memory_format=layout)
+    with torch.no_grad():
+        out = PointwiseConv(conv)(x)
+        assert torch.allclose(out, conv(x), atol=1e-6)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert not PointwiseConv.replaces(nn.Conv2d(8, 3, 1, stride=2))  # strided: not one product per pixel
+
+
+def test_an_inplace_activation_answers_as_the_one_it_replaces_and_spares_inputs_that_need_gradients():
+    prelu = nn.PReLU()
+    nn.init.constant_(prelu.weight, 0.3)
+    x = torch.randn(2, 4, 8, 8)
+    expected = prelu(x).detach()
+    inplace = InplaceActivation.of(prelu)
+    assert inplace is not None and InplaceActivation.of(nn.PReLU(4)) is None  # a slope per channel
+    with torch.no_grad():
+        assert torch.equal(inplace(x.clone()), expected)
+    leaf = x.clone().requires_grad_()
+    assert torch.equal(inplace(leaf).detach(), expected) and torch.equal(leaf.detach(), x)
 
 
 def test_the_trained_network_is_left_as_it_was():
