@@ -9,7 +9,7 @@ import pytest
 
 from privacysf.config import AblationConfig, AugmentConfig, CodecConfig, ExperimentConfig
 from privacysf.errors import ConfigError
-from privacysf.workflows.ablate import run_ablation, study_cells, variants
+from privacysf.workflows.ablate import check_reach, run_ablation, study_cells, variants
 from privacysf.workflows.ablation_table import ablation_rows, join_cells, t_interval
 from tests.fitkit import TINY_FIT
 
@@ -155,6 +155,16 @@ def test_each_reach_of_the_shift_is_a_row_of_its_own_and_unshifted_rows_are_not_
     assert variants(AugmentConfig(max_shift=4), ("shift",))["+shift"].max_shift == 4  # unset: as configured
     with pytest.raises(ConfigError, match="lists an entry twice"):
         ExperimentConfig().override(["ablation.max_shifts=[2, 2]"])
+
+
+def test_a_shift_longer_than_half_the_grid_is_refused_before_anything_trains(tmp_path):
+    too_long = ExperimentConfig().override(
+        ["data.size=64", "ablation.max_shifts=[2, 9]", f"output_dir={tmp_path}"]
+    )
+    with pytest.raises(ConfigError, match="token grid 16 wide: half of it \\(8\\)"):
+        run_ablation(too_long)
+    assert not list(tmp_path.iterdir())  # refused before a run folder was made
+    check_reach(too_long.override(["ablation.max_shifts=[2, 8]"]))  # half the side is allowed
 
 
 def test_an_unknown_augmentation_in_a_policy_is_refused_by_name():

@@ -106,7 +106,7 @@ def transforms(grid: tuple[int, int], downsample: int, max_shift: int = 2) -> li
         CodeTransform("90° turn", None, turn, turn),
         *(
             CodeTransform(f"shift {k} token(s)", "shift", shift(k, downsample), shift(k, 1))
-            for k in sorted({1, max_shift})
+            for k in sorted({1, max(max_shift, 1)})
         ),
         CodeTransform("splice a quarter of the tokens", "splice", splice, splice),
         CodeTransform("cutmix the central box (a quarter)", "cutmix", cutmix, cutmix),

@@ -120,9 +120,11 @@ class AblationConfig(ConfigModel):
     alone."""
     max_shifts: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(None, min_length=1)
     """``augment.max_shift`` compared for every row whose policy shifts: the mapper is retrained once
-    per reach (whole tokens per axis). Rows at the first keep their names; the others add ", shifts
-    up to K". On a circular center every reach is an exact transform, and half the grid's side
-    reaches every cyclic position. Unset: the configured ``augment.max_shift`` alone."""
+    per reach (whole tokens per axis). Rows at the first reach keep their names (the "default" row
+    too, so it is the configured default at that reach); the others add ", shifts up to K". On a
+    circular center every reach is an exact transform; half the token grid's shorter side reaches
+    every cyclic position, and a longer reach is refused. Unset: the configured
+    ``augment.max_shift`` alone."""
     compare_unet: bool = True
     """Also train the raw U-Net on each share and seed: the gap the augmentation should narrow."""
 

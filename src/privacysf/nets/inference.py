@@ -1,5 +1,5 @@
 """Inference copies of the center's convolutional networks: batch norms folded into their convolutions,
-weights in channels-last layout, 1×1 convolutions as matrix products and activations in place.
+weights in channels-last layout, activations in place.
 
 At inference a batch norm is a fixed per-channel scale and shift, so it folds into the convolution
 before it (``torch.nn.utils.fusion``) and one pass over each feature map goes. Channels-last lets the
@@ -9,13 +9,11 @@ encoder and about 2× on the mask decoder. MONAI's U-Net, with instance norm, ra
 layout, and an instance norm cannot be folded (its statistics are the image's own), so networks that
 hold one are left as they are.
 
-Two more changes give the same values for less time, mostly at full resolution and batch 1, where
-a query's stages are short (``tools/mapper_latency.py``, docs/results.md "Served center networks"):
-on one thread torch sends a 1×1 convolution of one image to its unvectorised path (about 1 ms for
-the mask decoder's last 8→2 convolution at 256²), where the same arithmetic is one matrix product
-over the channels-last view (:class:`PointwiseConv`); and each activation of a MONAI block writes
-over its input, which no other layer reads, instead of allocating a new map
-(:class:`InplaceActivation`).
+Each activation of a MONAI block writes over its input, the fresh output of the convolution (or
+folded norm) just before it, which no other layer reads, instead of allocating a new map
+(:class:`InplaceActivation`): at 256² that took the encode and decode of a query to 0.92 of their
+time at batch 1 and 0.80 at batch 32 (docs/results.md, "Served center networks"). Computing the 1×1 convolutions as matrix products
+over the channels-last view was tried beside it and left out: no faster at batch 1, slower at 32.
 
 The copy answers the same as the original up to float rounding (tested) and is for inference only:
 its batch norms are gone, so it can neither train nor have its statistics recalibrated, and its
@@ -25,7 +23,7 @@ state dict is not a checkpoint's.
 from __future__ import annotations
 
 import copy
-from typing import TypeGuard, TypeVar
+from typing import TypeVar
 
 import torch
 from monai.networks.blocks import ADN, Convolution
@@ -36,30 +34,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 M = TypeVar("M", bound=nn.Module)
 
 _PER_IMAGE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
-
-
-class PointwiseConv(nn.Module):
-    """A 1×1 convolution (stride 1, one group) as one matrix product over the channels-last view of
-    its input; the output is in channels-last layout, as the next convolution wants it."""
-
-    def __init__(self, conv: nn.Conv2d) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach()[:, :, 0, 0].clone(), requires_grad=False)
-        bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
-        self.bias = bias
-
-    @staticmethod
-    def replaces(module: nn.Module) -> TypeGuard[nn.Conv2d]:
-        return (
-            type(module) is nn.Conv2d
-            and module.kernel_size == (1, 1)
-            and module.stride == (1, 1)
-            and module.groups == 1
-            and module.padding in ((0, 0), "valid")
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return functional.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
 
 
 class InplaceActivation(nn.Module):
@@ -90,8 +64,8 @@ class InplaceActivation(nn.Module):
 
 def inference_copy(module: M) -> M:
     """An eval-mode copy of ``module`` with every MONAI ``Convolution``'s batch norm folded into its
-    convolution, 1×1 convolutions as :class:`PointwiseConv`, the activations of MONAI blocks in place,
-    in channels-last layout; an eval-mode copy unchanged where a per-image norm remains."""
+    convolution, the activations of MONAI blocks in place, in channels-last layout; an eval-mode copy
+    unchanged where a per-image norm remains."""
     served = copy.deepcopy(module).eval()
     if any(isinstance(m, _PER_IMAGE_NORMS) for m in served.modules()):
         return served
@@ -104,10 +78,6 @@ def inference_copy(module: M) -> M:
             setattr(unit.adn, "N", nn.Identity())  # noqa: B010 (the step is named N in MONAI's ADN)
         if isinstance(unit, ADN) and (inplace := InplaceActivation.of(getattr(unit, "A", nn.Identity()))):
             setattr(unit, "A", inplace)  # noqa: B010 (the step is named A in MONAI's ADN)
-    for parent in list(served.modules()):
-        for name, child in list(parent.named_children()):
-            if PointwiseConv.replaces(child):
-                setattr(parent, name, PointwiseConv(child))
     return served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from privacysf.center.codecs import token_grid
 from privacysf.center.equivariance import measure
 from privacysf.center.pipeline import Center, train_center
 from privacysf.common.runs import write_json, write_text
@@ -22,6 +23,7 @@ from privacysf.common.torchutil import seed_everything
 from privacysf.config import AUGMENTATIONS as SWITCHES
 from privacysf.config import AugmentConfig, ExperimentConfig
 from privacysf.data.prepare import PreparedData, prepare
+from privacysf.errors import ConfigError
 from privacysf.metrics.evaluation import dice_3d, score_test
 from privacysf.metrics.segmentation import Summary
 from privacysf.nets.unet import predict_labels, train_unet
@@ -141,8 +143,21 @@ def study_cells(cfg: ExperimentConfig) -> list[ExperimentConfig]:
     return [cfg.override(share + seed) for share in shares for seed in seeds]
 
 
+def check_reach(cfg: ExperimentConfig) -> None:
+    """Refuse, before anything trains, a shift longer than half the token grid's shorter side: that
+    already reaches every cyclic position, and a longer roll wraps round to a shorter one."""
+    reach = max(cfg.ablation.max_shifts or [cfg.augment.max_shift])
+    side = min(token_grid(cfg.data.size, cfg.codec))
+    if reach > side // 2:
+        raise ConfigError(
+            f"shifts up to {reach} tokens on a token grid {side} wide: half of it ({side // 2}) already "
+            "reaches every cyclic position; lower ablation.max_shifts (or augment.max_shift)"
+        )
+
+
 def run_ablation(cfg: ExperimentConfig) -> tuple[Path, dict]:
     """Every training share × seed in turn; returns the run folder and ``ablation.json``'s content."""
+    check_reach(cfg)
     cells = study_cells(cfg)
     session = open_run(cells[0], "ablation")  # config.json: the first cell's, the study section whole
     device, first, run_dir = session.device, session.data, session.run_dir
