@@ -12,8 +12,9 @@ hold one are left as they are.
 Each activation of a MONAI block writes over its input, the fresh output of the convolution (or
 folded norm) just before it, which no other layer reads, instead of allocating a new map
 (:class:`InplaceActivation`): at 256² that took the encode and decode of a query to 0.92 of their
-time at batch 1 and 0.80 at batch 32 (docs/results.md, "Served center networks"). Computing the 1×1 convolutions as matrix products
-over the channels-last view was tried beside it and left out: no faster at batch 1, slower at 32.
+time at batch 1 and 0.80 at batch 32 (docs/results.md, "Served center networks"). Computing the 1×1
+convolutions as matrix products over the channels-last view was tried beside it and left out: no
+faster at batch 1, slower at 32.
 
 The copy answers the same as the original up to float rounding (tested) and is for inference only:
 its batch norms are gone, so it can neither train nor have its statistics recalibrated, and its
