@@ -75,11 +75,14 @@ def _center_rows(
     its encoders' equivariance errors on the test slices under every transform the server can apply."""
     center, _ = train_center(cfg, data.train, data.val, data.info.num_classes, device, folder)
     served = center.serving()  # each variant scored as `privacysf segment` runs the center
-    study = cfg.ablation
-    reach = max(study.max_shifts or [cfg.augment.max_shift])  # the longest shift any row trains with
-    test = data.test
+    study, test = cfg.ablation, data.test
     errors = measure(
-        served.image_encoder, served.mask_codec, test.images, test.masks, cfg.codec.downsample, reach
+        served.image_encoder,
+        served.mask_codec,
+        test.images,
+        test.masks,
+        cfg.codec.downsample,
+        longest_shift(cfg),
     )
     rows = {}
     for suffix, views in study.upload_views(cfg.codec):
@@ -143,10 +146,15 @@ def study_cells(cfg: ExperimentConfig) -> list[ExperimentConfig]:
     return [cfg.override(share + seed) for share in shares for seed in seeds]
 
 
+def longest_shift(cfg: ExperimentConfig) -> int:
+    """The longest whole-token shift any row of the study trains with."""
+    return max(cfg.ablation.max_shifts or [cfg.augment.max_shift])
+
+
 def check_reach(cfg: ExperimentConfig) -> None:
     """Refuse, before anything trains, a shift longer than half the token grid's shorter side: that
     already reaches every cyclic position, and a longer roll wraps round to a shorter one."""
-    reach = max(cfg.ablation.max_shifts or [cfg.augment.max_shift])
+    reach = longest_shift(cfg)
     side = min(token_grid(cfg.data.size, cfg.codec))
     if reach > side // 2:
         raise ConfigError(
