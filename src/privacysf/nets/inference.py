@@ -42,20 +42,25 @@ class InplaceActivation(nn.Module):
     that writes over its input when no gradient is wanted: the input is the output of the layer just
     before it, which nothing else reads."""
 
-    def __init__(self, slope: float) -> None:
+    def __init__(self, slope: float, replaces: type[nn.Module]) -> None:
         super().__init__()
         self.slope = slope
+        self.replaces = replaces
+        """The activation class this one computes, so a served network still says what it trained with."""
 
     @staticmethod
     def of(module: nn.Module) -> InplaceActivation | None:
         """The in-place equivalent of ``module``, or None where there is none (a PReLU per channel)."""
         if isinstance(module, nn.PReLU) and module.num_parameters == 1:
-            return InplaceActivation(float(module.weight.detach()))
+            return InplaceActivation(float(module.weight.detach()), nn.PReLU)
         if isinstance(module, nn.LeakyReLU):
-            return InplaceActivation(module.negative_slope)
+            return InplaceActivation(module.negative_slope, nn.LeakyReLU)
         if isinstance(module, nn.ReLU):
-            return InplaceActivation(0.0)
+            return InplaceActivation(0.0, nn.ReLU)
         return None
+
+    def extra_repr(self) -> str:
+        return f"{self.replaces.__name__}, slope={self.slope:g}, in place"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.requires_grad:
