@@ -5,6 +5,7 @@ from typing import TypeVar
 import numpy as np
 import pytest
 import torch
+from monai.networks.blocks import ResidualUnit
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -12,7 +13,7 @@ from privacysf.center.codecs import MaskCodec, build_image_encoder, token_grid
 from privacysf.center.pipeline import Center
 from privacysf.config import CodecConfig, ExperimentConfig
 from privacysf.exchange import finer_dtypes
-from privacysf.nets.inference import InplaceActivation, inference_copy
+from privacysf.nets.inference import InplaceActivation, ResidualSum, inference_copy
 
 SIZE = 64
 M = TypeVar("M", bound=nn.Module)
@@ -53,7 +54,8 @@ def test_the_copy_folds_every_batch_norm_and_answers_as_the_network_does(activat
     labels = torch.randint(0, 3, (2, SIZE, SIZE))
     served_encoder, served_codec = inference_copy(encoder), inference_copy(codec)
     assert _norms(served_encoder) == _norms(served_codec) == 0
-    assert not [m for m in [*served_encoder.modules(), *served_codec.modules()] if isinstance(m, nn.PReLU)]
+    replaced = (nn.PReLU, ResidualUnit)  # computed in place by the copy
+    assert not [m for m in [*served_encoder.modules(), *served_codec.modules()] if isinstance(m, replaced)]
     assert served_codec.decoder.net[1].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         code = codec.encode(labels)
@@ -80,6 +82,22 @@ def test_an_inplace_activation_answers_as_the_one_it_replaces_and_spares_inputs_
         assert torch.equal(written, expected)
     leaf = x.clone().requires_grad_()
     assert torch.equal(inplace(leaf).detach(), expected) and torch.equal(leaf.detach(), x)
+
+
+def test_a_residual_sum_adds_into_the_convolutions_output_and_spares_inputs_that_need_gradients():
+    torch.manual_seed(0)
+    unit = ResidualUnit(2, 4, 4, subunits=2).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        expected = unit(x)
+        outputs = []
+        hook = unit.conv.register_forward_hook(lambda _module, _inputs, out: outputs.append(out.data_ptr()))
+        summed = ResidualSum(unit)(x)
+        hook.remove()
+    assert torch.equal(summed, expected) and summed.data_ptr() == outputs[0]  # no new map
+    leaf = x.clone().requires_grad_()
+    ResidualSum(unit)(leaf).sum().backward()
+    assert leaf.grad is not None and torch.equal(leaf.detach(), x)
 
 
 def test_the_trained_network_is_left_as_it_was():

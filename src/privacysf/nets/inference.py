@@ -1,5 +1,5 @@
 """Inference copies of the center's convolutional networks: batch norms folded into their convolutions,
-weights in channels-last layout, activations in place.
+weights in channels-last layout, activations and residual sums in place.
 
 At inference a batch norm is a fixed per-channel scale and shift, so it folds into the convolution
 before it (``torch.nn.utils.fusion``) and one pass over each feature map goes. Channels-last lets the
@@ -11,10 +11,11 @@ hold one are left as they are.
 
 Each activation of a MONAI block writes over its input, the fresh output of the convolution (or
 folded norm) just before it, which no other layer reads, instead of allocating a new map
-(:class:`InplaceActivation`): at 256² that took the encode and decode of a query to 0.92 of their
-time at batch 1 and 0.80 at batch 32 (docs/results.md, "Served center networks"). Computing the 1×1
-convolutions as matrix products over the channels-last view was tried beside it and left out: no
-faster at batch 1, slower at 32.
+(:class:`InplaceActivation`), and each residual unit adds its shortcut into its convolutions' output
+(:class:`ResidualSum`): at 256² the activations took the encode and decode of a query to 0.92 of
+their time at batch 1 and 0.80 at batch 32, and the sums to 0.93-0.98 and 0.88-0.93 of that again
+(docs/results.md, "Served center networks"). Computing the 1×1 convolutions as matrix products over
+the channels-last view was tried beside them and left out: no faster at batch 1, slower at 32.
 
 The copy answers the same as the original up to float rounding (tested) and is for inference only:
 its batch norms are gone, so it can neither train nor have its statistics recalibrated, and its
@@ -27,7 +28,7 @@ import copy
 from typing import TypeVar
 
 import torch
-from monai.networks.blocks import ADN, Convolution
+from monai.networks.blocks import ADN, Convolution, ResidualUnit
 from torch import nn
 from torch.nn import functional
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -68,10 +69,23 @@ class InplaceActivation(nn.Module):
         return functional.leaky_relu_(x, self.slope)
 
 
+class ResidualSum(nn.Module):
+    """A MONAI ``ResidualUnit`` whose sum is written into its convolutions' output, which is fresh
+    and read by nothing else, when no gradient is wanted (the same submodules, so the same values)."""
+
+    def __init__(self, unit: ResidualUnit) -> None:
+        super().__init__()
+        self.conv, self.residual = unit.conv, unit.residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        residual, out = self.residual(x), self.conv(x)
+        return out + residual if out.requires_grad else out.add_(residual)
+
+
 def inference_copy(module: M) -> M:
     """An eval-mode copy of ``module`` with every MONAI ``Convolution``'s batch norm folded into its
-    convolution, the activations of MONAI blocks in place, in channels-last layout; an eval-mode copy
-    unchanged where a per-image norm remains."""
+    convolution, the activations and residual sums of MONAI blocks in place, in channels-last layout;
+    an eval-mode copy unchanged where a per-image norm remains."""
     served = copy.deepcopy(module).eval()
     if any(isinstance(m, _PER_IMAGE_NORMS) for m in served.modules()):
         return served
@@ -84,6 +98,10 @@ def inference_copy(module: M) -> M:
             setattr(unit.adn, "N", nn.Identity())  # noqa: B010 (the step is named N in MONAI's ADN)
         if isinstance(unit, ADN) and (inplace := InplaceActivation.of(getattr(unit, "A", nn.Identity()))):
             setattr(unit, "A", inplace)  # noqa: B010 (the step is named A in MONAI's ADN)
+    for parent in list(served.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, ResidualUnit):
+                setattr(parent, name, ResidualSum(child))
     return served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
