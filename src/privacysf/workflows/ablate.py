@@ -40,20 +40,19 @@ def variants(
     """``none``, ``+policy`` for each policy (its ``+``-joined augmentations on together) and, when the
     configured default switches some on, ``default`` and ``default -name`` for each of them.
 
-    With ``max_shifts``, each row that shifts is repeated per reach: the first keeps the row's name,
-    the others add ", shifts up to K". A row whose augmentation equals an earlier row's is left out
-    (with the recommended ``shift`` alone on, ``default -shift`` is ``none``), so no mapper is trained
-    twice on the same center."""
+    Every row takes its reach from ``max_shifts`` (unset: the configured one); a row that shifts is
+    repeated per reach, the first keeping the row's name, the others adding ", shifts up to K". A row
+    whose augmentation equals an earlier row's is left out (with the recommended ``shift`` alone on,
+    ``default -shift`` is ``none``), so no mapper is trained twice on the same center."""
     reaches = list(max_shifts or [default.max_shift])
-    off = default.updated(max_shift=reaches[0], **{name: 0.0 for name in SWITCHES})
+    off = default.updated(**{name: 0.0 for name in SWITCHES})
     candidates = [("none", off)]
     candidates += [
         (f"+{policy}", off.updated(**dict.fromkeys(policy.split("+"), PROBABILITY))) for policy in policies
     ]
     if enabled := [name for name in SWITCHES if getattr(default, name) > 0]:
-        on = default.updated(max_shift=reaches[0])
-        candidates.append(("default", on))
-        candidates += [(f"default -{name}", on.updated(**{name: 0.0})) for name in enabled]
+        candidates.append(("default", default))
+        candidates += [(f"default -{name}", default.updated(**{name: 0.0})) for name in enabled]
     rows: dict[str, AugmentConfig] = {}
     for name, augment in candidates:
         for i, reach in enumerate(reaches if augment.shift > 0 else reaches[:1]):
