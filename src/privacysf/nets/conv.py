@@ -24,6 +24,7 @@ exactly the cyclically shifted code: the server's ``shift`` augmentation then tr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -101,13 +102,19 @@ def monai_activation(activation: CodecActivation) -> str | tuple[str, dict]:
     return ("leakyrelu", {"negative_slope": LEAKY_SLOPE}) if activation == "leakyrelu" else activation
 
 
+def swap_children(net: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> None:
+    """Put ``swap(child)`` in the place of every submodule of ``net`` for which it is not None (each
+    module is offered once, as it stood before any swap)."""
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if (new := swap(child)) is not None:
+                setattr(parent, name, new)
+
+
 def wrap_borders(net: nn.Module) -> None:
     """Make every convolution of ``net`` that pads a :class:`WrappedConv2d`, weights kept: MONAI's
     blocks take no padding mode, so their convolutions are swapped once built."""
-    for parent in list(net.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.Conv2d and any(child.padding):
-                setattr(parent, name, WrappedConv2d(child))
+    swap_children(net, lambda m: WrappedConv2d(m) if type(m) is nn.Conv2d and any(m.padding) else None)
 
 
 class ConvEncoder(nn.Module):

@@ -33,6 +33,8 @@ from torch import nn
 from torch.nn import functional
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from privacysf.nets.conv import swap_children
+
 M = TypeVar("M", bound=nn.Module)
 
 _PER_IMAGE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm, nn.LayerNorm)
@@ -98,10 +100,7 @@ def inference_copy(module: M) -> M:
             setattr(unit.adn, "N", nn.Identity())  # noqa: B010 (the step is named N in MONAI's ADN)
         if isinstance(unit, ADN) and (inplace := InplaceActivation.of(getattr(unit, "A", nn.Identity()))):
             setattr(unit, "A", inplace)  # noqa: B010 (the step is named A in MONAI's ADN)
-    for parent in list(served.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, ResidualUnit):
-                setattr(parent, name, ResidualSum(child))
+    swap_children(served, lambda m: ResidualSum(m) if isinstance(m, ResidualUnit) else None)
     return served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
