@@ -94,7 +94,8 @@ def test_config_values_are_checked_before_any_training(tmp_path):
 
 def test_serve_takes_the_mapper_runtime_and_stops_at_start_without_onnx_runtime(monkeypatch):
     """Fails if ``--mapper-runtime`` is dropped on its way to the service's config, or if a service
-    without ONNX Runtime starts and fails only at its first mapping request."""
+    without ONNX Runtime starts and fails only at its first mapping request, or if its refusal does
+    not say how to serve without it."""
     import uvicorn
 
     from privacysf.cli.main import make_parser
@@ -102,10 +103,11 @@ def test_serve_takes_the_mapper_runtime_and_stops_at_start_without_onnx_runtime(
     from privacysf.errors import ConfigError
     from privacysf.server.service.app import serve
 
-    cfg = _service_config(make_parser().parse_args(["server", "serve", "--mapper-runtime", "onnxruntime"]))
-    assert cfg.mapper_runtime == "onnxruntime"
-    assert _service_config(make_parser().parse_args(["server", "worker"])).mapper_runtime == "torch"
+    cfg = _service_config(make_parser().parse_args(["server", "serve", "--mapper-runtime", "torch"]))
+    assert cfg.mapper_runtime == "torch"
+    cfg = _service_config(make_parser().parse_args(["server", "serve"]))
+    assert cfg.mapper_runtime == "onnxruntime"  # the default
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it fails
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the service started"))
-    with pytest.raises(ConfigError, match=r"pip install 'privacysf\[onnx\]'"):
+    with pytest.raises(ConfigError, match=r"pip install 'privacysf\[onnx\]'.*--mapper-runtime torch"):
         serve(cfg)

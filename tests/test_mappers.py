@@ -250,6 +250,68 @@ def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):
     torch.testing.assert_close(unet.predict_tokens(tokens), by_torch.predict_tokens(tokens))
 
 
+def test_a_served_model_keeps_its_export_and_reuses_it_only_for_the_same_weights(tmp_path):
+    """The first load exports the model and keeps ``model1.onnx``; the next load (a restarted service,
+    a model the cache dropped) reads it, exports nothing, and answers as torch does. Weights changed by
+    1e-6 under the same file name answer within the probe's tolerance, so only the fingerprint can
+    tell: fails if the export is not kept, if a kept one is ignored, or if it outlives its weights."""
+    row = stored_model(tmp_path, 1, SMALL_UNET)
+    first = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
+    assert first.served is not None and not first.served.reused
+    assert (tmp_path / "model1.onnx").is_file()
+    again = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
+    assert again.served is not None and again.served.reused
+    tokens = torch.rand(3, 64, 4) * 2 - 1
+    by_torch = ModelCache(model_store(tmp_path)).get(row)
+    torch.testing.assert_close(again.predict_tokens(tokens), by_torch.predict_tokens(tokens))
+    assert by_torch.model is not None
+    with torch.no_grad():
+        next(by_torch.model.parameters()).add_(1e-6)  # a refit saved under the same name, say
+    by_torch.save(tmp_path / "model1.pt")
+    nudged = ModelCache(model_store(tmp_path)).get(row)
+    assert torch.allclose(again.predict_tokens(tokens), nudged.predict_tokens(tokens), rtol=1e-3, atol=1e-4)
+    refit = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
+    assert refit.served is not None and not refit.served.reused
+    assert ModelCache(model_store(tmp_path, "onnxruntime")).get(row).served.reused  # kept anew
+
+
+def test_a_kept_export_that_answers_unlike_its_network_is_made_again(tmp_path, caplog):
+    """A change in the network's code leaves the weights, and so the fingerprint, as they were. Here
+    the kept file is another network's export relabelled with this one's fingerprint: fails if a kept
+    export is reused on its fingerprint alone, without the probe."""
+    import onnx
+
+    from privacysf.nets.onnx_runtime import FINGERPRINT
+
+    ModelCache(model_store(tmp_path, "onnxruntime")).get(stored_model(tmp_path, 2, SMALL_UNET))
+    row = stored_model(tmp_path, 1, SMALL_UNET)
+    first = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
+    kept = onnx.load(str(tmp_path / "model1.onnx"))
+    other = onnx.load(str(tmp_path / "model2.onnx"))
+    other.metadata_props[0].CopyFrom(next(p for p in kept.metadata_props if p.key == FINGERPRINT))
+    onnx.save(other, str(tmp_path / "model1.onnx"))
+    with caplog.at_level("WARNING", logger="privacysf.nets.onnx_runtime"):
+        served = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
+    assert served.served is not None and not served.served.reused
+    assert "answers unlike its network" in caplog.text
+    tokens = torch.rand(3, 64, 4) * 2 - 1
+    torch.testing.assert_close(served.predict_tokens(tokens), first.predict_tokens(tokens))
+
+
+def test_a_model_whose_export_cannot_be_kept_is_still_served(tmp_path, caplog):
+    """Where the export cannot be written (here a folder holds its name), the log says so and ONNX
+    Runtime answers from memory. Fails if a failed write stops the model from loading."""
+    row = stored_model(tmp_path, 1, SMALL_UNET)
+    (tmp_path / "model1.onnx").mkdir()
+    with caplog.at_level("WARNING", logger="privacysf.nets.onnx_runtime"):
+        served = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
+    assert served.served is not None and "could not keep the ONNX export" in caplog.text
+    tokens = torch.rand(2, 64, 4) * 2 - 1
+    torch.testing.assert_close(
+        served.predict_tokens(tokens), ModelCache(model_store(tmp_path)).get(row).predict_tokens(tokens)
+    )
+
+
 def test_concurrent_first_requests_for_a_model_load_it_once(tmp_path, monkeypatch):
     """Four requests arrive together for a model not yet loaded: one loads (and, with ONNX Runtime,
     exports) it while the others wait for that copy. Fails if the cache loads once per request."""

@@ -220,8 +220,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--mapper-runtime",
         choices=MAPPER_RUNTIMES,
-        help="what answers mapping requests for unet and cnn models (default torch; onnxruntime needs "
-        "privacysf[onnx])",
+        help="what answers mapping requests for unet and cnn models (default onnxruntime, faster for "
+        "one query at a time; torch needs no ONNX packages)",
     )
     serve.add_argument(
         "--no-worker", action="store_true", help="run no job worker here (`privacysf server worker` does)"

@@ -169,7 +169,7 @@ class MappingServer:
         self.prepare_for_serving()
         return result
 
-    def prepare_for_serving(self) -> None:
+    def prepare_for_serving(self, export: Path | None = None) -> None:
         """Put the mapper's convolution weights in channels-last layout on the CPU (done after
         :meth:`fit_pooled` and :meth:`load`).
 
@@ -179,7 +179,8 @@ class MappingServer:
         rounding. CUDA is left as it is.
 
         With ``mapper.runtime=onnxruntime`` the model is then exported to ONNX Runtime, which answers
-        every query from then on; on CUDA torch answers, and the log says so.
+        every query from then on; on CUDA torch answers, and the log says so. ``export`` is the file
+        that keeps the export between loads (:meth:`load` passes its checkpoint's ``.onnx`` sibling).
         """
         if self.model is None:
             return
@@ -192,7 +193,8 @@ class MappingServer:
         self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.mapper_cfg.runtime == "onnxruntime":
             grid, channels = self.signature["grid"], self.signature["in_channels"]
-            self.served = OnnxRuntimeModule(self.model.eval(), torch.zeros(2, grid[0] * grid[1], channels))
+            example = torch.zeros(2, grid[0] * grid[1], channels)
+            self.served = OnnxRuntimeModule(self.model.eval(), example, cache=export)
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         return model(tokens, centers) if self.centers else model(tokens)
@@ -322,7 +324,9 @@ class MappingServer:
         save_checkpoint(path, {"signature": self.signature, "model": self.model.state_dict()})
 
     def load(self, path: Path, grid: tuple[int, int], in_channels: int, out_channels: int) -> None:
-        """Load a saved mapper; the token scan order it was trained on is read from its checkpoint."""
+        """Load a saved mapper; the token scan order it was trained on is read from its checkpoint.
+
+        Served by ONNX Runtime, its export is kept beside the checkpoint (``.onnx``) for the next load."""
         expected = {"grid": list(grid), "in_channels": in_channels, "out_channels": out_channels}
         state = load_checkpoint(path, {**expected, **_mapper_settings(self.mapper_cfg)})
         signature = state["signature"]
@@ -331,7 +335,7 @@ class MappingServer:
         )
         model.load_state_dict(state["model"])
         model.eval()
-        self.prepare_for_serving()
+        self.prepare_for_serving(export=path.with_suffix(".onnx"))
 
 
 def private_training(cfg: MapperConfig, batch_size: int, pairs: int):

@@ -62,12 +62,13 @@ class ServiceConfig:
     """How often the job runner looks for queued jobs."""
     model_cache: int = 4
     """Trained mappers kept loaded in memory for the mapping endpoint."""
-    mapper_runtime: MapperRuntime = "torch"
+    mapper_runtime: MapperRuntime = "onnxruntime"
     """What answers mapping requests for the models ONNX Runtime can serve (``mapper.runtime``; unet
     and cnn mappers without a center embedding; the others always answer in torch). ``onnxruntime``
-    maps a 256² query about a quarter faster at batch 1 and 8-11 % slower at batch 32 (docs/results.md,
-    "Lighter mappers and the mapper in ONNX Runtime"), and exports each model once as the cache loads
-    it, a few seconds."""
+    (the default since 2026-12-06) mapped a 256² query's code in 0.64-0.73 of torch's time at batch 1
+    and took a whole query from 0.99 to 0.87 × the raw U-Net's time there, at 1.03 × torch's at batch
+    32 (docs/results.md, "The service maps in ONNX Runtime"). A model is exported once, about 3 s,
+    and the export is kept beside the model file for later loads. ``torch`` needs no ONNX packages."""
     token_days: int = 90
     """Lifetime of a new token (``server create-token --days`` sets another); centers rotate theirs
     before it ends with ``privacysf center rotate-token``."""
