@@ -31,9 +31,15 @@ import numpy as np
 import psycopg  # noqa: F401  (the PostgreSQL driver: several job workers share one database)
 
 import privacysf.server.federation  # noqa: F401  (the Flower server app)
+import torch
+
+from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
 from privacysf.exchange import CodeBatch, encode_codes
+from privacysf.server.mapping import MappingServer
 from privacysf.server.service.app import create_app
+from privacysf.server.serving import ModelCache
 from privacysf.server.settings import ServiceConfig
+from privacysf.server.tables import ModelRow
 
 CENTER_ONLY = ["nibabel", "SimpleITK", "pydicom", "tifffile", "PIL"]
 CENTER_ALSO = ["monai", "skimage", "nilearn", "matplotlib", "scipy"]
@@ -65,5 +71,16 @@ async def requests() -> None:
 
 
 asyncio.run(requests())
-print("server install: imports, serves requests, and holds none of", ", ".join(CENTER_ONLY + CENTER_ALSO))
+
+# the service's default mapper runtime: a stored model is exported to ONNX Runtime (which needs the
+# exporter's packages too), answers as torch does, and keeps its export beside the model file
+stored = MappingServer(MapperConfig(), AugmentConfig(), TrainConfig(device="cpu"))
+stored.initialise((4, 4), 4, 4)
+stored.save(app.state.store.files.model("probe.pt"))
+row = ModelRow(id=1, file="probe.pt", grid=[4, 4], in_channels=4, out_channels=4, mapper=MapperConfig().model_dump())
+served = ModelCache(app.state.store).get(row)
+assert served.served is not None and app.state.store.files.model("probe.onnx").is_file()
+tokens = torch.rand(3, 16, 4) * 2 - 1
+torch.testing.assert_close(served.predict_tokens(tokens), stored.predict_tokens(tokens), rtol=1e-3, atol=1e-4)
+print("server install: imports, serves requests, maps in ONNX Runtime, and holds none of", ", ".join(CENTER_ONLY + CENTER_ALSO))
 PY

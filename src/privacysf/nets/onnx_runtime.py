@@ -3,7 +3,7 @@
 Why: a query maps one code at a time in the service. At batch 1 the grid mapper is about a hundred
 small operations, and torch's eager CPU kernels run each one alone; ONNX Runtime fuses normalisation,
 activation and convolution and plans memory once. On one thread it mapped a query's code in
-0.64-0.73 of torch's time at batch 1 (``tools/mapper_latency.py``, "mapper in ONNX Runtime").
+0.64-0.78 of torch's time at batch 1 (``tools/mapper_latency.py``, "mapper in ONNX Runtime").
 
 The export traces the module with torch's ``torch.export``-based exporter and leaves the batch size
 free. It takes about 3 s, so a served model keeps it in a file beside its checkpoint and later loads
