@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -250,15 +251,21 @@ def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):
     torch.testing.assert_close(unet.predict_tokens(tokens), by_torch.predict_tokens(tokens))
 
 
-def test_a_served_model_keeps_its_export_and_reuses_it_only_for_the_same_weights(tmp_path):
-    """The first load exports the model and keeps ``model1.onnx``; the next load (a restarted service,
-    a model the cache dropped) reads it, exports nothing, and answers as torch does. Weights changed by
-    1e-6 under the same file name answer within the probe's tolerance, so only the fingerprint can
-    tell: fails if the export is not kept, if a kept one is ignored, or if it outlives its weights."""
+def test_a_served_model_keeps_its_export_and_reuses_it_only_for_the_same_weights(tmp_path, monkeypatch):
+    """The first load exports the model and keeps ``model1.onnx``, with the checkpoint's permission
+    bits; the next load (a restarted service, a model the cache dropped) reads it, exports nothing,
+    and answers as torch does. Weights changed by 1e-6 under the same file name answer within the
+    probe's tolerance, so only the fingerprint can tell: fails if the export is not kept, if a kept
+    one is ignored, if it outlives its weights, or if it is more readable than its checkpoint."""
+    from privacysf.nets import onnx_runtime
+
     row = stored_model(tmp_path, 1, SMALL_UNET)
+    (tmp_path / "model1.pt").chmod(0o640)
     first = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
     assert first.served is not None and not first.served.reused
-    assert (tmp_path / "model1.onnx").is_file()
+    assert (tmp_path / "model1.onnx").stat().st_mode & 0o777 == 0o640
+    export = onnx_runtime._export
+    monkeypatch.setattr(onnx_runtime, "_export", lambda *a: pytest.fail("exported again"))
     again = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
     assert again.served is not None and again.served.reused
     tokens = torch.rand(3, 64, 4) * 2 - 1
@@ -270,32 +277,64 @@ def test_a_served_model_keeps_its_export_and_reuses_it_only_for_the_same_weights
     by_torch.save(tmp_path / "model1.pt")
     nudged = ModelCache(model_store(tmp_path)).get(row)
     assert torch.allclose(again.predict_tokens(tokens), nudged.predict_tokens(tokens), rtol=1e-3, atol=1e-4)
+    monkeypatch.setattr(onnx_runtime, "_export", export)
     refit = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
     assert refit.served is not None and not refit.served.reused
     assert ModelCache(model_store(tmp_path, "onnxruntime")).get(row).served.reused  # kept anew
 
 
-def test_a_kept_export_that_answers_unlike_its_network_is_made_again(tmp_path, caplog):
-    """A change in the network's code leaves the weights, and so the fingerprint, as they were. Here
-    the kept file is another network's export relabelled with this one's fingerprint: fails if a kept
-    export is reused on its fingerprint alone, without the probe."""
+def _unusable_export(case: str, folder, row: ModelRow, monkeypatch) -> str:
+    """Spoil the export kept for ``row`` (``folder/model1.onnx``) as ``case`` says; the log line expected."""
     import onnx
 
-    from privacysf.nets.onnx_runtime import FINGERPRINT
+    from privacysf.nets.onnx_runtime import FINGERPRINT, fingerprint
 
-    ModelCache(model_store(tmp_path, "onnxruntime")).get(stored_model(tmp_path, 2, SMALL_UNET))
+    kept = folder / "model1.onnx"
+    if case == "not ONNX":
+        kept.write_bytes(b"half a file")
+        return "cannot be used"
+    if case == "another torch":
+        monkeypatch.setattr(torch, "__version__", "2.99.0")
+        return "other weights or versions"
+    model = ModelCache(model_store(folder)).get(row).model
+    assert model is not None
+    if case == "another network":  # as if the network's code changed: same weights, other graph
+        ModelCache(model_store(folder, "onnxruntime")).get(stored_model(folder, 2, SMALL_UNET))
+        spoilt = onnx.load(str(folder / "model2.onnx"))
+        reason = "answers unlike its network"
+    else:  # "fixed batch": an export that cannot take one query at a time
+        example = torch.zeros(2, 64, 4)
+        with warnings.catch_warnings():  # torch's own exporter code warns of its deprecated pytree use
+            warnings.simplefilter("ignore", FutureWarning)
+            spoilt = torch.onnx.export(model.eval(), (example,), dynamo=True, verbose=False).model_proto
+        spoilt.metadata_props.add(key=FINGERPRINT, value=fingerprint(model, example))
+        reason = "batch size is fixed"
+    label = onnx.load(str(kept)).metadata_props
+    theirs = next(p for p in spoilt.metadata_props if p.key == FINGERPRINT)
+    theirs.value = next(p.value for p in label if p.key == FINGERPRINT)
+    onnx.save(spoilt, str(kept))
+    return reason
+
+
+@pytest.mark.parametrize("case", ["not ONNX", "another torch", "another network", "fixed batch"])
+def test_a_kept_export_that_cannot_be_used_is_made_again(tmp_path, monkeypatch, caplog, case):
+    """A truncated file, an export made under another torch, another network's graph carrying this
+    one's fingerprint (what changed network code looks like) and an export with a fixed batch size
+    are each exported again, answer as torch does, and are replaced by a file the next load reuses.
+    Fails if a kept export is reused without its fingerprint, its probe or its batch check, or if a
+    bad file breaks the load."""
     row = stored_model(tmp_path, 1, SMALL_UNET)
-    first = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
-    kept = onnx.load(str(tmp_path / "model1.onnx"))
-    other = onnx.load(str(tmp_path / "model2.onnx"))
-    other.metadata_props[0].CopyFrom(next(p for p in kept.metadata_props if p.key == FINGERPRINT))
-    onnx.save(other, str(tmp_path / "model1.onnx"))
-    with caplog.at_level("WARNING", logger="privacysf.nets.onnx_runtime"):
+    ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
+    with caplog.at_level("INFO", logger="privacysf.nets.onnx_runtime"):
+        reason = _unusable_export(case, tmp_path, row, monkeypatch)
         served = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
     assert served.served is not None and not served.served.reused
-    assert "answers unlike its network" in caplog.text
+    assert reason in caplog.text
     tokens = torch.rand(3, 64, 4) * 2 - 1
-    torch.testing.assert_close(served.predict_tokens(tokens), first.predict_tokens(tokens))
+    torch.testing.assert_close(
+        served.predict_tokens(tokens), ModelCache(model_store(tmp_path)).get(row).predict_tokens(tokens)
+    )
+    assert ModelCache(model_store(tmp_path, "onnxruntime")).get(row).served.reused
 
 
 def test_a_model_whose_export_cannot_be_kept_is_still_served(tmp_path, caplog):

@@ -120,7 +120,8 @@ def test_segment_maps_in_onnx_runtime_when_told(fitted, tmp_path, monkeypatch):
     cfg, center, by_torch = reload(run_dir, "cpu")
     exported = reload_server(run_dir, "onnxruntime")
     assert by_torch.served is None and exported.served is not None
-    assert list(run_dir.rglob("*.onnx"))  # kept in the run folder: the next segment reads it back
+    assert exported.served is not None and not exported.served.reused
+    assert (run_dir / "server" / "mapper.onnx").is_file()  # beside its checkpoint: the next load reads it
     assert reload_server(run_dir, "onnxruntime").served.reused
     message = center.image_message(prepare(cfg.data).test.images)
     same = center.decode_message(exported.map(message)) == center.decode_message(by_torch.map(message))

@@ -29,10 +29,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psycopg  # noqa: F401  (the PostgreSQL driver: several job workers share one database)
-
-import privacysf.server.federation  # noqa: F401  (the Flower server app)
 import torch
 
+import privacysf.server.federation  # noqa: F401  (the Flower server app)
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
 from privacysf.exchange import CodeBatch, encode_codes
 from privacysf.server.mapping import MappingServer

@@ -105,7 +105,8 @@ class MapperConfig(ConfigModel):
     runtime: MapperRuntime = "torch"
     """What answers queries on the CPU once the mapper is trained or loaded: torch, or the same weights
     exported to ONNX Runtime (``kind`` unet or cnn, no center embedding). ONNX Runtime maps a 256²
-    query's code faster at batch 1 but costs a few seconds of export per loaded model; training is
+    query's code faster at batch 1; its export takes about 3 s, once per model loaded from a file,
+    which keeps it beside its checkpoint for later loads (in ``fit``, at every fit). Training is
     torch's either way, and checkpoints are the same (docs/results.md, "Lighter mappers and the
     mapper in ONNX Runtime"). ``privacysf fit`` and in-process servers honour it; ``segment`` uses the
     run's saved value unless ``--mapper-runtime`` says otherwise, and the service uses its own

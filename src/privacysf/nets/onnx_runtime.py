@@ -3,7 +3,7 @@
 Why: a query maps one code at a time in the service. At batch 1 the grid mapper is about a hundred
 small operations, and torch's eager CPU kernels run each one alone; ONNX Runtime fuses normalisation,
 activation and convolution and plans memory once. On one thread it mapped a query's code in
-0.64-0.78 of torch's time at batch 1 (``tools/mapper_latency.py``, "mapper in ONNX Runtime").
+0.64-0.79 of torch's time at batch 1 (``tools/mapper_latency.py``, "mapper in ONNX Runtime").
 
 The export traces the module with torch's ``torch.export``-based exporter and leaves the batch size
 free. It takes about 3 s, so a served model keeps it in a file beside its checkpoint and later loads
@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import os
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -24,17 +26,19 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from privacysf.common.runs import write_bytes
+from privacysf.common.runs import atomic_write
 from privacysf.errors import ConfigError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    import onnxruntime
+
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "privacysf.fingerprint"
-"""The ONNX metadata entry of a kept export that names the weights and input shape it was made from."""
+"""The ONNX metadata entry of a kept export that names what it was made from (:func:`fingerprint`)."""
 
 
 def require_onnx_runtime() -> None:
@@ -73,16 +77,31 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def fingerprint(module: nn.Module, example: torch.Tensor) -> str:
-    """A digest of what an export of ``module`` depends on besides the code: torch's version, the
-    input's shape past the batch, and every parameter and buffer by name and value.
+    """A digest of what an export of ``module`` depends on besides the network's code: the versions of
+    torch and of the exporter's ONNX packages, the input's shape past the batch, and every parameter
+    and buffer (persistent or not, such as the position grids) by name, dtype, shape and bytes.
 
     A kept export is reused only where this matches. A change in the network's code would not show
     here, so a reused export must also answer a probe as torch does (:class:`OnnxRuntimeModule`)."""
-    digest = hashlib.sha256(f"{torch.__version__} {tuple(example.shape[1:])}".encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    import onnx
+    import onnxscript
+
+    digest = hashlib.sha256()
+
+    def add(part: bytes) -> None:  # length-prefixed, so no two sequences of parts run together
+        digest.update(len(part).to_bytes(8, "little") + part)
+
+    for part in (torch.__version__, onnx.__version__, onnxscript.__version__, str(tuple(example.shape[1:]))):
+        add(part.encode())
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        values = tensor.detach().to("cpu").contiguous().reshape(-1)
+        add(f"{name} {values.dtype} {tuple(tensor.shape)}".encode())
+        add(values.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+_EXPORTING = threading.Lock()
+"""One export at a time: the exporter's quieting changes process-wide logging and warning filters."""
 
 
 class OnnxRuntimeModule:
@@ -93,63 +112,96 @@ class OnnxRuntimeModule:
     the cores to the torch work (encode, decode) around a map in the same process.
 
     With a ``cache`` file the export is read from it when it was made from these weights for this
-    shape and answers a probe as torch does; otherwise the module is exported and the file written
-    (atomically; where it cannot be written, the log says so and serving goes on).
+    shape, keeps the batch free and answers a probe as torch does; otherwise the module is exported
+    and the file written atomically with the permission bits ``cache_mode`` (those of the checkpoint
+    it stands beside: the export holds the same weights). Where it cannot be written, the log says so
+    and the export serves from memory. The kept file is a graph ONNX Runtime executes, so it must be
+    trusted like the checkpoint and the code beside it.
     """
 
     def __init__(
-        self, module: nn.Module, example: torch.Tensor, threads: int | None = None, cache: Path | None = None
+        self,
+        module: nn.Module,
+        example: torch.Tensor,
+        threads: int | None = None,
+        cache: Path | None = None,
+        cache_mode: int = 0o600,
     ) -> None:
         require_onnx_runtime()
         import onnxruntime
 
-        self.options = onnxruntime.SessionOptions()
-        self.options.intra_op_num_threads = threads or torch.get_num_threads()
-        self.options.inter_op_num_threads = 1
-        self.options.log_severity_level = 3  # errors only
-        self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._options = onnxruntime.SessionOptions()
+        self._options.intra_op_num_threads = threads or torch.get_num_threads()
+        self._options.inter_op_num_threads = 1
+        self._options.log_severity_level = 3  # errors only
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no memory arena: it keeps the largest batch's activations for the session's life. Four
+        # 256² sessions held 540-549 MiB after a query of 1 and one of 32 codes each, 63 MiB without
+        # it, at the same batch-1 time and 1.13 x the batch-32 time (docs/results.md, "The service
+        # maps in ONNX Runtime")
+        self._options.enable_cpu_mem_arena = False
         module = module.eval()
-        digest = fingerprint(module, example)
-        self.reused = cache is not None and self._reuse(cache, module, example, digest)
-        if not self.reused:
-            exported = _export(module, example, digest)
-            self.session = self._session(exported)
+        digest = fingerprint(module, example) if cache is not None else ""
+        kept = self._kept(cache, module, example, digest) if cache is not None else None
+        self.reused = kept is not None
+        """Whether the export was read back from ``cache`` instead of made now."""
+        if kept is None:
+            with _EXPORTING:
+                exported = _export(module, example, digest)
+            kept = self._session(exported)
             if cache is not None:
-                _keep(cache, exported)
-        self.input = self.session.get_inputs()[0].name
+                _keep(cache, exported, cache_mode)
+        self.session = kept
+        self.input = kept.get_inputs()[0].name
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        array = inputs.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input: array})[0])
+        return torch.from_numpy(self.session.run(None, {self.input: _array(inputs)})[0])
 
-    def _session(self, model: bytes):
+    def _session(self, model: bytes) -> onnxruntime.InferenceSession:
         import onnxruntime
 
-        return onnxruntime.InferenceSession(model, self.options, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(model, self._options, providers=["CPUExecutionProvider"])
 
-    def _reuse(self, cache: Path, module: nn.Module, example: torch.Tensor, digest: str) -> bool:
-        """Whether ``cache`` holds an export of these weights that answers as ``module`` does (and is
-        now this object's session)."""
+    def _kept(
+        self, cache: Path, module: nn.Module, example: torch.Tensor, digest: str
+    ) -> onnxruntime.InferenceSession | None:
+        """A session on the export kept in ``cache`` if it was made from these weights, keeps the batch
+        free and answers as ``module`` does on a random probe; None (export afresh) otherwise."""
+        import onnx
+        from onnx.external_data_helper import uses_external_data
+
+        if not cache.is_file():
+            return None
         try:
-            self.session = self._session(cache.read_bytes())
-        except Exception:  # absent, unreadable or not an ONNX model: export afresh
-            return False
-        if self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT) != digest:
-            return False
-        probe = torch.rand((2, *example.shape[1:]), generator=torch.Generator().manual_seed(0)) * 2 - 1
-        with torch.no_grad():
-            expected = module(probe.to(example.device)).cpu()
-        self.input = self.session.get_inputs()[0].name
-        if torch.allclose(self(probe), expected, rtol=1e-3, atol=1e-4):
-            return True
-        log.warning(
-            "the kept ONNX export %s answers unlike its network (changed code?); exporting again", cache
-        )
-        return False
+            model = onnx.load_model_from_string(cache.read_bytes())
+            if {p.key: p.value for p in model.metadata_props}.get(FINGERPRINT) != digest:
+                log.info("the kept ONNX export %s is of other weights or versions; exporting again", cache)
+                return None
+            if any(uses_external_data(tensor) for tensor in model.graph.initializer):
+                raise ValueError("it points to weights in other files")
+            session = self._session(model.SerializeToString())
+            if not isinstance(session.get_inputs()[0].shape[0], str):
+                raise ValueError("its batch size is fixed")
+            probe = torch.rand((3, *example.shape[1:])) * 2 - 1
+            with torch.no_grad():
+                expected = module(probe.to(example.device)).cpu()
+            name = session.get_inputs()[0].name
+            answer = torch.from_numpy(session.run(None, {name: _array(probe)})[0])
+            if not torch.allclose(answer, expected, rtol=1e-3, atol=1e-4):
+                raise ValueError("it answers unlike its network (changed code?)")
+        except Exception as error:  # unreadable, not ONNX, or not this network: export afresh
+            log.warning("the kept ONNX export %s cannot be used (%s); exporting again", cache, error)
+            return None
+        return session
+
+
+def _array(inputs: torch.Tensor):
+    """``inputs`` as the float32 C-ordered numpy array ONNX Runtime takes."""
+    return inputs.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
 def _export(module: nn.Module, example: torch.Tensor, digest: str) -> bytes:
-    """The ONNX model of ``module`` with a free batch size, its ``digest`` in the metadata."""
+    """The ONNX model of ``module`` with a free batch size, ``digest`` in its metadata."""
     name = next(iter(inspect.signature(module.forward).parameters))
     with torch.no_grad(), _quiet_exporter():
         program = torch.onnx.export(
@@ -165,8 +217,15 @@ def _export(module: nn.Module, example: torch.Tensor, digest: str) -> bytes:
     return model.SerializeToString()
 
 
-def _keep(cache: Path, exported: bytes) -> None:
+def _keep(cache: Path, exported: bytes, mode: int) -> None:
+    """Write ``exported`` to ``cache`` with permission bits ``mode``, set before the bytes go in; a
+    failure is logged, not raised, since the export in memory still serves."""
+
+    def write(tmp: Path) -> None:
+        os.chmod(tmp, mode)
+        tmp.write_bytes(exported)
+
     try:
-        write_bytes(cache, exported)
+        atomic_write(cache, write)
     except OSError as error:
         log.warning("could not keep the ONNX export in %s (%s); the next load exports it again", cache, error)

@@ -8,6 +8,7 @@ that importing this package loads no such module.
 from __future__ import annotations
 
 import logging
+import stat
 import time
 from pathlib import Path
 
@@ -169,7 +170,7 @@ class MappingServer:
         self.prepare_for_serving()
         return result
 
-    def prepare_for_serving(self, export: Path | None = None) -> None:
+    def prepare_for_serving(self, checkpoint: Path | None = None) -> None:
         """Put the mapper's convolution weights in channels-last layout on the CPU (done after
         :meth:`fit_pooled` and :meth:`load`).
 
@@ -179,8 +180,9 @@ class MappingServer:
         rounding. CUDA is left as it is.
 
         With ``mapper.runtime=onnxruntime`` the model is then exported to ONNX Runtime, which answers
-        every query from then on; on CUDA torch answers, and the log says so. ``export`` is the file
-        that keeps the export between loads (:meth:`load` passes its checkpoint's ``.onnx`` sibling).
+        every query from then on; on CUDA torch answers, and the log says so. A model loaded from a
+        ``checkpoint`` keeps its export beside it (same name, ``.onnx``, same permission bits) for the
+        next load.
         """
         if self.model is None:
             return
@@ -193,8 +195,12 @@ class MappingServer:
         self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.mapper_cfg.runtime == "onnxruntime":
             grid, channels = self.signature["grid"], self.signature["in_channels"]
-            example = torch.zeros(2, grid[0] * grid[1], channels)
-            self.served = OnnxRuntimeModule(self.model.eval(), example, cache=export)
+            example = torch.zeros(2, grid[0] * grid[1], channels)  # batch 2: 0 and 1 would be fixed
+            if checkpoint is None:
+                self.served = OnnxRuntimeModule(self.model.eval(), example)
+            else:
+                cache, mode = checkpoint.with_suffix(".onnx"), stat.S_IMODE(checkpoint.stat().st_mode)
+                self.served = OnnxRuntimeModule(self.model.eval(), example, cache=cache, cache_mode=mode)
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         return model(tokens, centers) if self.centers else model(tokens)
@@ -335,7 +341,7 @@ class MappingServer:
         )
         model.load_state_dict(state["model"])
         model.eval()
-        self.prepare_for_serving(export=path.with_suffix(".onnx"))
+        self.prepare_for_serving(checkpoint=path)
 
 
 def private_training(cfg: MapperConfig, batch_size: int, pairs: int):

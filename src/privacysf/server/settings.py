@@ -65,9 +65,9 @@ class ServiceConfig:
     mapper_runtime: MapperRuntime = "onnxruntime"
     """What answers mapping requests for the models ONNX Runtime can serve (``mapper.runtime``; unet
     and cnn mappers without a center embedding; the others always answer in torch). ``onnxruntime``
-    (the default since 2026-12-06) mapped a query's code in 0.64-0.78 of torch's time at batch 1 and
-    took a whole 256² query from 0.99-1.00 to 0.87-0.89 × the raw U-Net's time there, at 1.03 ×
-    torch's at batch 32 (docs/results.md, "The service maps in ONNX Runtime"). A model is exported
+    (the default since 2026-12-06) mapped a query's code in 0.64-0.79 of torch's time at batch 1 and
+    took a whole 256² query from 0.99-1.00 to 0.87-0.89 × the raw U-Net's time there, at about 1.04 ×
+    torch's at 256², batch 32 (docs/results.md, "The service maps in ONNX Runtime"). A model is exported
     once, about 3 s, and the export is kept beside the model file for later loads. ``torch`` needs no
     ONNX packages."""
     token_days: int = 90
