@@ -251,19 +251,21 @@ def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):
     torch.testing.assert_close(unet.predict_tokens(tokens), by_torch.predict_tokens(tokens))
 
 
-def test_a_served_model_keeps_its_export_and_reuses_it_only_for_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", [0o640, 0o440])
+def test_a_served_model_keeps_its_export_and_reuses_it_only_for_the_same_weights(tmp_path, monkeypatch, mode):
     """The first load exports the model and keeps ``model1.onnx``, with the checkpoint's permission
     bits; the next load (a restarted service, a model the cache dropped) reads it, exports nothing,
     and answers as torch does. Weights changed by 1e-6 under the same file name answer within the
     probe's tolerance, so only the fingerprint can tell: fails if the export is not kept, if a kept
-    one is ignored, if it outlives its weights, or if it is more readable than its checkpoint."""
+    one is ignored, if it outlives its weights, or if its mode is not its checkpoint's (a read-only
+    one included: the export is written before it takes that mode)."""
     from privacysf.nets import onnx_runtime
 
     row = stored_model(tmp_path, 1, SMALL_UNET)
-    (tmp_path / "model1.pt").chmod(0o640)
+    (tmp_path / "model1.pt").chmod(mode)
     first = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
     assert first.served is not None and not first.served.reused
-    assert (tmp_path / "model1.onnx").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "model1.onnx").stat().st_mode & 0o777 == mode
     export = onnx_runtime._export
     monkeypatch.setattr(onnx_runtime, "_export", lambda *a: pytest.fail("exported again"))
     again = ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
@@ -293,6 +295,11 @@ def _unusable_export(case: str, folder, row: ModelRow, monkeypatch) -> str:
     if case == "not ONNX":
         kept.write_bytes(b"half a file")
         return "cannot be used"
+    if case == "external weights":  # values in another file, which ONNX Runtime would go and read
+        onnx.save_model(
+            onnx.load(str(kept)), str(kept), save_as_external_data=True, location="w.bin", size_threshold=0
+        )
+        return "points to weights in other files"
     if case == "another torch":
         monkeypatch.setattr(torch, "__version__", "2.99.0")
         return "other weights or versions"
@@ -316,13 +323,15 @@ def _unusable_export(case: str, folder, row: ModelRow, monkeypatch) -> str:
     return reason
 
 
-@pytest.mark.parametrize("case", ["not ONNX", "another torch", "another network", "fixed batch"])
+@pytest.mark.parametrize(
+    "case", ["not ONNX", "external weights", "another torch", "another network", "fixed batch"]
+)
 def test_a_kept_export_that_cannot_be_used_is_made_again(tmp_path, monkeypatch, caplog, case):
-    """A truncated file, an export made under another torch, another network's graph carrying this
-    one's fingerprint (what changed network code looks like) and an export with a fixed batch size
-    are each exported again, answer as torch does, and are replaced by a file the next load reuses.
-    Fails if a kept export is reused without its fingerprint, its probe or its batch check, or if a
-    bad file breaks the load."""
+    """A truncated file, one whose weights lie in another file, an export made under another torch,
+    another network's graph carrying this one's fingerprint (what changed network code looks like)
+    and an export with a fixed batch size are each exported again, answer as torch does, and are
+    replaced by a file the next load reuses. Fails if a kept export is reused without its external
+    data, fingerprint, probe or batch check, or if a bad file breaks the load."""
     row = stored_model(tmp_path, 1, SMALL_UNET)
     ModelCache(model_store(tmp_path, "onnxruntime")).get(row)
     with caplog.at_level("INFO", logger="privacysf.nets.onnx_runtime"):

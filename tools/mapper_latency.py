@@ -70,7 +70,8 @@ convolutions wrap around the image (``codec.padding=circular``, exact whole-toke
 unet mapper with the exact GELU of earlier versions for today's ReLU, the unet mapper 16 and 32 wide
 on its two top levels (docs/results.md, "Lighter mappers and the mapper in ONNX Runtime", for the
 Dice of both narrower mappers), and the default mapper served by ONNX Runtime (``mapper.runtime=onnxruntime``;
-the raw U-Net is then also timed in ONNX Runtime, as a row of its own, for a like-for-like view),
+the raw U-Net is then also timed in ONNX Runtime, as a row of its own, for a like-for-like view;
+both run without ONNX Runtime's memory arena since 2026-12-06, as served models do),
 and center networks with a fixed-slope leaky ReLU for PReLU (``codec.activation=leakyrelu``), in
 torch and beside the mapper in ONNX Runtime.
 The instance-norm and

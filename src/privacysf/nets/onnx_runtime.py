@@ -18,6 +18,7 @@ import hashlib
 import inspect
 import logging
 import os
+import stat
 import threading
 import warnings
 from contextlib import contextmanager
@@ -168,21 +169,22 @@ class OnnxRuntimeModule:
         """A session on the export kept in ``cache`` if it was made from these weights, keeps the batch
         free and answers as ``module`` does on a random probe; None (export afresh) otherwise."""
         import onnx
-        from onnx.external_data_helper import uses_external_data
 
         if not cache.is_file():
             return None
         try:
-            model = onnx.load_model_from_string(cache.read_bytes())
+            kept = cache.read_bytes()
+            model = onnx.load_model_from_string(kept)
             if {p.key: p.value for p in model.metadata_props}.get(FINGERPRINT) != digest:
                 log.info("the kept ONNX export %s is of other weights or versions; exporting again", cache)
                 return None
-            if any(uses_external_data(tensor) for tensor in model.graph.initializer):
+            if _points_elsewhere(model.graph):
                 raise ValueError("it points to weights in other files")
-            session = self._session(model.SerializeToString())
+            session = self._session(kept)
             if not isinstance(session.get_inputs()[0].shape[0], str):
                 raise ValueError("its batch size is fixed")
-            probe = torch.rand((3, *example.shape[1:])) * 2 - 1
+            draw = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))  # not torch's own
+            probe = torch.rand((3, *example.shape[1:]), generator=draw) * 2 - 1
             with torch.no_grad():
                 expected = module(probe.to(example.device)).cpu()
             name = session.get_inputs()[0].name
@@ -193,6 +195,20 @@ class OnnxRuntimeModule:
             log.warning("the kept ONNX export %s cannot be used (%s); exporting again", cache, error)
             return None
         return session
+
+
+def _points_elsewhere(graph) -> bool:
+    """Whether any tensor of ``graph`` (an ONNX GraphProto), its nodes' constants or its subgraphs
+    keeps its values in another file, which ONNX Runtime would resolve against the working folder."""
+    from onnx.external_data_helper import uses_external_data
+
+    tensors = list(graph.initializer)
+    graphs = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            tensors += [attribute.t, *attribute.tensors]
+            graphs += [attribute.g, *attribute.graphs]
+    return any(uses_external_data(t) for t in tensors) or any(_points_elsewhere(g) for g in graphs)
 
 
 def _array(inputs: torch.Tensor):
@@ -222,8 +238,9 @@ def _keep(cache: Path, exported: bytes, mode: int) -> None:
     failure is logged, not raised, since the export in memory still serves."""
 
     def write(tmp: Path) -> None:
-        os.chmod(tmp, mode)
+        os.chmod(tmp, mode | stat.S_IWUSR)  # writable by us while it fills, whatever ``mode`` says
         tmp.write_bytes(exported)
+        os.chmod(tmp, mode)
 
     try:
         atomic_write(cache, write)

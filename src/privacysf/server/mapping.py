@@ -8,7 +8,6 @@ that importing this package loads no such module.
 from __future__ import annotations
 
 import logging
-import stat
 import time
 from pathlib import Path
 
@@ -199,7 +198,7 @@ class MappingServer:
             if checkpoint is None:
                 self.served = OnnxRuntimeModule(self.model.eval(), example)
             else:
-                cache, mode = checkpoint.with_suffix(".onnx"), stat.S_IMODE(checkpoint.stat().st_mode)
+                cache, mode = checkpoint.with_suffix(".onnx"), checkpoint.stat().st_mode & 0o777
                 self.served = OnnxRuntimeModule(self.model.eval(), example, cache=cache, cache_mode=mode)
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
