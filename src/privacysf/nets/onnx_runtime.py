@@ -111,12 +111,12 @@ class OnnxRuntimeModule:
     export time and stays fixed; the threads sleep between calls instead of spinning, so they leave
     the cores to the torch work (encode, decode) around a map in the same process.
 
-    With a ``cache`` file the export is read from it when it was made from these weights for this
-    shape, keeps the batch free and answers a probe as torch does; otherwise the module is exported
-    and the file written atomically with the permission bits ``cache_mode`` (those of the checkpoint
-    it stands beside: the export holds the same weights). Where it cannot be written, the log says so
-    and the export serves from memory. The kept file is a graph ONNX Runtime executes, so it must be
-    trusted like the checkpoint and the code beside it.
+    A module loaded from a ``checkpoint`` keeps its export beside it, under the same name with
+    ``.onnx``: the export is read from there when it was made from these weights for this shape, keeps
+    the batch free and answers a probe as torch does; otherwise the module is exported and the file
+    written atomically with the checkpoint's permission bits (it holds the same weights). Where it
+    cannot be written, the log says so and the export serves from memory. The kept file is a graph
+    ONNX Runtime executes, so it must be trusted like the checkpoint and the code beside it.
     """
 
     def __init__(
@@ -124,8 +124,7 @@ class OnnxRuntimeModule:
         module: nn.Module,
         example: torch.Tensor,
         threads: int | None = None,
-        cache: Path | None = None,
-        cache_mode: int = 0o600,
+        checkpoint: Path | None = None,
     ) -> None:
         require_onnx_runtime()
         import onnxruntime
@@ -141,16 +140,16 @@ class OnnxRuntimeModule:
         # maps in ONNX Runtime")
         self._options.enable_cpu_mem_arena = False
         module = module.eval()
-        digest = fingerprint(module, example) if cache is not None else ""
-        kept = self._kept(cache, module, example, digest) if cache is not None else None
+        digest = "" if checkpoint is None else fingerprint(module, example)
+        kept = None if checkpoint is None else self._kept(checkpoint, module, example, digest)
         self.reused = kept is not None
-        """Whether the export was read back from ``cache`` instead of made now."""
+        """Whether the export was read back from beside the checkpoint instead of made now."""
         if kept is None:
             with _EXPORTING:
                 exported = _export(module, example, digest)
             kept = self._session(exported)
-            if cache is not None:
-                _keep(cache, exported, cache_mode)
+            if checkpoint is not None:
+                _keep(checkpoint, exported)
         self.session = kept
         self.input = kept.get_inputs()[0].name
 
@@ -163,12 +162,13 @@ class OnnxRuntimeModule:
         return onnxruntime.InferenceSession(model, self._options, providers=["CPUExecutionProvider"])
 
     def _kept(
-        self, cache: Path, module: nn.Module, example: torch.Tensor, digest: str
+        self, checkpoint: Path, module: nn.Module, example: torch.Tensor, digest: str
     ) -> onnxruntime.InferenceSession | None:
-        """A session on the export kept in ``cache`` if it was made from these weights, keeps the batch
-        free and answers as ``module`` does on a random probe; None (export afresh) otherwise."""
+        """A session on the export kept beside ``checkpoint`` if it was made from these weights, keeps
+        the batch free and answers as ``module`` does on a random probe; None (export afresh) otherwise."""
         import onnx
 
+        cache = _beside(checkpoint)
         if not cache.is_file():
             return None
         try:
@@ -232,9 +232,15 @@ def _export(module: nn.Module, example: torch.Tensor, digest: str) -> bytes:
     return model.SerializeToString()
 
 
-def _keep(cache: Path, exported: bytes, mode: int) -> None:
-    """Write ``exported`` to ``cache`` with permission bits ``mode``, set before the bytes go in; a
+def _beside(checkpoint: Path) -> Path:
+    """Where the export of the network in ``checkpoint`` is kept: the same name, ``.onnx``."""
+    return checkpoint.with_suffix(".onnx")
+
+
+def _keep(checkpoint: Path, exported: bytes) -> None:
+    """Write ``exported`` beside ``checkpoint`` with its permission bits, set once the bytes are in; a
     failure is logged, not raised, since the export in memory still serves."""
+    cache, mode = _beside(checkpoint), checkpoint.stat().st_mode & 0o777
 
     def write(tmp: Path) -> None:
         os.chmod(tmp, mode | stat.S_IWUSR)  # writable by us while it fills, whatever ``mode`` says

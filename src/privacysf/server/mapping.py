@@ -195,11 +195,7 @@ class MappingServer:
         if self.mapper_cfg.runtime == "onnxruntime":
             grid, channels = self.signature["grid"], self.signature["in_channels"]
             example = torch.zeros(2, grid[0] * grid[1], channels)  # batch 2: 0 and 1 would be fixed
-            if checkpoint is None:
-                self.served = OnnxRuntimeModule(self.model.eval(), example)
-            else:
-                cache, mode = checkpoint.with_suffix(".onnx"), checkpoint.stat().st_mode & 0o777
-                self.served = OnnxRuntimeModule(self.model.eval(), example, cache=cache, cache_mode=mode)
+            self.served = OnnxRuntimeModule(self.model.eval(), example, checkpoint=checkpoint)
 
     def _forward(self, model: torch.nn.Module, tokens: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         return model(tokens, centers) if self.centers else model(tokens)
