@@ -8,6 +8,7 @@ matrix as float16 or the permutation's inverse as int32. :func:`secret_forms` li
 from __future__ import annotations
 
 import base64
+import io
 import json
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.center.keys import CenterKey, KeyedTransform
+from privacysf.errors import WireFormatError
+from privacysf.exchange.wire import MAGIC, read_header, value_pieces
 
 MIN_FORM_BYTES = 16
 """Forms shorter than this are not searched: a short pattern can turn up in random code bytes by chance."""
@@ -87,9 +90,26 @@ def _key_file(secret: CenterKey) -> bytes:
         return path.read_bytes()
 
 
+def as_read(blob: bytes) -> bytes:
+    """``blob`` followed by the inflated values of every deflated code message in it: a search of the
+    bytes as sent would miss a secret that a deflated body hides."""
+    inflated, offset = [], blob.find(MAGIC)
+    while offset >= 0:
+        try:
+            header = read_header(blob, offset)
+            if header.compression == "deflate":
+                body = memoryview(blob)[offset + header.body_offset :]
+                inflated += value_pieces(io.BytesIO(body).read, header, 1 << 20)
+        except WireFormatError:
+            pass  # not a message, or a cut one: its bytes are searched as they are
+        offset = blob.find(MAGIC, offset + 1)
+    return b"".join([blob, *inflated])
+
+
 def assert_no_secret(blobs: Sequence[bytes], forms: dict[str, bytes]) -> None:
-    """Fail, naming the form and the blob's index in ``blobs``, if any form occurs in any blob."""
-    for index, blob in enumerate(blobs):
+    """Fail, naming the form and the blob's index in ``blobs``, if any form occurs in any blob, or in
+    the values of a deflated code message in it."""
+    for index, blob in enumerate(map(as_read, blobs)):
         for name, form in forms.items():
             offset = blob.find(form)
             if offset >= 0:

@@ -174,6 +174,7 @@ def test_an_unknown_augmentation_in_a_policy_is_refused_by_name():
 
 def test_a_tiny_study_trains_every_cell_and_writes_its_table(tmp_path):
     settings = [*TINY_FIT, "train.epochs=1", "train.threads=1", f"output_dir={tmp_path}"]
+    settings.append("codec.wire_compression=none")  # fixed-length messages: bytes count the pairs sent
     study = [
         "ablation.policies=[flip]",
         "ablation.fractions=[0.5]",

@@ -206,6 +206,22 @@ def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
         ],
     )
     _check_table(
+        tables["Deflated payload per query"],
+        [
+            {
+                "dataset": r["dataset"],
+                "seed": r["seed"],
+                "method": r["method"],
+                "median": r["payload_bytes"],
+                "of a uint8": r["payload_bytes"]
+                * np.dtype(r["raw_image_dtype"]).itemsize
+                / r["raw_image_bytes"],
+            }
+            for r in rows
+            if r["kind"] == "accuracy" and r["method"].startswith(PRIVACYSF)
+        ],
+    )
+    _check_table(
         tables["Latency"],
         [
             {
@@ -286,7 +302,7 @@ def test_reference_latents_and_payload_match_the_published_design():
     latents = MultiScaleEncoder(1)(torch.zeros(1, 1, 256, 256))
     assert [tuple(z.shape[1:]) for z in latents] == [(64, 32, 32), (128, 16, 16), (256, 8, 8)]
     center, server = untrained_reference(3, 256, torch.device("cpu"))
-    sizes = payload_bytes(center, server, np.zeros((1, 256, 256), np.float32))
+    sizes = payload_bytes(center, server, np.zeros((1, 1, 256, 256), np.float32))
     assert sizes["up"] == sizes["down"] + 3 and sizes["total"] / 2**20 == pytest.approx(0.876, abs=0.002)
 
 

@@ -12,7 +12,7 @@ from privacysf.common.runs import write_json
 from privacysf.config import KeyConfig
 from privacysf.errors import ConfigError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
-from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER
+from privacysf.exchange.wire import KEYED_SCAN, SCAN_ORDER, read_header
 
 CHANNELS = {"image": 4, "mask": 6}
 
@@ -95,6 +95,15 @@ def test_assert_no_secret_finds_a_planted_form_and_passes_clean_bytes():
         blob = noise[:1000] + form + noise[1000:]
         with pytest.raises(AssertionError, match=f"{name!r} found in blob 1"):
             assert_no_secret([noise, blob], forms)
+    # inside a deflated code message, whose bytes as sent do not hold it
+    q = transform.mixing["image"][0]
+    tokens = np.zeros((1, 256, CHANNELS["image"]), np.float32)
+    tokens.reshape(-1)[100 : 100 + q.size] = q.ravel()
+    message = encode_codes(CodeBatch(tokens, (16, 16), "image"), "float32", "deflate")
+    form = forms["mixing/image/q/float32-le"]
+    assert read_header(message).compression == "deflate" and form not in message
+    with pytest.raises(AssertionError, match="'mixing/image/q/float32-le' found in blob 0"):
+        assert_no_secret([b"prefix" + message], forms)
 
 
 def test_missing_or_broken_keys_are_clear_errors(tmp_path):

@@ -262,7 +262,7 @@ def test_bad_upload_requests_are_refused(api):
         (_nan_codes("image"), 400, "NaN"),
         (codes(2, "image")[:-1], 400, "header announces"),
         (b"", 400, "too short"),
-        (codes(2, "image")[:4] + struct.pack("<H", 2) + codes(2, "image")[6:], 400, "version 2"),
+        (codes(2, "image")[:4] + struct.pack("<H", 3) + codes(2, "image")[6:], 400, "version 3"),
         (codes(MAP_LIMIT // 64 + 1, "image", dtype="float32"), 413, "limit"),
         (codes(MAP_CODES + 1, "image"), 413, "split the batch"),
         (codes(65, "image"), 413, "send at most 64 codes per request"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from privacysf.errors import WireFormatError
-from privacysf.exchange import FORMAT_VERSION, CodeBatch, decode_codes, encode_codes
+from privacysf.exchange import FORMAT_VERSION, PLAIN_VERSION, CodeBatch, decode_codes, encode_codes
 
 
 def batch(n=3, grid=(4, 5), channels=6, seed=0):
@@ -34,7 +34,7 @@ def test_round_trip_and_size(dtype, tolerance, body_bytes):
     assert len(message) == 10 + header_len + body_bytes
     header = json.loads(message[10 : 10 + header_len])
     assert header == {
-        "version": FORMAT_VERSION,
+        "version": PLAIN_VERSION,
         "kind": "image",
         "dtype": dtype,
         "shape": [3, 20, 6],
@@ -54,7 +54,7 @@ def _with_header(message: bytes, **changes) -> bytes:
 def test_refuses_other_versions_and_garbage():
     message = encode_codes(batch(), "float16")
     newer = struct.pack("<4sH", b"PSFC", FORMAT_VERSION + 1) + message[6:]
-    with pytest.raises(WireFormatError, match="version 2 is not supported"):
+    with pytest.raises(WireFormatError, match="version 3 is not supported"):
         decode_codes(newer)
     with pytest.raises(WireFormatError, match="magic"):
         decode_codes(b"GIF8" + message[4:])

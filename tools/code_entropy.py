@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.data.prepare import prepare
-from privacysf.exchange.wire import WIRE_DTYPES, decode_codes, read_header
+from privacysf.exchange.wire import WIRE_DTYPES, decode_codes, encode_codes, read_header
 from privacysf.workflows.fit import reload
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
@@ -30,12 +30,14 @@ COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
 
 
 def coded_sizes(message: bytes) -> dict[str, int]:
-    """Bytes of ``message`` as sent and with its values compressed in each layout."""
+    """Bytes of ``message`` sent plain and with its values compressed in each layout (a message that
+    arrived deflated is measured from its inflated values)."""
     header = read_header(message)
-    body = message[header.body_offset :]
-    by_channel = np.ascontiguousarray(decode_codes(message).tokens.transpose(0, 2, 1))
-    layouts = {"tokens": body, "channels": WIRE_DTYPES[header.dtype].to_bytes(by_channel)}
-    sizes = {"sent": len(message)}
+    batch = decode_codes(message)
+    values = WIRE_DTYPES[header.dtype]
+    by_channel = np.ascontiguousarray(batch.tokens.transpose(0, 2, 1))
+    layouts = {"tokens": values.to_bytes(batch.tokens), "channels": values.to_bytes(by_channel)}
+    sizes = {"sent plain": len(encode_codes(batch, header.dtype))}
     for name, compress in COMPRESSORS.items():
         for layout, data in layouts.items():
             sizes[f"{name} {layout}"] = header.body_offset + len(compress(data))
@@ -58,8 +60,10 @@ def main() -> None:
     for name, sent in messages.items():
         sizes = [coded_sizes(message) for message in sent]
         medians = dict(zip(columns, (statistics.median(s[c] for s in sizes) for c in columns), strict=True))
-        sent_bytes = medians["sent"]
-        cells = [f"{m:.0f}" if c == "sent" else f"{m:.0f} ({m / sent_bytes:.2f})" for c, m in medians.items()]
+        sent_bytes = medians["sent plain"]
+        cells = [
+            f"{m:.0f}" if c == "sent plain" else f"{m:.0f} ({m / sent_bytes:.2f})" for c, m in medians.items()
+        ]
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 

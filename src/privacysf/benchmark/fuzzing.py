@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from privacysf.benchmark.service_process import (
     train_tiny_model,
 )
 from privacysf.config import WIRE_DTYPE_NAMES
-from privacysf.exchange.wire import FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES, PREFIX
+from privacysf.exchange.wire import FORMAT_VERSION, MAGIC, MAX_HEADER_BYTES, PLAIN_VERSION, PREFIX
 
 TARGETS = ("map", "upload", "jobs")
 NO_ANSWER = 0
@@ -116,7 +117,7 @@ def message(
     header: dict | bytes,
     body: bytes,
     magic: bytes = MAGIC,
-    version: int = FORMAT_VERSION,
+    version: int = PLAIN_VERSION,
     header_len: int | None = None,
 ) -> bytes:
     """A wire message built by hand: any header (a dict is written as JSON, NaN allowed) and body."""
@@ -183,7 +184,9 @@ class WireFuzzer:
         return f"dims:{name}", message({**header, name: dims}, body)
 
     def _body(self, header: dict, body: bytes) -> tuple[str, bytes]:
-        choice = int(self.rng.integers(5))
+        choice = int(self.rng.integers(6))
+        if choice == 5:
+            return self._deflated(header, body)
         if choice == 0:
             cut = int(self.rng.integers(1, len(body) + 1))
             return "body:truncated", message(header, body[:-cut])
@@ -198,13 +201,41 @@ class WireFuzzer:
             values = np.full((n, length, channels), FLOAT_BODIES[name], np.float32).astype(dtype)
         return f"body:{name}-{dtype}", message({**header, "dtype": dtype}, values.tobytes())
 
+    def _deflated(self, header: dict, body: bytes) -> tuple[str, bytes]:
+        """A version-2 body that claims to be deflated, each shorter than its values so that it passes
+        the header's length rule and reaches the inflater: a bomb that inflates far past its header's
+        size, bytes that are no deflate stream, a stream cut short or followed by more bytes; or a
+        valid deflated body under a hostile ``compression`` or ``body_bytes``."""
+        values = bytes(len(body))  # zeros: what the header announces, compressible
+        deflated = zlib.compress(values, 9)
+        cases = {
+            "bomb": zlib.compress(bytes(64 * len(body)), 9),
+            "garbage": self.rng.bytes(len(deflated)),
+            "cut": deflated[:-3],
+            "trailing": deflated + b"\0",
+        }
+        name = self.pick([*sorted(cases), "field"])
+        if name == "field":
+            fields = {"compression": "deflate", "body_bytes": len(deflated)}
+            field = self.pick(sorted(fields))
+            fields[field] = self.pick(EDGE_VALUES + (len(body), len(body) + 1))
+            stated = {**header, "version": FORMAT_VERSION, **fields}
+            return f"body:deflate-field-{field}", message(stated, deflated, version=FORMAT_VERSION)
+        stated = {
+            **header,
+            "version": FORMAT_VERSION,
+            "compression": "deflate",
+            "body_bytes": len(cases[name]),
+        }
+        return f"body:deflate-{name}", message(stated, cases[name], version=FORMAT_VERSION)
+
     def _prefix(self, header: dict, body: bytes) -> tuple[str, bytes]:
         raw = json.dumps(header).encode()
         choice = int(self.rng.integers(4))
         if choice == 0:
             return "prefix:magic", message(raw, body, magic=self.rng.bytes(4))
         if choice == 1:
-            return "prefix:version", message(raw, body, version=self.pick((0, 2, 65535)))
+            return "prefix:version", message(raw, body, version=self.pick((0, FORMAT_VERSION + 1, 65535)))
         lengths = (
             0,
             1,

@@ -22,7 +22,7 @@ from privacysf.center.pipeline import Mapper
 from privacysf.config import ExperimentConfig
 from privacysf.reference.run import run_reference, untrained_reference
 from privacysf.workflows.fit import run_fit
-from privacysf.workflows.inprocess import QueryClient, payload_bytes, untrained_pipeline
+from privacysf.workflows.inprocess import QueryClient, payload_bytes, query_payload, untrained_pipeline
 
 PRIVACYSF = "Privacy-SF"
 UNET = "raw U-Net"
@@ -175,15 +175,14 @@ def run_accuracy(job: Job, ctx: JobContext) -> list[dict]:
 
 
 def run_payload(job: Job, ctx: JobContext) -> list[dict]:
+    """The most one query sends at the payload size, each method's messages as they are before any
+    deflating (what deflating saves depends on trained codes: each accuracy job records its own)."""
     size = job.params["size"]
-    image = np.zeros((1, size, size), np.float32)
-    pipelines: dict[str, tuple[QueryClient, Mapper]] = {
-        PRIVACYSF: untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, size),
-        REFERENCE: untrained_reference(CLASSES_FOR_SIZES, size, torch.device("cpu")),
-    }
+    center, server = untrained_reference(CLASSES_FOR_SIZES, size, torch.device("cpu"))
+    reference = payload_bytes(center, server, np.zeros((1, 1, size, size), np.float32))
     return [
-        {"method": method, "size": size, **payload_bytes(center, server, image)}
-        for method, (center, server) in pipelines.items()
+        {"method": PRIVACYSF, "size": size, **query_payload(ExperimentConfig(), CLASSES_FOR_SIZES, size)},
+        {"method": REFERENCE, "size": size, **reference},
     ]
 
 

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from privacysf.common.runs import write_secret
-from privacysf.errors import ConfigError, ServiceError
+from privacysf.errors import ConfigError, ServiceError, WireFormatError
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes, read_header
 from privacysf.exchange.encrypted import EvaluationKeys, is_encrypted
 
@@ -171,20 +171,27 @@ class ServiceClient:
         batch = decode_codes(image_codes)
         parts = [
             decode_codes(
-                self._map_request(model_id, encode_codes(part, batch.wire_dtype or "float32"), dtype)
+                self._map_request(
+                    model_id, encode_codes(part, batch.wire_dtype or "float32", batch.compression), dtype
+                )
             )
             for part in _slices(batch, MAP_BATCH_CODES)
         ]
         tokens = np.concatenate([part.tokens for part in parts])
         reply = CodeBatch(tokens, parts[0].grid, parts[0].kind, scan=parts[0].scan)
-        return encode_codes(reply, parts[0].wire_dtype or "float32")
+        return encode_codes(reply, parts[0].wire_dtype or "float32", parts[0].compression)
 
     def _map_request(self, model_id: int, image_codes: bytes, dtype: str | None) -> bytes:
         params = {"dtype": dtype} if dtype else None
         headers = {"Content-Type": CODES}
-        return self._request(
+        reply = self._request(
             "POST", f"/models/{model_id}/map", content=image_codes, params=params, headers=headers
         ).content
+        if not is_encrypted(image_codes):
+            sent, got = read_header(image_codes).shape[0], read_header(reply).shape[0]
+            if got != sent:  # told from the header, before a deflated reply is inflated
+                raise WireFormatError(f"the server replied with {got} mask codes to a query of {sent}")
+        return reply
 
     def mapper(self, model_id: int) -> RemoteMapper:
         return RemoteMapper(self, model_id)

@@ -109,7 +109,7 @@ class Center:
         if shifts is not None:
             sent = roll_tokens(sent, self.grid, shifts)
         batch = CodeBatch(sent, self.grid, kind, scan=self.scan)
-        return encode_codes(batch, dtype or self.cfg.codec.wire_dtype)
+        return encode_codes(batch, dtype or self.cfg.codec.wire_dtype, self.cfg.codec.wire_compression)
 
     def image_message(self, images: np.ndarray) -> bytes:
         return self._message(encode_images(self.image_encoder, images, self.device), "image", None)

@@ -79,7 +79,10 @@ def _print_fit(run_dir: Path, metrics: dict) -> None:
         print(f"Dice ratio Privacy-SF / raw U-Net: {ratio_text(metrics.get('dice_ratio_vs_unet'))}")
     print(f"mask-codec ceiling Dice: {p['mask_codec_ceiling_dice']:.3f}")
     pay = p["payload_bytes_per_query"]
-    print(f"payload per plain query: {pay['total']} B (raw image {p['raw_image_bytes']} B)")
+    print(
+        f"payload per unencrypted query: {pay['total']} B, median of {pay['queries']} test slices, at most "
+        f"{pay['total_max']} B (raw image {p['raw_image_bytes']} B)"
+    )
     if encrypted := p.get("encrypted_queries"):
         print(encrypted_text(encrypted))
     print(f"report: {run_dir / 'report.md'}")
@@ -147,8 +150,13 @@ def cmd_payload(args: argparse.Namespace) -> None:
         p = query_payload(cfg, args.classes, size)
         raw = {dtype: size * size * n for dtype, n in (("uint8", 1), ("int16", 2), ("float32", 4))}
         print(
-            f"{size}²: {p['up']} B up + {p['down']} B down = {p['total']} B per query "
+            f"{size}²: at most {p['up']} B up + {p['down']} B down = {p['total']} B per query "
             f"(raw image: {raw['uint8']} B uint8, {raw['int16']} B int16, {raw['float32']} B float32)"
+        )
+    if cfg.codec.wire_compression != "none":
+        print(
+            f"codes are deflated ({cfg.codec.wire_compression}) where that shortens them: how much depends "
+            "on the trained codes of real images; a fit's metrics.json holds its test slices' median"
         )
 
 

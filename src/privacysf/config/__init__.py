@@ -10,11 +10,13 @@ any bad value raises :class:`~privacysf.errors.ConfigError` naming the field and
 from privacysf.config.augment import AUGMENTATIONS, AugmentConfig, dp_conflicts, permutation_conflicts
 from privacysf.config.codec import (
     IMAGE_MODES,
+    WIRE_COMPRESSION_NAMES,
     WIRE_DTYPE_NAMES,
     CodecConfig,
     TaskHead,
     TaskHeadNetwork,
     ViewAugmentation,
+    WireCompression,
     WireDtype,
 )
 from privacysf.config.experiment import ExperimentConfig
@@ -38,6 +40,7 @@ __all__ = [
     "MAPPER_RUNTIMES",
     "KEY_SETTINGS",
     "TRANSFORMER_LR",
+    "WIRE_COMPRESSION_NAMES",
     "WIRE_DTYPE_NAMES",
     "AttackConfig",
     "AugmentConfig",
@@ -54,6 +57,7 @@ __all__ = [
     "TrainConfig",
     "UNetConfig",
     "ViewAugmentation",
+    "WireCompression",
     "WireDtype",
     "dp_conflicts",
     "permutation_conflicts",

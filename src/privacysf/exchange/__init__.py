@@ -13,6 +13,7 @@ from privacysf.exchange.dataset import (
 )
 from privacysf.exchange.wire import (
     FORMAT_VERSION,
+    PLAIN_VERSION,
     WIRE_DTYPES,
     CodeBatch,
     decode_codes,
@@ -28,6 +29,7 @@ from privacysf.exchange.wire import (
 __all__ = [
     "DATASET_PARTS",
     "FORMAT_VERSION",
+    "PLAIN_VERSION",
     "WIRE_DTYPES",
     "CodeBatch",
     "CodeDataset",

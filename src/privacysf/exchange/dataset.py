@@ -19,7 +19,7 @@ from typing import BinaryIO, NamedTuple, Protocol
 
 import numpy as np
 
-from privacysf.errors import ConfigError, WireFormatError
+from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
 from privacysf.exchange.wire import (
     PREFIX_BYTES,
     WIRE_DTYPES,
@@ -29,6 +29,7 @@ from privacysf.exchange.wire import (
     header_length,
     read_header,
     split_messages,
+    value_pieces,
 )
 
 DATASET_PARTS = ("train image", "train mask", "val image", "val mask")
@@ -130,14 +131,19 @@ def split_dataset(payload: bytes) -> CodeDataset:
     return read_dataset(split_messages(payload, len(DATASET_PARTS)))
 
 
-def check_dataset_stream(stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES) -> DatasetLayout:
+def check_dataset_stream(
+    stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES, max_values_bytes: int | None = None
+) -> DatasetLayout:
     """Check a dataset read from ``stream`` (e.g. an uploaded file) by the same rule as
     :func:`split_dataset`, message by message and its values chunk by chunk.
 
     Memory stays at about ``chunk_bytes`` whatever the dataset's size: an upload is checked without
-    ever holding its codes, so a 512 MiB dataset costs the server no more than a small one.
+    ever holding its codes, so a 512 MiB dataset costs the server no more than a small one. Deflated
+    messages are inflated piece by piece as they are checked; ``max_values_bytes`` bounds what the
+    four messages' values may take once inflated (a server passes its upload limit), told from their
+    headers before any is inflated, so a small deflated file cannot make the server inflate gigabytes.
     """
-    headers = []
+    headers, inflated = [], 0
     for index, kind in enumerate(PART_KINDS):
         where = f"message {index + 1} of {len(DATASET_PARTS)} ({DATASET_PARTS[index]})"
         prefix = stream.read(PREFIX_BYTES)
@@ -145,19 +151,17 @@ def check_dataset_stream(stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES
             raise WireFormatError(f"the upload ends before {where}")
         raw = prefix + stream.read(header_length(prefix))
         header = read_header(raw, expect_kind=kind)
-        values = WIRE_DTYPES[header.dtype]
-        remaining, left = header.body_bytes, math.prod(header.shape)
-        step = chunk_bytes - chunk_bytes % values.stored.itemsize
-        while remaining:
-            wanted = min(step, remaining)
-            chunk = stream.read(wanted)
-            if len(chunk) != wanted:  # a file read comes back short only at its end
-                raise WireFormatError(
-                    f"{where} is truncated: {remaining - len(chunk)} bytes of its codes are missing"
-                )
-            count = min(left, len(chunk) * 8 // values.bits)  # the last piece may end in padding
-            values.check(chunk, count)
-            remaining, left = remaining - len(chunk), left - count
+        inflated += header.values_bytes
+        if max_values_bytes is not None and inflated > max_values_bytes:
+            raise PayloadTooLargeError(
+                f"{where} takes the dataset's codes past {max_values_bytes} bytes once inflated, this "
+                "server's upload limit; upload fewer codes at a time"
+            )
+        values, left = WIRE_DTYPES[header.dtype], math.prod(header.shape)
+        for piece in value_pieces(stream.read, header, chunk_bytes, where):
+            count = min(left, len(piece) * 8 // values.bits)  # the last piece may end in padding
+            values.check(piece, count)
+            left -= count
         headers.append(header)
     if stream.read(1):
         raise WireFormatError(f"bytes follow the last of {len(DATASET_PARTS)} messages")

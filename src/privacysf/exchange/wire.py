@@ -15,27 +15,38 @@ levels spanning [-1, 1] packed two or four to a byte, first value in the lowest 
 padded with zero bits. Anything that does not match (magic, version, sizes, dtype, NaN or infinite
 values, non-zero padding) is refused with a :class:`WireFormatError` before it reaches a network.
 
+Version 2 adds lossless compression: its header also states ``compression`` (``none`` or ``deflate``,
+a zlib stream of the values above) and ``body_bytes``, the length of the body as sent. A deflated
+body must be shorter than its values and inflate to exactly them. A message sent uncompressed is
+written as version 1, which every release reads; this one reads both.
+
 Messages are self-delimiting, so several can travel back to back in one upload (a dataset is its
 train and validation image and mask codes); :func:`split_messages` cuts such a bundle apart.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import reprlib
 import struct
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 
-from privacysf.config import WIRE_DTYPE_NAMES
+from privacysf.config import WIRE_COMPRESSION_NAMES, WIRE_DTYPE_NAMES
 from privacysf.errors import WireFormatError
 
 MAGIC = b"PSFC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format this build writes (for compressed messages) and reads."""
+PLAIN_VERSION = 1
+"""The version of a message whose body is not compressed: readable by every release."""
 SCAN_ORDER = "row-major"
 KEYED_SCAN = "keyed"
 SCAN_ORDERS = (SCAN_ORDER, KEYED_SCAN)
@@ -48,6 +59,14 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_DIM = 2**31 - 1
 """The largest size a header may state for any dimension (a count of codes, tokens or values)."""
 HEADER_FIELDS = frozenset({"version", "kind", "dtype", "shape", "grid", "scan"})
+COMPRESSED_FIELDS = HEADER_FIELDS | {"compression", "body_bytes"}
+"""A version-2 header's fields."""
+DEFLATE_LEVEL = 9
+MAX_INFLATION = 1032
+"""The most deflate can shrink data by (zlib's documented limit, about 1032:1): a header announcing
+more values than this many times its body is refused before anything is inflated."""
+INFLATE_PIECE_BYTES = 4 * 1024 * 1024
+"""The most a whole-message read inflates at a time, whatever size its header announces."""
 
 
 Codes = TypeVar("Codes", np.ndarray, torch.Tensor)
@@ -188,6 +207,8 @@ class CodeBatch:
     """The dtype the codes travelled in (set by :func:`decode_codes`)."""
     scan: str = SCAN_ORDER
     """``row-major`` or ``keyed`` (tokens permuted by the center's secret key)."""
+    compression: str = "none"
+    """How the values travelled (set by :func:`decode_codes`), so a reply can travel the same way."""
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -216,34 +237,47 @@ def roll_tokens(tokens: np.ndarray, grid: tuple[int, int], shifts: np.ndarray) -
     return np.stack(rolled).reshape(tokens.shape) if n else tokens
 
 
-def encode_codes(batch: CodeBatch, dtype: str = "float16") -> bytes:
+def encode_codes(batch: CodeBatch, dtype: str = "float16", compression: str = "none") -> bytes:
+    """One message of ``batch`` in ``dtype``; with ``compression="deflate"`` its values are deflated
+    when that makes the message shorter (random or keyed codes may not shrink: they then go as they
+    are, so deflating never lengthens a message)."""
     if dtype not in WIRE_DTYPES:
         raise WireFormatError(f"wire dtype {dtype!r} is not one of {sorted(WIRE_DTYPES)}")
+    if compression not in WIRE_COMPRESSION_NAMES:
+        raise WireFormatError(f"wire compression {compression!r} is not one of {WIRE_COMPRESSION_NAMES}")
     if batch.scan not in SCAN_ORDERS:
         raise WireFormatError(f"scan order {batch.scan!r} is not one of {SCAN_ORDERS}")
     tokens = np.asarray(batch.tokens, dtype=np.float32)
     if tokens.ndim != 3 or tokens.shape[1] != batch.grid[0] * batch.grid[1]:
         raise WireFormatError(f"codes of shape {tokens.shape} do not fill a {batch.grid} token grid")
     n, length, channels = tokens.shape
-    header = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan)
-    return header + WIRE_DTYPES[dtype].to_bytes(tokens)
+    values = WIRE_DTYPES[dtype].to_bytes(tokens)
+    plain = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan) + values
+    if compression == "deflate":
+        deflated = zlib.compress(values, DEFLATE_LEVEL)
+        header = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan, deflated)
+        if len(header) + len(deflated) < len(plain):  # version 2's header is longer: whole messages
+            return header + deflated
+    return plain
 
 
 def encode_header(
-    kind: str, dtype: str, shape: tuple[int, int, int], grid: tuple[int, int], scan: str
+    kind: str,
+    dtype: str,
+    shape: tuple[int, int, int],
+    grid: tuple[int, int],
+    scan: str,
+    deflated: bytes | None = None,
 ) -> bytes:
-    """A message's prefix and header; its values follow (so a big message can be written in parts)."""
-    header = json.dumps(
-        {
-            "version": FORMAT_VERSION,
-            "kind": kind,
-            "dtype": dtype,
-            "shape": list(shape),
-            "grid": list(grid),
-            "scan": scan,
-        }
-    ).encode()
-    return PREFIX.pack(MAGIC, FORMAT_VERSION, len(header)) + header
+    """A message's prefix and header: version 1 when its values follow as they are (so a big message
+    can be written in parts), version 2 when the body is ``deflated``."""
+    fields: dict = {"kind": kind, "dtype": dtype, "shape": list(shape), "grid": list(grid), "scan": scan}
+    version = PLAIN_VERSION
+    if deflated is not None:
+        version = FORMAT_VERSION
+        fields |= {"compression": "deflate", "body_bytes": len(deflated)}
+    header = json.dumps({"version": version, **fields}).encode()
+    return PREFIX.pack(MAGIC, version, len(header)) + header
 
 
 @dataclass(frozen=True)
@@ -260,11 +294,21 @@ class Header:
     kind: str
     scan: str
     body_offset: int
-    """Bytes of the prefix and the header together: where the values start."""
+    """Bytes of the prefix and the header together: where the body starts."""
+    compression: str
+    """``none`` or ``deflate``."""
+    body_bytes: int
+    """Bytes of the body as sent: the values, or their deflated stream."""
 
     @property
-    def body_bytes(self) -> int:
-        return WIRE_DTYPES[self.dtype].body_bytes(math.prod(self.shape))
+    def values_bytes(self) -> int:
+        """Bytes of the values once inflated."""
+        return values_bytes(self.dtype, self.shape)
+
+
+def values_bytes(dtype: str, shape: tuple[int, int, int]) -> int:
+    """Bytes that a (N, L, C) ``shape`` of codes in ``dtype`` take before any compression."""
+    return WIRE_DTYPES[dtype].body_bytes(math.prod(shape))
 
 
 def _dims(value: object, count: int) -> tuple[int, ...] | None:
@@ -285,10 +329,10 @@ def header_length(payload: bytes, offset: int = 0) -> int:
     magic, version, header_len = PREFIX.unpack_from(payload, offset)
     if magic != MAGIC:
         raise WireFormatError("payload is not a Privacy-SF code message (bad magic bytes)")
-    if version != FORMAT_VERSION:
+    if version not in (PLAIN_VERSION, FORMAT_VERSION):
         raise WireFormatError(
-            f"code format version {version} is not supported (this build reads version "
-            f"{FORMAT_VERSION}); encode with a matching privacysf release"
+            f"code format version {version} is not supported (this build reads versions "
+            f"{PLAIN_VERSION} and {FORMAT_VERSION}); encode with a matching privacysf release"
         )
     if header_len > MAX_HEADER_BYTES:
         raise WireFormatError("code header length is inconsistent with the payload size")
@@ -313,10 +357,14 @@ def read_header(
         header = json.loads(payload[start : start + header_len])
     except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested JSON
         raise WireFormatError(f"code header is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(header, dict) or not header.keys() >= HEADER_FIELDS:
-        raise WireFormatError(f"code header must be a JSON object with the fields {sorted(HEADER_FIELDS)}")
+    version = PREFIX.unpack_from(payload, offset)[1]
+    fields = COMPRESSED_FIELDS if version == FORMAT_VERSION else HEADER_FIELDS
+    if not isinstance(header, dict) or not header.keys() >= fields:
+        raise WireFormatError(
+            f"a version-{version} code header must be a JSON object with the fields {sorted(fields)}"
+        )
     dtype, kind, scan = header["dtype"], header["kind"], header["scan"]
-    if type(header["version"]) is not int or header["version"] != FORMAT_VERSION:
+    if type(header["version"]) is not int or header["version"] != version:
         raise WireFormatError("code header and prefix disagree on the format version")
     if not isinstance(dtype, str) or dtype not in WIRE_DTYPES:
         raise WireFormatError(f"code dtype {_short(dtype)} is not one of {sorted(WIRE_DTYPES)}")
@@ -338,7 +386,29 @@ def read_header(
             f"{expect_tokens[0]} tokens of {expect_tokens[1]} values; encode with the matching codec"
         )
     n, length, channels = shape
-    return Header(dtype, (n, length, channels), (grid[0], grid[1]), kind, scan, PREFIX_BYTES + header_len)
+    plain = values_bytes(dtype, (n, length, channels))
+    compression, body = "none", plain
+    if version == FORMAT_VERSION:
+        compression, body = header["compression"], header["body_bytes"]
+        if compression != "deflate":  # a plain message is version 1
+            raise WireFormatError(
+                f"a version-2 message's compression must be deflate, not {_short(compression)}"
+            )
+        if type(body) is not int or not (0 < body < plain and plain <= MAX_INFLATION * body):
+            raise WireFormatError(
+                f"code body length {_short(body)} does not fit deflated values of {plain} bytes "
+                f"(a deflated body is shorter than its values, and at least 1/{MAX_INFLATION} of them)"
+            )
+    return Header(
+        dtype,
+        (n, length, channels),
+        (grid[0], grid[1]),
+        kind,
+        scan,
+        PREFIX_BYTES + header_len,
+        compression,
+        body,
+    )
 
 
 def _short(value: object) -> str:
@@ -367,8 +437,67 @@ def decode_codes(
     body = memoryview(payload)[header.body_offset :]
     if len(body) != header.body_bytes:
         raise WireFormatError(f"code body has {len(body)} bytes, its header announces {header.body_bytes}")
-    values = WIRE_DTYPES[header.dtype].from_bytes(body, math.prod(header.shape)).reshape(header.shape)
-    return CodeBatch(values, header.grid, header.kind, header.dtype, header.scan)
+    stored: bytes | memoryview = body
+    if header.compression == "deflate":
+        stored = b"".join(value_pieces(io.BytesIO(body).read, header, INFLATE_PIECE_BYTES))
+    values = WIRE_DTYPES[header.dtype].from_bytes(stored, math.prod(header.shape)).reshape(header.shape)
+    return CodeBatch(values, header.grid, header.kind, header.dtype, header.scan, header.compression)
+
+
+def value_pieces(
+    read: Callable[[int], bytes | memoryview], header: Header, step: int, what: str = "the message"
+) -> Iterator[bytes]:
+    """The values of the message ``header`` heads, in pieces of at most ``step`` bytes that hold whole
+    stored numbers, from a body that ``read(n)`` returns up to ``n`` bytes of at a time (a file's
+    ``read``): inflated as they come when the body is deflated, never more than ``step`` at once, so
+    a small deflated body that would inflate past its header's size is refused before it fills memory.
+    Errors name the message as ``what``.
+    """
+    itemsize = WIRE_DTYPES[header.dtype].stored.itemsize
+    step = max(itemsize, step - step % itemsize)
+    inflater = zlib.decompressobj() if header.compression == "deflate" else None
+    remaining, produced, carry = header.body_bytes, 0, b""
+    while remaining:
+        chunk = bytes(read(min(step, remaining)))
+        if not chunk:
+            raise WireFormatError(f"{what} is truncated: {remaining} bytes of its codes are missing")
+        remaining -= len(chunk)
+        for out in _inflate(inflater, chunk, step, what) if inflater else (chunk,):
+            produced += len(out)
+            if produced > header.values_bytes:
+                raise WireFormatError(
+                    f"{what} inflates past the {header.values_bytes} bytes its header announces"
+                )
+            carry += out
+            whole = len(carry) - len(carry) % itemsize
+            if whole:
+                yield carry[:whole]
+                carry = carry[whole:]
+    if inflater is not None and not inflater.eof:
+        raise WireFormatError(f"{what} has a deflated body that does not end where its header says")
+    if produced != header.values_bytes:
+        raise WireFormatError(
+            f"{what} inflates to {produced} bytes, its header announces {header.values_bytes}"
+        )
+
+
+def _inflate(inflater: zlib._Decompress, chunk: bytes, step: int, what: str) -> Iterator[bytes]:
+    """What ``chunk`` of a deflated stream inflates to, at most ``step`` bytes at a time (a full piece
+    may leave output pending in the inflater after all its input is taken: asked for until it runs dry)."""
+    while True:
+        try:
+            out = inflater.decompress(chunk, step)
+        except zlib.error as exc:
+            raise WireFormatError(f"{what} has a corrupt deflated body ({exc})") from None
+        chunk = inflater.unconsumed_tail
+        if out:
+            yield out
+        if inflater.eof:  # past its end the inflater keeps input in both tail and unused data
+            if chunk or inflater.unused_data:
+                raise WireFormatError(f"{what} has bytes after its deflated stream")
+            return
+        if not chunk and len(out) < step:
+            return
 
 
 def split_messages(payload: bytes, count: int) -> list[bytes]:

@@ -148,7 +148,7 @@ def run_reference(cfg: ExperimentConfig) -> tuple[Path, dict]:
         "reference": {
             "description": DESCRIPTION,
             "test": score_test(pred, data),
-            "payload_bytes_per_query": payload_bytes(center, server, data.test.images[0]),
+            "payload_bytes_per_query": payload_bytes(center, server, data.test.images[:1]),
             "raw_image_bytes": data.raw_image_bytes,
             "raw_image_dtype": data.info.stored_dtype,
             "training_cost": {name: result.cost() for name, result in fits.items()},

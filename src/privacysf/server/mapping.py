@@ -244,7 +244,8 @@ class MappingServer:
         center: int | None = None,
         deadline: float | None = None,
     ) -> bytes:
-        """Serve one request: image-code message in, mask-code message out (same wire dtype by default).
+        """Serve one request: image-code message in, mask-code message out (same wire dtype by default,
+        deflated when the query was).
 
         ``center`` is the requesting center's index when the mapper was trained with a center embedding;
         ``deadline`` bounds the time spent (see :meth:`predict_tokens`).
@@ -284,7 +285,8 @@ class MappingServer:
                 f"these image codes drive the mapper to NaN or infinite values (as {reply_dtype}); a codec's "
                 f"codes lie in [-1, 1], these reach {float(np.abs(batch.tokens).max()):.3g}"
             )
-        return encode_codes(CodeBatch(out, batch.grid, "mask", scan=batch.scan), reply_dtype)
+        reply = CodeBatch(out, batch.grid, "mask", scan=batch.scan)
+        return encode_codes(reply, reply_dtype, batch.compression)
 
     def register_keys(self, message: bytes) -> str:
         """Take a center's public CKKS evaluation keys (``PSFK``), so its encrypted queries can be mapped.

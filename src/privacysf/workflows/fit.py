@@ -43,7 +43,7 @@ def run_fit(cfg: ExperimentConfig) -> tuple[Path, dict]:
     served = center.serving()  # scored as `privacysf segment` will run it
     plain_center = dataclasses.replace(served, encryption=None)
     pred = plain_center.segment(server, data.test.images)
-    payload = payload_bytes(served, server, data.test.images[0])
+    payload = payload_bytes(served, server, data.test.images)
     encrypted = None
     if served.encryption:  # the headline is then the encrypted queries' result
         pred, encrypted = encrypted_queries(served, server, data, pred)

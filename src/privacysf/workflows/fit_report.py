@@ -183,8 +183,9 @@ def _facts(metrics: dict) -> list[str]:
         )
     return [
         *facts,
-        f"Payload per plain query: {pay['up']} B up + {pay['down']} B down = {pay['total']} B; the raw "
-        f"image is {p['raw_image_bytes']} B ({p['raw_image_dtype']})",
+        f"Payload per unencrypted query, the median of {pay['queries']} test slices: {pay['up']} B up + "
+        f"{pay['down']} B down = {pay['total']} B, at most {pay['total_max']} B; the raw image is "
+        f"{p['raw_image_bytes']} B ({p['raw_image_dtype']})",
         f"Training seconds: {seconds}",
     ]
 

@@ -36,18 +36,26 @@ class QueryClient(Protocol):
 
 
 class Payload(TypedDict):
-    """Bytes of one query, wire headers included."""
+    """Bytes per single-image query, wire headers included: the median query's (deflated messages'
+    lengths follow their image's content), and the largest of ``queries`` measured."""
 
     up: int
     down: int
     total: int
+    total_max: int
+    queries: int
 
 
-def payload_bytes(center: QueryClient, server: Mapper, image: np.ndarray) -> Payload:
-    """Bytes of one single-image query: image code up, mask code down, headers included."""
-    up = center.image_message(image[None])
-    down = server.map(up)
-    return {"up": len(up), "down": len(down), "total": len(up) + len(down)}
+def payload_bytes(center: QueryClient, server: Mapper, images: np.ndarray) -> Payload:
+    """Bytes of single-image queries, one per image of ``images`` (N, 1, H, W): image code up, mask
+    code down, headers included; those of the median query by total (the lower middle one, so up and
+    down add up to it), and the largest total."""
+    ups = [center.image_message(image[None]) for image in images]
+    sizes = sorted(
+        (len(up) + len(down), len(up), len(down)) for up, down in ((u, server.map(u)) for u in ups)
+    )
+    total, up, down = sizes[(len(sizes) - 1) // 2]
+    return {"up": up, "down": down, "total": total, "total_max": sizes[-1][0], "queries": len(sizes)}
 
 
 def untrained_pipeline(
@@ -80,9 +88,11 @@ def untrained_pipeline(
 
 
 def query_payload(cfg: ExperimentConfig, num_classes: int, size: int) -> Payload:
-    """Bytes of one query at ``size``² with the config's codec: real messages from real networks."""
-    center, server = untrained_pipeline(cfg, num_classes, size)
-    return payload_bytes(center, server, np.zeros((1, size, size), np.float32))
+    """The most one query at ``size``² can send with the config's codec, both ways: real messages from
+    real networks, not deflated (deflating never lengthens a message, and how much it saves depends on
+    a trained codec's codes of real images: a fit's metrics hold that)."""
+    center, server = untrained_pipeline(cfg.override(["codec.wire_compression=none"]), num_classes, size)
+    return payload_bytes(center, server, np.zeros((1, 1, size, size), np.float32))
 
 
 def fit_server(cfg: ExperimentConfig, center: Center, train: SliceSet, val: SliceSet, run_dir: Path):
