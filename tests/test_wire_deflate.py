@@ -206,3 +206,28 @@ def test_a_center_refuses_a_reply_of_another_count_of_codes_before_inflating():
     with pytest.raises(WireFormatError, match="replied with 5 mask codes to a query of 3"):
         client.map(1, encode_codes(background_codes(n=3), "uint4", "deflate"))
     assert decode_codes(client.map(1, encode_codes(background_codes(n=5), "uint4", "deflate"))).shape[0] == 5
+
+
+def test_a_center_sends_plain_codes_to_a_server_that_reads_no_deflated_ones():
+    """A server before wire format 2 refuses version 2 as it refuses any version it does not know; the
+    client sends the same values again as version 1, for queries and uploads alike."""
+    seen = []
+
+    def old_server(request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        seen.append(body[4])  # the version's low byte
+        if body[4] != PLAIN_VERSION:
+            detail = "code format version 2 is not supported (this build reads version 1); encode with ..."
+            return httpx.Response(400, json={"detail": detail})
+        if request.url.path == "/datasets":
+            return httpx.Response(201, json={"id": 7, "bytes": len(body)})
+        return httpx.Response(200, content=encode_codes(decode_codes(body), "uint4"))
+
+    client = ServiceClient("http://server", "token", transport=httpx.MockTransport(old_server))
+    query = encode_codes(background_codes(n=3), "uint4", "deflate")
+    np.testing.assert_array_equal(decode_codes(client.map(1, query)).tokens, decode_codes(query).tokens)
+    kinds = ("image", "mask", "image", "mask")
+    bundle = b"".join(encode_codes(background_codes(kind=kind), "uint4", "deflate") for kind in kinds)
+    plain = b"".join(encode_codes(background_codes(kind=kind), "uint4") for kind in kinds)
+    assert client.upload_dataset("codes", bundle) == {"id": 7, "bytes": len(plain)}
+    assert seen == [FORMAT_VERSION, PLAIN_VERSION] * 2

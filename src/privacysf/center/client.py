@@ -22,7 +22,15 @@ import numpy as np
 
 from privacysf.common.runs import write_secret
 from privacysf.errors import ConfigError, ServiceError, WireFormatError
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes, read_header
+from privacysf.exchange import (
+    DATASET_PARTS,
+    FORMAT_VERSION,
+    CodeBatch,
+    decode_codes,
+    encode_codes,
+    read_header,
+    split_messages,
+)
 from privacysf.exchange.encrypted import EvaluationKeys, is_encrypted
 
 CODES = "application/octet-stream"
@@ -101,7 +109,15 @@ class ServiceClient:
         """Stream a dataset bundle (four wire messages); the server checks the SHA-256 sent with it.
 
         A server receiving as many uploads as it takes answers 503 with Retry-After: the upload is sent
-        again after that wait, up to ``UPLOAD_TRIES`` times in all."""
+        again after that wait, up to ``UPLOAD_TRIES`` times in all. A server that reads no deflated
+        codes (a release before wire format 2) gets the same values again, plain."""
+        response = self._upload(name, payload)
+        if _refuses_deflated(response):
+            response = self._upload(name, as_plain(payload, len(DATASET_PARTS)))
+        return _checked(response).json()
+
+    def _upload(self, name: str, payload: bytes) -> httpx.Response:
+        """The server's answer to ``payload``, sent again while it answers 503 with Retry-After."""
 
         def chunks() -> Iterator[bytes]:
             for start in range(0, len(payload), CHUNK):
@@ -123,7 +139,7 @@ class ServiceClient:
                 break
             time.sleep(min(int(wait), LONGEST_RETRY_WAIT))  # every upload slot is taken: come back
             response = send()
-        return _checked(response).json()
+        return response
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._request("GET", "/datasets").json()
@@ -184,9 +200,14 @@ class ServiceClient:
     def _map_request(self, model_id: int, image_codes: bytes, dtype: str | None) -> bytes:
         params = {"dtype": dtype} if dtype else None
         headers = {"Content-Type": CODES}
-        reply = self._request(
-            "POST", f"/models/{model_id}/map", content=image_codes, params=params, headers=headers
-        ).content
+
+        def send(body: bytes) -> httpx.Response:
+            return self._send("POST", f"/models/{model_id}/map", content=body, params=params, headers=headers)
+
+        response = send(image_codes)
+        if _refuses_deflated(response):  # a server before wire format 2: the same values, plain
+            response = send(as_plain(image_codes, 1))
+        reply = _checked(response).content
         if not is_encrypted(image_codes):
             sent, got = read_header(image_codes).shape[0], read_header(reply).shape[0]
             if got != sent:  # told from the header, before a deflated reply is inflated
@@ -195,6 +216,21 @@ class ServiceClient:
 
     def mapper(self, model_id: int) -> RemoteMapper:
         return RemoteMapper(self, model_id)
+
+
+def _refuses_deflated(response: httpx.Response) -> bool:
+    """Whether a server refused a request because it reads no deflated codes: its message for a
+    version it does not know (every release words it so)."""
+    return response.status_code == 400 and f"code format version {FORMAT_VERSION} is not" in response.text
+
+
+def as_plain(payload: bytes, count: int) -> bytes:
+    """``count`` wire messages sent back to back, each again as version 1 (values not deflated): the
+    same values, which any release reads."""
+    return b"".join(
+        encode_codes(batch, batch.wire_dtype or "float32")
+        for batch in map(decode_codes, split_messages(payload, count))
+    )
 
 
 def _checked(response: httpx.Response) -> httpx.Response:

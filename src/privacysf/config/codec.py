@@ -179,7 +179,8 @@ class CodecConfig(ConfigModel):
     codes' background tokens repeat, and the median 256² query of a trained codec took 12-44 % of its
     plain ``uint4`` bytes (docs/results.md, "Deflated codes"). A message's length then depends on its
     image, which an observer of the encrypted connection sees and the server learns nothing new from.
-    A server before wire format version 2 refuses deflated codes: talk to one with ``none``."""
+    A server before wire format version 2 refuses deflated codes; the service client then resends
+    them plain."""
 
     def task_head_for(self, num_classes: int) -> TaskHeadNetwork:
         """The task head a center with ``num_classes`` label classes (background included) trains:
