@@ -176,7 +176,7 @@ class CodecConfig(ConfigModel):
     wire_compression: WireCompression = "deflate"
     """Lossless coding of the values a center sends: ``deflate`` (zlib) wherever it makes a message
     smaller, which the server's reply then copies, or ``none``. It changes no value, so no Dice: the
-    codes' background tokens repeat, and the median 256² query of a trained codec took 12-44 % of its
+    codes' background tokens repeat, and the median 256² query of a trained codec took 12-46 % of its
     plain ``uint4`` bytes (docs/results.md, "Deflated codes"). A message's length then depends on its
     image, which an observer of the encrypted connection sees and the server learns nothing new from.
     A server before wire format version 2 refuses deflated codes; the service client then resends
