@@ -215,19 +215,14 @@ class WireFuzzer:
             "trailing": deflated + b"\0",
         }
         name = self.pick([*sorted(cases), "field"])
+        sent = cases.get(name, deflated)
+        fields = {"compression": "deflate", "body_bytes": len(sent)}
         if name == "field":
-            fields = {"compression": "deflate", "body_bytes": len(deflated)}
             field = self.pick(sorted(fields))
             fields[field] = self.pick(EDGE_VALUES + (len(body), len(body) + 1))
-            stated = {**header, "version": FORMAT_VERSION, **fields}
-            return f"body:deflate-field-{field}", message(stated, deflated, version=FORMAT_VERSION)
-        stated = {
-            **header,
-            "version": FORMAT_VERSION,
-            "compression": "deflate",
-            "body_bytes": len(cases[name]),
-        }
-        return f"body:deflate-{name}", message(stated, cases[name], version=FORMAT_VERSION)
+            name = f"field-{field}"
+        stated = {**header, "version": FORMAT_VERSION, **fields}
+        return f"body:deflate-{name}", message(stated, sent, version=FORMAT_VERSION)
 
     def _prefix(self, header: dict, body: bytes) -> tuple[str, bytes]:
         raw = json.dumps(header).encode()

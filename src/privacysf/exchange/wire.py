@@ -252,13 +252,13 @@ def encode_codes(batch: CodeBatch, dtype: str = "float16", compression: str = "n
         raise WireFormatError(f"codes of shape {tokens.shape} do not fill a {batch.grid} token grid")
     n, length, channels = tokens.shape
     values = WIRE_DTYPES[dtype].to_bytes(tokens)
-    plain = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan) + values
+    header = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan)
     if compression == "deflate":
         deflated = zlib.compress(values, DEFLATE_LEVEL)
-        header = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan, deflated)
-        if len(header) + len(deflated) < len(plain):  # version 2's header is longer: whole messages
-            return header + deflated
-    return plain
+        v2_header = encode_header(batch.kind, dtype, (n, length, channels), batch.grid, batch.scan, deflated)
+        if len(v2_header) + len(deflated) < len(header) + len(values):  # whole messages: v2 header is longer
+            return v2_header + deflated
+    return header + values
 
 
 def encode_header(

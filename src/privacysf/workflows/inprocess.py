@@ -50,10 +50,12 @@ def payload_bytes(center: QueryClient, server: Mapper, images: np.ndarray) -> Pa
     """Bytes of single-image queries, one per image of ``images`` (N, 1, H, W): image code up, mask
     code down, headers included; those of the median query by total (the lower middle one, so up and
     down add up to it), and the largest total."""
-    ups = [center.image_message(image[None]) for image in images]
-    sizes = sorted(
-        (len(up) + len(down), len(up), len(down)) for up, down in ((u, server.map(u)) for u in ups)
-    )
+    sizes = []
+    for image in images:
+        query = center.image_message(image[None])
+        reply = server.map(query)
+        sizes.append((len(query) + len(reply), len(query), len(reply)))
+    sizes.sort()
     total, up, down = sizes[(len(sizes) - 1) // 2]
     return {"up": up, "down": down, "total": total, "total_max": sizes[-1][0], "queries": len(sizes)}
 
