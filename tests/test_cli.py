@@ -92,6 +92,18 @@ def test_config_values_are_checked_before_any_training(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing was started
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_serve_and_worker_take_the_job_memory_bound(command):
+    """Both load jobs, so both must hold the operator's bound (a worker checks it before training)."""
+    from privacysf.cli.main import make_parser
+    from privacysf.cli.service import _service_config
+    from privacysf.server.settings import GiB, MiB
+
+    args = ["server", command, "--max-job-training-mb", "300"]
+    assert _service_config(make_parser().parse_args(args)).max_job_training_bytes == 300 * MiB
+    assert _service_config(make_parser().parse_args(["server", command])).max_job_training_bytes == 4 * GiB
+
+
 def test_serve_takes_the_mapper_runtime_and_stops_at_start_without_onnx_runtime(monkeypatch):
     """Fails if ``--mapper-runtime`` is dropped on its way to the service's config, or if a service
     without ONNX Runtime starts and fails only at its first mapping request, or if its refusal does

@@ -32,6 +32,8 @@ def _service_config(args: argparse.Namespace):
             setattr(cfg, key, getattr(args, key))
     if getattr(args, "max_upload_mb", None) is not None:
         cfg.max_upload_bytes = args.max_upload_mb * MiB
+    if getattr(args, "max_job_training_mb", None) is not None:
+        cfg.max_job_training_bytes = args.max_job_training_mb * MiB
     if getattr(args, "job_lease", None) is not None:
         cfg.job_lease_seconds = args.job_lease
     cfg.in_process_worker = not getattr(args, "no_worker", False)
@@ -232,6 +234,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     for parser in (serve, worker):
         parser.add_argument(
             "--job-lease", type=float, help="seconds without heartbeat before a job is re-queued (default 60)"
+        )
+        parser.add_argument(
+            "--max-job-training-mb",
+            type=int,
+            help="most memory one training job's codes may take as float32; larger datasets get 413 "
+            "and larger jobs 400 (default 4096)",
         )
     worker.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     for name, func, help in [

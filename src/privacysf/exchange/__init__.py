@@ -10,6 +10,7 @@ from privacysf.exchange.dataset import (
     one_code_space,
     read_dataset,
     split_dataset,
+    training_bytes,
 )
 from privacysf.exchange.wire import (
     FORMAT_VERSION,
@@ -48,4 +49,5 @@ __all__ = [
     "split_dataset",
     "split_messages",
     "tokens_to_grid",
+    "training_bytes",
 ]

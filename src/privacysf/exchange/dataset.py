@@ -37,6 +37,8 @@ DATASET_PARTS = ("train image", "train mask", "val image", "val mask")
 PART_KINDS = ("image", "mask", "image", "mask")
 STREAM_CHUNK_BYTES = 4 * 1024 * 1024
 """How much of a streamed dataset's values is checked at a time (the memory a streamed check holds)."""
+TRAINING_VALUE_BYTES = 4
+"""Bytes a code value takes while a mapper trains on it: every wire dtype is read into float32."""
 
 
 class CodeSpace(NamedTuple):
@@ -81,6 +83,21 @@ class DatasetLayout(NamedTuple):
     space: CodeSpace
     train_count: int
     val_count: int
+
+    @property
+    def training_bytes(self) -> int:
+        return training_bytes(self.space, self.train_count + self.val_count)
+
+
+def training_bytes(space: CodeSpace, pairs: int) -> int:
+    """What ``pairs`` image and mask codes of ``space`` take in memory while a mapper trains on them.
+
+    A training job holds all its codes at once, as float32, whatever dtype or compression they
+    travelled in, so this (not the bytes stored) is what a service bounds per job: a deflated upload
+    of half a megabyte can hold half a gigabyte of values.
+    """
+    rows, columns = space.grid
+    return TRAINING_VALUE_BYTES * pairs * rows * columns * (space.image_channels + space.mask_channels)
 
 
 class _Part(Protocol):
@@ -132,7 +149,10 @@ def split_dataset(payload: bytes) -> CodeDataset:
 
 
 def check_dataset_stream(
-    stream: BinaryIO, chunk_bytes: int = STREAM_CHUNK_BYTES, max_values_bytes: int | None = None
+    stream: BinaryIO,
+    chunk_bytes: int = STREAM_CHUNK_BYTES,
+    max_values_bytes: int | None = None,
+    max_training_bytes: int | None = None,
 ) -> DatasetLayout:
     """Check a dataset read from ``stream`` (e.g. an uploaded file) by the same rule as
     :func:`split_dataset`, message by message and its values chunk by chunk.
@@ -142,8 +162,11 @@ def check_dataset_stream(
     messages are inflated piece by piece as they are checked; ``max_values_bytes`` bounds what the
     four messages' values may take once inflated (a server passes its upload limit), told from their
     headers before any is inflated, so a small deflated file cannot make the server inflate gigabytes.
+    ``max_training_bytes`` bounds what the codes will take in a training job
+    (:func:`training_bytes`), also from the headers: a dataset no job may train on is refused before
+    it is inflated or stored.
     """
-    headers, inflated = [], 0
+    headers, inflated, training = [], 0, 0
     for index, kind in enumerate(PART_KINDS):
         where = f"message {index + 1} of {len(DATASET_PARTS)} ({DATASET_PARTS[index]})"
         prefix = stream.read(PREFIX_BYTES)
@@ -156,6 +179,12 @@ def check_dataset_stream(
             raise PayloadTooLargeError(
                 f"{where} takes the dataset's codes past {max_values_bytes} bytes once inflated, this "
                 "server's upload limit; upload fewer codes at a time"
+            )
+        training += TRAINING_VALUE_BYTES * math.prod(header.shape)
+        if max_training_bytes is not None and training > max_training_bytes:
+            raise PayloadTooLargeError(
+                f"{where} takes the dataset's codes past {max_training_bytes} bytes as float32, the most "
+                "this server lets one training job hold; upload fewer codes at a time"
             )
         values, left = WIRE_DTYPES[header.dtype], math.prod(header.shape)
         for piece in value_pieces(stream.read, header, chunk_bytes, where):

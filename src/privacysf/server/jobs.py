@@ -24,6 +24,7 @@ from privacysf.exchange import DATASET_PARTS, merge_datasets, split_dataset, spl
 from privacysf.server.mapping import MappingServer
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
+from privacysf.server.store.records import refuse_too_large_job
 from privacysf.server.tables import JobRow
 
 BEST = "best.pt"
@@ -33,11 +34,15 @@ RESUME = "resume.pt"
 def training_messages(store: Store, job_id: int) -> tuple[bytes, bytes, bytes, bytes]:
     """The four messages MappingServer.fit takes, over all of the job's datasets.
 
-    One dataset is passed through untouched; several are read with the upload rule, merged code by
-    code in their shared code space (grid, channels and scan order: keyed codes stay keyed) and
-    re-encoded as float32, which represents every wire dtype's values exactly.
+    Its datasets must fit the worker's ``max_job_training_bytes``: a job queued under a higher bound
+    fails here, before any file is read. One dataset is passed through untouched; several are read
+    with the upload rule, merged code by code in their shared code space (grid, channels and scan
+    order: keyed codes stay keyed) and re-encoded as float32, which represents every wire dtype's
+    values exactly.
     """
-    payloads = [store.files.dataset(row.file).read_bytes() for row in store.job_datasets(job_id)]
+    rows = store.job_datasets(job_id)
+    refuse_too_large_job(rows, store.cfg.max_job_training_bytes)
+    payloads = [store.files.dataset(row.file).read_bytes() for row in rows]
     if len(payloads) == 1:
         x, y, vx, vy = split_messages(payloads[0], len(DATASET_PARTS))
         return x, y, vx, vy

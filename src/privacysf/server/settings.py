@@ -8,6 +8,7 @@ from pathlib import Path
 from privacysf.config import MapperRuntime
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 @dataclass
@@ -22,6 +23,15 @@ class ServiceConfig:
     port: int = 8000
     max_upload_bytes: int = 512 * MiB
     """Largest dataset upload; bigger bodies are cut off with 413 before they fill the disk."""
+    max_job_training_bytes: int = 4 * GiB
+    """Most memory the codes of one training job may take: image and mask codes of all its datasets,
+    training and validation, as the float32 a job holds them in (``exchange.training_bytes``). A dataset
+    past it is refused with 413 from its headers, before a deflated body is inflated or stored; a job
+    past it is refused with 400 when it is queued, and fails if a worker with a lower bound picks it
+    up. Deflated codes make this, not ``max_upload_bytes``, the bound on what an upload can cost: half
+    a megabyte of deflated codes can hold half a gibibyte of ``uint4`` values, 4 GiB as float32, and
+    before this bound a job could name any number of such datasets. The default holds one upload of
+    ``max_upload_bytes`` of ``uint4`` codes."""
     max_map_bytes: int = 32 * MiB
     """Largest mapping request (a batch of image codes)."""
     max_map_codes: int = 1024

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from privacysf.exchange import CodeSpace
+from privacysf.exchange import CodeSpace, training_bytes
 
 
 def utcnow() -> datetime:
@@ -101,6 +101,11 @@ class DatasetRow(Base):
     def space(self) -> CodeSpace:
         """The code space of the dataset: what every dataset of one job must share."""
         return CodeSpace((self.grid[0], self.grid[1]), self.scan, self.image_channels, self.mask_channels)
+
+    @property
+    def training_bytes(self) -> int:
+        """What the dataset's codes take in a training job's memory."""
+        return training_bytes(self.space, self.train_count + self.val_count)
 
 
 class JobRow(Base):

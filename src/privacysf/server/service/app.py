@@ -256,12 +256,24 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
         response_model=JobOut,
         status_code=201,
         tags=["jobs"],
-        responses={**unauthorised, 429: {"description": "too many queued jobs"}},
+        responses={
+            **unauthorised,
+            400: {"description": "datasets of different code spaces, or codes past the job memory limit"},
+            429: {"description": "too many queued jobs"},
+        },
     )
     def create_job(center: Center, body: JobIn) -> JobOut:
-        """Queue training of a mapping network on some of the center's datasets."""
+        """Queue training of a mapping network on some of the center's datasets (whose codes must fit
+        the server's memory limit for one job, ``max_job_training_bytes``)."""
         settings = {"train": body.train.model_dump(), "mapper": body.mapper.model_dump()}
-        job = store.create_job(center, body.name, body.datasets, settings, cfg.max_queued_jobs_per_center)
+        job = store.create_job(
+            center,
+            body.name,
+            body.datasets,
+            settings,
+            cfg.max_queued_jobs_per_center,
+            cfg.max_job_training_bytes,
+        )
         return _job_out(store, job)
 
     @app.post(

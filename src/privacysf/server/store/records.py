@@ -103,13 +103,17 @@ class Records(Database):
         dataset_ids: list[int],
         settings: dict,
         max_queued: int | None = None,
+        max_training_bytes: int | None = None,
     ) -> JobRow:
         """Queue a job on some of the caller's datasets, which must all lie in one code space; with
-        ``max_queued``, only while the center has fewer queued jobs (else :class:`QuotaError`)."""
+        ``max_queued``, only while the center has fewer queued jobs (else :class:`QuotaError`); with
+        ``max_training_bytes``, only if their codes fit in that much memory (:func:`refuse_too_large_job`)."""
         rows = [self.visible_row(DatasetRow, caller, i) for i in dict.fromkeys(dataset_ids)]
         if not rows:
             raise ConfigError("a training job needs at least one dataset id")
         one_code_space([row.space for row in rows], f"datasets {[row.id for row in rows]}")
+        if max_training_bytes is not None:
+            refuse_too_large_job(rows, max_training_bytes)
         with self.session() as s:
             if max_queued is not None:
                 refuse_over_quota(s, caller, max_queued)
@@ -235,3 +239,14 @@ class Records(Database):
     def key_files(self) -> set[str]:
         with self.session() as s:
             return set(s.scalars(select(EvaluationKeyRow.file)))
+
+
+def refuse_too_large_job(rows: list[DatasetRow], limit: int) -> None:
+    """A :class:`ConfigError` when the datasets' codes together take more than ``limit`` bytes in a
+    training job, which holds them all at once (``ServiceConfig.max_job_training_bytes``)."""
+    needed = sum(row.training_bytes for row in rows)
+    if needed > limit:
+        raise ConfigError(
+            f"datasets {[row.id for row in rows]} hold codes that take {needed} bytes as float32 in a "
+            f"training job, past this server's limit of {limit} for one job; train on fewer datasets"
+        )

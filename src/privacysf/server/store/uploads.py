@@ -67,7 +67,11 @@ class DatasetUpload:
                     "the body was corrupted or truncated in transit; upload again"
                 )
             with self.tmp.open("rb") as stream:
-                layout = check_dataset_stream(stream, max_values_bytes=self.limit)
+                layout = check_dataset_stream(
+                    stream,
+                    max_values_bytes=self.limit,
+                    max_training_bytes=self.store.cfg.max_job_training_bytes,
+                )
             self.store.files.keep(self.tmp, self.file)
         except BaseException:
             self.abort()

@@ -1,0 +1,126 @@
+"""The service's bound on what one training job holds in memory (``max_job_training_bytes``).
+
+A job holds all its codes at once as float32. Deflated uploads made a dataset cheap to send and dear
+to hold: half a megabyte of deflated codes can announce half a gibibyte of values. Before this bound a
+job could also name any number of datasets. Each check here fails when its guard is removed: the
+header check in ``check_dataset_stream``, the bound the upload passes it, the one ``POST /jobs``
+passes the store, and the worker's check when it loads a job.
+"""
+
+import io
+
+import httpx
+import pytest
+from servicekit import LoopbackServer, bundle, codes, sha
+
+from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
+from privacysf.exchange import check_dataset_stream, split_dataset
+from privacysf.exchange.wire import encode_header, read_header, split_messages
+from privacysf.server.jobs import training_messages
+from privacysf.server.service import create_app
+from privacysf.server.settings import ServiceConfig
+from privacysf.server.store import Store
+from privacysf.server.tables import DatasetRow
+
+SMALL = bundle(n_train=8, n_val=2)
+SMALL_BYTES = split_dataset(SMALL).layout.training_bytes
+LIMIT = SMALL_BYTES * 3 // 2
+"""Room for one small dataset, not for two."""
+
+
+def test_the_training_size_counts_every_value_as_float32():
+    layout = split_dataset(SMALL).layout
+    rows, columns = layout.space.grid
+    values_per_pair = rows * columns * (layout.space.image_channels + layout.space.mask_channels)
+    assert 4 * 10 * values_per_pair == SMALL_BYTES
+
+
+def test_a_dataset_past_the_bound_is_refused_from_its_headers_before_it_is_inflated():
+    """The last message announces more codes than fit and carries a body that is no deflate stream:
+    the refusal is 413 from its header, not the error inflating the body would give."""
+    parts = split_messages(SMALL, 4)
+    header = read_header(parts[3])
+    shape = (header.shape[0] * 16, *header.shape[1:])
+    garbage = b"\x00 not a deflate stream " * 8
+    hostile = encode_header("mask", header.dtype, shape, header.grid, header.scan, garbage) + garbage
+    with pytest.raises(WireFormatError, match="corrupt deflated body"):
+        check_dataset_stream(io.BytesIO(b"".join([*parts[:3], hostile])))  # what inflating it says
+    upload = b"".join([*parts[:3], hostile])
+    layout = split_dataset(SMALL).layout
+    assert check_dataset_stream(io.BytesIO(SMALL), max_training_bytes=SMALL_BYTES) == layout
+    with pytest.raises(PayloadTooLargeError, match=f"past {LIMIT} bytes as float32"):
+        check_dataset_stream(io.BytesIO(upload), max_training_bytes=LIMIT)
+
+
+class Service:
+    def __init__(self, root):
+        self.cfg = ServiceConfig(store=root / "store", max_job_training_bytes=LIMIT, poll_seconds=0.05)
+        app = create_app(self.cfg)
+        self.store = app.state.store
+        token = self.store.create_center("hospital")[1]
+        self.server = LoopbackServer(app).start()
+        self.http = httpx.Client(
+            base_url=self.server.url, timeout=60, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    def upload(self, payload: bytes) -> httpx.Response:
+        headers = {"X-Content-SHA256": sha(payload)}
+        return self.http.post("/datasets", params={"name": "codes"}, content=payload, headers=headers)
+
+    def queue(self, datasets: list[int]) -> httpx.Response:
+        return self.http.post("/jobs", json={"datasets": datasets, "train": {"epochs": 1}})
+
+    def close(self) -> None:
+        self.http.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def service(tmp_path):
+    service = Service(tmp_path)
+    yield service
+    service.close()
+
+
+def test_the_service_refuses_an_upload_no_job_could_hold_and_keeps_nothing(service):
+    large = bundle(n_train=16, n_val=2)
+    reply = service.upload(large)
+    assert reply.status_code == 413, reply.text
+    assert "as float32, the most this server lets one training job hold" in reply.json()["detail"]
+    assert service.http.get("/datasets").json() == []
+    assert list((service.cfg.store / "datasets").iterdir()) == []
+    assert service.upload(SMALL).status_code == 201
+
+
+def test_the_service_refuses_a_job_whose_datasets_together_pass_the_bound(service):
+    first, second = (service.upload(bundle(n_train=8, n_val=2, seed=s)).json()["id"] for s in (0, 9))
+    reply = service.queue([first, second])
+    assert reply.status_code == 400, reply.text
+    detail = reply.json()["detail"]
+    assert f"datasets [{first}, {second}]" in detail and f"limit of {LIMIT} for one job" in detail
+    assert service.http.get("/jobs").json() == []
+    assert service.queue([first]).status_code == 201
+
+
+def test_a_worker_with_a_lower_bound_fails_a_job_queued_under_a_higher_one(tmp_path):
+    store = Store(ServiceConfig(store=tmp_path / "store"))
+    caller = store.authenticate(store.create_center("hospital")[1])
+    upload = store.dataset_upload(caller, "codes", sha(SMALL))
+    upload.write(SMALL)
+    job = store.create_job(caller, "mapper", [upload.commit().id], {"train": {"epochs": 1}, "mapper": {}})
+    assert len(training_messages(store, job.id)) == 4
+    store.cfg.max_job_training_bytes = SMALL_BYTES - 1
+    with pytest.raises(ConfigError, match=f"take {SMALL_BYTES} bytes as float32"):
+        training_messages(store, job.id)
+
+
+def test_stored_datasets_and_uploads_count_training_memory_alike(tmp_path):
+    """The database row (which the job check reads) and the upload check agree on a dataset's size."""
+    store = Store(ServiceConfig(store=tmp_path / "store"))
+    caller = store.authenticate(store.create_center("hospital")[1])
+    payload = codes(5, "image", seed=1) + codes(5, "mask") + codes(3, "image") + codes(3, "mask")
+    upload = store.dataset_upload(caller, "codes", sha(payload))
+    upload.write(payload)
+    row_id = upload.commit().id
+    row = store.visible_row(DatasetRow, caller, row_id)
+    assert row.training_bytes == split_dataset(payload).layout.training_bytes
