@@ -145,6 +145,12 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
             else None
         ),
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
+        # checkpoints from before codec.task_class_weights trained with unweighted classes
+        "task_class_weights": (
+            c.task_class_weights
+            if part == "image-encoder" and c.image_mode != "autoencoder" and c.task_class_weights != "none"
+            else None
+        ),
     }
 
 

@@ -40,7 +40,14 @@ from privacysf.nets.mappers import build_task_head
 class AutoencoderObjective:
     """``autoencoder`` mode: the code must let a (center-kept) image decoder rebuild the image."""
 
-    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        encoder: nn.Module,
+        codec: MaskCodec,
+        device,
+        masks: np.ndarray | None = None,
+    ) -> None:
         self.encoder = encoder
         self.decoder = build_image_decoder(cfg.codec).to(device)
 
@@ -67,16 +74,31 @@ class TaskObjective:
     through the wire's rounding (``codec.wire_dtype``, straight through) wherever they would travel:
     the image code into the head, the mask code as its target and as the reply that is decoded, so a
     coarse dtype (``uint2``) is learnt as sent, as the mask codec learns it.
+
+    ``masks`` (the training label maps) set the loss's class weights with
+    ``codec.task_class_weights=balanced``.
     """
 
-    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        encoder: nn.Module,
+        codec: MaskCodec,
+        device,
+        masks: np.ndarray | None = None,
+    ) -> None:
         c = cfg.codec
         self.encoder, self.codec = encoder, codec
         self.grid = token_grid(cfg.data.size, c)
         kind = c.task_head_for(codec.num_classes)
         head = build_task_head(cfg.mapper, kind, self.grid, c.image_channels, c.mask_channels)
         self.head = head.to(device)
-        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        weights = None
+        if c.task_class_weights == "balanced":
+            if masks is None:
+                raise ValueError("codec.task_class_weights=balanced needs the training masks")
+            weights = balanced_class_weights(masks, codec.num_classes).to(device)
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=weights)
         self.wire_dtype = c.wire_dtype
         for p in codec.parameters():
             p.requires_grad_(False)
@@ -107,6 +129,21 @@ class TaskObjective:
         return validation_dice(labels, val.masks, self.codec.num_classes)
 
 
+def balanced_class_weights(masks: np.ndarray, num_classes: int) -> torch.Tensor:
+    """One weight per class, 1/sqrt of its share of the pixels of ``masks``, scaled to mean 1.
+
+    Unweighted, a class on a few per cent of the pixels adds little to the cross-entropy while the
+    code cannot yet tell it apart, and an encoder can settle without it. The square root keeps a rare
+    class from outweighing the rest; a class absent from ``masks`` gets the rarest present one's weight.
+    """
+    counts = np.bincount(masks.ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(num_classes)
+    weights[present] = (counts[present] / counts.sum()) ** -0.5
+    weights[~present] = weights[present].max()
+    return torch.tensor(weights / weights.mean(), dtype=torch.float32)
+
+
 class _ReverseGradient(torch.autograd.Function):
     """Identity forward; backward multiplies the gradient by ``-weight`` (Ganin & Lempitsky, 2015)."""
 
@@ -129,8 +166,15 @@ class PrivateObjective(TaskObjective):
     privacy; the attack suite measures both ends.
     """
 
-    def __init__(self, cfg: ExperimentConfig, encoder: nn.Module, codec: MaskCodec, device) -> None:
-        super().__init__(cfg, encoder, codec, device)
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        encoder: nn.Module,
+        codec: MaskCodec,
+        device,
+        masks: np.ndarray | None = None,
+    ) -> None:
+        super().__init__(cfg, encoder, codec, device, masks)
         self.weight = cfg.codec.private_weight
         self.attacker = build_image_decoder(cfg.codec).to(device)
 
@@ -167,7 +211,7 @@ def train_image_encoder(
     mode = cfg.codec.image_mode  # checked against config.IMAGE_MODES when the config was built
     c = cfg.codec
     encoder = build_image_encoder(c).to(device)
-    objective = IMAGE_MODES[mode](cfg, encoder, codec, device)
+    objective = IMAGE_MODES[mode](cfg, encoder, codec, device, train.masks)
     if initial:
         for name, module in {"model": encoder, **objective.modules()}.items():
             load_shared_state(module, initial[name])

@@ -34,6 +34,8 @@ TaskHeadNetwork = Literal["mapper", "narrow", "linear"]
 """The networks a ``task``-mode head can be (:func:`privacysf.nets.mappers.build_task_head`)."""
 TaskHead = Literal["auto", TaskHeadNetwork]
 """``codec.task_head``: a head network, or ``auto`` to choose one by the number of classes."""
+TaskClassWeights = Literal["none", "balanced"]
+"""``codec.task_class_weights``: how the classes weigh in the loss a ``task`` encoder trains with."""
 ViewAugmentation = Literal["flips", "affine"]
 """How the center draws the extra views it uploads (``codec.view_augmentation``)."""
 FLIPS = 4
@@ -143,6 +145,12 @@ class CodecConfig(ConfigModel):
     +0.026] over six seeds of the cross-subject brain-3subjects, and cut the training time to 0.78;
     on CT's five foreground classes it lost 0.138 and ``narrow`` 0.053 (docs/results.md, "Lighter
     task heads")."""
+    task_class_weights: TaskClassWeights = "none"
+    """Class weights of the Dice-CE loss a ``task`` or ``private`` encoder trains with: ``none``, every
+    class alike; ``balanced``, each class weighted by one over the square root of its share of the
+    training pixels, scaled to mean 1 (:func:`privacysf.center.image_encoder.balanced_class_weights`).
+    A phantom's lesions (a few per cent of the pixels) were left out for the first epochs of some
+    encoders, and for good by others (docs/results.md, "Class-balanced task loss")."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     equivariance: float = Field(0.0, ge=0)
