@@ -2,14 +2,17 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from privacysf.center import image_encoder
 from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signature
-from privacysf.center.image_encoder import IMAGE_MODES
+from privacysf.center.image_encoder import IMAGE_MODES, balanced_class_weights
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import CodecConfig, ExperimentConfig
+from privacysf.data.prepare import prepare
 from privacysf.nets.conv import LEAKY_SLOPE, ConvEncoder, WrappedConv2d, wrap
 from privacysf.nets.flips import FlipEncoder
 from privacysf.nets.grid import GridUNetMapper
@@ -212,3 +215,66 @@ def test_an_autoencoder_checkpoint_names_no_task_head():
     cfg = ExperimentConfig().override(["codec.image_mode=autoencoder"])
     assert codec_signature(cfg, 2, "image-encoder")["task_head"] is None
     assert codec_signature(cfg.override(["codec.image_mode=task"]), 2, "image-parts")["task_head"] == "linear"
+
+
+def test_balanced_class_weights_are_one_over_the_root_of_each_share_with_mean_one():
+    masks = np.zeros((1, 10, 10), np.int64)
+    masks[0, :2] = 1  # 20 %
+    masks[0, 2, :5] = 2  # 5 %
+    weights = balanced_class_weights(masks, 4).numpy()  # class 3 absent: the rarest one's weight
+    expected = np.array([0.75, 0.20, 0.05, 0.05]) ** -0.5
+    np.testing.assert_allclose(weights, expected / expected.mean(), rtol=1e-6)
+    assert weights.mean() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode", ["task", "private"])
+def test_a_balanced_task_loss_weighs_a_missed_small_class_more(mode):
+    """The same prediction, which misses the small class, costs more once classes are weighted; the
+    checkpoint names the setting, so an encoder trained without it is not resumed with it."""
+    masks = np.zeros((2, 32, 32), np.int64)
+    masks[:, 4:28, 4:28] = 1
+    masks[:, 10:14, 10:14] = 2
+    cfgs = {
+        w: ExperimentConfig().override([f"codec.image_mode={mode}", f"codec.task_class_weights={w}"])
+        for w in ("none", "balanced")
+    }
+    logits = torch.zeros(2, 3, 32, 32)
+    logits[:, 1, 4:28, 4:28] = 5.0  # body everywhere it and the lesion are, no lesion
+    labels = torch.from_numpy(masks)[:, None]
+    losses = {}
+    for weights, cfg in cfgs.items():
+        codec = MaskCodec(3, cfg.codec)
+        objective = IMAGE_MODES[mode](cfg, build_image_encoder(cfg.codec), codec, torch.device("cpu"), masks)
+        losses[weights] = float(objective.seg_loss(logits, labels))
+    assert losses["balanced"] > 1.2 * losses["none"]
+    signatures = {
+        w: codec_signature(cfg, 3, "image-encoder")["task_class_weights"] for w, cfg in cfgs.items()
+    }
+    assert signatures == {"none": None, "balanced": "balanced"}
+    assert codec_signature(cfgs["balanced"], 3, "mask-codec")["task_class_weights"] is None
+
+
+def test_training_a_balanced_encoder_weighs_the_classes_of_its_training_masks(monkeypatch):
+    """Fails if the training masks do not reach the objective (its weights would be unweighted)."""
+    cfg = ExperimentConfig().override(
+        [
+            "data.dataset=phantom",
+            "data.size=32",
+            "data.phantom_cases=6",
+            "train.epochs=1",
+            "train.progress=false",
+            "codec.width=8",
+            "codec.task_class_weights=balanced",
+        ]
+    )
+    data = prepare(cfg.data)
+    seen = []
+
+    def recorded(masks, num_classes):
+        seen.append(masks)
+        return balanced_class_weights(masks, num_classes)
+
+    monkeypatch.setattr(image_encoder, "balanced_class_weights", recorded)
+    codec = MaskCodec(data.info.num_classes, cfg.codec)
+    image_encoder.train_image_encoder(cfg, data.train, data.val, codec, torch.device("cpu"), None)
+    assert len(seen) == 1 and seen[0] is data.train.masks
