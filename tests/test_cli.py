@@ -102,6 +102,8 @@ def test_serve_and_worker_take_the_job_memory_bound(command):
     args = ["server", command, "--max-job-training-mb", "300"]
     assert _service_config(make_parser().parse_args(args)).max_job_training_bytes == 300 * MiB
     assert _service_config(make_parser().parse_args(["server", command])).max_job_training_bytes == 4 * GiB
+    with pytest.raises(SystemExit):  # a bound of 0 would refuse every upload and job
+        make_parser().parse_args(["server", command, "--max-job-training-mb", "0"])
 
 
 def test_serve_takes_the_mapper_runtime_and_stops_at_start_without_onnx_runtime(monkeypatch):

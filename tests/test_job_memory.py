@@ -10,11 +10,12 @@ passes the store, and the worker's check when it loads a job.
 import io
 
 import httpx
+import numpy as np
 import pytest
-from servicekit import LoopbackServer, bundle, codes, sha
+from servicekit import LoopbackServer, bundle, sha
 
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
-from privacysf.exchange import check_dataset_stream, split_dataset
+from privacysf.exchange import CodeBatch, check_dataset_stream, encode_codes, split_dataset
 from privacysf.exchange.wire import encode_header, read_header, split_messages
 from privacysf.server.jobs import training_messages
 from privacysf.server.service import create_app
@@ -26,6 +27,7 @@ SMALL = bundle(n_train=8, n_val=2)
 SMALL_BYTES = split_dataset(SMALL).layout.training_bytes
 LIMIT = SMALL_BYTES * 3 // 2
 """Room for one small dataset, not for two."""
+SETTINGS = {"train": {"epochs": 1}, "mapper": {}}
 
 
 def test_the_training_size_counts_every_value_as_float32():
@@ -103,24 +105,48 @@ def test_the_service_refuses_a_job_whose_datasets_together_pass_the_bound(servic
 
 
 def test_a_worker_with_a_lower_bound_fails_a_job_queued_under_a_higher_one(tmp_path):
+    """The worker says its own bound is the lower one; a center queuing one dataset stored under a
+    higher bound is told to upload it again in parts, not to name fewer datasets."""
     store = Store(ServiceConfig(store=tmp_path / "store"))
     caller = store.authenticate(store.create_center("hospital")[1])
     upload = store.dataset_upload(caller, "codes", sha(SMALL))
     upload.write(SMALL)
-    job = store.create_job(caller, "mapper", [upload.commit().id], {"train": {"epochs": 1}, "mapper": {}})
+    dataset = upload.commit().id
+    job = store.create_job(caller, "mapper", [dataset], SETTINGS)
     assert len(training_messages(store, job.id)) == 4
     store.cfg.max_job_training_bytes = SMALL_BYTES - 1
-    with pytest.raises(ConfigError, match=f"take {SMALL_BYTES} bytes as float32"):
+    worker_advice = "raise the worker's --max-job-training-mb"
+    with pytest.raises(ConfigError, match=f"take {SMALL_BYTES} bytes.*{worker_advice}"):
         training_messages(store, job.id)
+    with pytest.raises(ConfigError, match="upload its codes again as several smaller datasets"):
+        store.create_job(caller, "mapper", [dataset], SETTINGS, max_training_bytes=SMALL_BYTES - 1)
 
 
-def test_stored_datasets_and_uploads_count_training_memory_alike(tmp_path):
-    """The database row (which the job check reads) and the upload check agree on a dataset's size."""
+@pytest.mark.parametrize("compression", ["none", "deflate"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "uint4", "uint2"])
+def test_the_upload_check_and_the_stored_row_count_a_dataset_alike(tmp_path, dtype, compression):
+    """The job check reads the database row, the upload check sums the headers: in every dtype, plain
+    or deflated, a dataset passes both at exactly its size and is refused by the upload at one byte
+    less."""
+    counts = (5, 5, 3, 3)
+    payload = b"".join(
+        encode_codes(background_codes(n, kind, seed=i), dtype, compression)
+        for i, (n, kind) in enumerate(zip(counts, ("image", "mask", "image", "mask"), strict=True))
+    )
     store = Store(ServiceConfig(store=tmp_path / "store"))
     caller = store.authenticate(store.create_center("hospital")[1])
-    payload = codes(5, "image", seed=1) + codes(5, "mask") + codes(3, "image") + codes(3, "mask")
     upload = store.dataset_upload(caller, "codes", sha(payload))
     upload.write(payload)
-    row_id = upload.commit().id
-    row = store.visible_row(DatasetRow, caller, row_id)
-    assert row.training_bytes == split_dataset(payload).layout.training_bytes
+    row = store.visible_row(DatasetRow, caller, upload.commit().id)
+    size = row.training_bytes
+    assert size == 4 * 8 * 16 * 8  # 8 pairs of 16 tokens, 4 + 4 channels, as float32
+    assert check_dataset_stream(io.BytesIO(payload), max_training_bytes=size).train_count == 5
+    with pytest.raises(PayloadTooLargeError, match="as float32"):
+        check_dataset_stream(io.BytesIO(payload), max_training_bytes=size - 1)
+
+
+def background_codes(n: int, kind: str, seed: int) -> CodeBatch:
+    """Mostly zero codes (so deflating shortens them) with a few values in every wire dtype's range."""
+    tokens = np.zeros((n, 16, 4), np.float32)
+    tokens[:, :2] = np.random.default_rng(seed).choice([-1.0, 0.5, 1.0], (n, 2, 4))
+    return CodeBatch(tokens, (4, 4), kind)

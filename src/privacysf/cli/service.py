@@ -16,6 +16,14 @@ from privacysf.errors import ConfigError
 MiB = 1024 * 1024
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for sizes: a bound of 0 or less would refuse everything."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text}")
+    return value
+
+
 def _service_config(args: argparse.Namespace):
     from privacysf.server.settings import ServiceConfig
 
@@ -201,7 +209,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
-    serve.add_argument("--max-upload-mb", type=int, help="largest dataset upload (default 512)")
+    serve.add_argument("--max-upload-mb", type=positive_int, help="largest dataset upload (default 512)")
     serve.add_argument("--max-map-codes", type=int, help="most codes per mapping request (default 1024)")
     serve.add_argument(
         "--map-seconds", type=float, help="longest a mapping request may compute before 413 (default 60)"
@@ -231,15 +239,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     worker = server_command(
         "worker", cmd_server_worker, "run one job worker (any number, on any host sharing --db and --store)"
     )
-    for parser in (serve, worker):
+    for parser, refusal in [
+        (serve, "larger uploads get 413 and larger jobs 400"),
+        (worker, "larger jobs fail here; keep it at the server's"),
+    ]:
         parser.add_argument(
             "--job-lease", type=float, help="seconds without heartbeat before a job is re-queued (default 60)"
         )
         parser.add_argument(
             "--max-job-training-mb",
-            type=int,
-            help="most memory one training job's codes may take as float32; larger datasets get 413 "
-            "and larger jobs 400 (default 4096)",
+            type=positive_int,
+            help=f"most memory one training job's codes may take as float32; {refusal} (default 4096)",
         )
     worker.add_argument("--threads", type=int, help="torch CPU threads (default 1)")
     for name, func, help in [

@@ -161,10 +161,11 @@ def check_dataset_stream(
     ever holding its codes, so a 512 MiB dataset costs the server no more than a small one. Deflated
     messages are inflated piece by piece as they are checked; ``max_values_bytes`` bounds what the
     four messages' values may take once inflated (a server passes its upload limit), told from their
-    headers before any is inflated, so a small deflated file cannot make the server inflate gigabytes.
+    headers before the message that crosses it is inflated, so a small deflated file cannot make the
+    server inflate gigabytes.
     ``max_training_bytes`` bounds what the codes will take in a training job
     (:func:`training_bytes`), also from the headers: a dataset no job may train on is refused before
-    it is inflated or stored.
+    the message that crosses the bound is inflated, and before anything is stored.
     """
     headers, inflated, training = [], 0, 0
     for index, kind in enumerate(PART_KINDS):

@@ -41,7 +41,7 @@ def training_messages(store: Store, job_id: int) -> tuple[bytes, bytes, bytes, b
     values exactly.
     """
     rows = store.job_datasets(job_id)
-    refuse_too_large_job(rows, store.cfg.max_job_training_bytes)
+    refuse_too_large_job(rows, store.cfg.max_job_training_bytes, worker=True)
     payloads = [store.files.dataset(row.file).read_bytes() for row in rows]
     if len(payloads) == 1:
         x, y, vx, vy = split_messages(payloads[0], len(DATASET_PARTS))

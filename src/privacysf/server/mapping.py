@@ -18,7 +18,14 @@ from privacysf.common.torchutil import load_checkpoint, resolve_device, save_che
 from privacysf.common.training import EpochHook, FitResult, epoch_order, fit
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
-from privacysf.exchange import CodeBatch, decode_codes, encode_codes, one_code_space, read_dataset
+from privacysf.exchange import (
+    CodeBatch,
+    CodeDataset,
+    decode_codes,
+    encode_codes,
+    one_code_space,
+    read_dataset,
+)
 from privacysf.exchange.encrypted import EncryptedCodes, EvaluationKeys, is_encrypted
 from privacysf.exchange.wire import SCAN_ORDER, fits_wire
 from privacysf.nets.mappers import build_mapper
@@ -28,6 +35,15 @@ from privacysf.server.augment import augment_pairs, pipeline
 from privacysf.server.encrypted import EncryptedMapper
 
 log = logging.getLogger("privacysf.server")
+
+
+def pooled_part(datasets: list[CodeDataset], part: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Part ``part`` (0-3, as in :data:`~privacysf.exchange.DATASET_PARTS`) of every dataset as one
+    tensor of tokens, and the index of the dataset each token sequence came from."""
+    batches = [d.parts[part] for d in datasets]
+    tokens = torch.from_numpy(np.concatenate([b.tokens for b in batches]))
+    centers = torch.cat([torch.full((len(b.tokens),), i) for i, b in enumerate(batches)])
+    return tokens, centers
 
 
 class MappingServer:
@@ -116,13 +132,8 @@ class MappingServer:
         device = self.device
         cfg = self.train_cfg.updated(lr=self.mapper_cfg.learning_rate(self.train_cfg.lr))
 
-        def stack(part: int) -> tuple[torch.Tensor, torch.Tensor]:
-            batches = [d.parts[part] for d in datasets]
-            tokens = torch.from_numpy(np.concatenate([b.tokens for b in batches]))
-            centers = torch.cat([torch.full((len(b.tokens),), i) for i, b in enumerate(batches)])
-            return tokens, centers
-
-        (tx, tc), (ty, _), (vtx, vc), (vty, _) = (stack(part) for part in range(4))
+        (tx, tc), (ty, _), (vtx, vc), (vty, _) = (pooled_part(datasets, part) for part in range(4))
+        del datasets  # the pooled tensors hold the codes now: one float32 copy while training, not two
         vtx, vty = vtx.to(device), vty.to(device)
         steps = pipeline(self.augment_cfg)
         g = torch.Generator().manual_seed(cfg.seed)

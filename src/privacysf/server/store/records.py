@@ -241,12 +241,26 @@ class Records(Database):
             return set(s.scalars(select(EvaluationKeyRow.file)))
 
 
-def refuse_too_large_job(rows: list[DatasetRow], limit: int) -> None:
+def refuse_too_large_job(rows: list[DatasetRow], limit: int, worker: bool = False) -> None:
     """A :class:`ConfigError` when the datasets' codes together take more than ``limit`` bytes in a
-    training job, which holds them all at once (``ServiceConfig.max_job_training_bytes``)."""
+    training job, which holds them all at once (``ServiceConfig.max_job_training_bytes``).
+
+    The advice follows who refuses: a center queuing the job can name fewer datasets (or, for one
+    dataset stored under a higher bound, upload its codes again in parts); a ``worker`` refusing a
+    job the server accepted means its operator runs it with a lower bound than the server's."""
     needed = sum(row.training_bytes for row in rows)
-    if needed > limit:
-        raise ConfigError(
-            f"datasets {[row.id for row in rows]} hold codes that take {needed} bytes as float32 in a "
-            f"training job, past this server's limit of {limit} for one job; train on fewer datasets"
+    if needed <= limit:
+        return
+    if worker:
+        advice = (
+            "this job worker's limit is lower than the server's that queued the job; its operator must "
+            "raise the worker's --max-job-training-mb"
         )
+    elif len(rows) > 1:
+        advice = "train on fewer datasets"
+    else:
+        advice = "upload its codes again as several smaller datasets and train on fewer at a time"
+    raise ConfigError(
+        f"datasets {[row.id for row in rows]} hold codes that take {needed} bytes as float32 in a "
+        f"training job, past the limit of {limit} for one job; {advice}"
+    )
