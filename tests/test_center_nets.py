@@ -205,7 +205,8 @@ def test_the_task_objective_trains_the_head_its_classes_choose(classes, head):
     for mode in ("task", "private"):
         cfg = ExperimentConfig().override([f"codec.image_mode={mode}", "codec.width=8"])
         codec = MaskCodec(classes, cfg.codec)
-        objective = IMAGE_MODES[mode](cfg, build_image_encoder(cfg.codec), codec, torch.device("cpu"))
+        masks = np.arange(classes).repeat(2).reshape(1, 1, -1)  # every class present
+        objective = IMAGE_MODES[mode](cfg, build_image_encoder(cfg.codec), codec, torch.device("cpu"), masks)
         assert isinstance(objective.head, head)
         named = codec_signature(cfg, classes, "image-encoder")["task_head"]
         assert named == ("linear" if head is torch.nn.Linear else None)
@@ -278,3 +279,13 @@ def test_training_a_balanced_encoder_weighs_the_classes_of_its_training_masks(mo
     codec = MaskCodec(data.info.num_classes, cfg.codec)
     image_encoder.train_image_encoder(cfg, data.train, data.val, codec, torch.device("cpu"), None)
     assert len(seen) == 1 and seen[0] is data.train.masks
+
+
+def test_a_run_folder_saved_before_the_class_weights_setting_reloads_as_trained(tmp_path):
+    """Fails without the migration in ``ExperimentConfig.load_run``: the ``balanced`` default would be
+    in the image encoder's expected signature, which its checkpoint (no entry: unweighted) lacks."""
+    cfg = ExperimentConfig().override(["codec.task_class_weights=none", "codec.width=8"])
+    _save_run(tmp_path, cfg, ("task_class_weights",))
+    loaded, _ = reload_center(tmp_path, "cpu")
+    assert loaded.codec.task_class_weights == "none"
+    assert ExperimentConfig().codec.task_class_weights == "balanced"  # what a new run trains with

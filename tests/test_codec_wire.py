@@ -158,7 +158,8 @@ def test_task_mode_trains_the_image_encoder_on_codes_as_they_travel(monkeypatch)
     cfg = ExperimentConfig().override([*SETTINGS, "codec.wire_dtype=uint2", "data.phantom_cases=6"])
     data = prepare(cfg.data)
     encoder = build_image_encoder(cfg.codec)
-    objective = image_encoder.TaskObjective(cfg, encoder, MaskCodec(data.info.num_classes, cfg.codec), CPU)
+    codec = MaskCodec(data.info.num_classes, cfg.codec)
+    objective = image_encoder.TaskObjective(cfg, encoder, codec, CPU, data.train.masks)
     seen: list[tuple[int, str]] = []
 
     def rounding(code, dtype):

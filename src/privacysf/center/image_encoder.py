@@ -38,7 +38,9 @@ from privacysf.nets.mappers import build_task_head
 
 
 class AutoencoderObjective:
-    """``autoencoder`` mode: the code must let a (center-kept) image decoder rebuild the image."""
+    """``autoencoder`` mode: the code must let a (center-kept) image decoder rebuild the image.
+
+    It takes the training ``masks`` as every mode does, and has no use for them."""
 
     def __init__(
         self,
@@ -46,7 +48,7 @@ class AutoencoderObjective:
         encoder: nn.Module,
         codec: MaskCodec,
         device,
-        masks: np.ndarray | None = None,
+        masks: np.ndarray,
     ) -> None:
         self.encoder = encoder
         self.decoder = build_image_decoder(cfg.codec).to(device)
@@ -85,7 +87,7 @@ class TaskObjective:
         encoder: nn.Module,
         codec: MaskCodec,
         device,
-        masks: np.ndarray | None = None,
+        masks: np.ndarray,
     ) -> None:
         c = cfg.codec
         self.encoder, self.codec = encoder, codec
@@ -95,8 +97,6 @@ class TaskObjective:
         self.head = head.to(device)
         weights = None
         if c.task_class_weights == "balanced":
-            if masks is None:
-                raise ValueError("codec.task_class_weights=balanced needs the training masks")
             weights = balanced_class_weights(masks, codec.num_classes).to(device)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=weights)
         self.wire_dtype = c.wire_dtype
@@ -172,7 +172,7 @@ class PrivateObjective(TaskObjective):
         encoder: nn.Module,
         codec: MaskCodec,
         device,
-        masks: np.ndarray | None = None,
+        masks: np.ndarray,
     ) -> None:
         super().__init__(cfg, encoder, codec, device, masks)
         self.weight = cfg.codec.private_weight

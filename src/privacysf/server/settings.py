@@ -25,15 +25,16 @@ class ServiceConfig:
     """Largest dataset upload; bigger bodies are cut off with 413 before they fill the disk."""
     max_job_training_bytes: int = 4 * GiB
     """Most memory the codes of one training job may take: image and mask codes of all its datasets,
-    training and validation, counted as the float32 tensors a job trains on (``exchange.training_bytes``).
-    The job also holds the messages they were read from while it trains: its one dataset's stored
-    bytes, or, when it merges several, their float32 messages, up to about twice this in all. A
-    dataset past it is refused with 413 from its headers, before the message that crosses it is
-    inflated and before anything is kept; a job past it is refused with 400 when it is queued, and
-    fails if a worker with a lower bound picks it up. Deflated codes make this, not ``max_upload_bytes``, the bound on what an upload can cost: half
-    a megabyte of deflated codes can hold half a gibibyte of ``uint4`` values, 4 GiB as float32, and
-    before this bound a job could name any number of such datasets. The default holds one upload of
-    ``max_upload_bytes`` of ``uint4`` codes."""
+    training and validation, counted as the float32 tensors a job trains on
+    (``exchange.training_bytes``). The job also holds the messages they were read from while it
+    trains: its one dataset's stored bytes, or, when it merges several, their float32 messages, up to
+    about twice this in all. A dataset past it is refused with 413 from its headers, before the
+    message that crosses it is inflated and before anything is kept; a job past it is refused with
+    400 when it is queued, and fails if a worker with a lower bound picks it up. Deflated codes make
+    this, not ``max_upload_bytes``, the bound on what an upload can cost: half a megabyte of deflated
+    codes can hold half a gibibyte of ``uint4`` values, 4 GiB as float32, and before this bound a job
+    could name any number of such datasets. The default holds one upload of ``max_upload_bytes`` of
+    ``uint4`` codes."""
     max_map_bytes: int = 32 * MiB
     """Largest mapping request (a batch of image codes)."""
     max_map_codes: int = 1024
