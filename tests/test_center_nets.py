@@ -56,19 +56,24 @@ def test_codes_of_air_far_from_the_body_do_not_depend_on_the_body_with_the_defau
     assert CodecConfig().norm == "batch"
 
 
-def _save_run(folder, cfg: ExperimentConfig, predates: tuple[str, ...] = ()) -> None:
+def _save_run(
+    folder,
+    cfg: ExperimentConfig,
+    predates: tuple[str, ...] = (),
+    classes: tuple[str, ...] = ("background", "brain"),
+) -> None:
     """A run folder of fresh center networks, as saved before the ``codec`` settings ``predates``
     existed (not in its config.json nor in its checkpoints' signatures)."""
     saved = cfg.to_dict()
     for name in predates:
         del saved["codec"][name]
     (folder / "config.json").write_text(json.dumps(saved))
-    (folder / "data.json").write_text(json.dumps({"classes": ["background", "brain"]}))
+    (folder / "data.json").write_text(json.dumps({"classes": list(classes)}))
     for path, part, net in (
-        (MASK_CODEC, "mask-codec", MaskCodec(2, cfg.codec)),
+        (MASK_CODEC, "mask-codec", MaskCodec(len(classes), cfg.codec)),
         (IMAGE_ENCODER, "image-encoder", build_image_encoder(cfg.codec)),
     ):
-        signature = codec_signature(cfg, 2, part)
+        signature = codec_signature(cfg, len(classes), part)
         for name in predates:
             signature.pop(name)
         save_checkpoint(folder / path, {"signature": signature, "model": net.state_dict()})
@@ -282,10 +287,23 @@ def test_training_a_balanced_encoder_weighs_the_classes_of_its_training_masks(mo
 
 
 def test_a_run_folder_saved_before_the_class_weights_setting_reloads_as_trained(tmp_path):
-    """Fails without the migration in ``ExperimentConfig.load_run``: the ``balanced`` default would be
-    in the image encoder's expected signature, which its checkpoint (no entry: unweighted) lacks."""
+    """Fails without the migration in ``ExperimentConfig.load_run``: for a multi-class run, ``auto``
+    would put ``balanced`` in the image encoder's expected signature, which its checkpoint (no entry:
+    unweighted) lacks."""
     cfg = ExperimentConfig().override(["codec.task_class_weights=none", "codec.width=8"])
-    _save_run(tmp_path, cfg, ("task_class_weights",))
+    _save_run(tmp_path, cfg, ("task_class_weights",), ("background", "body", "lesion"))
     loaded, _ = reload_center(tmp_path, "cpu")
     assert loaded.codec.task_class_weights == "none"
-    assert ExperimentConfig().codec.task_class_weights == "balanced"  # what a new run trains with
+
+
+@pytest.mark.parametrize(("classes", "weighting"), [(2, "none"), (3, "balanced"), (6, "balanced")])
+def test_auto_class_weights_balance_only_several_foreground_classes(classes, weighting):
+    """A binary encoder trains unweighted (weighting cost image privacy there and gained no Dice);
+    with more classes the checkpoint names ``balanced``, for ``task`` and ``private`` alike."""
+    for mode in ("task", "private"):
+        codec = ExperimentConfig().override([f"codec.image_mode={mode}"]).codec
+        assert codec.task_class_weights == "auto"
+        assert codec.task_class_weights_for(classes) == weighting
+        cfg = ExperimentConfig().override([f"codec.image_mode={mode}"])
+        named = codec_signature(cfg, classes, "image-encoder")["task_class_weights"]
+        assert named == (None if weighting == "none" else weighting)
