@@ -18,6 +18,7 @@ from privacysf.center.client import ServiceClient
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
+from privacysf.server.tables import DatasetRow
 
 UPLOAD_LIMIT = 64 * 1024
 MAP_LIMIT = 16 * 1024
@@ -357,3 +358,27 @@ def test_the_service_really_runs_on_its_database(api):
         jobs = connection.exec_driver_sql("SELECT count(*) FROM jobs WHERE status = 'done'").scalar()
     assert jobs >= 1
     assert (api.cfg.store / "service.db").exists() != api.postgres
+
+
+def test_a_center_deletes_its_dataset_and_keeps_the_models_trained_on_it(api):
+    """The codes' file goes at once; the dataset is no longer listed, fetched or trained on; another
+    center cannot delete it; the model trained on it stays the center's."""
+    dataset = api.upload("A", bundle(seed=5)).json()
+    job = api.wait("A", api.train("A", [dataset["id"]]).json()["id"])
+    assert job["status"] == "done", job
+    row = api.store.visible_row(DatasetRow, api.store.authenticate(api.tokens["A"]), dataset["id"])
+    file = api.store.files.dataset(row.file)
+    assert file.exists()
+    path = f"/datasets/{dataset['id']}"
+    refused(api.client.delete(path, headers=api.auth("B")), 404, "belongs to another center")
+    client = ServiceClient(api.server.url, api.tokens["A"])
+    client.delete_dataset(dataset["id"])
+    assert not file.exists()
+    assert dataset["id"] not in [d["id"] for d in client.datasets()]
+    refused(api.client.get(path, headers=api.auth("A")), 404, "does not exist")
+    refused(api.train("A", [dataset["id"]]), 404, "does not exist")
+    refused(api.client.delete(path, headers=api.auth("A")), 404, "does not exist")
+    model = api.client.get(f"/models/{job['model_id']}", headers=api.auth("A"))
+    assert model.status_code == 200, model.text
+    assert api.dataset_id in [d["id"] for d in client.datasets()]  # the others stay
+    client.http.close()

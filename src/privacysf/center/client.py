@@ -144,6 +144,10 @@ class ServiceClient:
     def datasets(self) -> list[dict[str, Any]]:
         return self._request("GET", "/datasets").json()
 
+    def delete_dataset(self, dataset_id: int) -> None:
+        """Delete one of this center's datasets on the server (its codes' file goes at once)."""
+        self._request("DELETE", f"/datasets/{dataset_id}")
+
     def start_job(self, dataset_ids: list[int], name: str = "mapper", **settings: dict) -> dict[str, Any]:
         """Queue training; ``settings`` holds optional ``train`` and ``mapper`` sections."""
         return self._request("POST", "/jobs", json={"datasets": dataset_ids, "name": name, **settings}).json()

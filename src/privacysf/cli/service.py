@@ -169,6 +169,11 @@ def cmd_center_status(args: argparse.Namespace) -> None:
     _print_job(client.job(args.job))
 
 
+def cmd_center_delete_dataset(args: argparse.Namespace) -> None:
+    _client(args).delete_dataset(args.dataset)
+    print(f"dataset {args.dataset} deleted; models already trained on it stay")
+
+
 def cmd_center_cancel(args: argparse.Namespace) -> None:
     job = _client(args).cancel_job(args.job)
     state = "cancelled" if job["status"] == "cancelled" else "stops after the epoch in flight"
@@ -301,6 +306,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     center_command("cancel", cmd_center_cancel, "cancel a queued or running job").add_argument(
         "job", type=int
     )
+    center_command(
+        "delete-dataset", cmd_center_delete_dataset, "delete an uploaded dataset (its codes) from the server"
+    ).add_argument("dataset", type=int)
     status = center_command("status", cmd_center_status, "a job's status and progress")
     status.add_argument("job", type=int)
     status.add_argument("--log", action="store_true", help="print the job's log first")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
-from privacysf.errors import PrivacySFError
+from privacysf.errors import ConfigError, PrivacySFError
 from privacysf.exchange import DATASET_PARTS, merge_datasets, split_dataset, split_messages
 from privacysf.server.mapping import MappingServer
 from privacysf.server.settings import ServiceConfig
@@ -41,6 +41,8 @@ def training_messages(store: Store, job_id: int) -> tuple[bytes, bytes, bytes, b
     values exactly.
     """
     rows = store.job_datasets(job_id)
+    if deleted := [row.id for row in rows if row.deleted_at is not None]:
+        raise ConfigError(f"datasets {deleted} were deleted after this job was queued; queue it again")
     refuse_too_large_job(rows, store.cfg.max_job_training_bytes, worker=True)
     payloads = [store.files.dataset(row.file).read_bytes() for row in rows]
     if len(payloads) == 1:

@@ -96,6 +96,9 @@ class DatasetRow(Base):
     train_count: Mapped[int] = mapped_column(Integer)
     val_count: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """When the center deleted the dataset: its file is gone, and the row is kept only so that the
+    models trained on it stay visible to the center (migration 0007)."""
 
     @property
     def space(self) -> CodeSpace:

@@ -210,6 +210,21 @@ def create_app(cfg: ServiceConfig) -> FastAPI:
     list_and_get(
         "dataset", DatasetRow, DatasetOut, _from_row(DatasetOut), "Code datasets this center uploaded."
     )
+
+    @app.delete(
+        "/datasets/{dataset_id}",
+        status_code=204,
+        response_class=Response,
+        tags=["datasets"],
+        responses={**unauthorised, 409: {"description": "a queued or running job trains on it"}},
+    )
+    def delete_dataset(center: Center, dataset_id: Annotated[Id, Path()]) -> Response:
+        """Delete one of this center's datasets: its codes' file is removed at once and it is no
+        longer listed or usable. Models already trained on it stay, with what they learnt from the
+        codes; a queued or running job on it must be cancelled first (409)."""
+        store.delete_dataset(center, dataset_id)
+        return Response(status_code=204)
+
     list_and_get(
         "job",
         JobRow,

@@ -58,6 +58,11 @@ class Store(Accounts, Records, JobQueue):
     def stop_serving(self) -> None:
         self.serving.release()
 
+    def delete_dataset(self, caller: Caller, dataset_id: int) -> None:
+        """Delete one of the caller's datasets: its row is marked first, then its file removed, so a
+        crash between the two leaves a file no row keeps, which :meth:`start_serving` removes."""
+        self.files.dataset(self.mark_dataset_deleted(caller, dataset_id)).unlink(missing_ok=True)
+
     def dataset_upload(self, caller: Caller, name: str, sha256: str) -> DatasetUpload:
         return DatasetUpload(self, caller, name, sha256)
 

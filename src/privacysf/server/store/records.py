@@ -48,7 +48,8 @@ def visible(table: type[Row], center_id: int) -> Select[Any]:
             .where(DatasetRow.center_id == center_id)
         )
         return select(ModelRow).where(ModelRow.job_id.in_(own_jobs))
-    return select(table).where(table.center_id == center_id)
+    rows = select(table).where(table.center_id == center_id)
+    return rows.where(DatasetRow.deleted_at.is_(None)) if table is DatasetRow else rows
 
 
 class Records(Database):
@@ -91,8 +92,32 @@ class Records(Database):
         return row
 
     def dataset_files(self) -> set[str]:
+        """The files of the datasets kept (a deleted dataset's file left by a crash is a leftover)."""
         with self.session() as s:
-            return set(s.scalars(select(DatasetRow.file)))
+            return set(s.scalars(select(DatasetRow.file).where(DatasetRow.deleted_at.is_(None))))
+
+    def mark_dataset_deleted(self, caller: Caller, dataset_id: int) -> str:
+        """Mark one of the caller's datasets deleted and return its file, for the caller to remove
+        (:meth:`privacysf.server.store.Store.delete_dataset`).
+
+        A dataset that a queued or running job trains on is a :class:`ConflictError` (409): cancel the
+        job first. The row stays (marked, no longer listed or usable) because the models trained on it
+        are the center's through it; those models keep what they learnt from the codes.
+        """
+        row = self.visible_row(DatasetRow, caller, dataset_id)
+        with self.session() as s:
+            active = (
+                select(JobRow.id)
+                .join(JobDatasetRow)
+                .where(JobDatasetRow.dataset_id == row.id, JobRow.status.in_(("queued", "running")))
+            )
+            if jobs := list(s.scalars(active.order_by(JobRow.id))):
+                raise ConflictError(
+                    f"dataset {row.id} is used by job(s) {jobs}, still queued or running; cancel them "
+                    "or wait for them to end, then delete it"
+                )
+            s.execute(update(DatasetRow).where(DatasetRow.id == row.id).values(deleted_at=utcnow()))
+        return row.file
 
     # jobs --------------------------------------------------------------------------------------
 
