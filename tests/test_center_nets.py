@@ -56,24 +56,19 @@ def test_codes_of_air_far_from_the_body_do_not_depend_on_the_body_with_the_defau
     assert CodecConfig().norm == "batch"
 
 
-def _save_run(
-    folder,
-    cfg: ExperimentConfig,
-    predates: tuple[str, ...] = (),
-    classes: tuple[str, ...] = ("background", "brain"),
-) -> None:
+def _save_run(folder, cfg: ExperimentConfig, predates: tuple[str, ...] = ()) -> None:
     """A run folder of fresh center networks, as saved before the ``codec`` settings ``predates``
     existed (not in its config.json nor in its checkpoints' signatures)."""
     saved = cfg.to_dict()
     for name in predates:
         del saved["codec"][name]
     (folder / "config.json").write_text(json.dumps(saved))
-    (folder / "data.json").write_text(json.dumps({"classes": list(classes)}))
+    (folder / "data.json").write_text(json.dumps({"classes": ["background", "brain"]}))
     for path, part, net in (
-        (MASK_CODEC, "mask-codec", MaskCodec(len(classes), cfg.codec)),
+        (MASK_CODEC, "mask-codec", MaskCodec(2, cfg.codec)),
         (IMAGE_ENCODER, "image-encoder", build_image_encoder(cfg.codec)),
     ):
-        signature = codec_signature(cfg, len(classes), part)
+        signature = codec_signature(cfg, 2, part)
         for name in predates:
             signature.pop(name)
         save_checkpoint(folder / path, {"signature": signature, "model": net.state_dict()})
@@ -231,6 +226,8 @@ def test_balanced_class_weights_are_one_over_the_root_of_each_share_with_mean_on
     expected = np.array([0.75, 0.20, 0.05, 0.05]) ** -0.5
     np.testing.assert_allclose(weights, expected / expected.mean(), rtol=1e-6)
     assert weights.mean() == pytest.approx(1.0)
+    assert balanced_class_weights(np.zeros((1, 4, 4), np.int64), 3).tolist() == [1.0, 1.0, 1.0]
+    assert balanced_class_weights(np.zeros((0, 4, 4), np.int64), 3).tolist() == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("mode", ["task", "private"])
@@ -286,24 +283,22 @@ def test_training_a_balanced_encoder_weighs_the_classes_of_its_training_masks(mo
     assert len(seen) == 1 and seen[0] is data.train.masks
 
 
-def test_a_run_folder_saved_before_the_class_weights_setting_reloads_as_trained(tmp_path):
-    """Fails without the migration in ``ExperimentConfig.load_run``: for a multi-class run, ``auto``
-    would put ``balanced`` in the image encoder's expected signature, which its checkpoint (no entry:
-    unweighted) lacks."""
-    cfg = ExperimentConfig().override(["codec.task_class_weights=none", "codec.width=8"])
-    _save_run(tmp_path, cfg, ("task_class_weights",), ("background", "body", "lesion"))
-    loaded, _ = reload_center(tmp_path, "cpu")
-    assert loaded.codec.task_class_weights == "none"
-
-
-@pytest.mark.parametrize(("classes", "weighting"), [(2, "none"), (3, "balanced"), (6, "balanced")])
-def test_auto_class_weights_balance_only_several_foreground_classes(classes, weighting):
-    """A binary encoder trains unweighted (weighting cost image privacy there and gained no Dice);
-    with more classes the checkpoint names ``balanced``, for ``task`` and ``private`` alike."""
+@pytest.mark.parametrize("weighting", ["none", "balanced"])
+def test_the_loss_weighs_classes_as_the_setting_and_the_checkpoint_say(weighting):
+    """Unweighted by default; the objective's loss and the checkpoint's signature follow the setting,
+    for ``task`` and ``private`` alike, and an autoencoder's checkpoint names none."""
+    assert ExperimentConfig().codec.task_class_weights == "none"
+    masks = np.arange(3).repeat(3).reshape(1, 1, -1)
     for mode in ("task", "private"):
-        codec = ExperimentConfig().override([f"codec.image_mode={mode}"]).codec
-        assert codec.task_class_weights == "auto"
-        assert codec.task_class_weights_for(classes) == weighting
-        cfg = ExperimentConfig().override([f"codec.image_mode={mode}"])
-        named = codec_signature(cfg, classes, "image-encoder")["task_class_weights"]
+        cfg = ExperimentConfig().override(
+            [f"codec.image_mode={mode}", f"codec.task_class_weights={weighting}"]
+        )
+        codec = MaskCodec(3, cfg.codec)
+        objective = IMAGE_MODES[mode](cfg, build_image_encoder(cfg.codec), codec, torch.device("cpu"), masks)
+        assert (objective.seg_loss.cross_entropy.weight is None) == (weighting == "none")
+        named = codec_signature(cfg, 3, "image-encoder")["task_class_weights"]
         assert named == (None if weighting == "none" else weighting)
+    autoencoder = ExperimentConfig().override(
+        ["codec.image_mode=autoencoder", f"codec.task_class_weights={weighting}"]
+    )
+    assert codec_signature(autoencoder, 3, "image-encoder")["task_class_weights"] is None

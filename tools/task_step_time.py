@@ -50,7 +50,8 @@ def steps(size: int, batch: int, classes: int) -> dict[str, Callable[[], None]]:
     for head in HEADS:
         cfg = ExperimentConfig().override([f"data.size={size}", f"codec.task_head={head}"])
         encoder = build_image_encoder(cfg.codec)
-        objective = TaskObjective(cfg, encoder, MaskCodec(classes, cfg.codec), torch.device("cpu"))
+        codec = MaskCodec(classes, cfg.codec)
+        objective = TaskObjective(cfg, encoder, codec, torch.device("cpu"), y.numpy())
         params = [*encoder.parameters(), *objective.head.parameters()]
         calls[f"task head {head}"] = _step(params, lambda o=objective: o.loss(x, y))
     unet, dice_ce = build_unet(ExperimentConfig().unet, classes), DiceCELoss(to_onehot_y=True, softmax=True)

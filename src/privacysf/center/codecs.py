@@ -121,8 +121,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
     """What a center checkpoint must agree on with the run that loads it."""
     c = cfg.codec
     head = c.task_head_for(num_classes)
-    weighting = c.task_class_weights_for(num_classes)
-    weighted = part == "image-encoder" and c.image_mode != "autoencoder" and weighting != "none"
+    weighted = part == "image-encoder" and c.image_mode != "autoencoder" and c.task_class_weights != "none"
     return {
         "kind": part,
         "num_classes": num_classes,
@@ -148,7 +147,7 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         ),
         "private_weight": c.private_weight if part == "image-encoder" and c.image_mode == "private" else None,
         # checkpoints from before codec.task_class_weights trained with unweighted classes
-        "task_class_weights": weighting if weighted else None,
+        "task_class_weights": c.task_class_weights if weighted else None,
     }
 
 

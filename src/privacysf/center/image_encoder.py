@@ -78,7 +78,7 @@ class TaskObjective:
     coarse dtype (``uint2``) is learnt as sent, as the mask codec learns it.
 
     ``masks`` (the training label maps) set the loss's class weights with
-    ``codec.task_class_weights`` (``balanced``, and ``auto`` with more than one foreground class).
+    ``codec.task_class_weights=balanced``.
     """
 
     def __init__(
@@ -96,7 +96,7 @@ class TaskObjective:
         head = build_task_head(cfg.mapper, kind, self.grid, c.image_channels, c.mask_channels)
         self.head = head.to(device)
         weights = None
-        if c.task_class_weights_for(codec.num_classes) == "balanced":
+        if c.task_class_weights == "balanced":
             weights = balanced_class_weights(masks, codec.num_classes).to(device)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=weights)
         self.wire_dtype = c.wire_dtype
@@ -137,6 +137,8 @@ def balanced_class_weights(masks: np.ndarray, num_classes: int) -> torch.Tensor:
     class from outweighing the rest; a class absent from ``masks`` gets the rarest present one's weight.
     """
     counts = np.bincount(masks.ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
+    if not counts.any():
+        return torch.ones(num_classes)  # no training pixel: nothing to balance
     present = counts > 0
     weights = np.zeros(num_classes)
     weights[present] = (counts[present] / counts.sum()) ** -0.5

@@ -34,10 +34,8 @@ TaskHeadNetwork = Literal["mapper", "narrow", "linear"]
 """The networks a ``task``-mode head can be (:func:`privacysf.nets.mappers.build_task_head`)."""
 TaskHead = Literal["auto", TaskHeadNetwork]
 """``codec.task_head``: a head network, or ``auto`` to choose one by the number of classes."""
-ClassWeighting = Literal["none", "balanced"]
-"""How the classes weigh in the loss a ``task`` encoder trains with."""
-TaskClassWeights = Literal["auto", ClassWeighting]
-"""``codec.task_class_weights``: a weighting, or ``auto`` to choose one by the number of classes."""
+TaskClassWeights = Literal["none", "balanced"]
+"""``codec.task_class_weights``: how the classes weigh in the loss a ``task`` encoder trains with."""
 ViewAugmentation = Literal["flips", "affine"]
 """How the center draws the extra views it uploads (``codec.view_augmentation``)."""
 FLIPS = 4
@@ -147,18 +145,17 @@ class CodecConfig(ConfigModel):
     +0.026] over six seeds of the cross-subject brain-3subjects, and cut the training time to 0.78;
     on CT's five foreground classes it lost 0.138 and ``narrow`` 0.053 (docs/results.md, "Lighter
     task heads")."""
-    task_class_weights: TaskClassWeights = "auto"
-    """Class weights of the Dice-CE loss a ``task`` or ``private`` encoder trains with: ``none``, every
-    class alike; ``balanced``, each class weighted by one over the square root of its share of the
-    training pixels, scaled to mean 1 (:func:`privacysf.center.image_encoder.balanced_class_weights`);
-    ``auto`` (current), ``balanced`` for more than one foreground class and ``none`` for one
-    (:meth:`task_class_weights_for`). Unweighted, a phantom's lesions (a few per cent of the pixels)
-    were left out for the first epochs of some encoders and for good by others. Over twelve pairs on
-    four sets, ``balanced`` changed 3-D Dice by +0.001 [−0.010, +0.012] (phantom +0.002,
-    icbm152-tissue +0.005, totalseg-ct −0.007, dsb-nuclei +0.002), but on the binary brain-3subjects
-    it raised the strongest image inversion from SSIM 0.728 to 0.759 and re-identification from 0.44
-    to 0.73, so binary sets, which gained nothing, stay unweighted (docs/results.md, "Class-balanced
-    task loss")."""
+    task_class_weights: TaskClassWeights = "none"
+    """Class weights of the Dice-CE loss a ``task`` or ``private`` encoder trains with: ``none``
+    (current), every class alike; ``balanced``, each class weighted by one over the square root of
+    its share of the training pixels, scaled to mean 1
+    (:func:`privacysf.center.image_encoder.balanced_class_weights`). Unweighted, a phantom's lesions
+    (a few per cent of the pixels) were left out for the first epochs of some encoders. ``balanced``
+    shortened that and changed 3-D Dice by +0.001 [−0.010, +0.012] over twelve pairs on four sets
+    (+0.000 on the nine multi-class ones), but on the binary brain-3subjects it raised the strongest
+    image inversion from SSIM 0.728 to 0.759 and re-identification from 0.44 to 0.73, against an
+    unweighted run at the same commit, so it is not the default (docs/results.md, "Class-balanced
+    task loss"). Try it where an encoder leaves a small class out."""
     private_weight: float = Field(1.0, ge=0)
     """λ of ``private`` mode: weight of the adversarial reconstruction penalty (more privacy, less Dice)."""
     equivariance: float = Field(0.0, ge=0)
@@ -197,13 +194,6 @@ class CodecConfig(ConfigModel):
     image, which an observer of the encrypted connection sees and the server learns nothing new from.
     A server before wire format version 2 refuses deflated codes; the service client then resends
     them plain."""
-
-    def task_class_weights_for(self, num_classes: int) -> ClassWeighting:
-        """The weighting a ``task``/``private`` encoder of ``num_classes`` classes (background
-        included) trains with: ``task_class_weights``, with ``auto`` resolved by the classes."""
-        if self.task_class_weights == "auto":
-            return "balanced" if num_classes > 2 else "none"
-        return self.task_class_weights
 
     def task_head_for(self, num_classes: int) -> TaskHeadNetwork:
         """The task head a center with ``num_classes`` label classes (background included) trains:

@@ -107,8 +107,6 @@ class ExperimentConfig(ConfigModel):
             then.append("codec.norm=instance")
         if "task_head" not in codec:
             then.append("codec.task_head=mapper")
-        if "task_class_weights" not in codec:
-            then.append("codec.task_class_weights=none")
         if "mask_decoder_width" not in codec:
             then.append(f"codec.mask_decoder_width={cfg.codec.width}")
         mapper = values.get("mapper", {})
