@@ -103,6 +103,7 @@ def test_only_health_answers_without_a_token(api):
         ("POST", "/datasets?name=x"),
         ("GET", "/datasets"),
         ("GET", f"/datasets/{api.dataset_id}"),
+        ("DELETE", f"/datasets/{api.dataset_id}"),
         ("POST", "/jobs"),
         ("GET", "/jobs"),
         ("GET", f"/jobs/{api.job_id}"),
