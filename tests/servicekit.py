@@ -18,6 +18,16 @@ from privacysf.benchmark.service_process import (  # noqa: F401 (re-exported to 
     free_port,
     sha,
 )
+from privacysf.server.store import Caller, Store
+from privacysf.server.tables import DatasetRow
+
+
+def stored_dataset(store: Store, caller: Caller, payload: bytes) -> DatasetRow:
+    """``payload`` uploaded to ``store`` by ``caller`` as the service takes an upload: written,
+    checked, kept and recorded (the store's side of ``POST /datasets``, without HTTP)."""
+    upload = store.dataset_upload(caller, "codes", sha(payload))
+    upload.write(payload)
+    return upload.commit()
 
 
 class LoopbackServer:

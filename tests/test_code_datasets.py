@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 import pytest
-from servicekit import bundle, codes, sha
+from servicekit import bundle, codes, sha, stored_dataset
 from sqlalchemy import update
 
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig
@@ -92,17 +92,11 @@ def store(tmp_path):
     return Store(ServiceConfig(store=tmp_path / "store"))
 
 
-def _upload(store: Store, caller, payload: bytes) -> int:
-    upload = store.dataset_upload(caller, "codes", sha(payload))
-    upload.write(payload)
-    return upload.commit().id
-
-
 def test_a_job_over_keyed_datasets_trains_on_keyed_codes_in_upload_order(store):
     _, token = store.create_center("hospital")
     caller = store.authenticate(token)
     payloads = [bundle(n_train=6, n_val=2, seed=10 * i, scan="keyed") for i in range(2)]
-    ids = [_upload(store, caller, p) for p in payloads]
+    ids = [stored_dataset(store, caller, p).id for p in payloads]
     job = store.create_job(caller, "mapper", ids, SETTINGS)
     merged = [decode_codes(m) for m in training_messages(store, job.id)]
     assert [b.scan for b in merged] == ["keyed"] * 4
@@ -117,7 +111,7 @@ def test_a_job_whose_files_disagree_on_scan_order_is_not_merged(store):
     (migration 0002); the runner reads the real order from the codes and refuses to mix them."""
     _, token = store.create_center("hospital")
     caller = store.authenticate(token)
-    ids = [_upload(store, caller, bundle(scan=scan)) for scan in ("row-major", "keyed")]
+    ids = [stored_dataset(store, caller, bundle(scan=scan)).id for scan in ("row-major", "keyed")]
     with store.session() as s:
         s.execute(update(DatasetRow).values(scan="row-major"))
     job = store.create_job(caller, "mapper", ids, SETTINGS)

@@ -8,7 +8,7 @@ import os
 import time
 
 import pytest
-from servicekit import bundle, sha
+from servicekit import bundle, stored_dataset
 
 from privacysf.errors import ConfigError, ConflictError
 from privacysf.server.jobs import training_messages
@@ -24,16 +24,9 @@ def store(tmp_path):
     return Store(ServiceConfig(store=tmp_path / "store", stale_upload_seconds=60))
 
 
-def _uploaded(store: Store, caller) -> DatasetRow:
-    payload = bundle()
-    upload = store.dataset_upload(caller, "codes", sha(payload))
-    upload.write(payload)
-    return upload.commit()
-
-
 def test_a_dataset_under_a_queued_job_is_kept_until_the_job_is_cancelled(store):
     caller = store.authenticate(store.create_center("hospital")[1])
-    row = _uploaded(store, caller)
+    row = stored_dataset(store, caller, bundle())
     job = store.create_job(caller, "mapper", [row.id], SETTINGS)
     with pytest.raises(ConflictError, match=rf"used by job\(s\) \[{job.id}\].*cancel them"):
         store.delete_dataset(caller, row.id)
@@ -47,7 +40,7 @@ def test_a_dataset_under_a_queued_job_is_kept_until_the_job_is_cancelled(store):
 def test_a_job_whose_dataset_was_deleted_meanwhile_fails_saying_so(store):
     """A deletion racing a new job: the worker refuses the job with a message, not a missing file."""
     caller = store.authenticate(store.create_center("hospital")[1])
-    row = _uploaded(store, caller)
+    row = stored_dataset(store, caller, bundle())
     job = store.create_job(caller, "mapper", [row.id], SETTINGS)
     store.cancel_job(job.id)
     store.delete_dataset(caller, row.id)
@@ -59,7 +52,7 @@ def test_a_deleted_datasets_file_left_by_a_crash_is_removed_at_the_next_start(st
     """The row is marked before the file goes: a crash between the two leaves a file that no kept
     dataset names, which ``serve`` removes once it is old enough, like any crash leftover."""
     caller = store.authenticate(store.create_center("hospital")[1])
-    row, kept = _uploaded(store, caller), _uploaded(store, caller)
+    row, kept = stored_dataset(store, caller, bundle()), stored_dataset(store, caller, bundle())
     store.mark_dataset_deleted(caller, row.id)  # the crash: the file is still there
     leftover = store.files.dataset(row.file)
     assert row.file not in store.dataset_files() and kept.file in store.dataset_files()

@@ -12,7 +12,7 @@ import io
 import httpx
 import numpy as np
 import pytest
-from servicekit import LoopbackServer, bundle, sha
+from servicekit import LoopbackServer, bundle, sha, stored_dataset
 
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
 from privacysf.exchange import CodeBatch, check_dataset_stream, encode_codes, split_dataset
@@ -21,7 +21,6 @@ from privacysf.server.jobs import training_messages
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
 from privacysf.server.store import Store
-from privacysf.server.tables import DatasetRow
 
 SMALL = bundle(n_train=8, n_val=2)
 SMALL_BYTES = split_dataset(SMALL).layout.training_bytes
@@ -109,9 +108,7 @@ def test_a_worker_with_a_lower_bound_fails_a_job_queued_under_a_higher_one(tmp_p
     higher bound is told to upload it again in parts, not to name fewer datasets."""
     store = Store(ServiceConfig(store=tmp_path / "store"))
     caller = store.authenticate(store.create_center("hospital")[1])
-    upload = store.dataset_upload(caller, "codes", sha(SMALL))
-    upload.write(SMALL)
-    dataset = upload.commit().id
+    dataset = stored_dataset(store, caller, SMALL).id
     job = store.create_job(caller, "mapper", [dataset], SETTINGS)
     assert len(training_messages(store, job.id)) == 4
     store.cfg.max_job_training_bytes = SMALL_BYTES - 1
@@ -135,9 +132,7 @@ def test_the_upload_check_and_the_stored_row_count_a_dataset_alike(tmp_path, dty
     )
     store = Store(ServiceConfig(store=tmp_path / "store"))
     caller = store.authenticate(store.create_center("hospital")[1])
-    upload = store.dataset_upload(caller, "codes", sha(payload))
-    upload.write(payload)
-    row = store.visible_row(DatasetRow, caller, upload.commit().id)
+    row = stored_dataset(store, caller, payload)
     size = row.training_bytes
     assert size == 4 * 8 * 16 * 8  # 8 pairs of 16 tokens, 4 + 4 channels, as float32
     assert check_dataset_stream(io.BytesIO(payload), max_training_bytes=size).train_count == 5

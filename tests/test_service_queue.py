@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from servicekit import TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, sha
+from servicekit import TINY_MAPPER, TINY_TRAIN, LoopbackServer, bundle, sha, stored_dataset
 from sqlalchemy import select, update
 
 from privacysf.errors import QuotaError
@@ -41,9 +41,7 @@ def store(request, tmp_path) -> Store:
 def center(store: Store, name: str) -> tuple[Caller, int]:
     """A center with one uploaded dataset: the caller and the dataset id."""
     caller = store.authenticate(store.create_center(name)[1])
-    upload = store.dataset_upload(caller, "codes", sha(payload := bundle()))
-    upload.write(payload)
-    return caller, upload.commit().id
+    return caller, stored_dataset(store, caller, bundle()).id
 
 
 def end(store: Store, job: JobRow) -> None:

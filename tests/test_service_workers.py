@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from servicekit import TINY_MAPPER, TINY_TRAIN, bundle, sha
+from servicekit import TINY_MAPPER, TINY_TRAIN, bundle, stored_dataset
 from sqlalchemy import select, update
 from torch import nn
 
@@ -56,9 +56,7 @@ def test_two_workers_and_a_kill9_every_job_finishes_once(database, request, tmp_
     store = Store(ServiceConfig(store=tmp_path / "store", db_url=db_url))
     assert store.engine.dialect.name == database
     caller = store.authenticate(store.create_center("hospital")[1])
-    upload = store.dataset_upload(caller, "codes", sha(payload := bundle(n_train=192, n_val=16)))
-    upload.write(payload)
-    dataset = upload.commit().id
+    dataset = stored_dataset(store, caller, bundle(n_train=192, n_val=16)).id
     settings = {"train": TRAIN, "mapper": TINY_MAPPER}
 
     with (tmp_path / "workers.log").open("ab") as log:
@@ -113,9 +111,8 @@ def one_job(tmp_path) -> Store:
     """A store with one queued job of the tiny mapper."""
     store = Store(ServiceConfig(store=tmp_path / "store"))
     caller = store.authenticate(store.create_center("hospital")[1])
-    upload = store.dataset_upload(caller, "codes", sha(payload := bundle()))
-    upload.write(payload)
-    store.create_job(caller, "mapper", [upload.commit().id], {"train": TINY_TRAIN, "mapper": TINY_MAPPER})
+    dataset = stored_dataset(store, caller, bundle()).id
+    store.create_job(caller, "mapper", [dataset], {"train": TINY_TRAIN, "mapper": TINY_MAPPER})
     return store
 
 
