@@ -8,7 +8,7 @@ import torch
 
 from privacysf.center import image_encoder
 from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signature
-from privacysf.center.image_encoder import IMAGE_MODES, balanced_class_weights
+from privacysf.center.image_encoder import IMAGE_MODES, class_loss_weights
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
 from privacysf.common.torchutil import save_checkpoint
 from privacysf.config import CodecConfig, ExperimentConfig
@@ -218,16 +218,16 @@ def test_an_autoencoder_checkpoint_names_no_task_head():
     assert codec_signature(cfg.override(["codec.image_mode=task"]), 2, "image-parts")["task_head"] == "linear"
 
 
-def test_balanced_class_weights_are_one_over_the_root_of_each_share_with_mean_one():
+def test_balanced_loss_weights_are_one_over_the_root_of_each_share_with_mean_one():
     masks = np.zeros((1, 10, 10), np.int64)
     masks[0, :2] = 1  # 20 %
     masks[0, 2, :5] = 2  # 5 %
-    weights = balanced_class_weights(masks, 4).numpy()  # class 3 absent: the rarest one's weight
+    weights = class_loss_weights(masks, 4).numpy()  # class 3 absent: the rarest one's weight
     expected = np.array([0.75, 0.20, 0.05, 0.05]) ** -0.5
     np.testing.assert_allclose(weights, expected / expected.mean(), rtol=1e-6)
     assert weights.mean() == pytest.approx(1.0)
-    assert balanced_class_weights(np.zeros((1, 4, 4), np.int64), 3).tolist() == [1.0, 1.0, 1.0]
-    assert balanced_class_weights(np.zeros((0, 4, 4), np.int64), 3).tolist() == [1.0, 1.0, 1.0]
+    assert class_loss_weights(np.zeros((1, 4, 4), np.int64), 3).tolist() == [1.0, 1.0, 1.0]
+    assert class_loss_weights(np.zeros((0, 4, 4), np.int64), 3).tolist() == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("mode", ["task", "private"])
@@ -275,9 +275,9 @@ def test_training_a_balanced_encoder_weighs_the_classes_of_its_training_masks(mo
 
     def recorded(masks, num_classes):
         seen.append(masks)
-        return balanced_class_weights(masks, num_classes)
+        return class_loss_weights(masks, num_classes)
 
-    monkeypatch.setattr(image_encoder, "balanced_class_weights", recorded)
+    monkeypatch.setattr(image_encoder, "class_loss_weights", recorded)
     codec = MaskCodec(data.info.num_classes, cfg.codec)
     image_encoder.train_image_encoder(cfg, data.train, data.val, codec, torch.device("cpu"), None)
     assert len(seen) == 1 and seen[0] is data.train.masks

@@ -97,7 +97,7 @@ class TaskObjective:
         self.head = head.to(device)
         weights = None
         if c.task_class_weights == "balanced":
-            weights = balanced_class_weights(masks, codec.num_classes).to(device)
+            weights = class_loss_weights(masks, codec.num_classes).to(device)
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, weight=weights)
         self.wire_dtype = c.wire_dtype
         for p in codec.parameters():
@@ -129,12 +129,14 @@ class TaskObjective:
         return validation_dice(labels, val.masks, self.codec.num_classes)
 
 
-def balanced_class_weights(masks: np.ndarray, num_classes: int) -> torch.Tensor:
+def class_loss_weights(masks: np.ndarray, num_classes: int) -> torch.Tensor:
     """One weight per class, 1/sqrt of its share of the pixels of ``masks``, scaled to mean 1.
 
     Unweighted, a class on a few per cent of the pixels adds little to the cross-entropy while the
     code cannot yet tell it apart, and an encoder can settle without it. The square root keeps a rare
     class from outweighing the rest; a class absent from ``masks`` gets the rarest present one's weight.
+    (The mask codec balances classes differently, by which slices it draws:
+    :func:`privacysf.data.loader.class_balanced_weights`.)
     """
     counts = np.bincount(masks.ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
     if not counts.any():

@@ -149,7 +149,7 @@ class CodecConfig(ConfigModel):
     """Class weights of the Dice-CE loss a ``task`` or ``private`` encoder trains with: ``none``
     (current), every class alike; ``balanced``, each class weighted by one over the square root of
     its share of the training pixels, scaled to mean 1
-    (:func:`privacysf.center.image_encoder.balanced_class_weights`). Unweighted, a phantom's lesions
+    (:func:`privacysf.center.image_encoder.class_loss_weights`). Unweighted, a phantom's lesions
     (a few per cent of the pixels) were left out for the first epochs of some encoders. ``balanced``
     shortened that and changed 3-D Dice by +0.001 [−0.010, +0.012] over twelve pairs on four sets
     (+0.000 on the nine multi-class ones), but on the binary brain-3subjects it raised the strongest

@@ -181,17 +181,18 @@ def check_dataset_stream(
                 f"{where} takes the dataset's codes past {max_values_bytes} bytes once inflated, this "
                 "server's upload limit; upload fewer codes at a time"
             )
-        training += TRAINING_VALUE_BYTES * math.prod(header.shape)
+        count = math.prod(header.shape)
+        training += TRAINING_VALUE_BYTES * count
         if max_training_bytes is not None and training > max_training_bytes:
             raise PayloadTooLargeError(
                 f"{where} takes the dataset's codes past {max_training_bytes} bytes as float32, the most "
                 "this server lets one training job hold; upload fewer codes at a time"
             )
-        values, left = WIRE_DTYPES[header.dtype], math.prod(header.shape)
+        values, left = WIRE_DTYPES[header.dtype], count
         for piece in value_pieces(stream.read, header, chunk_bytes, where):
-            count = min(left, len(piece) * 8 // values.bits)  # the last piece may end in padding
-            values.check(piece, count)
-            left -= count
+            checked = min(left, len(piece) * 8 // values.bits)  # the last piece may end in padding
+            values.check(piece, checked)
+            left -= checked
         headers.append(header)
     if stream.read(1):
         raise WireFormatError(f"bytes follow the last of {len(DATASET_PARTS)} messages")
