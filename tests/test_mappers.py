@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -16,12 +17,14 @@ from privacysf.config import AugmentConfig, ExperimentConfig, MapperConfig, Trai
 from privacysf.errors import ConfigError
 from privacysf.nets.grid import GridUNetMapper
 from privacysf.nets.mappers import build_mapper, build_task_head
+from privacysf.nets.transformer import PooledTokenTransformer
 from privacysf.server.mapping import MappingServer
 from privacysf.server.serving import ModelCache
 from privacysf.server.tables import ModelRow
 
 SMALL_UNET = MapperConfig(kind="unet", grid_channels=(8, 16), res_units=1)
-TRANSFORMER = MapperConfig(kind="transformer", width=16, heads=2)
+TRANSFORMER = MapperConfig(kind="transformer", width=16, heads=2, latents=0)
+"""A small transformer with every token attending to every other (``latents`` 0; pooled by default)."""
 
 
 def stored_model(folder, number: int, mapper: MapperConfig, recorded: dict | None = None) -> ModelRow:
@@ -102,6 +105,67 @@ def test_the_unet_mappers_arithmetic_grows_linearly_with_the_tokens():
     assert unet[1] <= 16 * 1.1 * unet[0]
     assert cnn[1] >= 16 * 1.3 * cnn[0]
     assert cnn[1] > 5 * unet[1]  # at 256² images with the default codec
+
+
+@pytest.mark.parametrize("latents", [0, 8])
+def test_the_transformer_mappers_are_blind_to_a_fixed_token_permutation(latents):
+    """Permuting tokens and position embeddings together permutes the output: the key costs nothing,
+    with full or pooled attention."""
+    torch.manual_seed(0)
+    model = build_mapper(TRANSFORMER.updated(latents=latents), (4, 4), 4, 3).eval()
+    x = torch.randn(2, 16, 4)
+    perm = torch.randperm(16)
+    with torch.no_grad():
+        reference = model(x)
+        model.position.copy_(model.position[:, perm])
+        permuted = model(x[:, perm])
+    torch.testing.assert_close(permuted, reference[:, perm], atol=1e-5, rtol=1e-4)
+
+
+def attention_sizes(model: nn.Module, tokens: int, monkeypatch) -> list[int]:
+    """Query length × key length of every attention one training-mode forward pass computes."""
+    sizes: list[int] = []
+    attend = F.scaled_dot_product_attention
+
+    def counted(query, key, *args, **kwargs):
+        sizes.append(query.shape[-2] * key.shape[-2])
+        return attend(query, key, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    model.train()(torch.randn(2, tokens, 4))
+    return sizes
+
+
+def test_the_pooled_transformer_attends_linearly_in_the_tokens_and_still_sees_them_all(monkeypatch):
+    """Full attention scores every pair of the 1,024 tokens; pooled attention scores only token-slot
+    pairs (and slot pairs), yet a change to the first token reaches the last one's output."""
+    grid, tokens = (32, 32), 1024
+    full = attention_sizes(build_mapper(TRANSFORMER, grid, 4, 4), tokens, monkeypatch)
+    assert max(full) == tokens * tokens
+    pooled_model = build_mapper(TRANSFORMER.updated(latents=8), grid, 4, 4)
+    pooled = attention_sizes(pooled_model, tokens, monkeypatch)
+    assert len(pooled) == 3 * TRANSFORMER.depth  # read, mix, write per block
+    assert max(pooled) == tokens * 8
+    torch.manual_seed(0)
+    x = torch.rand(1, tokens, 4)
+    moved = x.clone()
+    moved[0, 0] += 1
+    with torch.no_grad():
+        reach = (pooled_model.eval()(moved) - pooled_model(x))[0, -1].abs().max().item()
+    assert reach > 1e-4
+
+
+def test_a_pooled_transformer_checkpoint_is_never_loaded_as_full_attention(tmp_path):
+    """A full-attention checkpoint records no slots (None, as a checkpoint made before the option
+    reads); a pooled one records its number."""
+    full = MappingServer(TRANSFORMER, AugmentConfig(), TrainConfig(device="cpu"))
+    full.initialise((4, 4), 4, 4)
+    assert full.signature["latents"] is None
+    pooled = MappingServer(TRANSFORMER.updated(latents=8), AugmentConfig(), TrainConfig(device="cpu"))
+    pooled.initialise((4, 4), 4, 4)
+    pooled.save(tmp_path / "pooled.pt")
+    with pytest.raises(ConfigError, match="latents"):
+        full.load(tmp_path / "pooled.pt", (4, 4), 4, 4)
 
 
 @pytest.mark.parametrize("head", ["mapper", "narrow"])
@@ -234,6 +298,20 @@ def test_runs_and_service_models_saved_before_the_activation_setting_load_as_gel
     row = stored_model(tmp_path, 1, gelu, recorded)
     served = ModelCache(model_store(tmp_path)).get(row)
     assert any(isinstance(m, nn.GELU) for m in served.model.modules())
+
+
+def test_transformers_saved_before_pooled_attention_load_with_full_attention(tmp_path):
+    """Fails without ``latents`` in :data:`FORMER_MAPPER_DEFAULTS`: a keyed run or a stored service
+    model from before the option would be rebuilt pooled and its full-attention checkpoint refused."""
+    assert MapperConfig().latents > 0  # the migration is needed at all
+    saved = ExperimentConfig().override(["mapper.kind=transformer"]).to_dict()
+    del saved["mapper"]["latents"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.latents == 0
+    recorded = TRANSFORMER.model_dump()
+    del recorded["latents"]  # as the service recorded a model before the option existed
+    served = ModelCache(model_store(tmp_path)).get(stored_model(tmp_path, 1, TRANSFORMER, recorded))
+    assert not any(isinstance(m, PooledTokenTransformer) for m in served.model.modules())
 
 
 def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):

@@ -325,11 +325,13 @@ def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
     reason."""
     keyed = api.upload("A", bundle(scan="keyed"), name="keyed").json()
     assert api.wait("A", api.train("A", [keyed["id"]]).json()["id"])["error"].count("transformer") == 1
-    transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2}
-    job = api.wait("A", api.train("A", [keyed["id"]], mapper=transformer).json()["id"])
-    assert job["status"] == "done", job
-    mapped = decode_codes(api.map("A", job["model_id"], codes(3, "image", scan="keyed")).content)
-    assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"
+    for latents in (0, 4):  # full attention, and pooled through 4 slots
+        transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2, "latents": latents}
+        job = api.wait("A", api.train("A", [keyed["id"]], mapper=transformer).json()["id"])
+        assert job["status"] == "done", job
+        mapped = decode_codes(api.map("A", job["model_id"], codes(3, "image", scan="keyed")).content)
+        assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"
+    assert api.train("A", [keyed["id"]], mapper={**transformer, "latents": 2048}).status_code == 422
 
 
 def test_the_client_maps_a_batch_over_the_cap_in_parts(api, monkeypatch):

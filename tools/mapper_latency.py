@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from privacysf.benchmark.jobs import CLASSES_FOR_SIZES
 from privacysf.benchmark.latency import interleaved_times
@@ -40,6 +40,9 @@ class Setting(NamedTuple):
     in its served form, as ``privacysf segment`` and the service run them)."""
 
 
+KEYED = ["key.enabled=true", "key.permute_tokens=true", "mapper.kind=transformer", "augment.shift=0"]
+"""A center that mixes channels and permutes tokens with its key, and the order-blind mapper it needs."""
+
 SETTINGS: dict[str, Setting] = {
     "defaults before mask_decoder_width=8": Setting(["codec.mask_decoder_width=16"]),
     "defaults": Setting([]),
@@ -55,6 +58,8 @@ SETTINGS: dict[str, Setting] = {
     "leaky ReLU center, mapper in ONNX Runtime": Setting(
         ["codec.activation=leakyrelu", "mapper.runtime=onnxruntime"]
     ),
+    "keyed, full-attention transformer": Setting([*KEYED, "mapper.latents=0"]),
+    "keyed, transformer through 64 slots": Setting([*KEYED, "mapper.latents=64"]),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
 convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
@@ -73,7 +78,9 @@ Dice of both narrower mappers), and the default mapper served by ONNX Runtime (`
 the raw U-Net is then also timed in ONNX Runtime, as a row of its own, for a like-for-like view;
 both run without ONNX Runtime's memory arena since 2026-12-06, as served models do),
 and center networks with a fixed-slope leaky ReLU for PReLU (``codec.activation=leakyrelu``), in
-torch and beside the mapper in ONNX Runtime.
+torch and beside the mapper in ONNX Runtime, and keyed codes (secret channel mixing and token
+permutation) mapped by the order-blind transformer with attention between every pair of tokens or
+through 64 learned slots (``mapper.latents``; docs/results.md, "Pooled attention for keyed codes").
 The instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""
@@ -83,10 +90,23 @@ UNET_ORT = "raw U-Net, ONNX Runtime"
 
 
 def gflop(fn) -> float:
-    """Arithmetic of one call (multiply-adds count two), as torch counts it."""
-    with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        fn()
+    """Arithmetic of one call (multiply-adds count two), as torch counts it, with the attention that
+    torch's counter leaves out on the CPU: its kernel for CPUs has no formula registered, and the
+    fused transformer layers of inference (the "fast path", off while counting) hide every operation."""
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flop}
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter, torch.inference_mode():
+            fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
     return counter.get_total_flops() / 1e9
+
+
+def _attention_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """Scores and weighted sum of one attention call, from its shapes (torch's own formula)."""
+    return sdpa_flop_count(query, key, value)
 
 
 def measure(size: int, batch: int, repeats: int, settings: dict[str, Setting]) -> list[dict]:

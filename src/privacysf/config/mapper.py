@@ -29,7 +29,7 @@ TRANSFORMER_LR = 5e-4
 icbm152-tissue task-mode keyed codes (Dice 0.043); at 5e-4 the same setting reached Dice 0.762
 (docs/threat-model.md, attack runs 3 and 4)."""
 
-FORMER_MAPPER_DEFAULTS = {"activation": "gelu"}
+FORMER_MAPPER_DEFAULTS = {"activation": "gelu", "latents": 0}
 """Mapper settings whose default changed after they were introduced, with the value a saved config
 or service job that does not name them was trained with."""
 
@@ -87,6 +87,13 @@ class MapperConfig(ConfigModel):
     """Transformer layers (``kind=transformer`` only)."""
     heads: int = Field(4, ge=1)
     """Attention heads (``kind=transformer`` only); they split ``width`` evenly."""
+    latents: int = Field(64, ge=0)
+    """Learned slots through which the transformer's tokens exchange information (``kind=transformer``
+    only; :class:`privacysf.nets.transformer.PooledTokenTransformer`), so its cost grows linearly with
+    the tokens. 0: every token attends to every other (the only form before 2026-12-06, which runs
+    and service models saved before then load as), a cost that grows with their square. 64 slots
+    matched full attention's Dice on keyed codes over six centers (−0.001 of 3-D Dice) and trained in
+    0.45 of its time at 128² (docs/results.md, "Pooled attention for keyed codes")."""
     center_embedding: int = Field(0, ge=0)
     """Size of a learned per-center vector appended to every input token when one mapper serves
     several centers whose codecs differ (0 = off: the mapper cannot tell the code spaces apart)."""

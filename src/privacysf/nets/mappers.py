@@ -9,7 +9,7 @@ from privacysf.config import MapperConfig, TaskHeadNetwork
 from privacysf.nets.grid import GridUNetMapper
 from privacysf.nets.polynomial import PolynomialMapper
 from privacysf.nets.sequence import SequenceMapper
-from privacysf.nets.transformer import TokenTransformer
+from privacysf.nets.transformer import PooledTokenTransformer, TokenTransformer
 
 
 class CenterEmbedded(nn.Module):
@@ -38,6 +38,10 @@ def build_mapper(
     if cfg.center_embedding and centers:
         inner = build_mapper(cfg, grid, in_channels + cfg.center_embedding, out_channels)
         return CenterEmbedded(inner, centers, cfg.center_embedding)
+    if cfg.kind == "transformer" and cfg.latents:
+        return PooledTokenTransformer(
+            in_channels, out_channels, grid[0] * grid[1], cfg.latents, cfg.width, cfg.depth, cfg.heads
+        )
     if cfg.kind == "transformer":
         return TokenTransformer(in_channels, out_channels, grid[0] * grid[1], cfg.width, cfg.depth, cfg.heads)
     if cfg.kind == "poly":

@@ -1,10 +1,16 @@
-"""A transformer over token sequences with learned position embeddings: the order-blind mapper.
+"""Transformers over token sequences with learned position embeddings: the order-blind mappers.
 
 Self-attention treats tokens as a set; all it knows of order is one learned embedding per position.
 A fixed secret permutation of the positions therefore only relabels which embedding goes with which
 token, and the network learns the same function. That is what lets a center shuffle its tokens with a
 secret key (``key.permute_tokens``) without costing the server anything but the order-based
-augmentations; the 1-D CNN mapper, which relies on raster order, cannot.
+augmentations; the grid and sequence CNN mappers, which rely on raster order, cannot.
+
+Attention between every pair of tokens costs the square of their number: 4,096 tokens at 256², where
+the grid mapper's cost grows with the tokens alone. :class:`PooledTokenTransformer` keeps the order
+blindness at a cost linear in the tokens: they exchange information only through a fixed number of
+learned latent slots (the read and write of Perceiver IO, Jaegle et al., ICLR 2022), which attend to
+tokens by content and position, never by an index a permutation would change.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from torch import nn
 
 
 class TokenTransformer(nn.Module):
-    """Maps (N, L, C_in) token sequences to (N, L, C_out), bounded in [-1, 1] like the mask codes."""
+    """Maps (N, L, C_in) token sequences to (N, L, C_out), bounded in [-1, 1] like the mask codes;
+    every token attends to every other (cost quadratic in L)."""
 
     def __init__(
         self,
@@ -27,8 +34,7 @@ class TokenTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(in_channels, width)
-        self.position = nn.Parameter(torch.zeros(1, tokens, width))
-        nn.init.trunc_normal_(self.position, std=0.02)
+        self.position = _position_embedding(tokens, width)
         layer = nn.TransformerEncoderLayer(
             width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
         )
@@ -37,3 +43,80 @@ class TokenTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.head(self.blocks(self.embed(tokens) + self.position)))
+
+
+class PooledTokenTransformer(nn.Module):
+    """Maps (N, L, C_in) token sequences to (N, L, C_out) like :class:`TokenTransformer`, with tokens
+    exchanging information only through ``latents`` learned slots: cost linear in L.
+
+    Each block reads the tokens into the slots (the slots attend to the tokens), lets the slots attend
+    to one another, writes them back (each token attends to the slots) and runs a per-token MLP. A
+    token's own value reaches its output through the residual path; its context comes from the slots,
+    which learn from the position embeddings which region of the grid each one gathers.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        tokens: int,
+        latents: int,
+        width: int = 128,
+        depth: int = 2,
+        heads: int = 4,
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(in_channels, width)
+        self.position = _position_embedding(tokens, width)
+        self.latents = nn.Parameter(torch.empty(1, latents, width))
+        nn.init.trunc_normal_(self.latents, std=0.02)
+        self.blocks = nn.ModuleList(_PooledBlock(width, heads) for _ in range(depth))
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_channels))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens) + self.position
+        slots = self.latents.repeat(x.shape[0], 1, 1)  # a view of a parameter trips module hooks
+        for block in self.blocks:
+            x, slots = block(x, slots)
+        return torch.tanh(self.head(x))
+
+
+class _PooledBlock(nn.Module):
+    """Read tokens into slots, mix the slots, write them back to the tokens, per-token MLP."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.read = _CrossAttention(width, heads)
+        self.mix = nn.TransformerEncoderLayer(
+            width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.write = _CrossAttention(width, heads)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
+        )
+
+    def forward(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        slots = self.mix(slots + self.read(slots, x))
+        x = x + self.write(x, slots)
+        return x + self.mlp(x), slots
+
+
+class _CrossAttention(nn.Module):
+    """Pre-norm multi-head attention of ``queries`` over ``context`` (its residual left to the caller)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.query_norm = nn.LayerNorm(width)
+        self.context_norm = nn.LayerNorm(width)
+        self.attention = nn.MultiheadAttention(width, heads, dropout=0.0, batch_first=True)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        context = self.context_norm(context)
+        return self.attention(self.query_norm(queries), context, context, need_weights=False)[0]
+
+
+def _position_embedding(tokens: int, width: int) -> nn.Parameter:
+    """One learned vector per token position: all either transformer knows of the order."""
+    position = nn.Parameter(torch.empty(1, tokens, width))
+    nn.init.trunc_normal_(position, std=0.02)
+    return position

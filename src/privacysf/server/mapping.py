@@ -382,6 +382,8 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
         del settings["poly_width"]
     # None for the defaults, all there was before these options: older checkpoints, which lack the
     # key, match them, and a checkpoint with another value is refused by a run with the default
+    if cfg.kind != "transformer" or not cfg.latents:  # full attention, or no attention at all
+        settings["latents"] = None
     if cfg.padding == "zeros":
         settings["padding"] = None
     if cfg.kind not in ("unet", "cnn"):  # the only kinds it shapes

@@ -66,6 +66,7 @@ else:
             "use_position": Field(),
             "depth": Field(le=8),
             "heads": Field(le=16),
+            "latents": Field(le=1024),
             "grid_channels": Field(),
             "res_units": Field(),
             "poly_width": Field(le=512),
