@@ -113,6 +113,7 @@ def test_the_transformer_mappers_are_blind_to_a_fixed_token_permutation(latents)
     with full or pooled attention."""
     torch.manual_seed(0)
     model = build_mapper(TRANSFORMER.updated(latents=latents), (4, 4), 4, 3).eval()
+    assert isinstance(model, PooledTokenTransformer) == bool(latents)
     x = torch.randn(2, 16, 4)
     perm = torch.randperm(16)
     with torch.no_grad():
@@ -122,12 +123,12 @@ def test_the_transformer_mappers_are_blind_to_a_fixed_token_permutation(latents)
     torch.testing.assert_close(permuted, reference[:, perm], atol=1e-5, rtol=1e-4)
 
 
-def attention_sizes(model: nn.Module, tokens: int, monkeypatch) -> list[int]:
+def attention_sizes(model: nn.Module, tokens: int, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Query length × key length of every attention one training-mode forward pass computes."""
     sizes: list[int] = []
     attend = F.scaled_dot_product_attention
 
-    def counted(query, key, *args, **kwargs):
+    def counted(query: torch.Tensor, key: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
         sizes.append(query.shape[-2] * key.shape[-2])
         return attend(query, key, *args, **kwargs)
 
@@ -136,7 +137,9 @@ def attention_sizes(model: nn.Module, tokens: int, monkeypatch) -> list[int]:
     return sizes
 
 
-def test_the_pooled_transformer_attends_linearly_in_the_tokens_and_still_sees_them_all(monkeypatch):
+def test_the_pooled_transformer_attends_linearly_in_the_tokens_and_still_sees_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Full attention scores every pair of the 1,024 tokens; pooled attention scores only token-slot
     pairs (and slot pairs), yet a change to the first token reaches the last one's output."""
     grid, tokens = (32, 32), 1024
@@ -157,15 +160,28 @@ def test_the_pooled_transformer_attends_linearly_in_the_tokens_and_still_sees_th
 
 def test_a_pooled_transformer_checkpoint_is_never_loaded_as_full_attention(tmp_path):
     """A full-attention checkpoint records no slots (None, as a checkpoint made before the option
-    reads); a pooled one records its number."""
-    full = MappingServer(TRANSFORMER, AugmentConfig(), TrainConfig(device="cpu"))
-    full.initialise((4, 4), 4, 4)
+    reads), nor does any other kind's, whatever ``latents`` says; a pooled one records its number.
+    Checkpoints without the key (made before it) still load into full attention and the unet."""
+
+    def server(cfg: MapperConfig) -> MappingServer:
+        made = MappingServer(cfg, AugmentConfig(), TrainConfig(device="cpu"))
+        made.initialise((4, 4), 4, 4)
+        return made
+
+    full, pooled, unet = server(TRANSFORMER), server(TRANSFORMER.updated(latents=8)), server(SMALL_UNET)
+    assert SMALL_UNET.latents > 0 and unet.signature["latents"] is None
     assert full.signature["latents"] is None
-    pooled = MappingServer(TRANSFORMER.updated(latents=8), AugmentConfig(), TrainConfig(device="cpu"))
-    pooled.initialise((4, 4), 4, 4)
     pooled.save(tmp_path / "pooled.pt")
     with pytest.raises(ConfigError, match="latents"):
         full.load(tmp_path / "pooled.pt", (4, 4), 4, 4)
+    for older in (unet, full):  # as saved before the option: no latents in the signature
+        older.save(tmp_path / "older.pt")
+        checkpoint = torch.load(tmp_path / "older.pt")
+        del checkpoint["signature"]["latents"]
+        torch.save(checkpoint, tmp_path / "older.pt")
+        server(older.mapper_cfg).load(tmp_path / "older.pt", (4, 4), 4, 4)
+    with pytest.raises(ConfigError, match="latents"):
+        pooled.load(tmp_path / "older.pt", (4, 4), 4, 4)  # the older full-attention checkpoint
 
 
 @pytest.mark.parametrize("head", ["mapper", "narrow"])

@@ -241,9 +241,9 @@ def test_keyed_pipeline_segments_and_never_ships_the_key(fitted, tmp_path):
 
 @pytest.mark.parametrize("latents", [0, 16])
 def test_the_transformer_mappers_learn_through_a_secret_token_permutation(fitted, tmp_path, latents):
-    """The server never sees which token sat where, and its order-blind mapper still segments, with
-    every token attending to every other or through 16 pooled slots. (At the transformer's default
-    learning rate, 5e-4, 25 epochs on this tiny set are too few for either.)"""
+    """Trained on codes in a secret token order, the order-blind mapper segments, with every token
+    attending to every other or through 16 pooled slots. (At the transformer's default learning
+    rate, 5e-4, 25 epochs on this tiny set are too few for either.)"""
     run_dir, _ = fitted
     cfg, plain, _ = reload(run_dir, "cpu")
     cfg = cfg.override(

@@ -18,7 +18,7 @@ from privacysf.center.client import ServiceClient
 from privacysf.exchange import CodeBatch, decode_codes, encode_codes
 from privacysf.server.service import create_app
 from privacysf.server.settings import ServiceConfig
-from privacysf.server.tables import DatasetRow
+from privacysf.server.tables import DatasetRow, ModelRow
 
 UPLOAD_LIMIT = 64 * 1024
 MAP_LIMIT = 16 * 1024
@@ -325,10 +325,13 @@ def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
     reason."""
     keyed = api.upload("A", bundle(scan="keyed"), name="keyed").json()
     assert api.wait("A", api.train("A", [keyed["id"]]).json()["id"])["error"].count("transformer") == 1
+    transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2}
     for latents in (0, 4):  # full attention, and pooled through 4 slots
-        transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2, "latents": latents}
-        job = api.wait("A", api.train("A", [keyed["id"]], mapper=transformer).json()["id"])
+        job = api.train("A", [keyed["id"]], mapper={**transformer, "latents": latents}).json()
+        job = api.wait("A", job["id"])
         assert job["status"] == "done", job
+        center = api.store.authenticate(api.tokens["A"])
+        assert api.store.visible_row(ModelRow, center, job["model_id"]).mapper["latents"] == latents
         mapped = decode_codes(api.map("A", job["model_id"], codes(3, "image", scan="keyed")).content)
         assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"
     assert api.train("A", [keyed["id"]], mapper={**transformer, "latents": 2048}).status_code == 422

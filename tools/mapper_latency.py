@@ -104,9 +104,12 @@ def gflop(fn) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def _attention_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    """Scores and weighted sum of one attention call, from its shapes (torch's own formula)."""
-    return sdpa_flop_count(query, key, value)
+def _attention_flop(
+    query_shape: torch.Size, key_shape: torch.Size, value_shape: torch.Size, *_: object, **__: object
+) -> int:
+    """Scores and weighted sum of one attention call, from its shapes (torch's own formula); the
+    counter also passes the call's other arguments and its output's shape, which do not change it."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def measure(size: int, batch: int, repeats: int, settings: dict[str, Setting]) -> list[dict]:

@@ -38,12 +38,13 @@ def build_mapper(
     if cfg.center_embedding and centers:
         inner = build_mapper(cfg, grid, in_channels + cfg.center_embedding, out_channels)
         return CenterEmbedded(inner, centers, cfg.center_embedding)
-    if cfg.kind == "transformer" and cfg.latents:
-        return PooledTokenTransformer(
-            in_channels, out_channels, grid[0] * grid[1], cfg.latents, cfg.width, cfg.depth, cfg.heads
-        )
     if cfg.kind == "transformer":
-        return TokenTransformer(in_channels, out_channels, grid[0] * grid[1], cfg.width, cfg.depth, cfg.heads)
+        tokens = grid[0] * grid[1]
+        if cfg.latents:
+            return PooledTokenTransformer(
+                in_channels, out_channels, tokens, cfg.latents, cfg.width, cfg.depth, cfg.heads
+            )
+        return TokenTransformer(in_channels, out_channels, tokens, cfg.width, cfg.depth, cfg.heads)
     if cfg.kind == "poly":
         return PolynomialMapper(in_channels, out_channels, grid, cfg.poly_width, cfg.kernel, cfg.padding)
     if cfg.kind == "unet":

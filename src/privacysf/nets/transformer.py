@@ -10,7 +10,9 @@ Attention between every pair of tokens costs the square of their number: 4,096 t
 the grid mapper's cost grows with the tokens alone. :class:`PooledTokenTransformer` keeps the order
 blindness at a cost linear in the tokens: they exchange information only through a fixed number of
 learned latent slots (the read and write of Perceiver IO, Jaegle et al., ICLR 2022), which attend to
-tokens by content and position, never by an index a permutation would change.
+tokens by content and position, never by an index a permutation would change. Reading and writing in
+every block is the induced set attention block of the Set Transformer (Lee et al., ICML 2019); the
+per-token MLP between blocks is that of a transformer layer.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ class PooledTokenTransformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens) + self.position
-        slots = self.latents.repeat(x.shape[0], 1, 1)  # a view of a parameter trips module hooks
+        # a copy, not expand(): FlopCounterMode's module tracker fails on an expanded parameter
+        slots = self.latents.repeat(x.shape[0], 1, 1)
         for block in self.blocks:
             x, slots = block(x, slots)
         return torch.tanh(self.head(x))

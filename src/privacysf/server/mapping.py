@@ -369,8 +369,9 @@ def private_training(cfg: MapperConfig, batch_size: int, pairs: int):
 
 
 def _mapper_settings(cfg: MapperConfig) -> dict:
-    """The mapper settings a checkpoint records; the center embedding only when on and the unet's
-    fields only for the unet, so checkpoints made before those options existed still load."""
+    """The mapper settings a checkpoint records; the center embedding only when on, the unet's
+    fields only for the unet and the transformer's slots only when it pools, so checkpoints made
+    before those options existed still load."""
     settings = cfg.model_dump()
     for how_trained in ("lr", "dp_noise", "dp_clip", "dp_delta", "runtime"):  # not what shape it has
         del settings[how_trained]
@@ -380,10 +381,13 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
         del settings["grid_channels"], settings["res_units"]
     if cfg.kind != "poly":
         del settings["poly_width"]
+    # None where a checkpoint made before the option would have no key (a missing key reads as None):
+    # a full-attention transformer and every other kind; a pooled checkpoint names its slots and is
+    # refused by a run with full attention, and the reverse
+    if cfg.kind != "transformer" or not cfg.latents:
+        settings["latents"] = None
     # None for the defaults, all there was before these options: older checkpoints, which lack the
     # key, match them, and a checkpoint with another value is refused by a run with the default
-    if cfg.kind != "transformer" or not cfg.latents:  # full attention, or no attention at all
-        settings["latents"] = None
     if cfg.padding == "zeros":
         settings["padding"] = None
     if cfg.kind not in ("unet", "cnn"):  # the only kinds it shapes
