@@ -60,6 +60,9 @@ SETTINGS: dict[str, Setting] = {
     ),
     "keyed, full-attention transformer": Setting([*KEYED, "mapper.latents=0"]),
     "keyed, transformer through 64 slots": Setting([*KEYED, "mapper.latents=64"]),
+    "keyed, transformer through 64 slots, width 64": Setting(
+        [*KEYED, "mapper.latents=64", "mapper.width=64"]
+    ),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
 convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
@@ -80,7 +83,8 @@ both run without ONNX Runtime's memory arena since 2026-12-06, as served models 
 and center networks with a fixed-slope leaky ReLU for PReLU (``codec.activation=leakyrelu``), in
 torch and beside the mapper in ONNX Runtime, and keyed codes (secret channel mixing and token
 permutation) mapped by the order-blind transformer with attention between every pair of tokens or
-through 64 learned slots (``mapper.latents``; docs/results.md, "Pooled attention for keyed codes").
+through 64 learned slots (``mapper.latents``; docs/results.md, "Pooled attention for keyed codes"),
+also at half the width.
 The instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""
