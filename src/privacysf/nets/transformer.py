@@ -36,11 +36,8 @@ class TokenTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(in_channels, width)
-        self.position = _position_embedding(tokens, width)
-        layer = nn.TransformerEncoderLayer(
-            width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
-        self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.position = _learned_vectors(tokens, width)
+        self.blocks = nn.TransformerEncoder(_encoder_layer(width, heads), depth, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_channels))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -69,9 +66,8 @@ class PooledTokenTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = nn.Linear(in_channels, width)
-        self.position = _position_embedding(tokens, width)
-        self.latents = nn.Parameter(torch.empty(1, latents, width))
-        nn.init.trunc_normal_(self.latents, std=0.02)
+        self.position = _learned_vectors(tokens, width)
+        self.latents = _learned_vectors(latents, width)
         self.blocks = nn.ModuleList(_PooledBlock(width, heads) for _ in range(depth))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_channels))
 
@@ -90,9 +86,7 @@ class _PooledBlock(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.read = _CrossAttention(width, heads)
-        self.mix = nn.TransformerEncoderLayer(
-            width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-        )
+        self.mix = _encoder_layer(width, heads)
         self.write = _CrossAttention(width, heads)
         self.mlp = nn.Sequential(
             nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
@@ -118,8 +112,17 @@ class _CrossAttention(nn.Module):
         return self.attention(self.query_norm(queries), context, context, need_weights=False)[0]
 
 
-def _position_embedding(tokens: int, width: int) -> nn.Parameter:
-    """One learned vector per token position: all either transformer knows of the order."""
-    position = nn.Parameter(torch.empty(1, tokens, width))
-    nn.init.trunc_normal_(position, std=0.02)
-    return position
+def _encoder_layer(width: int, heads: int) -> nn.TransformerEncoderLayer:
+    """Self-attention and MLP, pre-norm, as both transformers use it: over all tokens in one, over
+    the slots in the other."""
+    return nn.TransformerEncoderLayer(
+        width, heads, 4 * width, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+    )
+
+
+def _learned_vectors(count: int, width: int) -> nn.Parameter:
+    """``count`` learned vectors of ``width``, shape (1, count, width): one per token position (all
+    either transformer knows of the order) or one per slot."""
+    vectors = nn.Parameter(torch.empty(1, count, width))
+    nn.init.trunc_normal_(vectors, std=0.02)
+    return vectors
