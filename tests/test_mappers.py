@@ -107,12 +107,12 @@ def test_the_unet_mappers_arithmetic_grows_linearly_with_the_tokens():
     assert cnn[1] > 5 * unet[1]  # at 256² images with the default codec
 
 
-@pytest.mark.parametrize("latents", [0, 8])
-def test_the_transformer_mappers_are_blind_to_a_fixed_token_permutation(latents):
+@pytest.mark.parametrize(("latents", "token_width"), [(0, 0), (8, 0), (8, 8)])
+def test_the_transformer_mappers_are_blind_to_a_fixed_token_permutation(latents, token_width):
     """Permuting tokens and position embeddings together permutes the output: the key costs nothing,
-    with full or pooled attention."""
+    with full or pooled attention, and with tokens narrower than the slots."""
     torch.manual_seed(0)
-    model = build_mapper(TRANSFORMER.updated(latents=latents), (4, 4), 4, 3).eval()
+    model = build_mapper(TRANSFORMER.updated(latents=latents, token_width=token_width), (4, 4), 4, 3).eval()
     assert isinstance(model, PooledTokenTransformer) == bool(latents)
     x = torch.randn(2, 16, 4)
     perm = torch.randperm(16)
@@ -158,6 +158,26 @@ def test_the_pooled_transformer_attends_linearly_in_the_tokens_and_still_sees_th
     assert reach > 1e-4
 
 
+def test_a_narrower_token_stream_carries_the_tokens_at_its_width_for_a_fraction_of_the_arithmetic():
+    """Tokens at half the slots' width: the slots keep theirs, and a pass over 1,024 tokens costs at
+    most half the operations of tokens as wide as the slots (fails if ``token_width`` is dropped on the
+    way to the network)."""
+    wide_cfg = TRANSFORMER.updated(latents=8)
+    wide, narrow = (
+        build_mapper(c, (32, 32), 4, 4).eval() for c in (wide_cfg, wide_cfg.updated(token_width=8))
+    )
+    assert narrow.position.shape == (1, 1024, 8) and narrow.latents.shape == (1, 8, 16)
+
+    def flops(model: nn.Module) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(1, 1024, 4))
+        return counter.get_total_flops()
+
+    assert flops(narrow) <= 0.5 * flops(wide)
+    with pytest.raises(ValueError, match="multiple of mapper.heads"):
+        MapperConfig(kind="transformer", width=24, heads=3, token_width=16)
+
+
 def test_a_pooled_transformer_checkpoint_is_never_loaded_as_full_attention(tmp_path):
     """A full-attention checkpoint records no slots (None, as a checkpoint made before the option
     reads), nor does any other kind's, whatever ``latents`` says; a pooled one records its number.
@@ -182,6 +202,34 @@ def test_a_pooled_transformer_checkpoint_is_never_loaded_as_full_attention(tmp_p
         server(older.mapper_cfg).load(tmp_path / "older.pt", (4, 4), 4, 4)
     with pytest.raises(ConfigError, match="latents"):
         pooled.load(tmp_path / "older.pt", (4, 4), 4, 4)  # the older full-attention checkpoint
+
+
+def test_a_narrow_token_checkpoint_is_never_loaded_with_tokens_as_wide_as_the_slots(tmp_path):
+    """A pooled checkpoint records its token width only when it differs from the slots' (a pooled
+    checkpoint made before the option has no key and loads as tokens as wide as the slots); full
+    attention and other kinds never record it."""
+
+    def server(cfg: MapperConfig) -> MappingServer:
+        made = MappingServer(cfg, AugmentConfig(), TrainConfig(device="cpu"))
+        made.initialise((4, 4), 4, 4)
+        return made
+
+    pooled = TRANSFORMER.updated(latents=8, token_width=0)  # tokens as wide as the slots (16)
+    narrow, wide, spelled_out = (server(pooled.updated(token_width=w)) for w in (8, 0, 16))
+    assert narrow.signature["token_width"] == 8
+    assert wide.signature["token_width"] is None and spelled_out.signature == wide.signature
+    for other in (TRANSFORMER, SMALL_UNET):
+        assert server(other.updated(token_width=8)).signature["token_width"] is None
+    narrow.save(tmp_path / "narrow.pt")
+    with pytest.raises(ConfigError, match="token_width"):
+        wide.load(tmp_path / "narrow.pt", (4, 4), 4, 4)
+    wide.save(tmp_path / "older.pt")
+    checkpoint = torch.load(tmp_path / "older.pt")
+    del checkpoint["signature"]["token_width"]  # as a pooled checkpoint saved before the option
+    torch.save(checkpoint, tmp_path / "older.pt")
+    server(pooled).load(tmp_path / "older.pt", (4, 4), 4, 4)
+    with pytest.raises(ConfigError, match="token_width"):
+        narrow.load(tmp_path / "older.pt", (4, 4), 4, 4)
 
 
 @pytest.mark.parametrize("head", ["mapper", "narrow"])
@@ -328,6 +376,22 @@ def test_transformers_saved_before_pooled_attention_load_with_full_attention(tmp
     del recorded["latents"]  # as the service recorded a model before the option existed
     served = ModelCache(model_store(tmp_path)).get(stored_model(tmp_path, 1, TRANSFORMER, recorded))
     assert not any(isinstance(m, PooledTokenTransformer) for m in served.model.modules())
+
+
+def test_pooled_transformers_saved_before_the_token_width_load_with_tokens_as_wide_as_the_slots(tmp_path):
+    """Fails without ``token_width`` in :data:`FORMER_MAPPER_DEFAULTS`: a keyed run or a stored
+    service model of the pooled transformer from before the option would be rebuilt with narrower
+    tokens and its checkpoint refused."""
+    assert MapperConfig().token_width not in (0, MapperConfig().width)  # the migration is needed at all
+    saved = ExperimentConfig().override(["mapper.kind=transformer"]).to_dict()
+    del saved["mapper"]["token_width"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert ExperimentConfig.load_run(tmp_path / "config.json").mapper.token_width == 0
+    pooled = TRANSFORMER.updated(latents=8, token_width=0)
+    recorded = pooled.model_dump()
+    del recorded["token_width"]  # as the service recorded a model before the option existed
+    served = ModelCache(model_store(tmp_path)).get(stored_model(tmp_path, 1, pooled, recorded))
+    assert served.model.position.shape[-1] == pooled.width
 
 
 def test_the_service_answers_in_onnx_runtime_where_told_and_able(tmp_path):

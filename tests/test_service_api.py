@@ -326,15 +326,19 @@ def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
     keyed = api.upload("A", bundle(scan="keyed"), name="keyed").json()
     assert api.wait("A", api.train("A", [keyed["id"]]).json()["id"])["error"].count("transformer") == 1
     transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2}
-    for latents in (0, 4):  # full attention, and pooled through 4 slots
-        job = api.train("A", [keyed["id"]], mapper={**transformer, "latents": latents}).json()
-        job = api.wait("A", job["id"])
+    for latents, token_width in ((0, 0), (4, 8)):  # full attention; pooled through 4 slots, narrow tokens
+        job = api.train(
+            "A", [keyed["id"]], mapper={**transformer, "latents": latents, "token_width": token_width}
+        )
+        job = api.wait("A", job.json()["id"])
         assert job["status"] == "done", job
         center = api.store.authenticate(api.tokens["A"])
-        assert api.store.visible_row(ModelRow, center, job["model_id"]).mapper["latents"] == latents
+        stored = api.store.visible_row(ModelRow, center, job["model_id"]).mapper
+        assert (stored["latents"], stored["token_width"]) == (latents, token_width)
         mapped = decode_codes(api.map("A", job["model_id"], codes(3, "image", scan="keyed")).content)
         assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"
-    assert api.train("A", [keyed["id"]], mapper={**transformer, "latents": 2048}).status_code == 422
+    for too_much in ({"latents": 2048}, {"token_width": 1024}):
+        assert api.train("A", [keyed["id"]], mapper={**transformer, **too_much}).status_code == 422
 
 
 def test_the_client_maps_a_batch_over_the_cap_in_parts(api, monkeypatch):

@@ -59,10 +59,12 @@ SETTINGS: dict[str, Setting] = {
         ["codec.activation=leakyrelu", "mapper.runtime=onnxruntime"]
     ),
     "keyed, full-attention transformer": Setting([*KEYED, "mapper.latents=0"]),
-    "keyed, transformer through 64 slots": Setting([*KEYED, "mapper.latents=64"]),
+    "keyed, transformer through 64 slots": Setting([*KEYED, "mapper.latents=64", "mapper.token_width=0"]),
     "keyed, transformer through 64 slots, width 64": Setting(
-        [*KEYED, "mapper.latents=64", "mapper.width=64"]
+        [*KEYED, "mapper.latents=64", "mapper.width=64", "mapper.token_width=0"]
     ),
+    "keyed, 64 slots, tokens 64 wide": Setting([*KEYED, "mapper.latents=64", "mapper.token_width=64"]),
+    "keyed, 64 slots, tokens 32 wide": Setting([*KEYED, "mapper.latents=64", "mapper.token_width=32"]),
 }
 """The settings compared: today's defaults (batch norm in the center networks, folded into the
 convolutions for serving; the mapper's weights channels-last; one residual block per level of the unet
@@ -84,7 +86,8 @@ and center networks with a fixed-slope leaky ReLU for PReLU (``codec.activation=
 torch and beside the mapper in ONNX Runtime, and keyed codes (secret channel mixing and token
 permutation) mapped by the order-blind transformer with attention between every pair of tokens or
 through 64 learned slots (``mapper.latents``; docs/results.md, "Pooled attention for keyed codes"),
-also at half the width.
+also at half the width, and with the tokens 64 or 32 wide beside slots 128 wide (``mapper.token_width``;
+docs/results.md, "A narrower token stream").
 The instance-norm and
 unfolded forms were compared in an earlier run of this tool (docs/results.md, "Served center
 networks")."""

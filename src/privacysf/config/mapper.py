@@ -29,7 +29,7 @@ TRANSFORMER_LR = 5e-4
 icbm152-tissue task-mode keyed codes (Dice 0.043); at 5e-4 the same setting reached Dice 0.762
 (docs/threat-model.md, attack runs 3 and 4)."""
 
-FORMER_MAPPER_DEFAULTS = {"activation": "gelu", "latents": 0}
+FORMER_MAPPER_DEFAULTS = {"activation": "gelu", "latents": 0, "token_width": 0}
 """Mapper settings whose default changed after they were introduced, with the value a saved config
 or service job that does not name them was trained with."""
 
@@ -95,6 +95,14 @@ class MapperConfig(ConfigModel):
     keyed codes of six centers, 64 slots passed a rule written before the fits (3-D Dice −0.001
     against full attention at the same 30 epochs, validation code error a little higher) and trained
     in 0.45 of its time at 128² (docs/results.md, "Pooled attention for keyed codes")."""
+    token_width: int = Field(64, ge=0, multiple_of=8)
+    """Channels of each token's stream in the pooled transformer (``kind=transformer``, ``latents`` >
+    0), while its slots keep ``width``; 0: ``width``, as before 2026-12-06 (runs and service models
+    saved before the option load with it). Almost all of the pooled mapper's arithmetic is per token:
+    tokens 64 wide beside slots 128 wide took its GFLOP per 256² image from 2.76 to 1.14, a keyed 256²
+    query from 2.3-2.7 × the raw U-Net to 1.5-1.7 ×, and its training to about half the time, and
+    passed a rule written before the fits on the six keyed centers of the pooled-attention study
+    (docs/results.md, "A narrower token stream")."""
     center_embedding: int = Field(0, ge=0)
     """Size of a learned per-center vector appended to every input token when one mapper serves
     several centers whose codecs differ (0 = off: the mapper cannot tell the code spaces apart)."""
@@ -140,6 +148,16 @@ class MapperConfig(ConfigModel):
         if width is not None and width % heads:
             raise ValueError(f"must divide mapper.width ({width}): each head takes an equal share")
         return heads
+
+    @field_validator("token_width")
+    @classmethod
+    def _heads_split_the_tokens(cls, token_width: int, info: ValidationInfo) -> int:
+        heads = info.data.get("heads")
+        if heads is not None and token_width % heads:
+            raise ValueError(
+                f"must be a multiple of mapper.heads ({heads}): a token's attention splits it evenly"
+            )
+        return token_width
 
     @classmethod
     def saved(cls, values: dict) -> MapperConfig:

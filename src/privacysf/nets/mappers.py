@@ -42,7 +42,14 @@ def build_mapper(
         tokens = grid[0] * grid[1]
         if cfg.latents:
             return PooledTokenTransformer(
-                in_channels, out_channels, tokens, cfg.latents, cfg.width, cfg.depth, cfg.heads
+                in_channels,
+                out_channels,
+                tokens,
+                cfg.latents,
+                cfg.width,
+                cfg.depth,
+                cfg.heads,
+                cfg.token_width or None,
             )
         return TokenTransformer(in_channels, out_channels, tokens, cfg.width, cfg.depth, cfg.heads)
     if cfg.kind == "poly":

@@ -12,7 +12,9 @@ blindness at a cost linear in the tokens: they exchange information only through
 learned latent slots (the read and write of Perceiver IO, Jaegle et al., ICLR 2022), which attend to
 tokens by content and position, never by an index a permutation would change. Reading and writing in
 every block is the induced set attention block of the Set Transformer (Lee et al., ICML 2019); the
-per-token MLP between blocks is that of a transformer layer.
+per-token MLP between blocks is that of a transformer layer. Its cost is then almost all per token
+(projections and MLP), so the tokens may run narrower than the slots (``token_width``): each token
+carries only its own code and the context written back to it, while the few slots carry the picture.
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ class PooledTokenTransformer(nn.Module):
     Each block reads the tokens into the slots (the slots attend to the tokens), lets the slots attend
     to one another, writes them back (each token attends to the slots) and runs a per-token MLP. A
     token's own value reaches its output through the residual path; its context comes from the slots,
-    which learn from the position embeddings which region of the grid each one gathers.
+    which learn from the position embeddings which region of the grid each one gathers. The slots are
+    ``width`` wide and the tokens ``token_width`` (default: the same); attention between the two
+    projects across.
     """
 
     def __init__(
@@ -63,13 +67,15 @@ class PooledTokenTransformer(nn.Module):
         width: int = 128,
         depth: int = 2,
         heads: int = 4,
+        token_width: int | None = None,
     ) -> None:
         super().__init__()
-        self.embed = nn.Linear(in_channels, width)
-        self.position = _learned_vectors(tokens, width)
+        token_width = token_width or width
+        self.embed = nn.Linear(in_channels, token_width)
+        self.position = _learned_vectors(tokens, token_width)
         self.latents = _learned_vectors(latents, width)
-        self.blocks = nn.ModuleList(_PooledBlock(width, heads) for _ in range(depth))
-        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, out_channels))
+        self.blocks = nn.ModuleList(_PooledBlock(width, token_width, heads) for _ in range(depth))
+        self.head = nn.Sequential(nn.LayerNorm(token_width), nn.Linear(token_width, out_channels))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens) + self.position
@@ -83,13 +89,16 @@ class PooledTokenTransformer(nn.Module):
 class _PooledBlock(nn.Module):
     """Read tokens into slots, mix the slots, write them back to the tokens, per-token MLP."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, token_width: int, heads: int) -> None:
         super().__init__()
-        self.read = _CrossAttention(width, heads)
+        self.read = _CrossAttention(width, token_width, heads)
         self.mix = _encoder_layer(width, heads)
-        self.write = _CrossAttention(width, heads)
+        self.write = _CrossAttention(token_width, width, heads)
         self.mlp = nn.Sequential(
-            nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
+            nn.LayerNorm(token_width),
+            nn.Linear(token_width, 2 * token_width),
+            nn.GELU(),
+            nn.Linear(2 * token_width, token_width),
         )
 
     def forward(self, x: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,13 +108,16 @@ class _PooledBlock(nn.Module):
 
 
 class _CrossAttention(nn.Module):
-    """Pre-norm multi-head attention of ``queries`` over ``context`` (its residual left to the caller)."""
+    """Pre-norm multi-head attention of ``queries`` over ``context`` (its residual left to the caller),
+    at the queries' width; keys and values are projected from the context's."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, query_width: int, context_width: int, heads: int) -> None:
         super().__init__()
-        self.query_norm = nn.LayerNorm(width)
-        self.context_norm = nn.LayerNorm(width)
-        self.attention = nn.MultiheadAttention(width, heads, dropout=0.0, batch_first=True)
+        self.query_norm = nn.LayerNorm(query_width)
+        self.context_norm = nn.LayerNorm(context_width)
+        self.attention = nn.MultiheadAttention(
+            query_width, heads, dropout=0.0, batch_first=True, kdim=context_width, vdim=context_width
+        )
 
     def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         context = self.context_norm(context)

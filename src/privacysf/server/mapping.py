@@ -370,8 +370,8 @@ def private_training(cfg: MapperConfig, batch_size: int, pairs: int):
 
 def _mapper_settings(cfg: MapperConfig) -> dict:
     """The mapper settings a checkpoint records; the center embedding only when on, the unet's
-    fields only for the unet and the transformer's slots only when it pools, so checkpoints made
-    before those options existed still load."""
+    fields only for the unet and the transformer's slots and token width only when it pools, so
+    checkpoints made before those options existed still load."""
     settings = cfg.model_dump()
     for how_trained in ("lr", "dp_noise", "dp_clip", "dp_delta", "runtime"):  # not what shape it has
         del settings[how_trained]
@@ -386,6 +386,8 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
     # refused by a run with full attention, and the reverse
     if cfg.kind != "transformer" or not cfg.latents:
         settings["latents"] = None
+    if settings["latents"] is None or cfg.token_width in (0, cfg.width):  # tokens as wide as the slots
+        settings["token_width"] = None
     # None for the defaults, all there was before these options: older checkpoints, which lack the
     # key, match them, and a checkpoint with another value is refused by a run with the default
     if cfg.padding == "zeros":

@@ -67,6 +67,7 @@ else:
             "depth": Field(le=8),
             "heads": Field(le=16),
             "latents": Field(le=1024),
+            "token_width": Field(le=512),
             "grid_channels": Field(),
             "res_units": Field(),
             "poly_width": Field(le=512),
