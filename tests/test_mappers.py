@@ -23,8 +23,16 @@ from privacysf.server.serving import ModelCache
 from privacysf.server.tables import ModelRow
 
 SMALL_UNET = MapperConfig(kind="unet", grid_channels=(8, 16), res_units=1)
-TRANSFORMER = MapperConfig(kind="transformer", width=16, heads=2, latents=0)
-"""A small transformer with every token attending to every other (``latents`` 0; pooled by default)."""
+TRANSFORMER = MapperConfig(kind="transformer", width=16, heads=2, latents=0, token_width=0)
+"""A small transformer with every token attending to every other (``latents`` 0; pooled by default),
+whose tokens, when pooled, are as wide as its slots (``token_width`` 0)."""
+
+
+def initialised_server(cfg: MapperConfig) -> MappingServer:
+    """A mapping server for ``cfg`` with a fresh mapper of 4 channels in and out on a 4×4 grid."""
+    made = MappingServer(cfg, AugmentConfig(), TrainConfig(device="cpu"))
+    made.initialise((4, 4), 4, 4)
+    return made
 
 
 def stored_model(folder, number: int, mapper: MapperConfig, recorded: dict | None = None) -> ModelRow:
@@ -167,15 +175,27 @@ def test_a_narrower_token_stream_carries_the_tokens_at_its_width_for_a_fraction_
         build_mapper(c, (32, 32), 4, 4).eval() for c in (wide_cfg, wide_cfg.updated(token_width=8))
     )
     assert narrow.position.shape == (1, 1024, 8) and narrow.latents.shape == (1, 8, 16)
+    assert narrow.blocks[0].mlp[1].in_features == 8 and wide.blocks[0].mlp[1].in_features == 16
 
-    def flops(model: nn.Module) -> int:
+    def operations(model: nn.Module) -> int:
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.randn(1, 1024, 4))
         return counter.get_total_flops()
 
-    assert flops(narrow) <= 0.5 * flops(wide)
-    with pytest.raises(ValueError, match="multiple of mapper.heads"):
-        MapperConfig(kind="transformer", width=24, heads=3, token_width=16)
+    assert operations(narrow) <= 0.5 * operations(wide)
+
+
+def test_the_token_width_never_widens_a_narrow_mapper_nor_refuses_a_kind_it_does_not_shape():
+    """The default token width (64) is capped at the slots' width, and checked against the heads only
+    where it shapes a network, a pooled transformer: fails if the check runs for every kind, or only on
+    explicit values (as pydantic's field validators do unless told to check defaults)."""
+    assert MapperConfig(kind="transformer", width=32).token_channels == 32
+    assert build_mapper(MapperConfig(kind="transformer", width=32), (4, 4), 4, 4).position.shape[-1] == 32
+    for unshaped in ({"kind": "unet"}, {"kind": "transformer", "latents": 0}):
+        MapperConfig.from_dict({**unshaped, "width": 96, "heads": 3})
+    with pytest.raises(ConfigError, match=r"token_width .* 64 channels, which mapper.heads \(3\)"):
+        MapperConfig.from_dict({"kind": "transformer", "width": 96, "heads": 3})
+    assert MapperConfig.from_dict({"kind": "transformer", "width": 96, "heads": 3, "token_width": 48})
 
 
 def test_a_pooled_transformer_checkpoint_is_never_loaded_as_full_attention(tmp_path):
@@ -183,12 +203,11 @@ def test_a_pooled_transformer_checkpoint_is_never_loaded_as_full_attention(tmp_p
     reads), nor does any other kind's, whatever ``latents`` says; a pooled one records its number.
     Checkpoints without the key (made before it) still load into full attention and the unet."""
 
-    def server(cfg: MapperConfig) -> MappingServer:
-        made = MappingServer(cfg, AugmentConfig(), TrainConfig(device="cpu"))
-        made.initialise((4, 4), 4, 4)
-        return made
-
-    full, pooled, unet = server(TRANSFORMER), server(TRANSFORMER.updated(latents=8)), server(SMALL_UNET)
+    full, pooled, unet = (
+        initialised_server(TRANSFORMER),
+        initialised_server(TRANSFORMER.updated(latents=8)),
+        initialised_server(SMALL_UNET),
+    )
     assert SMALL_UNET.latents > 0 and unet.signature["latents"] is None
     assert full.signature["latents"] is None
     pooled.save(tmp_path / "pooled.pt")
@@ -199,7 +218,7 @@ def test_a_pooled_transformer_checkpoint_is_never_loaded_as_full_attention(tmp_p
         checkpoint = torch.load(tmp_path / "older.pt")
         del checkpoint["signature"]["latents"]
         torch.save(checkpoint, tmp_path / "older.pt")
-        server(older.mapper_cfg).load(tmp_path / "older.pt", (4, 4), 4, 4)
+        initialised_server(older.mapper_cfg).load(tmp_path / "older.pt", (4, 4), 4, 4)
     with pytest.raises(ConfigError, match="latents"):
         pooled.load(tmp_path / "older.pt", (4, 4), 4, 4)  # the older full-attention checkpoint
 
@@ -209,17 +228,12 @@ def test_a_narrow_token_checkpoint_is_never_loaded_with_tokens_as_wide_as_the_sl
     checkpoint made before the option has no key and loads as tokens as wide as the slots); full
     attention and other kinds never record it."""
 
-    def server(cfg: MapperConfig) -> MappingServer:
-        made = MappingServer(cfg, AugmentConfig(), TrainConfig(device="cpu"))
-        made.initialise((4, 4), 4, 4)
-        return made
-
     pooled = TRANSFORMER.updated(latents=8, token_width=0)  # tokens as wide as the slots (16)
-    narrow, wide, spelled_out = (server(pooled.updated(token_width=w)) for w in (8, 0, 16))
+    narrow, wide, spelled_out = (initialised_server(pooled.updated(token_width=w)) for w in (8, 0, 16))
     assert narrow.signature["token_width"] == 8
     assert wide.signature["token_width"] is None and spelled_out.signature == wide.signature
     for other in (TRANSFORMER, SMALL_UNET):
-        assert server(other.updated(token_width=8)).signature["token_width"] is None
+        assert initialised_server(other.updated(token_width=8)).signature["token_width"] is None
     narrow.save(tmp_path / "narrow.pt")
     with pytest.raises(ConfigError, match="token_width"):
         wide.load(tmp_path / "narrow.pt", (4, 4), 4, 4)
@@ -227,7 +241,7 @@ def test_a_narrow_token_checkpoint_is_never_loaded_with_tokens_as_wide_as_the_sl
     checkpoint = torch.load(tmp_path / "older.pt")
     del checkpoint["signature"]["token_width"]  # as a pooled checkpoint saved before the option
     torch.save(checkpoint, tmp_path / "older.pt")
-    server(pooled).load(tmp_path / "older.pt", (4, 4), 4, 4)
+    initialised_server(pooled).load(tmp_path / "older.pt", (4, 4), 4, 4)
     with pytest.raises(ConfigError, match="token_width"):
         narrow.load(tmp_path / "older.pt", (4, 4), 4, 4)
 

@@ -325,7 +325,7 @@ def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
     reason."""
     keyed = api.upload("A", bundle(scan="keyed"), name="keyed").json()
     assert api.wait("A", api.train("A", [keyed["id"]]).json()["id"])["error"].count("transformer") == 1
-    transformer = {**TINY_MAPPER, "kind": "transformer", "depth": 1, "heads": 2}
+    transformer = {**TINY_MAPPER, "kind": "transformer", "width": 16, "depth": 1, "heads": 2}
     for latents, token_width in ((0, 0), (4, 8)):  # full attention; pooled through 4 slots, narrow tokens
         job = api.train(
             "A", [keyed["id"]], mapper={**transformer, "latents": latents, "token_width": token_width}
@@ -339,6 +339,9 @@ def test_keyed_uploads_train_an_order_blind_mapper_and_map_keyed_codes(api):
         assert mapped.shape == (3, 16, 4) and mapped.scan == "keyed"
     for too_much in ({"latents": 2048}, {"token_width": 1024}):
         assert api.train("A", [keyed["id"]], mapper={**transformer, **too_much}).status_code == 422
+    # heads that do not split the tokens' width: refused on submission, not failed in the worker
+    refused = api.train("A", [keyed["id"]], mapper={**transformer, "heads": 3, "token_width": 8, "width": 24})
+    assert refused.status_code == 422 and "mapper.heads (3)" in refused.text
 
 
 def test_the_client_maps_a_batch_over_the_cap_in_parts(api, monkeypatch):

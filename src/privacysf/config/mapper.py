@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, Field, ValidationInfo, field_validator
@@ -48,8 +49,9 @@ class MapperConfig(ConfigModel):
 
     kind: Literal["unet", "cnn", "transformer", "poly"] = "unet"
     width: int = Field(128, ge=8, multiple_of=8)
-    """Channels per token of the cnn and the transformer; a multiple of 8 because the cnn normalises
-    in groups of 8 (GroupNorm)."""
+    """Channels per token of the cnn and the full-attention transformer, and of the pooled
+    transformer's slots (its tokens: ``token_width``); a multiple of 8 because the cnn normalises in
+    groups of 8 (GroupNorm)."""
     cycles: int = Field(2, ge=1)
     """Repeats of the dilation cycle 1, 2, 4, …, grid width (the last reaches the token one row up)."""
     kernel: Annotated[int, Field(ge=1), AfterValidator(_odd)] = 3
@@ -86,7 +88,8 @@ class MapperConfig(ConfigModel):
     depth: int = Field(2, ge=1)
     """Transformer layers (``kind=transformer`` only)."""
     heads: int = Field(4, ge=1)
-    """Attention heads (``kind=transformer`` only); they split ``width`` evenly."""
+    """Attention heads (``kind=transformer`` only); they split ``width`` evenly, and the pooled
+    transformer's token width too."""
     latents: int = Field(64, ge=0)
     """Learned slots through which the transformer's tokens exchange information (``kind=transformer``
     only; :class:`privacysf.nets.transformer.PooledTokenTransformer`), so its cost grows linearly with
@@ -95,11 +98,12 @@ class MapperConfig(ConfigModel):
     keyed codes of six centers, 64 slots passed a rule written before the fits (3-D Dice −0.001
     against full attention at the same 30 epochs, validation code error a little higher) and trained
     in 0.45 of its time at 128² (docs/results.md, "Pooled attention for keyed codes")."""
-    token_width: int = Field(64, ge=0, multiple_of=8)
+    token_width: int = Field(64, ge=0, multiple_of=8, validate_default=True)
     """Channels of each token's stream in the pooled transformer (``kind=transformer``, ``latents`` >
-    0), while its slots keep ``width``; 0: ``width``, as before 2026-12-06 (runs and service models
-    saved before the option load with it). Almost all of the pooled mapper's arithmetic is per token:
-    tokens 64 wide beside slots 128 wide took its GFLOP per 256² image from 2.76 to 1.14, a keyed 256²
+    0), while its slots keep ``width``; never more than ``width`` (a narrower mapper stays narrower),
+    and 0: ``width``, as before 2026-12-06 (runs and service models saved before the option load with
+    it). Almost all of the pooled mapper's arithmetic is per token:
+    tokens 64 wide beside slots 128 wide took its GFLOP per 256² image from 2.76 to 1.15, a keyed 256²
     query from 2.3-2.7 × the raw U-Net to 1.5-1.7 ×, and its training to about half the time, and
     passed a rule written before the fits on the six keyed centers of the pooled-attention study
     (docs/results.md, "A narrower token stream")."""
@@ -152,10 +156,18 @@ class MapperConfig(ConfigModel):
     @field_validator("token_width")
     @classmethod
     def _heads_split_the_tokens(cls, token_width: int, info: ValidationInfo) -> int:
-        heads = info.data.get("heads")
-        if heads is not None and token_width % heads:
+        """Checked where it shapes a network (a pooled transformer), default included: a config that
+        sets ``heads`` for another kind, or for full attention, is not refused for a width it never
+        uses."""
+        kind, latents, width, heads = (info.data.get(k) for k in ("kind", "latents", "width", "heads"))
+        if kind != "transformer" or not latents or width is None or heads is None:
+            return token_width
+        channels = token_channels(token_width, width)
+        if channels % heads:
             raise ValueError(
-                f"must be a multiple of mapper.heads ({heads}): a token's attention splits it evenly"
+                f"gives the pooled transformer's tokens {channels} channels, which mapper.heads ({heads}) "
+                f"does not split evenly; set a multiple of {math.lcm(8, heads)}, or 0 for tokens as wide "
+                "as the slots"
             )
         return token_width
 
@@ -171,6 +183,11 @@ class MapperConfig(ConfigModel):
         return exportable(self.kind, self.center_embedding)
 
     @property
+    def token_channels(self) -> int:
+        """Width of the pooled transformer's tokens: ``token_width``, at most ``width`` (0: ``width``)."""
+        return token_channels(self.token_width, self.width)
+
+    @property
     def order_blind(self) -> bool:
         """Whether this mapper can learn through a secret permutation of the token positions."""
         return self.kind == "transformer"
@@ -179,6 +196,11 @@ class MapperConfig(ConfigModel):
         if self.lr is not None:
             return self.lr
         return TRANSFORMER_LR if self.kind == "transformer" else train_lr
+
+
+def token_channels(token_width: int, width: int) -> int:
+    """See :attr:`MapperConfig.token_channels`."""
+    return min(token_width, width) if token_width else width
 
 
 def exportable(kind: str | None, center_embedding: int | None) -> bool:

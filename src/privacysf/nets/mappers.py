@@ -49,7 +49,7 @@ def build_mapper(
                 cfg.width,
                 cfg.depth,
                 cfg.heads,
-                cfg.token_width or None,
+                cfg.token_channels,
             )
         return TokenTransformer(in_channels, out_channels, tokens, cfg.width, cfg.depth, cfg.heads)
     if cfg.kind == "poly":

@@ -386,8 +386,9 @@ def _mapper_settings(cfg: MapperConfig) -> dict:
     # refused by a run with full attention, and the reverse
     if cfg.kind != "transformer" or not cfg.latents:
         settings["latents"] = None
-    if settings["latents"] is None or cfg.token_width in (0, cfg.width):  # tokens as wide as the slots
-        settings["token_width"] = None
+    # the width the tokens get, None where they are as wide as the slots (all there was before)
+    same = settings["latents"] is None or cfg.token_channels == cfg.width
+    settings["token_width"] = None if same else cfg.token_channels
     # None for the defaults, all there was before these options: older checkpoints, which lack the
     # key, match them, and a checkpoint with another value is refused by a run with the default
     if cfg.padding == "zeros":

@@ -9,9 +9,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from privacysf.config import MapperConfig, TrainConfig
+from privacysf.errors import ConfigError
 
 Id = Annotated[int, Field(ge=1, le=2**31 - 1)]
 KeyId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -86,6 +87,17 @@ class JobIn(Strict):
     """Model name: each finished job of this name adds a version."""
     train: TrainSettings = Field(default_factory=TrainSettings)
     mapper: MapperSettings = Field(default_factory=MapperSettings)
+
+    @model_validator(mode="after")
+    def _mapper_settings_fit_together(self) -> JobIn:
+        """The settings' own fields keep only per-field bounds; rules across fields (heads that split
+        the widths) are the mapper config's, checked here so a job that could only fail in the worker is
+        refused with 422."""
+        try:
+            MapperConfig.from_dict(self.mapper.model_dump())
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 class CenterOut(BaseModel):
