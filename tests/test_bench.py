@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from privacysf.benchmark.jobs import PRIVACYSF, REFERENCE, UNET, plan
+from privacysf.benchmark.latency import query_latency
 from privacysf.benchmark.runner import RESULTS, publish, run_bench, select
 from privacysf.benchmark.suites import SUITES, get_suite
 from privacysf.cli import main
@@ -68,12 +69,15 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
     assert {r["target"] for r in fuzz} == {"map", "upload", "jobs"} and max(r["status"] for r in fuzz) < 500
 
     latency = [r for r in results["rows"] if r["kind"] == "latency"]
-    expected = {(m, b) for m in (PRIVACYSF, REFERENCE) for b in (1, 4)}
+    expected = {(m, b) for m in (PRIVACYSF, REFERENCE, UNET) for b in (1, 4)}
     assert {(r["method"], r["batch"]) for r in latency} == expected
     for r in latency:
-        stages = r["encode_ms"] + r["map_ms"] + r["decode_ms"]
-        assert min(r["encode_ms"], r["map_ms"], r["decode_ms"]) > 0 and r["total_ms"] == pytest.approx(stages)
         assert r["per_image_ms"] == pytest.approx(r["total_ms"] / r["batch"]) and r["threads"] == 2
+        if r["method"] == UNET:  # the baseline of every ratio, timed whole
+            assert r["ratio"] == 1.0 and "map_ms" not in r
+        else:  # a median of sums is at least the median of any of its parts
+            assert min(r["encode_ms"], r["map_ms"], r["decode_ms"]) > 0 and r["ratio"] > 0
+            assert r["total_ms"] >= max(r["encode_ms"], r["map_ms"], r["decode_ms"])
 
     scaling = [r for r in results["rows"] if r["kind"] == "scaling"]
     stages = {"mask_codec", "image_encoder", "server_mapper", "unet"}
@@ -128,6 +132,12 @@ def _check_table(rows: list[dict[str, str]], expected: list[dict]) -> None:
         assert not unchecked, f"numbers that come from no result: {unchecked} in {matches[0]}"
 
 
+def _mean_dice(accuracy_rows: list[dict], method: str) -> float:
+    """A method's Dice over the suite as the latency table shows it: the mean over datasets of the
+    Accuracy table's means over seeds."""
+    return statistics.mean(r["dice"][0] for r in accuracy_rows if r["method"] == method)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
@@ -174,6 +184,41 @@ def _expected_accuracy(rows: list[dict]) -> tuple[list[dict], list[dict], list[d
                 }
             )
     return accuracy, per_seed, cost
+
+
+class _Sleeper:
+    """A stand-in center and server whose encode, map and decode each take ``ms``."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+
+    def _wait(self, *_: object) -> bytes:
+        time.sleep(self.ms / 1000)
+        return b""
+
+    image_message = map = decode_message = _wait
+
+
+def test_query_latency_times_pipelines_beside_their_baseline_in_turn():
+    """Three 4 ms stages against a 6 ms baseline: the pipeline takes 2 × the baseline, and a slow spell
+    that doubles every call of a repetition moves the times, not the ratio (fails if a stage is left out
+    of the total or the ratio is taken against another call)."""
+    sleeper, calls = _Sleeper(4.0), [0]
+
+    def baseline() -> None:  # runs first in every repetition, and sets that repetition's pace
+        calls[0] += 1
+        slow = calls[0] % 3 == 0
+        sleeper.ms = 8.0 if slow else 4.0
+        time.sleep((12.0 if slow else 6.0) / 1000)
+
+    images = np.zeros((2, 1, 4, 4), np.float32)
+    timing = query_latency(
+        {"pipeline": (sleeper, sleeper)}, {"baseline": baseline}, images, torch.device("cpu"), 9, 1
+    )
+    assert timing["baseline"]["ratio"] == 1.0 and "map_ms" not in timing["baseline"]
+    assert timing["pipeline"]["ratio"] == pytest.approx(2.0, rel=0.15)
+    assert timing["pipeline"]["per_image_ms"] == pytest.approx(timing["pipeline"]["total_ms"] / 2)
+    assert timing["pipeline"]["encode_ms"] == pytest.approx(4.0, rel=0.3)
 
 
 def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
@@ -230,8 +275,17 @@ def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
                 "threads": r["threads"] or "–",
                 "size": r["size"],
                 "batch": r["batch"],
-                **{f"{stage} ms": r[f"{stage}_ms"] for stage in ("encode", "map", "decode", "total")},
+                **{
+                    f"{stage} ms": r[f"{stage}_ms"]
+                    for stage in ("encode", "map", "decode")
+                    if r["method"] != UNET
+                },
+                "total ms": r["total_ms"],
                 "ms/image": r["per_image_ms"],
+                "× raw U-Net": r["ratio"],
+                "Dice": _mean_dice(
+                    accuracy, f"{PRIVACYSF} task" if r["method"] == PRIVACYSF else r["method"]
+                ),
             }
             for r in of_kind["latency"]
         ],
@@ -279,9 +333,9 @@ def test_resume_skips_finished_jobs_and_only_selects(quick, tmp_path):
     runs_before = sorted((run_dir / "runs").iterdir())
     _, again = run_bench("quick", resume=run_dir, progress=False)
     assert sorted((run_dir / "runs").iterdir()) == runs_before and len(again["rows"]) == len(results["rows"])
-    assert [j.id for j in select(plan(SUITES["quick"]), ["latency/*/reference/*"])] == [
-        "latency/cpu/reference/64/b1",
-        "latency/cpu/reference/64/b4",
+    assert [j.id for j in select(plan(SUITES["quick"]), ["latency/*/64/*"])] == [
+        "latency/cpu/64/b1",
+        "latency/cpu/64/b4",
     ]
     longer = dataclasses.replace(SUITES["full"], epochs_by_dataset={"cells3d-nuclei": 150})
     full = {j.id: j.params.get("epochs") for j in plan(longer)}

@@ -3,7 +3,7 @@ inference (image to labels, as Privacy-SF's decode gives labels) for scale.
 
 Every network is freshly initialised (the arithmetic does not depend on the weights). Each setting is
 a list of ``--set`` overrides of the defaults; each repetition runs every call of every setting in
-turn (:func:`privacysf.benchmark.latency.interleaved_times`), so a slow spell of a shared machine
+turn (:func:`privacysf.benchmark.latency.query_latency`), so a slow spell of a shared machine
 slows them all alike. The table gives per setting the median of encode, map and decode, the median
 of their per-repetition sum and the median of that sum's per-repetition ratio to the raw U-Net.
 
@@ -13,8 +13,8 @@ of their per-repetition sum and the median of that sum's per-repetition ratio to
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import statistics
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from privacysf.benchmark.jobs import CLASSES_FOR_SIZES
-from privacysf.benchmark.latency import interleaved_times
+from privacysf.benchmark.latency import STAGES, query_latency
 from privacysf.common.markdown import Markdown
 from privacysf.common.torchutil import class_labels
 from privacysf.config import ExperimentConfig, UNetConfig
@@ -124,53 +124,36 @@ def measure(size: int, batch: int, repeats: int, settings: dict[str, Setting]) -
     images = np.random.default_rng(0).standard_normal((batch, 1, size, size)).astype(np.float32)
     unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).eval()
     pixels = torch.from_numpy(images)
-    calls = {"raw U-Net": lambda: class_labels(unet(pixels))}  # labels out, as Privacy-SF's decode
+    baselines = {"raw U-Net": lambda: class_labels(unet(pixels))}  # labels out, as Privacy-SF's decode
     work = {"raw U-Net": gflop(lambda: unet(pixels)) / batch}
-    references = ["raw U-Net"]
     if any("mapper.runtime=onnxruntime" in s.overrides for s in settings.values()):
         unet_ort = OnnxRuntimeModule(unet, pixels)
-        calls[UNET_ORT] = lambda: class_labels(unet_ort(pixels))
+        baselines[UNET_ORT] = lambda: class_labels(unet_ort(pixels))
         work[UNET_ORT] = work["raw U-Net"]
-        references.append(UNET_ORT)
+    pipelines = {}
     for name, setting in settings.items():
         cfg = ExperimentConfig().override(setting.overrides)
-        center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size)
+        center, server = pipelines[name] = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size)
         if not setting.mapper_channels_last and server.model is not None:  # undo prepare_for_serving
             server.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
         up = center.image_message(images)
         down = server.map(up)
-        stages = {
-            "encode": lambda center=center: center.image_message(images),
-            "map": lambda server=server, up=up: server.map(up),
-            "decode": lambda center=center, down=down: center.decode_message(down),
-        }
-        calls |= {f"{name}: {stage}": fn for stage, fn in stages.items()}
+        stages = (
+            functools.partial(center.image_message, images),
+            functools.partial(server.map, up),
+            functools.partial(center.decode_message, down),
+        )
         exported, server.served = server.served, None  # the counter sees torch's operations only:
-        work[name] = sum(gflop(fn) for fn in stages.values()) / batch  # count the exported model's
+        work[name] = sum(gflop(fn) for fn in stages) / batch  # count the exported model's
         server.served = exported
     with torch.inference_mode():
-        times = interleaved_times(calls, torch.device("cpu"), repeats, warmup=1)
-    unet_ms = times["raw U-Net"]
-    rows = [
+        timing = query_latency(pipelines, baselines, images, torch.device("cpu"), repeats, warmup=1)
+    return [
         {"size": size, "batch": batch, "setting": name, "GFLOP/image": work[name]}
-        | {
-            "total ms": statistics.median(times[name]),
-            "× raw U-Net": statistics.median(t / u for t, u in zip(times[name], unet_ms, strict=True)),
-        }
-        for name in references
+        | {f"{stage} ms": times[f"{stage}_ms"] for stage in STAGES if f"{stage}_ms" in times}
+        | {"total ms": times["total_ms"], "× raw U-Net": times["ratio"]}
+        for name, times in timing.items()
     ]
-    for name in settings:
-        parts = {stage: times[f"{name}: {stage}"] for stage in ("encode", "map", "decode")}
-        totals = [sum(t) for t in zip(*parts.values(), strict=True)]
-        rows.append(
-            {"size": size, "batch": batch, "setting": name, "GFLOP/image": work[name]}
-            | {f"{stage} ms": statistics.median(t) for stage, t in parts.items()}
-            | {
-                "total ms": statistics.median(totals),
-                "× raw U-Net": statistics.median(t / u for t, u in zip(totals, unet_ms, strict=True)),
-            }
-        )
-    return rows
 
 
 def markdown(rows: list[dict], threads: int, repeats: int, settings: dict[str, Setting]) -> Markdown:

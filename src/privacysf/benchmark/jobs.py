@@ -19,7 +19,9 @@ from privacysf.benchmark.latency import query_latency
 from privacysf.benchmark.service_load import large_upload_row, service_load_rows
 from privacysf.benchmark.suites import BenchSuite
 from privacysf.center.pipeline import Mapper
-from privacysf.config import ExperimentConfig
+from privacysf.common.torchutil import class_labels
+from privacysf.config import ExperimentConfig, UNetConfig
+from privacysf.nets.unet import build_unet
 from privacysf.reference.run import run_reference, untrained_reference
 from privacysf.workflows.fit import run_fit
 from privacysf.workflows.inprocess import QueryClient, payload_bytes, query_payload, untrained_pipeline
@@ -57,11 +59,10 @@ def plan(suite: BenchSuite) -> list[Job]:
     params: dict[str, Any]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
-        for method in ("privacysf", "reference"):
-            for size in suite.latency_sizes:
-                for batch in suite.latency_batches:
-                    params = {"method": method, "size": size, "batch": batch, "device": device}
-                    jobs.append(Job(f"latency/{device}/{method}/{size}/b{batch}", "latency", params))
+        for size in suite.latency_sizes:
+            for batch in suite.latency_batches:
+                params = {"size": size, "batch": batch, "device": device}
+                jobs.append(Job(f"latency/{device}/{size}/b{batch}", "latency", params))
     jobs.append(Job("service/load", "service_load"))
     jobs.append(Job("service/upload-memory", "upload_memory", {"megabytes": suite.service_large_upload_mb}))
     for dataset in suite.datasets:
@@ -187,22 +188,27 @@ def run_payload(job: Job, ctx: JobContext) -> list[dict]:
 
 
 def run_latency(job: Job, ctx: JobContext) -> list[dict]:
+    """Privacy-SF at the defaults, the reference and the raw U-Net answering the same batch, timed in
+    turn (issue 17: the query's cost as a ratio to the U-Net's inference, measured side by side)."""
     p, suite = job.params, ctx.suite
     torch.set_num_threads(suite.threads)
     device = torch.device(p["device"])
-    center: QueryClient
-    server: Mapper
-    if p["method"] == "privacysf":
-        center, server = untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, p["size"], p["device"])
-        method = PRIVACYSF
-    else:
-        center, server = untrained_reference(CLASSES_FOR_SIZES, p["size"], device)
-        method = REFERENCE
+    pipelines: dict[str, tuple[QueryClient, Mapper]] = {
+        PRIVACYSF: untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, p["size"], p["device"]),
+        REFERENCE: untrained_reference(CLASSES_FOR_SIZES, p["size"], device),
+    }
+    unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).to(device).eval()
     images = (
         np.random.default_rng(0).standard_normal((p["batch"], 1, p["size"], p["size"])).astype(np.float32)
     )
+
+    def segment() -> torch.Tensor:  # from and to host memory, as the pipelines' encode and decode
+        return class_labels(unet(torch.from_numpy(images).to(device))).cpu()
+
     with torch.inference_mode():
-        timing = query_latency(center, server, images, device, suite.latency_repeats, suite.latency_warmup)
+        timing = query_latency(
+            pipelines, {UNET: segment}, images, device, suite.latency_repeats, suite.latency_warmup
+        )
     return [
         {
             "method": method,
@@ -211,8 +217,9 @@ def run_latency(job: Job, ctx: JobContext) -> list[dict]:
             "device": p["device"],
             "threads": torch.get_num_threads() if p["device"] == "cpu" else None,
             "repeats": suite.latency_repeats,
-            **timing,
+            **times,
         }
+        for method, times in timing.items()
     ]
 
 

@@ -1,9 +1,12 @@
-"""Latency of one query, stage by stage: encode (center), map (server), decode (center).
+"""Latency of one query, stage by stage: encode (center), map (server), decode (center), beside a
+baseline such as the raw U-Net's inference on the same images.
 
 Each stage is timed on its own, wire messages included (the server's time covers decoding the image
 message and encoding the reply), after warm-up runs, and the median of the repetitions is kept:
-medians resist the outliers a shared machine produces. CUDA work is synchronised before each clock
-read, so the times are of finished work.
+medians resist the outliers a shared machine produces. Every call is timed in turn within each
+repetition, so a slow spell slows the pipeline and its baseline alike, and the ratio of the two is
+taken per repetition. CUDA work is synchronised before each clock read, so the times are of finished
+work.
 """
 
 from __future__ import annotations
@@ -36,26 +39,46 @@ def _timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
 
 
 def query_latency(
-    center: QueryClient,
-    server: Mapper,
+    pipelines: dict[str, tuple[QueryClient, Mapper]],
+    baselines: dict[str, Callable[[], object]],
     images: np.ndarray,
     device: torch.device,
     repeats: int,
     warmup: int,
-) -> dict[str, float]:
-    """Median milliseconds of each stage for one batch ``images`` (N, 1, H, W), and their sum."""
-    times: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    for run in range(warmup + repeats):
-        encode_ms, up = _timed(lambda: center.image_message(images), device)
-        map_ms, down = _timed(functools.partial(server.map, up), device)
-        decode_ms, _ = _timed(functools.partial(center.decode_message, down), device)
-        if run >= warmup:
-            for stage, ms in zip(STAGES, (encode_ms, map_ms, decode_ms), strict=True):
-                times[stage].append(ms)
-    result = {f"{stage}_ms": statistics.median(values) for stage, values in times.items()}
-    result["total_ms"] = sum(result[f"{stage}_ms"] for stage in STAGES)
-    result["per_image_ms"] = result["total_ms"] / len(images)
-    return result
+) -> dict[str, dict[str, float]]:
+    """Per name, median milliseconds of one query of the batch ``images`` (N, 1, H, W): each stage of
+    every pipeline, and every baseline call (e.g. the raw U-Net's inference on the same images, labels
+    out), all timed in turn within each repetition.
+
+    ``total_ms`` is the median of a pipeline's per-repetition sums of its stages, and ``ratio`` the
+    median of the per-repetition ratios of a total to the first baseline's time in the same
+    repetition: a ratio of two times taken moments apart, which a machine's slow spells move far less
+    than either time.
+    """
+    calls = dict(baselines)
+    for name, (center, server) in pipelines.items():
+        up = center.image_message(images)
+        down = server.map(up)
+        calls[f"{name}: encode"] = functools.partial(center.image_message, images)
+        calls[f"{name}: map"] = functools.partial(server.map, up)
+        calls[f"{name}: decode"] = functools.partial(center.decode_message, down)
+    times = interleaved_times(calls, device, repeats, warmup)
+    base = times[next(iter(baselines))]
+    totals = {name: times[name] for name in baselines}
+    stages: dict[str, dict[str, float]] = {name: {} for name in baselines}
+    for name in pipelines:
+        parts = {stage: times[f"{name}: {stage}"] for stage in STAGES}
+        stages[name] = {f"{stage}_ms": statistics.median(ms) for stage, ms in parts.items()}
+        totals[name] = [sum(ms) for ms in zip(*parts.values(), strict=True)]
+    return {
+        name: stages[name]
+        | {
+            "total_ms": statistics.median(total),
+            "per_image_ms": statistics.median(total) / len(images),
+            "ratio": statistics.median(t / b for t, b in zip(total, base, strict=True)),
+        }
+        for name, total in totals.items()
+    }
 
 
 def interleaved_times(

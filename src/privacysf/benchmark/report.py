@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from privacysf.benchmark.jobs import PRIVACYSF, UNET
-from privacysf.benchmark.targets import accuracy_summary, targets
+from privacysf.benchmark.latency import STAGES
+from privacysf.benchmark.targets import DEFAULT_MODE, accuracy_summary, targets
 from privacysf.common.figures import dice_bars, lines, stacked_bars
 from privacysf.common.markdown import Markdown, plus_minus
 
@@ -92,10 +93,20 @@ def _deflated_payload_table(rows: list[dict]) -> Markdown:
     return Markdown().table(head, table)
 
 
-def _latency_table(rows: list[dict]) -> Markdown:
-    stages = ["encode_ms", "map_ms", "decode_ms", "total_ms", "per_image_ms"]
+def mean_dice(summary: dict, method: str) -> float | None:
+    """A method's test Dice over the suite: the mean over datasets of its mean over seeds (None where
+    no accuracy job of it ran). Privacy-SF's latency rows are its default (``task``) mode's."""
+    method = DEFAULT_MODE if method == PRIVACYSF else method
+    means = [float(np.mean(s["dice"])) for (_, m), s in summary.items() if m == method]
+    return float(np.mean(means)) if means else None
+
+
+def _latency_table(rows: list[dict], summary: dict) -> Markdown:
+    times = ["encode_ms", "map_ms", "decode_ms", "total_ms", "per_image_ms"]
     table = [
-        [r["method"], r["device"], r["threads"] or None, f"{r['size']}²", r["batch"], *(r[k] for k in stages)]
+        [r["method"], r["device"], r["threads"] or None, f"{r['size']}²", r["batch"]]
+        + [r.get(k) for k in times]
+        + [r.get("ratio"), mean_dice(summary, r["method"])]
         for r in rows
         if r["kind"] == "latency"
     ]
@@ -110,8 +121,10 @@ def _latency_table(rows: list[dict]) -> Markdown:
         "decode ms",
         "total ms",
         "ms/image",
+        "× raw U-Net",
+        "Dice",
     ]
-    return Markdown().table(head, table, [""] * 5 + [".1f"] * 4 + [".2f"])
+    return Markdown().table(head, table, [""] * 5 + [".1f"] * 4 + [".2f", ".2f", ".3f"])
 
 
 def _service_table(rows: list[dict]) -> Markdown:
@@ -222,10 +235,10 @@ def _plots(rows: list[dict], summary: dict, settings: dict, figures: Path) -> li
         made.append("dice.png")
     batch_one = [r for r in rows if r["kind"] == "latency" and r["batch"] == 1]
     if batch_one:
-        labels = [
-            f"{'PSF' if r['method'] == PRIVACYSF else 'ref'} {r['size']}² {r['device']}" for r in batch_one
-        ]
-        stacks = {stage: [r[f"{stage}_ms"] for r in batch_one] for stage in ("encode", "map", "decode")}
+        short = {PRIVACYSF: "PSF", UNET: "U-Net"}
+        labels = [f"{short.get(r['method'], 'ref')} {r['size']}² {r['device']}" for r in batch_one]
+        stacks = {stage: [r.get(f"{stage}_ms", 0.0) for r in batch_one] for stage in STAGES}
+        stacks["U-Net inference"] = [r["total_ms"] if r["method"] == UNET else 0.0 for r in batch_one]
         stacked_bars(figures / "latency.png", labels, stacks, "ms per query (median)", "latency at batch 1")
         made.append("latency.png")
     scaling = [r for r in rows if r["kind"] == "scaling"]
@@ -332,9 +345,14 @@ def write_benchmarks(
         ),
         (
             "Latency",
-            "Median of the timed repetitions after warm-up, per stage, wire messages included; total is the "
-            "sum of the stage medians. Networks are untrained (the arithmetic does not depend on weights).",
-            _latency_table(rows),
+            "Privacy-SF (defaults), the reference and the raw U-Net answer the same batch in one process, "
+            "each call timed in turn within every repetition after warm-up. Per stage, the median over "
+            "repetitions, wire messages included; total is the median of the per-repetition sums, and × raw "
+            "U-Net the median of the per-repetition ratios of a total to the U-Net's inference (labels out, "
+            "from and to host memory). Networks are untrained (the arithmetic does not depend on weights). "
+            "Dice: the method's test Dice in this suite, mean over datasets of the mean over seeds "
+            "(Privacy-SF: `task` mode).",
+            _latency_table(rows, summary),
             ["latency.png"],
         ),
         (
