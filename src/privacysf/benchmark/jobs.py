@@ -206,7 +206,7 @@ def run_latency(job: Job, ctx: JobContext) -> list[dict]:
         return class_labels(unet(torch.from_numpy(images).to(device))).cpu()
 
     with torch.inference_mode():
-        timing = query_latency(
+        by_method = query_latency(
             pipelines, {UNET: segment}, images, device, suite.latency_repeats, suite.latency_warmup
         )
     return [
@@ -219,7 +219,7 @@ def run_latency(job: Job, ctx: JobContext) -> list[dict]:
             "repeats": suite.latency_repeats,
             **times,
         }
-        for method, times in timing.items()
+        for method, times in by_method.items()
     ]
 
 

@@ -15,7 +15,6 @@ import functools
 import statistics
 import time
 from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,17 +24,16 @@ from privacysf.workflows.inprocess import QueryClient
 
 STAGES = ("encode", "map", "decode")
 
-T = TypeVar("T")
 
-
-def _timed(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Milliseconds of one call, its CUDA work finished."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    out = fn()
+    fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1000, out
+    return (time.perf_counter() - start) * 1000
 
 
 def query_latency(
@@ -55,6 +53,8 @@ def query_latency(
     repetition: a ratio of two times taken moments apart, which a machine's slow spells move far less
     than either time.
     """
+    if not baselines or set(baselines) & set(pipelines):
+        raise ValueError("query_latency needs a baseline, and names that tell pipelines and baselines apart")
     calls = dict(baselines)
     for name, (center, server) in pipelines.items():
         up = center.image_message(images)
@@ -93,7 +93,7 @@ def interleaved_times(
     times: dict[str, list[float]] = {name: [] for name in calls}
     for run in range(warmup + repeats):
         for name, fn in calls.items():
-            ms, _ = _timed(fn, device)
+            ms = _timed(fn, device)
             if run >= warmup:
                 times[name].append(ms)
     return times

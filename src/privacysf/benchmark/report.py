@@ -93,22 +93,25 @@ def _deflated_payload_table(rows: list[dict]) -> Markdown:
     return Markdown().table(head, table)
 
 
-def mean_dice(summary: dict, method: str) -> float | None:
-    """A method's test Dice over the suite: the mean over datasets of its mean over seeds (None where
-    no accuracy job of it ran). Privacy-SF's latency rows are its default (``task``) mode's."""
+def mean_dice(summary: dict, method: str, datasets: set[str]) -> float | None:
+    """A method's test Dice over ``datasets``: the mean over them of its mean over seeds (None where
+    it lacks one). Privacy-SF's latency rows are its default (``task``) mode's."""
     method = DEFAULT_MODE if method == PRIVACYSF else method
-    means = [float(np.mean(s["dice"])) for (_, m), s in summary.items() if m == method]
-    return float(np.mean(means)) if means else None
+    means = [float(np.mean(summary[(d, method)]["dice"])) for d in datasets if (d, method) in summary]
+    return float(np.mean(means)) if datasets and len(means) == len(datasets) else None
 
 
 def _latency_table(rows: list[dict], summary: dict) -> Markdown:
+    latency = [r for r in rows if r["kind"] == "latency"]
+    methods = {DEFAULT_MODE if r["method"] == PRIVACYSF else r["method"] for r in latency}
+    # the datasets every method shown was scored on, so their Dice are averages of the same sets
+    shared = {d for d, _ in summary if all((d, m) in summary for m in methods)}
     times = ["encode_ms", "map_ms", "decode_ms", "total_ms", "per_image_ms"]
     table = [
         [r["method"], r["device"], r["threads"] or None, f"{r['size']}²", r["batch"]]
         + [r.get(k) for k in times]
-        + [r.get("ratio"), mean_dice(summary, r["method"])]
-        for r in rows
-        if r["kind"] == "latency"
+        + [r.get("ratio"), mean_dice(summary, r["method"], shared)]
+        for r in latency
     ]
     head = [
         "method",
@@ -237,8 +240,10 @@ def _plots(rows: list[dict], summary: dict, settings: dict, figures: Path) -> li
     if batch_one:
         short = {PRIVACYSF: "PSF", UNET: "U-Net"}
         labels = [f"{short.get(r['method'], 'ref')} {r['size']}² {r['device']}" for r in batch_one]
+        # bars add the stage medians (the table's total is the median of per-repetition sums)
         stacks = {stage: [r.get(f"{stage}_ms", 0.0) for r in batch_one] for stage in STAGES}
         stacks["U-Net inference"] = [r["total_ms"] if r["method"] == UNET else 0.0 for r in batch_one]
+        stacks = {name: bars for name, bars in stacks.items() if any(bars)}
         stacked_bars(figures / "latency.png", labels, stacks, "ms per query (median)", "latency at batch 1")
         made.append("latency.png")
     scaling = [r for r in rows if r["kind"] == "scaling"]
@@ -350,8 +355,8 @@ def write_benchmarks(
             "repetitions, wire messages included; total is the median of the per-repetition sums, and × raw "
             "U-Net the median of the per-repetition ratios of a total to the U-Net's inference (labels out, "
             "from and to host memory). Networks are untrained (the arithmetic does not depend on weights). "
-            "Dice: the method's test Dice in this suite, mean over datasets of the mean over seeds "
-            "(Privacy-SF: `task` mode).",
+            "Dice: the method's test Dice in this suite, mean over the datasets every method shown was "
+            "scored on of the mean over seeds (Privacy-SF: `task` mode).",
             _latency_table(rows, summary),
             ["latency.png"],
         ),

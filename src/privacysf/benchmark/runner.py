@@ -91,6 +91,12 @@ def run_bench(
         results = {"suite": suite.name, "rows": []}
     results["settings"] = dataclasses.asdict(suite)  # each row also records its own config and epochs
     results["planned"] = [j.id for j in planned]  # the whole suite: the report says what is missing
+    kept = [row for row in results["rows"] if row["job"] in results["planned"]]
+    if len(kept) < len(results["rows"]):  # jobs an earlier version planned (one latency job per method)
+        print(
+            f"bench {suite.name}: {len(results['rows']) - len(kept)} row(s) of jobs no longer planned dropped"
+        )
+        results["rows"] = kept
     done = {row["job"] for row in results["rows"]}
     todo = [j for j in jobs if j.id not in done]
     ctx = JobContext(suite, run_dir / "runs", device.type, progress)
