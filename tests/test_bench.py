@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from privacysf.benchmark.jobs import PRIVACYSF, REFERENCE, UNET, plan
+from privacysf.benchmark.jobs import PRIVACYSF, PRIVACYSF_SERVED, REFERENCE, UNET, plan
 from privacysf.benchmark.latency import query_latency
 from privacysf.benchmark.runner import RESULTS, publish, run_bench, select
 from privacysf.benchmark.suites import SUITES, get_suite
@@ -69,7 +69,7 @@ def test_quick_suite_runs_every_planned_job_and_rows_are_sane(quick):
     assert {r["target"] for r in fuzz} == {"map", "upload", "jobs"} and max(r["status"] for r in fuzz) < 500
 
     latency = [r for r in results["rows"] if r["kind"] == "latency"]
-    expected = {(m, b) for m in (PRIVACYSF, REFERENCE, UNET) for b in (1, 4)}
+    expected = {(m, b) for m in (PRIVACYSF, PRIVACYSF_SERVED, REFERENCE, UNET) for b in (1, 4)}
     assert {(r["method"], r["batch"]) for r in latency} == expected
     for r in latency:
         assert r["per_image_ms"] == pytest.approx(r["total_ms"] / r["batch"]) and r["threads"] == 2
@@ -290,7 +290,7 @@ def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):
                 "ms/image": r["per_image_ms"],
                 "× raw U-Net": r["ratio"],
                 "Dice": _mean_dice(
-                    accuracy, f"{PRIVACYSF} task" if r["method"] == PRIVACYSF else r["method"]
+                    accuracy, f"{PRIVACYSF} task" if r["method"].startswith(PRIVACYSF) else r["method"]
                 ),
             }
             for r in of_kind["latency"]

@@ -27,6 +27,8 @@ from privacysf.workflows.fit import run_fit
 from privacysf.workflows.inprocess import QueryClient, payload_bytes, query_payload, untrained_pipeline
 
 PRIVACYSF = "Privacy-SF"
+PRIVACYSF_SERVED = f"{PRIVACYSF}, mapper in ONNX Runtime"
+"""The service's query path (``ServiceConfig.mapper_runtime``); ``fit`` and ``segment`` map in torch."""
 UNET = "raw U-Net"
 REFERENCE = "reference (Improved Privacy-SF, re-implemented)"
 CLASSES_FOR_SIZES = 2
@@ -188,8 +190,9 @@ def run_payload(job: Job, ctx: JobContext) -> list[dict]:
 
 
 def run_latency(job: Job, ctx: JobContext) -> list[dict]:
-    """Privacy-SF at the defaults, the reference and the raw U-Net answering the same batch, timed in
-    turn (issue 17: the query's cost as a ratio to the U-Net's inference, measured side by side)."""
+    """Privacy-SF at the defaults (mapping in torch, as ``fit`` and ``segment`` do, and on the CPU in
+    ONNX Runtime, as the service does), the reference and the raw U-Net answering the same batch, timed
+    in turn (issue 17: the query's cost as a ratio to the U-Net's inference, measured side by side)."""
     p, suite = job.params, ctx.suite
     torch.set_num_threads(suite.threads)
     device = torch.device(p["device"])
@@ -197,6 +200,9 @@ def run_latency(job: Job, ctx: JobContext) -> list[dict]:
         PRIVACYSF: untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, p["size"], p["device"]),
         REFERENCE: untrained_reference(CLASSES_FOR_SIZES, p["size"], device),
     }
+    if device.type == "cpu":  # ONNX Runtime serves on the CPU only
+        served = ExperimentConfig().override(["mapper.runtime=onnxruntime"])
+        pipelines[PRIVACYSF_SERVED] = untrained_pipeline(served, CLASSES_FOR_SIZES, p["size"], p["device"])
     unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).to(device).eval()
     images = (
         np.random.default_rng(0).standard_normal((p["batch"], 1, p["size"], p["size"])).astype(np.float32)

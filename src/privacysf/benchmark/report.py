@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from privacysf.benchmark.jobs import PRIVACYSF, UNET
+from privacysf.benchmark.jobs import PRIVACYSF, PRIVACYSF_SERVED, UNET
 from privacysf.benchmark.latency import STAGES
 from privacysf.benchmark.targets import DEFAULT_MODE, accuracy_summary, targets
 from privacysf.common.figures import dice_bars, lines, stacked_bars
@@ -93,17 +93,23 @@ def _deflated_payload_table(rows: list[dict]) -> Markdown:
     return Markdown().table(head, table)
 
 
+def _scored_as(method: str) -> str:
+    """The accuracy rows a latency row's method is scored by: Privacy-SF's default (``task``) mode,
+    whichever runtime maps (ONNX Runtime answers as torch does, up to float rounding)."""
+    return DEFAULT_MODE if method in (PRIVACYSF, PRIVACYSF_SERVED) else method
+
+
 def mean_dice(summary: dict, method: str, datasets: set[str]) -> float | None:
     """A method's test Dice over ``datasets``: the mean over them of its mean over seeds (None where
-    it lacks one). Privacy-SF's latency rows are its default (``task``) mode's."""
-    method = DEFAULT_MODE if method == PRIVACYSF else method
+    it lacks one)."""
+    method = _scored_as(method)
     means = [float(np.mean(summary[(d, method)]["dice"])) for d in datasets if (d, method) in summary]
     return float(np.mean(means)) if datasets and len(means) == len(datasets) else None
 
 
 def _latency_table(rows: list[dict], summary: dict) -> Markdown:
     latency = [r for r in rows if r["kind"] == "latency"]
-    methods = {DEFAULT_MODE if r["method"] == PRIVACYSF else r["method"] for r in latency}
+    methods = {_scored_as(r["method"]) for r in latency}
     # the datasets every method shown was scored on, so their Dice are averages of the same sets
     shared = {d for d, _ in summary if all((d, m) in summary for m in methods)}
     times = ["encode_ms", "map_ms", "decode_ms", "total_ms", "per_image_ms"]
@@ -238,7 +244,7 @@ def _plots(rows: list[dict], summary: dict, settings: dict, figures: Path) -> li
         made.append("dice.png")
     batch_one = [r for r in rows if r["kind"] == "latency" and r["batch"] == 1]
     if batch_one:
-        short = {PRIVACYSF: "PSF", UNET: "U-Net"}
+        short = {PRIVACYSF: "PSF", PRIVACYSF_SERVED: "PSF ORT", UNET: "U-Net"}
         labels = [f"{short.get(r['method'], 'ref')} {r['size']}² {r['device']}" for r in batch_one]
         # bars add the stage medians (the table's total is the median of per-repetition sums)
         stacks = {stage: [r.get(f"{stage}_ms", 0.0) for r in batch_one] for stage in STAGES}
@@ -350,13 +356,15 @@ def write_benchmarks(
         ),
         (
             "Latency",
-            "Privacy-SF (defaults), the reference and the raw U-Net answer the same batch in one process, "
-            "each call timed in turn within every repetition after warm-up. Per stage, the median over "
-            "repetitions, wire messages included; total is the median of the per-repetition sums, and × raw "
-            "U-Net the median of the per-repetition ratios of a total to the U-Net's inference (labels out, "
-            "from and to host memory). Networks are untrained (the arithmetic does not depend on weights). "
-            "Dice: the method's test Dice in this suite, mean over the datasets every method shown was "
-            "scored on of the mean over seeds (Privacy-SF: `task` mode).",
+            "Privacy-SF (defaults, its mapper in torch as `fit` and `segment` run it, and in ONNX Runtime"
+            " as the service does on the CPU), the reference and the raw U-Net answer the same batch in "
+            "one process, each call timed in turn within every repetition after warm-up. Per stage, the "
+            "median over repetitions, wire messages included; total is the median of the per-repetition "
+            "sums, and × raw U-Net the median of the per-repetition ratios of a total to the U-Net's "
+            "inference (labels out, from and to host memory). Networks are untrained (the arithmetic does"
+            " not depend on weights). Dice: the method's test Dice in this suite, mean over the datasets "
+            "every method shown was scored on of the mean over seeds (Privacy-SF: `task` mode, either "
+            "runtime).",
             _latency_table(rows, summary),
             ["latency.png"],
         ),
