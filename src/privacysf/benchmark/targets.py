@@ -136,7 +136,7 @@ def _cost_targets(rows: list[dict], summary: dict, settings: dict) -> list[Targe
     for r in rows:
         ours = r["kind"] == "latency" and r["method"] in (PRIVACYSF, PRIVACYSF_SERVED) and "ratio" in r
         if ours and r["device"] == "cpu" and r["size"] == LATENCY_RATIO_SIZE:
-            runtime = "ONNX Runtime (the service's)" if r["method"] == PRIVACYSF_SERVED else "torch"
+            runtime = "ONNX Runtime" if r["method"] == PRIVACYSF_SERVED else "torch"
             out.append(
                 Target(
                     f"encode + map + decode ≤ {LATENCY_RATIO_TARGET:g} × the raw U-Net's inference, "
