@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from privacysf.benchmark.jobs import PRIVACYSF, PRIVACYSF_SERVED, REFERENCE, UNET, plan
-from privacysf.benchmark.latency import query_latency
+from privacysf.benchmark.latency import query_latency, query_stages
 from privacysf.benchmark.runner import RESULTS, publish, run_bench, select
 from privacysf.benchmark.suites import SUITES, get_suite
 from privacysf.cli import main
@@ -218,13 +218,14 @@ def test_query_latency_times_pipelines_beside_their_baseline_in_turn():
         time.sleep((24.0 if slow else 12.0) / 1000)
 
     images, cpu = np.zeros((2, 1, 4, 4), np.float32), torch.device("cpu")
-    timing = query_latency({"pipeline": (sleeper, sleeper)}, {"baseline": baseline}, images, cpu, 9, 1)
+    stages = query_stages(sleeper, sleeper, images)
+    timing = query_latency({"pipeline": stages}, {"baseline": baseline}, 2, cpu, 9, 1)
     assert log[2:] == ["baseline", "stage", "stage", "stage"] * 10  # after the two that make the messages
     assert timing["baseline"]["ratio"] == 1.0 and "map_ms" not in timing["baseline"]
     assert timing["pipeline"]["ratio"] == pytest.approx(2.0, rel=0.2)  # sleeps overshoot a little
     assert timing["pipeline"]["per_image_ms"] == pytest.approx(timing["pipeline"]["total_ms"] / 2)
     with pytest.raises(ValueError, match="baseline"):
-        query_latency({"baseline": (sleeper, sleeper)}, {"baseline": baseline}, images, cpu, 1, 0)
+        query_latency({"baseline": stages}, {"baseline": baseline}, 2, cpu, 1, 0)
 
 
 def test_report_tables_show_the_results_and_nothing_else(quick, tmp_path):

@@ -13,7 +13,6 @@ of their per-repetition sum and the median of that sum's per-repetition ratio to
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from privacysf.benchmark.jobs import CLASSES_FOR_SIZES
-from privacysf.benchmark.latency import STAGES, query_latency
+from privacysf.benchmark.latency import STAGES, query_latency, query_stages
 from privacysf.common.markdown import Markdown
 from privacysf.common.torchutil import class_labels
 from privacysf.config import ExperimentConfig, UNetConfig
@@ -133,21 +132,15 @@ def measure(size: int, batch: int, repeats: int, settings: dict[str, Setting]) -
     pipelines = {}
     for name, setting in settings.items():
         cfg = ExperimentConfig().override(setting.overrides)
-        center, server = pipelines[name] = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size)
+        center, server = untrained_pipeline(cfg, CLASSES_FOR_SIZES, size)
         if not setting.mapper_channels_last and server.model is not None:  # undo prepare_for_serving
             server.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
-        up = center.image_message(images)
-        down = server.map(up)
-        stages = (
-            functools.partial(center.image_message, images),
-            functools.partial(server.map, up),
-            functools.partial(center.decode_message, down),
-        )
+        stages = pipelines[name] = query_stages(center, server, images)
         exported, server.served = server.served, None  # the counter sees torch's operations only:
-        work[name] = sum(gflop(fn) for fn in stages) / batch  # count the exported model's
+        work[name] = sum(gflop(fn) for fn in stages.values()) / batch  # count the exported model's
         server.served = exported
     with torch.inference_mode():
-        timing = query_latency(pipelines, baselines, images, torch.device("cpu"), repeats, warmup=1)
+        timing = query_latency(pipelines, baselines, batch, torch.device("cpu"), repeats, warmup=1)
     return [
         {"size": size, "batch": batch, "setting": name, "GFLOP/image": work[name]}
         | {f"{stage} ms": times[f"{stage}_ms"] for stage in STAGES if f"{stage}_ms" in times}

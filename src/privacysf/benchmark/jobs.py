@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from privacysf.benchmark.fuzzing import fuzz_server_process
-from privacysf.benchmark.latency import query_latency
+from privacysf.benchmark.latency import query_latency, query_stages
 from privacysf.benchmark.service_load import large_upload_row, service_load_rows
 from privacysf.benchmark.suites import BenchSuite
 from privacysf.center.pipeline import Mapper
@@ -196,13 +196,13 @@ def run_latency(job: Job, ctx: JobContext) -> list[dict]:
     p, suite = job.params, ctx.suite
     torch.set_num_threads(suite.threads)
     device = torch.device(p["device"])
-    pipelines: dict[str, tuple[QueryClient, Mapper]] = {
+    built: dict[str, tuple[QueryClient, Mapper]] = {
         PRIVACYSF: untrained_pipeline(ExperimentConfig(), CLASSES_FOR_SIZES, p["size"], p["device"]),
         REFERENCE: untrained_reference(CLASSES_FOR_SIZES, p["size"], device),
     }
     if device.type == "cpu":  # ONNX Runtime serves on the CPU only
         served = ExperimentConfig().override(["mapper.runtime=onnxruntime"])
-        pipelines[PRIVACYSF_SERVED] = untrained_pipeline(served, CLASSES_FOR_SIZES, p["size"], p["device"])
+        built[PRIVACYSF_SERVED] = untrained_pipeline(served, CLASSES_FOR_SIZES, p["size"], p["device"])
     unet = build_unet(UNetConfig(), CLASSES_FOR_SIZES).to(device).eval()
     images = (
         np.random.default_rng(0).standard_normal((p["batch"], 1, p["size"], p["size"])).astype(np.float32)
@@ -212,8 +212,9 @@ def run_latency(job: Job, ctx: JobContext) -> list[dict]:
         return class_labels(unet(torch.from_numpy(images).to(device))).cpu()
 
     with torch.inference_mode():
+        pipelines = {name: query_stages(center, server, images) for name, (center, server) in built.items()}
         by_method = query_latency(
-            pipelines, {UNET: segment}, images, device, suite.latency_repeats, suite.latency_warmup
+            pipelines, {UNET: segment}, p["batch"], device, suite.latency_repeats, suite.latency_warmup
         )
     return [
         {

@@ -36,17 +36,32 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+Calls = dict[str, Callable[[], object]]
+
+
+def query_stages(center: QueryClient, server: Mapper, images: np.ndarray) -> Calls:
+    """The encode, map and decode calls of one query of the batch ``images`` (N, 1, H, W), each on the
+    message the stage before it made once here, so each can be timed (or counted) on its own."""
+    up = center.image_message(images)
+    down = server.map(up)
+    return {
+        "encode": functools.partial(center.image_message, images),
+        "map": functools.partial(server.map, up),
+        "decode": functools.partial(center.decode_message, down),
+    }
+
+
 def query_latency(
-    pipelines: dict[str, tuple[QueryClient, Mapper]],
-    baselines: dict[str, Callable[[], object]],
-    images: np.ndarray,
+    pipelines: dict[str, Calls],
+    baselines: Calls,
+    batch: int,
     device: torch.device,
     repeats: int,
     warmup: int,
 ) -> dict[str, dict[str, float]]:
-    """Per name, median milliseconds of one query of the batch ``images`` (N, 1, H, W): each stage of
-    every pipeline, and every baseline call (e.g. the raw U-Net's inference on the same images, labels
-    out), all timed in turn within each repetition.
+    """Per name, median milliseconds of one query of ``batch`` images: each stage of every pipeline
+    (:func:`query_stages`), and every baseline call (e.g. the raw U-Net's inference on the same images,
+    labels out), all timed in turn within each repetition.
 
     ``total_ms`` is the median of a pipeline's per-repetition sums of its stages, and ``ratio`` the
     median of the per-repetition ratios of a total to the first baseline's time in the same
@@ -56,12 +71,8 @@ def query_latency(
     if not baselines or set(baselines) & set(pipelines):
         raise ValueError("query_latency needs a baseline, and names that tell pipelines and baselines apart")
     calls = dict(baselines)
-    for name, (center, server) in pipelines.items():
-        up = center.image_message(images)
-        down = server.map(up)
-        calls[f"{name}: encode"] = functools.partial(center.image_message, images)
-        calls[f"{name}: map"] = functools.partial(server.map, up)
-        calls[f"{name}: decode"] = functools.partial(center.decode_message, down)
+    for name, stage_calls in pipelines.items():
+        calls |= {f"{name}: {stage}": fn for stage, fn in stage_calls.items()}
     times = interleaved_times(calls, device, repeats, warmup)
     base = times[next(iter(baselines))]
     totals = {name: times[name] for name in baselines}
@@ -74,7 +85,7 @@ def query_latency(
         name: stages[name]
         | {
             "total_ms": statistics.median(total),
-            "per_image_ms": statistics.median(total) / len(images),
+            "per_image_ms": statistics.median(total) / batch,
             "ratio": statistics.median(t / b for t, b in zip(total, base, strict=True)),
         }
         for name, total in totals.items()
