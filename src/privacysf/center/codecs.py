@@ -19,7 +19,7 @@ from torch import nn
 
 from privacysf.center.equivariance import EquivariancePenalty
 from privacysf.center.norm_statistics import load_shared_state
-from privacysf.common.torchutil import apply_in_batches, class_labels
+from privacysf.common.torchutil import apply_in_batches, class_labels, evaluating
 from privacysf.common.training import FitResult, fit
 from privacysf.config import CodecConfig, ExperimentConfig, TrainConfig
 from privacysf.data.loader import mask_batches, slice_batches
@@ -153,13 +153,13 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
 
 def encode_images(encoder: nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     """(N, 1, H, W) images -> (N, L, C) image-code tokens."""
-    encoder.eval()
+    evaluating(encoder)
     return apply_in_batches(lambda x: grid_to_tokens(encoder(x)), images, device).numpy()
 
 
 def encode_masks(codec: MaskCodec, masks: np.ndarray, device: torch.device) -> np.ndarray:
     """(N, H, W) label maps -> (N, L, C_m) mask-code tokens."""
-    codec.eval()
+    evaluating(codec)
     return apply_in_batches(lambda y: grid_to_tokens(codec.encode(y)), masks, device).numpy()
 
 
@@ -167,7 +167,7 @@ def decode_masks(
     codec: MaskCodec, tokens: np.ndarray, grid: tuple[int, int], device: torch.device
 ) -> np.ndarray:
     """(N, L, C_m) mask-code tokens -> (N, H, W) label maps."""
-    codec.eval()
+    evaluating(codec)
     return apply_in_batches(
         lambda t: class_labels(codec.decode(tokens_to_grid(t, grid))), tokens, device
     ).numpy()

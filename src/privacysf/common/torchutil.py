@@ -5,13 +5,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from privacysf.common.runs import atomic_write
 from privacysf.errors import ConfigError
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -31,6 +33,18 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
+
+
+def evaluating(module: M) -> M:
+    """``module`` in eval mode, switched only where its root is training.
+
+    ``Module.eval()`` walks and sets every submodule: 0.2-0.4 ms for each of the center's networks and
+    the mapper, about 0.9 ms of a 256², batch-1 query that calls it on three networks, for nothing
+    once they are served (always in eval mode). The root's flag says the whole network's here: this
+    project's networks switch mode only whole (:func:`privacysf.common.training.fit`)."""
+    if module.training:
+        module.eval()
+    return module
 
 
 def apply_in_batches(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privacysf.common.torchutil import load_checkpoint, resolve_device, save_checkpoint
+from privacysf.common.torchutil import evaluating, load_checkpoint, resolve_device, save_checkpoint
 from privacysf.common.training import EpochHook, FitResult, epoch_order, fit
 from privacysf.config import AugmentConfig, MapperConfig, TrainConfig, permutation_conflicts
 from privacysf.errors import ConfigError, PayloadTooLargeError, WireFormatError
@@ -227,7 +227,7 @@ class MappingServer:
         service's worker for longer than the service allows, whatever the model's cost per code.
         """
         assert self.model is not None
-        self.model.eval()
+        evaluating(self.model)
         if centers is None:
             centers = torch.zeros(len(tokens), dtype=torch.long)
         parts = []
