@@ -125,3 +125,17 @@ def test_serve_takes_the_mapper_runtime_and_stops_at_start_without_onnx_runtime(
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the service started"))
     with pytest.raises(ConfigError, match=r"pip install 'privacysf\[onnx\]'.*--mapper-runtime torch"):
         serve(cfg)
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``privacysf bench run full --list | head -1``: the listing meets a closed pipe, and the command
+    stops quietly instead of printing a BrokenPipeError traceback. Fails without the handler in main."""
+    listing = subprocess.Popen(
+        [sys.executable, "-m", "privacysf.cli", "bench", "run", "full", "--list"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    listing.stdout.close()  # the reader is gone before the first line is written
+    errors = listing.stderr.read().decode()
+    listing.stderr.close()
+    assert listing.wait() == 1 and errors == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -364,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("privacysf: interrupted; files already written are intact", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of the output left (`privacysf bench run full --list | head`)
+        # point stdout at nothing, so the interpreter's final flush does not fail and print a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
