@@ -1,6 +1,7 @@
 """The command line: user errors give one clear line and exit 2, never a traceback."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -134,6 +135,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
         [sys.executable, "-m", "privacysf.cli", "bench", "run", "full", "--list"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": ""},  # buffered, as a pipe is by default: written at exit
     )
     listing.stdout.close()  # the reader is gone before the first line is written
     errors = listing.stderr.read().decode()

@@ -57,6 +57,7 @@ def test_the_copy_folds_every_batch_norm_and_answers_as_the_network_does(activat
     assert _norms(served_encoder) == _norms(served_codec) == 0
     replaced = (nn.PReLU, ResidualUnit)  # computed in place by the copy
     assert not [m for m in [*served_encoder.modules(), *served_codec.modules()] if isinstance(m, replaced)]
+    assert not [m for m in [*served_encoder.modules(), *served_codec.modules()] if m.training]  # whole eval
     assert served_codec.decoder.net[1].conv.unit0.conv.weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         code = codec.encode(labels)

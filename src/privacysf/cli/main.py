@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dataset = args.name
     try:
         args.func(args)
+        sys.stdout.flush()  # here, where a reader that left is caught, not at the interpreter's exit
     except PrivacySFError as exc:
         print(f"privacysf: error: {exc}", file=sys.stderr)
         return 2

@@ -101,7 +101,9 @@ def inference_copy(module: M) -> M:
         if isinstance(unit, ADN) and (inplace := InplaceActivation.of(getattr(unit, "A", nn.Identity()))):
             setattr(unit, "A", inplace)  # noqa: B010 (the step is named A in MONAI's ADN)
     swap_children(served, lambda m: ResidualSum(m) if isinstance(m, ResidualUnit) else None)
-    return served.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    # eval again: the modules put in above start in training mode, and served networks are switched
+    # only where their root is training (``privacysf.common.torchutil.evaluating``)
+    return served.eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _leading_batch_norm(unit: nn.Module) -> nn.BatchNorm2d | None:
