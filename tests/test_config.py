@@ -120,7 +120,8 @@ def test_saved_configs_load_back_equal_with_tuples(tmp_path):
 
 
 def test_a_config_saved_before_newer_settings_existed_still_loads():
-    path = DOCS / "benchmarks/runs/20261130-040351-privacysf-task-icbm152-tissue/config.json"
+    runs = DOCS / "benchmarks/first-round-20261130/runs"
+    path = runs / "20261130-040351-privacysf-task-icbm152-tissue/config.json"
     assert "decoder_width" not in path.read_text()  # written before attack.decoder_width existed
     cfg = ExperimentConfig.load(path)
     assert (cfg.data.dataset, cfg.data.seed, cfg.train.threads) == ("icbm152-tissue", 1, 2)

@@ -79,15 +79,17 @@ def multicenter(root: Path) -> Markdown:
 
 
 def bench_dice(root: Path) -> Markdown:
-    """Test Dice, mean ± std over seeds, of every method on every dataset of the published suite."""
+    """Test Dice, mean ± std over seeds, of every method the published suite ran on each dataset (a
+    publication made of ``--only`` parts may leave some methods out: they get no column)."""
     (results,) = _load(root, "bench-dice")
     summary = accuracy_summary(results["rows"])
     datasets = results["settings"]["datasets"]
+    methods = [m for m in BENCH_METHODS if any(key[1] == m for key in summary)]
     table = [
-        [d, *(pm(summary[(d, m)]["dice"], 3) if (d, m) in summary else None for m in BENCH_METHODS)]
+        [d, *(pm(summary[(d, m)]["dice"], 3) if (d, m) in summary else None for m in methods)]
         for d in datasets
     ]
-    return Markdown().table(["dataset", *BENCH_METHODS], table)
+    return Markdown().table(["dataset", *methods], table)
 
 
 def bench_targets(root: Path) -> Markdown:

@@ -13,7 +13,13 @@ import numpy as np
 
 from privacysf.benchmark.jobs import PRIVACYSF, PRIVACYSF_SERVED, UNET
 from privacysf.benchmark.latency import STAGES
-from privacysf.benchmark.targets import DEFAULT_MODE, accuracy_summary, targets
+from privacysf.benchmark.targets import (
+    DEFAULT_MODE,
+    accuracy_summary,
+    deflated_payload_share,
+    targets,
+    training_times,
+)
 from privacysf.common.figures import dice_bars, lines, stacked_bars
 from privacysf.common.markdown import Markdown, plus_minus
 
@@ -86,8 +92,7 @@ def _deflated_payload_table(rows: list[dict]) -> Markdown:
     table = []
     for r in rows:
         if r["kind"] == "accuracy" and "payload_bytes" in r and r["method"].startswith(PRIVACYSF):
-            pixels = r["raw_image_bytes"] // np.dtype(r["raw_image_dtype"]).itemsize
-            share = r["payload_bytes"] / pixels
+            share = deflated_payload_share(r)
             table.append([r["dataset"], r["seed"], r["method"], r["payload_bytes"], f"{share:.3f}"])
     head = ["dataset", "seed", "method", "median query, deflated (B)", "of a uint8 image"]
     return Markdown().table(head, table)
@@ -197,6 +202,14 @@ def _cost_table(summary: dict) -> Markdown:
         "RSS growth MiB",
     ]
     return Markdown().table(head, table, ["", "", "", ".1f", ".2f", ".0f", ".0f"])
+
+
+def _training_time_table(summary: dict) -> Markdown:
+    columns = ("mask_codec", "image_encoder", "server_mapper", "all_stages", "unet", "ratio")
+    table = [[t["dataset"], t["seed"], *(t[k] for k in columns)] for t in training_times(summary)]
+    head = ["dataset", "seed", "mask codec s", "image encoder s", "mapper s", "all stages s"]
+    head += ["raw U-Net s", "× raw U-Net"]
+    return Markdown().table(head, table, ["", ""] + [".1f"] * 5 + [".2f"])
 
 
 def _scaling_table(rows: list[dict], link: str) -> Markdown:
@@ -376,6 +389,15 @@ def write_benchmarks(
             "server's RSS sampled every 50 ms, above its RSS just before the scenario. The large upload runs "
             "alone on a fresh server, streamed by a client that never holds it, its RSS sampled every 5 ms.",
             _service_table(rows),
+            [],
+        ),
+        (
+            "Training time beside the raw U-Net",
+            "Privacy-SF's training stages (`task` mode) and the raw U-Net's training on the same split, in "
+            "the same process and on the same threads: seconds per stage and the ratio of their sum to the "
+            "U-Net's. The U-Net stops early on its own validation score (`train.patience`), as every stage "
+            "but the mask codec does.",
+            _training_time_table(summary),
             [],
         ),
         (

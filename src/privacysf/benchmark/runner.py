@@ -20,6 +20,9 @@ from privacysf.errors import ConfigError
 
 RESULTS = "results.json"
 REPORT = "benchmarks.md"
+JOB_RUNS = "runs"
+"""The folder of a bench folder, and of its publication, that holds the jobs' run folders."""
+FIGURES = "figures"
 
 
 def select(jobs: list[Job], patterns: list[str]) -> list[Job]:
@@ -99,7 +102,7 @@ def run_bench(
         results["rows"] = kept
     done = {row["job"] for row in results["rows"]}
     todo = [j for j in jobs if j.id not in done]
-    ctx = JobContext(suite, run_dir / "runs", device.type, progress)
+    ctx = JobContext(suite, run_dir / JOB_RUNS, device.type, progress)
     print(f"bench {suite.name}: {len(todo)} job(s) to run, {len(jobs) - len(todo)} already done; {run_dir}")
     for number, job in enumerate(todo, start=1):
         started = time.perf_counter()
@@ -119,7 +122,7 @@ def run_bench(
         write_json(run_dir / RESULTS, results)
         print(f"[{number}/{len(todo)}] {job.id} done in {time.perf_counter() - started:.0f} s", flush=True)
     write_json(run_dir / RESULTS, results)
-    write_benchmarks(results, run_dir / REPORT, run_dir / "figures", link_prefix="", results_link=RESULTS)
+    write_benchmarks(results, run_dir / REPORT, run_dir / FIGURES, link_prefix="", results_link=RESULTS)
     return run_dir, results
 
 
@@ -127,13 +130,16 @@ def publish(run_dir: Path, docs: Path) -> Path:
     """Copy a bench folder's results, figures and each run's config and metrics under ``docs``.
 
     The Markdown lands at ``docs/benchmarks.md`` and everything it cites under ``docs/benchmarks/``,
-    so each published number can be traced to a results file and the run folder it came from.
+    so each published number can be traced to a results file and the run folder it came from. Only
+    what an earlier publication wrote there is replaced (its results file, run folders and figures):
+    the folder also keeps studies published by hand beside it, which no bench run could write again.
     """
     results = _read_results(run_dir)  # before anything already published is replaced
     target = docs / "benchmarks"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    for owned in (target / JOB_RUNS, target / FIGURES):
+        if owned.exists():
+            shutil.rmtree(owned)
+    target.mkdir(parents=True, exist_ok=True)
     shutil.copy2(run_dir / RESULTS, target / RESULTS)
     for run in sorted({row["run"] for row in results["rows"] if "run" in row}):
         for name in ("config.json", "metrics.json", "data.json"):
@@ -144,7 +150,7 @@ def publish(run_dir: Path, docs: Path) -> Path:
     write_benchmarks(
         results,
         docs / REPORT,
-        target / "figures",
+        target / FIGURES,
         link_prefix="benchmarks/",
         results_link=f"benchmarks/{RESULTS}",
     )

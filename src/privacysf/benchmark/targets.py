@@ -13,8 +13,17 @@ import numpy as np
 
 from privacysf.benchmark.jobs import PRIVACYSF, PRIVACYSF_SERVED, REFERENCE, UNET
 
-DICE_RATIO_TARGET = 0.95
+DICE_RATIO_TARGET = 1.0
+"""Issue 17: Privacy-SF's test Dice (``task`` mode, mean over seeds) at least the raw U-Net's on every
+dataset (the first round asked for 0.95 ×)."""
 PAYLOAD_SHARE_TARGET = 0.25
+PAYLOAD_UINT8_SHARE_TARGET = 1 / 8
+"""Issue 17: a query's bytes both ways, as sent (deflated where that shortens a message), at most an
+eighth of the image it codes stored as uint8: the median over the seeds of each run's median query."""
+TRAINING_RATIO_TARGET = 3.0
+"""Issue 17: every training stage of Privacy-SF together (mask codec, image encoder, mapper) at most
+3 × the raw U-Net's training on the same split, in the same process: the median over seeds."""
+TRAINING_STAGES = ("mask_codec", "image_encoder", "server_mapper")
 LATENCY_TARGET_MS = 19.0
 LATENCY_TARGET = {"size": 256, "batch": 1, "device": "cpu", "threads": 2}
 LATENCY_RATIO_TARGET = 1.0
@@ -75,7 +84,7 @@ def _accuracy_targets(summary: dict) -> list[Target]:
             ratio = dice / base
             out.append(
                 Target(
-                    f"{dataset}: Dice ≥ {DICE_RATIO_TARGET} × raw U-Net",
+                    f"{dataset}: Dice ≥ {DICE_RATIO_TARGET:.2f} × raw U-Net",
                     f"{dice:.3f} vs {base:.3f} (× {ratio:.3f})",
                     ratio >= DICE_RATIO_TARGET,
                     f"by {DICE_RATIO_TARGET - ratio:.3f}",
@@ -89,6 +98,75 @@ def _accuracy_targets(summary: dict) -> list[Target]:
                     f"{dice:.3f} vs {base:.3f}",
                     dice > base,
                     f"by {base - dice:.3f}",
+                )
+            )
+    return out
+
+
+def training_times(summary: dict) -> list[dict]:
+    """Per ``task`` run: the seconds of each training stage, their sum, the raw U-Net's training in the
+    same run and the sum's ratio to it. The stages and the U-Net ran in one process on the same split
+    and threads, so the ratio holds even where the machine's load moved the seconds."""
+    out = []
+    for (dataset, method), s in sorted(summary.items()):
+        if method != DEFAULT_MODE:
+            continue
+        unet = {r["run"]: r for r in summary.get((dataset, UNET), {}).get("rows", [])}
+        for row in sorted(s["rows"], key=lambda r: r["seed"]):
+            stages = {k: row["training_cost"][k]["seconds"] for k in TRAINING_STAGES}
+            base = unet.get(row["run"])
+            unet_seconds = base["training_cost"]["unet"]["seconds"] if base else None
+            total = sum(stages.values())
+            out.append(
+                {
+                    "dataset": dataset,
+                    "seed": row["seed"],
+                    **stages,
+                    "all_stages": total,
+                    "unet": unet_seconds,
+                    "ratio": total / unet_seconds if unet_seconds else None,
+                }
+            )
+    return out
+
+
+def deflated_payload_share(row: dict) -> float:
+    """An accuracy run's median query as sent, both ways, over the bytes of its image stored as uint8."""
+    return row["payload_bytes"] / (row["raw_image_bytes"] // np.dtype(row["raw_image_dtype"]).itemsize)
+
+
+def _parity_targets(summary: dict, settings: dict) -> list[Target]:
+    """Issue 17's payload and training targets per dataset, each the median over the seeds' runs (of
+    the accuracy jobs, at the suite's image size: the issue asks for the payload at 256², where codes
+    deflate further, each token covering less anatomy)."""
+    out = []
+    times = defaultdict(list)
+    for t in training_times(summary):
+        if t["ratio"] is not None:
+            times[t["dataset"]].append(t["ratio"])
+    for (dataset, method), s in sorted(summary.items()):
+        if method != DEFAULT_MODE:
+            continue
+        shares = [deflated_payload_share(r) for r in s["rows"] if "payload_bytes" in r]
+        if shares:
+            share = float(np.median(shares))
+            out.append(
+                Target(
+                    f"{dataset}: {settings['size']}² query as sent, both ways, ≤ "
+                    f"1/{1 / PAYLOAD_UINT8_SHARE_TARGET:g} of the uint8 image",
+                    f"{share:.3f} of it (median of {len(shares)} seed(s))",
+                    share <= PAYLOAD_UINT8_SHARE_TARGET,
+                    f"{share / PAYLOAD_UINT8_SHARE_TARGET:.2f} × the allowance",
+                )
+            )
+        if times[dataset]:
+            ratio = float(np.median(times[dataset]))
+            out.append(
+                Target(
+                    f"{dataset}: all training stages ≤ {TRAINING_RATIO_TARGET:g} × the raw U-Net's training",
+                    f"{ratio:.2f} × (median of {len(times[dataset])} seed(s))",
+                    ratio <= TRAINING_RATIO_TARGET,
+                    f"by {ratio - TRAINING_RATIO_TARGET:.2f} ×",
                 )
             )
     return out
@@ -180,10 +258,11 @@ def _service_targets(rows: list[dict]) -> list[Target]:
 
 
 def targets(rows: list[dict], summary: dict, settings: dict) -> list[Target]:
-    """Every target the results can judge: accuracy per dataset, payload per dtype, latency, training,
-    the server's memory during an upload."""
+    """Every target the results can judge: accuracy, payload as sent and training time per dataset,
+    payload per dtype, latency, the whole pipeline's training, the server's memory during an upload."""
     return [
         *_accuracy_targets(summary),
+        *_parity_targets(summary, settings),
         *_payload_targets(rows),
         *_cost_targets(rows, summary, settings),
         *_service_targets(rows),
