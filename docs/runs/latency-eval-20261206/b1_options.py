@@ -17,7 +17,6 @@ x = torch.from_numpy(images)
 tc, ts = untrained_pipeline(ExperimentConfig(), 4, size)
 oc, os_ = untrained_pipeline(ExperimentConfig().override(["mapper.runtime=onnxruntime"]), 4, size)
 o1c, o1s = untrained_pipeline(ExperimentConfig().override(["mapper.runtime=onnxruntime"]), 4, size)
-ex = torch.zeros(2, *o1s.served.session.get_inputs()[0].shape[1:]) if False else None
 grid = o1s.signature["grid"]; ch = o1s.signature["in_channels"]
 o1s.served = OnnxRuntimeModule(o1s.model.eval(), torch.zeros(2, grid[0] * grid[1], ch), threads=1)
 unet = build_unet(UNetConfig(), 4).eval()
