@@ -130,6 +130,38 @@ def test_a_reloaded_run_serves_the_encoders_of_its_symmetry(tmp_path, symmetry):
         assert isinstance(encoder, FlipEncoder if symmetry == "flips" else ConvEncoder)
 
 
+@pytest.mark.parametrize("upsampling", ["transposed", "subpixel"])
+def test_a_mask_decoder_runs_at_full_resolution_only_where_it_upsamples_by_transposed_convolution(upsampling):
+    """Fails if ``subpixel`` keeps a layer at full resolution (the cost it exists to remove) or stops
+    decoding full-resolution logits of every class."""
+    codec = MaskCodec(3, CodecConfig(mask_upsampling=upsampling)).eval()
+    sides: list[int] = []
+    for m in codec.decoder.modules():
+        if not list(m.children()) and not isinstance(m, torch.nn.PixelShuffle):
+            m.register_forward_hook(lambda _m, _x, out: sides.append(out.shape[-1]))
+    with torch.no_grad():
+        logits = codec.decode(codec.encode(torch.zeros(2, SIZE, SIZE, dtype=torch.long)))
+    assert logits.shape == (2, 3, SIZE, SIZE)
+    assert max(sides) == (SIZE if upsampling == "transposed" else SIZE // 2)
+
+
+@pytest.mark.parametrize("upsampling", ["transposed", "subpixel"])
+def test_a_reloaded_run_decodes_masks_with_the_upsampling_it_trained_with(tmp_path, upsampling):
+    """A run saved before ``codec.mask_upsampling`` (no config or signature entry) reloads with the
+    transposed convolution it trained; a subpixel run reloads a pixel shuffle, and its checkpoint's
+    signature refuses a decoder of the other kind."""
+    cfg = ExperimentConfig().override([f"codec.mask_upsampling={upsampling}", "codec.width=8"])
+    _save_run(tmp_path, cfg, ("mask_upsampling",) if upsampling == "transposed" else ())
+    loaded, center = reload_center(tmp_path, "cpu")
+    assert loaded.codec.mask_upsampling == upsampling
+    shuffles = [m for m in center.mask_codec.decoder.modules() if isinstance(m, torch.nn.PixelShuffle)]
+    assert len(shuffles) == (upsampling == "subpixel")
+    other = cfg.override(
+        [f"codec.mask_upsampling={'transposed' if upsampling == 'subpixel' else 'subpixel'}"]
+    )
+    assert codec_signature(other, 2, "mask-codec") != codec_signature(cfg, 2, "mask-codec")
+
+
 @pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (3, 2), (5, 1)])
 def test_a_wrapped_convolution_is_torchs_circular_one_in_the_inputs_layout(kernel, stride):
     """Values and gradients as torch's ``padding_mode="circular"``, and a channels-last input stays

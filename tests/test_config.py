@@ -70,6 +70,13 @@ def test_split_fractions_leave_every_split_some_cases():
     assert (data.val_fraction, data.test_fraction) == (0.45, 0.45)
 
 
+def test_a_width_for_a_stage_the_decoder_does_not_have_is_refused():
+    assert "codec.mask_decoder_width sets the full-resolution stage that codec.mask_upsampling=subpixel" in (
+        refused("codec.mask_decoder_width=8", "codec.mask_upsampling=subpixel")
+    )
+    assert ExperimentConfig().override(["codec.mask_decoder_width=8", "codec.mask_upsampling=transposed"])
+
+
 def test_cross_section_sizes_are_checked():
     assert "data.size 100 must be a multiple of codec.downsample 8" in refused(
         "codec.downsample=8", "data.size=100"

@@ -61,6 +61,7 @@ class MaskCodec(nn.Module):
             cfg.norm,
             cfg.top_decoder_width,
             cfg.activation,
+            cfg.mask_upsampling,
         )
         self.register_buffer("logit_offset", torch.zeros(num_classes, 1, 1))
         self.register_load_state_dict_pre_hook(_take_offset_shape)
@@ -138,6 +139,8 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "mask_decoder_width": (
             None if part != "mask-codec" or c.top_decoder_width == c.width else c.top_decoder_width
         ),
+        # checkpoints from before codec.mask_upsampling decoded through a transposed convolution
+        "mask_upsampling": None if part != "mask-codec" or c.mask_upsampling == "transposed" else "subpixel",
         "image_mode": c.image_mode if part == "image-encoder" else None,
         # checkpoints from before codec.task_head trained the mapper-shaped head; an autoencoder has none
         "task_head": (

@@ -41,6 +41,8 @@ ViewAugmentation = Literal["flips", "affine"]
 FLIPS = 4
 """The flips of a 2-D map (none, left-right, up-down, both): a flip-equivariant layer's channels come
 in fields of this many, one per flip."""
+MaskUpsampling = Literal["transposed", "subpixel"]
+"""How the mask decoder reaches full resolution from half (``codec.mask_upsampling``)."""
 CodecActivation = Literal["prelu", "relu", "leakyrelu"]
 """Nonlinearities of the center's convolutional networks (``codec.activation``): MONAI's PReLU, with one
 learned slope per block, ReLU, or a leaky ReLU whose slope stays at PReLU's starting 0.25."""
@@ -68,6 +70,28 @@ class CodecConfig(ConfigModel):
     docs/results.md ("A narrower mask decoder") has what 8 against 16, at ``width`` 16, saved and
     cost. The floor: at ``width`` 8, a 4-wide stage left a small instance-norm test codec's empty
     masks decoding foreground over more than a quarter of the image (``tests/test_codec_wire.py``)."""
+    mask_upsampling: MaskUpsampling = "transposed"
+    """How the mask decoder's last stage reaches full resolution. ``transposed``: a transposed
+    convolution to full resolution, a residual unit there (``mask_decoder_width`` wide) and a 1×1
+    convolution to the class logits. ``subpixel``: a 1×1 convolution at half resolution to four logits
+    per class, one for each pixel of its 2×2 block (``torch.nn.PixelShuffle``), so no layer runs at
+    full resolution. That stage was a third of a 128² mask-codec training step on the CPU, and a 256²
+    query's decode took 7.3 ms instead of 9.5. ``subpixel`` was measured and not adopted: over nine
+    pairs of the published bench it changed 3-D Dice by −0.033, −0.090 on colin27-brain, whose test
+    slices lie elsewhere in the head than its training ones (+0.003 on dsb-nuclei), and the codec's
+    training seconds did not visibly fall (docs/results.md, "A sub-pixel mask decoder")."""
+
+    @field_validator("mask_upsampling")
+    @classmethod
+    def _subpixel_has_no_top_stage(cls, upsampling: str, info: ValidationInfo) -> str:
+        """``mask_decoder_width`` is the width of the stage that ``subpixel`` removes."""
+        if upsampling == "subpixel" and info.data.get("mask_decoder_width") is not None:
+            raise ValueError(
+                "codec.mask_decoder_width sets the full-resolution stage that codec.mask_upsampling="
+                "subpixel does not have; leave mask_decoder_width unset or use mask_upsampling=transposed"
+            )
+        return upsampling
+
     norm: CodecNorm = "batch"
     """Normalisation inside both center networks. ``batch`` (statistics of the training slices, fixed
     once trained) keeps a token's features independent of the rest of its slice; ``instance`` (per

@@ -32,7 +32,7 @@ from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 from torch.nn import functional
 
-from privacysf.config.codec import CodecActivation, Padding
+from privacysf.config.codec import CodecActivation, MaskUpsampling, Padding
 
 
 def downsampling_stages(downsample: int) -> int:
@@ -151,7 +151,9 @@ class ConvDecoder(nn.Module):
 
     ``top_width`` (default ``width``) is the width of the last stage, the only one at full resolution:
     with four times the pixels of the stage before, it holds most of the decoder's arithmetic, so a
-    narrower one is the cheapest place to save (``codec.mask_decoder_width``).
+    narrower one is the cheapest place to save (``codec.mask_decoder_width``). ``upsampling="subpixel"``
+    drops that stage: the half-resolution stage's 1×1 output holds four values per output channel, one
+    per pixel of its 2×2 block, put in place by a pixel shuffle (``codec.mask_upsampling``).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class ConvDecoder(nn.Module):
         norm: str,
         top_width: int | None = None,
         activation: CodecActivation = "prelu",
+        upsampling: MaskUpsampling = "transposed",
     ) -> None:
         super().__init__()
         stages = downsampling_stages(downsample)
@@ -172,14 +175,18 @@ class ConvDecoder(nn.Module):
             nn.Conv2d(code_channels, channels, 1),
             ResidualUnit(2, channels, channels, strides=1, subunits=2, norm=norm, act=act),
         ]
-        for i in reversed(range(stages)):
+        subpixel = upsampling == "subpixel"
+        for i in reversed(range(1 if subpixel else 0, stages)):
             out = width * 2 ** (i - 1) if i else top_width or width
             layers += [
                 Convolution(2, channels, out, strides=2, is_transposed=True, norm=norm, act=act),
                 ResidualUnit(2, out, out, strides=1, subunits=1, norm=norm, act=act),
             ]
             channels = out
-        layers.append(nn.Conv2d(channels, out_channels, 1))
+        if subpixel:
+            layers += [nn.Conv2d(channels, out_channels * 4, 1), nn.PixelShuffle(2)]
+        else:
+            layers.append(nn.Conv2d(channels, out_channels, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
