@@ -10,9 +10,10 @@ from privacysf.center import image_encoder
 from privacysf.center.codecs import MaskCodec, build_image_encoder, codec_signature
 from privacysf.center.image_encoder import IMAGE_MODES, class_loss_weights
 from privacysf.center.pipeline import IMAGE_ENCODER, MASK_CODEC
-from privacysf.common.torchutil import save_checkpoint
+from privacysf.common.torchutil import load_checkpoint, save_checkpoint
 from privacysf.config import CodecConfig, ExperimentConfig
 from privacysf.data.prepare import prepare
+from privacysf.errors import ConfigError
 from privacysf.nets.conv import LEAKY_SLOPE, ConvEncoder, WrappedConv2d, wrap
 from privacysf.nets.flips import FlipEncoder
 from privacysf.nets.grid import GridUNetMapper
@@ -131,10 +132,11 @@ def test_a_reloaded_run_serves_the_encoders_of_its_symmetry(tmp_path, symmetry):
 
 
 @pytest.mark.parametrize("upsampling", ["transposed", "subpixel"])
-def test_a_mask_decoder_runs_at_full_resolution_only_where_it_upsamples_by_transposed_convolution(upsampling):
+@pytest.mark.parametrize("downsample", [2, 4, 8])
+def test_a_mask_decoder_runs_at_full_resolution_only_with_transposed_upsampling(upsampling, downsample):
     """Fails if ``subpixel`` keeps a layer at full resolution (the cost it exists to remove) or stops
-    decoding full-resolution logits of every class."""
-    codec = MaskCodec(3, CodecConfig(mask_upsampling=upsampling)).eval()
+    decoding full-resolution logits of every class, at any depth (at 2 its only stage is removed)."""
+    codec = MaskCodec(3, CodecConfig(mask_upsampling=upsampling, downsample=downsample)).eval()
     sides: list[int] = []
     for m in codec.decoder.modules():
         if not list(m.children()) and not isinstance(m, torch.nn.PixelShuffle):
@@ -159,7 +161,8 @@ def test_a_reloaded_run_decodes_masks_with_the_upsampling_it_trained_with(tmp_pa
     other = cfg.override(
         [f"codec.mask_upsampling={'transposed' if upsampling == 'subpixel' else 'subpixel'}"]
     )
-    assert codec_signature(other, 2, "mask-codec") != codec_signature(cfg, 2, "mask-codec")
+    with pytest.raises(ConfigError, match="mask_upsampling: checkpoint"):
+        load_checkpoint(tmp_path / MASK_CODEC, codec_signature(other, 2, "mask-codec"))
 
 
 @pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (3, 2), (5, 1)])

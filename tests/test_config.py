@@ -74,7 +74,8 @@ def test_a_width_for_a_stage_the_decoder_does_not_have_is_refused():
     assert "codec.mask_decoder_width sets the full-resolution stage that codec.mask_upsampling=subpixel" in (
         refused("codec.mask_decoder_width=8", "codec.mask_upsampling=subpixel")
     )
-    assert ExperimentConfig().override(["codec.mask_decoder_width=8", "codec.mask_upsampling=transposed"])
+    kept = ExperimentConfig().override(["codec.mask_decoder_width=8", "codec.mask_upsampling=transposed"])
+    assert kept.codec.top_decoder_width == 8
 
 
 def test_cross_section_sizes_are_checked():

@@ -137,7 +137,9 @@ def codec_signature(cfg: ExperimentConfig, num_classes: int, part: str) -> dict:
         "symmetry": None if c.symmetry == "none" else c.symmetry,  # before codec.symmetry: none
         # checkpoints from before codec.mask_decoder_width decoded at full resolution with ``width``
         "mask_decoder_width": (
-            None if part != "mask-codec" or c.top_decoder_width == c.width else c.top_decoder_width
+            None
+            if part != "mask-codec" or c.top_decoder_width == c.width or c.mask_upsampling == "subpixel"
+            else c.top_decoder_width
         ),
         # checkpoints from before codec.mask_upsampling decoded through a transposed convolution
         "mask_upsampling": None if part != "mask-codec" or c.mask_upsampling == "transposed" else "subpixel",

@@ -67,6 +67,7 @@ class CodecConfig(ConfigModel):
     keep ``width``'s rule); unset: half of ``width`` but not below 8 (:attr:`top_decoder_width`). That
     stage is most of the decoder's arithmetic, and the decoder runs in every mask-codec and
     image-encoder training step and in every query's decode; before this setting it was ``width``.
+    ``mask_upsampling=subpixel`` has no such stage and refuses the setting.
     docs/results.md ("A narrower mask decoder") has what 8 against 16, at ``width`` 16, saved and
     cost. The floor: at ``width`` 8, a 4-wide stage left a small instance-norm test codec's empty
     masks decoding foreground over more than a quarter of the image (``tests/test_codec_wire.py``)."""
@@ -75,11 +76,11 @@ class CodecConfig(ConfigModel):
     convolution to full resolution, a residual unit there (``mask_decoder_width`` wide) and a 1×1
     convolution to the class logits. ``subpixel``: a 1×1 convolution at half resolution to four logits
     per class, one for each pixel of its 2×2 block (``torch.nn.PixelShuffle``), so no layer runs at
-    full resolution. That stage was a third of a 128² mask-codec training step on the CPU, and a 256²
-    query's decode took 7.3 ms instead of 9.5. ``subpixel`` was measured and not adopted: over nine
-    pairs of the published bench it changed 3-D Dice by −0.033, −0.090 on colin27-brain, whose test
-    slices lie elsewhere in the head than its training ones (+0.003 on dsb-nuclei), and the codec's
-    training seconds did not visibly fall (docs/results.md, "A sub-pixel mask decoder")."""
+    full resolution. That stage was about a third of a 128² mask-codec training step on the CPU, and a
+    256² query's decode took 7.3 ms instead of 9.5. ``subpixel`` was measured and not adopted: over
+    nine pairs of the published bench it changed 3-D Dice by −0.033 on average, by −0.011 on
+    icbm152-tissue, −0.090 on colin27-brain and +0.003 on dsb-nuclei (means of three seeds), and the
+    codec's training seconds did not visibly fall (docs/results.md, "A sub-pixel mask decoder")."""
 
     @field_validator("mask_upsampling")
     @classmethod
