@@ -2,6 +2,10 @@
 in PyTorch's default layout and channels-last, interleaved in one process: how much of the training
 time a layout change could still take off, for Privacy-SF's stages and for the raw U-Net alike.
 
+The steps are simplified: random inputs at the run's shapes, the codec step without code noise, the
+image-encoder step with its Dice-CE term only, through a frozen decoder left in training mode. Each
+printed ratio is the median of the per-step ratios, paired within each repetition.
+
     PYTHONPATH=src .venv/bin/python docs/runs/channels-last-20261207/steps.py
 """
 
